@@ -1,0 +1,19 @@
+"""integrad: Integrated Gradients for PyTorch.
+
+A drop-in replacement for captum's integrated-gradients family (change the import, keep the results) with exact
+quadrature in float64, memory-budgeted chunking, early exit for neurons and error-controlled step counts.
+"""
+
+from .engine import IntegrationReport
+from .methods import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IntegratedGradients",
+    "LayerIntegratedGradients",
+    "NeuronIntegratedGradients",
+    "NoiseTunnel",
+    "IntegrationReport",
+    "__version__",
+]

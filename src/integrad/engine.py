@@ -1,0 +1,249 @@
+"""The engine: weighted sums of probe gradients at points on a straight path, in chunks that fit a memory budget.
+
+For a path from ``start`` to ``end`` (one row per example) and a list of path rows ``(example, α, weights)``, the
+engine evaluates ``∇_z probe(z)`` at ``z = start + α (end − start)`` for every row and adds ``weight × gradient`` to
+the row's bucket (its example for a fixed rule, its sub-interval for adaptive quadrature). Rows are evaluated in
+chunks: a fixed number of rows (``internal_batch_size``), or as many as a memory budget allows, measured while the
+chunk runs. An allocation failure halves the chunk and retries it. One forward and one backward run per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .memory import ActivationMeter, BudgetExceeded, default_budget, is_out_of_memory, parse_bytes
+from .rules import alphas_and_weights
+
+Probe = Callable[[tuple[Tensor, ...], Tensor], Tensor]
+"""``probe(points, examples) -> Tensor[rows]``: the scalar differentiated at each path row."""
+
+
+@dataclass
+class IntegrationReport:
+    """How an attribution was computed; available as ``method.last_report`` after each ``attribute`` call.
+
+    Attributes
+    ----------
+    steps : Tensor
+        Path points used for each example (``n_steps`` for a fixed rule; chosen per example with ``"auto"``).
+    error_estimate : Tensor or None
+        With ``n_steps="auto"``: the estimated relative L1 error ``|A − A*|₁ / |A*|₁`` of each example's
+        attributions. None for fixed rules.
+    rows : int
+        Model rows evaluated with gradients (forward + backward), all chunks together.
+    chunk_rows : int
+        The largest number of rows evaluated in one forward pass.
+    chunks : int
+        Forward/backward passes run.
+    delta : Tensor or None
+        Per-example convergence delta ``Σ attributions − (F(x) − F(x′))`` when it was computed.
+    """
+
+    steps: Tensor
+    error_estimate: Tensor | None = None
+    rows: int = 0
+    chunk_rows: int = 0
+    chunks: int = 0
+    delta: Tensor | None = None
+
+
+@dataclass
+class Chunking:
+    """How many path rows go into one forward pass: a fixed count, or what a byte budget allows."""
+
+    rows: int | None = None
+    budget: int | None = None
+    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0})
+
+    @classmethod
+    def make(cls, internal_batch_size: int | None, memory_budget: int | str | None, device: torch.device) -> "Chunking":
+        if internal_batch_size is not None and memory_budget is not None:
+            raise ValueError(
+                "give either internal_batch_size (rows per forward pass) or memory_budget (bytes), not both"
+            )
+        if internal_batch_size is not None:
+            return cls(rows=internal_batch_size)
+        budget = parse_bytes(memory_budget) if memory_budget is not None else default_budget(device)
+        return cls(budget=budget)
+
+    def first_size(self, total: int, row_bytes: int) -> int:
+        if self.rows is not None:
+            return min(self.rows, total)
+        # Points, their gradients and the weighted copy must fit before any activation is counted.
+        return max(1, min(total, self.budget // max(1, 3 * row_bytes)))
+
+    def record(self, rows: int) -> None:
+        self.stats["rows"] += rows
+        self.stats["chunks"] += 1
+        self.stats["chunk_rows"] = max(self.stats["chunk_rows"], rows)
+
+
+def _point_rows(start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: Tensor, alphas: Tensor,
+                compute_dtype: torch.dtype) -> tuple[Tensor, ...]:
+    points = []
+    for s, d in zip(start, delta):
+        ex = examples.to(s.device)
+        a = alphas.to(device=s.device, dtype=compute_dtype).view((-1,) + (1,) * (s.dim() - 1))
+        z = torch.addcmul(s.index_select(0, ex).to(compute_dtype), a, d.index_select(0, ex).to(compute_dtype))
+        points.append(z.to(s.dtype))
+    return tuple(points)
+
+
+def accumulate(
+    probe: Probe,
+    start: tuple[Tensor, ...],
+    delta: tuple[Tensor, ...],
+    examples: Tensor,
+    alphas: Tensor,
+    weights: Tensor,
+    buckets: Tensor,
+    n_buckets: int,
+    chunking: Chunking,
+) -> tuple[list[Tensor], Tensor]:
+    """``Σ_rows weights[row, j] · ∇ probe`` per bucket, and the probe's value at every row.
+
+    Parameters
+    ----------
+    probe : callable
+        ``probe(points, examples) -> Tensor[rows]`` evaluated with gradients enabled.
+    start, delta : tuple of Tensor
+        Path origin and direction, one row per example.
+    examples, alphas : Tensor
+        Per row: which example (LongTensor) and where on its path (float64).
+    weights : Tensor
+        ``(rows, m)`` float64: ``m`` weightings accumulated side by side (``m = 2`` for an embedded rule pair).
+    buckets : Tensor
+        Per row, the accumulator it adds to; ``n_buckets`` of them.
+
+    Returns
+    -------
+    sums : list of Tensor
+        One ``(m, n_buckets, *per_example_shape)`` tensor per path tensor, in float32 or wider.
+    values : Tensor
+        The probe at every row, float64, detached.
+    """
+    total = examples.shape[0]
+    acc_dtypes = [torch.promote_types(s.dtype, torch.float32) for s in start]
+    m = weights.shape[1]
+    sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=dt, device=s.device) for s, dt in zip(start, acc_dtypes)]
+    values = torch.empty(total, dtype=torch.float64)
+    row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
+    size = chunking.first_size(total, row_bytes)
+    pos = 0
+    while pos < total:
+        n = min(size, total - pos)
+        rows = slice(pos, pos + n)
+        meter = ActivationMeter(chunking.budget, fixed=3 * n * row_bytes)
+        try:
+            grads, chunk_values = _gradients(probe, start, delta, examples[rows], alphas[rows], acc_dtypes, meter)
+        except BudgetExceeded as over:
+            size = max(1, min(n // 2, int(n * chunking.budget / over.used * 0.9)))
+            continue
+        except Exception as error:
+            if n > 1 and is_out_of_memory(error):
+                size = n // 2
+                continue
+            raise
+        chunking.record(n)
+        values[rows] = chunk_values
+        ex = buckets[rows]
+        for acc, g, dt in zip(sums, grads, acc_dtypes):
+            w = weights[rows].to(device=g.device, dtype=dt)
+            shape = (n,) + (1,) * (g.dim() - 1)
+            for j in range(m):
+                acc[j].index_add_(0, ex.to(g.device), g * w[:, j].view(shape))
+        pos += n
+        if chunking.budget is not None:
+            size = max(1, int(n * chunking.budget / max(meter.estimate, 1)))
+    return sums, values
+
+
+def _gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, acc_dtypes, meter: ActivationMeter):
+    points = tuple(
+        z.requires_grad_() for z in _point_rows(start, delta, examples, alphas, torch.float64 if any(
+            s.dtype == torch.float64 for s in start) else torch.float32)
+    )
+    with torch.enable_grad(), meter:
+        out = probe(points, examples)
+    if out.requires_grad:
+        grads = torch.autograd.grad(out.sum(), points, allow_unused=True)
+    else:
+        grads = (None,) * len(points)
+    grads = tuple(
+        torch.zeros_like(z, dtype=dt) if g is None else g.to(dt) for z, g, dt in zip(points, grads, acc_dtypes)
+    )
+    return grads, out.detach().to(device="cpu", dtype=torch.float64)
+
+
+def probe_values(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, chunking: Chunking) -> Tensor:
+    """The probe at path rows without gradients (end points for the convergence delta), float64."""
+    out = torch.empty(examples.shape[0], dtype=torch.float64)
+    size = max(chunking.stats["chunk_rows"], chunking.rows or 0, 1)
+    dtype = torch.float64 if any(s.dtype == torch.float64 for s in start) else torch.float32
+    with torch.no_grad():
+        for pos in range(0, examples.shape[0], size):
+            rows = slice(pos, pos + size)
+            points = _point_rows(start, delta, examples[rows], alphas[rows], dtype)
+            out[rows] = probe(points, examples[rows]).to(device="cpu", dtype=torch.float64)
+    return out
+
+
+@dataclass
+class PathIntegral:
+    """``∫_0^1 ∇ probe(start + α (end − start)) dα`` per example, with the probe at both ends when asked."""
+
+    grads: list[Tensor]
+    f_start: Tensor | None
+    f_end: Tensor | None
+    report: IntegrationReport
+
+
+def integrate(
+    probe: Probe,
+    start: tuple[Tensor, ...],
+    end: tuple[Tensor, ...],
+    method: str,
+    n_steps: int,
+    chunking: Chunking,
+    need_ends: bool,
+) -> PathIntegral:
+    """Integrate the probe's gradient along the straight path with a fixed rule (``n_steps`` points each)."""
+    batch = start[0].shape[0]
+    delta = tuple(e - s for s, e in zip(start, end))
+    alphas_np, weights_np = alphas_and_weights(method, n_steps)
+    # Step-major layout (all examples at α_0, then at α_1, ...), as captum, so chunks split between steps.
+    examples = torch.arange(batch).repeat(n_steps)
+    alphas = torch.from_numpy(np.repeat(alphas_np, batch))
+    weights = torch.from_numpy(np.repeat(weights_np, batch)).unsqueeze(1)
+    sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking)
+    f_start = f_end = None
+    if need_ends:
+        f_start, f_end = _end_values(probe, start, delta, alphas_np, values.view(n_steps, batch), chunking)
+    stats = chunking.stats
+    report = IntegrationReport(
+        steps=torch.full((batch,), n_steps, dtype=torch.long),
+        rows=stats["rows"], chunk_rows=stats["chunk_rows"], chunks=stats["chunks"],
+    )
+    return PathIntegral([s[0] for s in sums], f_start, f_end, report)
+
+
+def _end_values(probe, start, delta, alphas_np, values, chunking) -> tuple[Tensor, Tensor]:
+    """Probe at α = 0 and α = 1, taken from the path's own rows where the rule has them."""
+    batch = start[0].shape[0]
+    found = {}
+    for end_alpha in (0.0, 1.0):
+        hit = np.flatnonzero(alphas_np == end_alpha)
+        if hit.size:
+            found[end_alpha] = values[int(hit[0])]
+    missing = [a for a in (0.0, 1.0) if a not in found]
+    if missing:
+        examples = torch.arange(batch).repeat(len(missing))
+        alphas = torch.tensor(missing, dtype=torch.float64).repeat_interleave(batch)
+        extra = probe_values(probe, start, delta, examples, alphas, chunking).view(len(missing), batch)
+        found.update(zip(missing, extra))
+    return found[0.0], found[1.0]

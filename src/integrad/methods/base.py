@@ -1,0 +1,92 @@
+"""What every path method shares: argument handling, the choice of rule, and the convergence delta."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import arguments
+from ..adaptive import integrate_adaptive
+from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, integrate
+from ..probes import TargetProbe
+
+
+class PathAttribution:
+    """Base of the integrated-gradients family.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model or any function of the inputs returning a tensor whose dim 0 is the batch.
+    multiply_by_inputs : bool
+        Multiply the integrated gradients by ``(x − x′)`` ("global" attribution, the IG of the paper) or return
+        the path-averaged gradient alone ("local" attribution).
+    """
+
+    def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True):
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable (a model or a function); got {type(forward_func).__name__}")
+        self.forward_func = forward_func
+        self._multiply_by_inputs = arguments.check_bool("multiply_by_inputs", multiply_by_inputs)
+        self.last_report: IntegrationReport | None = None
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def _integrate(
+        self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], *, n_steps: Any, method: Any,
+        internal_batch_size: Any, memory_budget: Any, tolerance: Any, need_ends: bool,
+    ) -> PathIntegral:
+        method = arguments.check_method(method)
+        n_steps = arguments.check_n_steps(n_steps, method, allow_auto=True)
+        internal_batch_size = arguments.check_positive_int("internal_batch_size", internal_batch_size)
+        chunking = Chunking.make(internal_batch_size, memory_budget, start[0].device)
+        if n_steps == "auto":
+            result = integrate_adaptive(probe, start, end, arguments.check_tolerance(tolerance), chunking, need_ends)
+        else:
+            result = integrate(probe, start, end, method, n_steps, chunking, need_ends)
+        self.last_report = result.report
+        return result
+
+    def _finish(self, result: PathIntegral, start, end, out_dtypes) -> tuple[Tensor, ...]:
+        """Attributions from integrated gradients, then the delta stored in the report."""
+        attributions = tuple(
+            (g * (e.to(g.dtype) - s.to(g.dtype)) if self._multiply_by_inputs else g).to(dt)
+            for g, s, e, dt in zip(result.grads, start, end, out_dtypes)
+        )
+        if result.f_end is not None:
+            total = sum(_per_example_sum(a.to(torch.float64)) for a in attributions)
+            delta = total - (result.f_end - result.f_start)
+            result.report.delta = delta.to(device=start[0].device, dtype=_delta_dtype(out_dtypes))
+        return attributions
+
+
+def _per_example_sum(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).sum(1).cpu()
+
+
+def _delta_dtype(dtypes) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def output_probe(forward_func: Callable, inputs_for_rows: Callable[[tuple[Tensor, ...], Tensor], tuple],
+                 target: Tensor | None, args: tuple, per_example: tuple[bool, ...]) -> Probe:
+    """Probe of the model output at the target: ``F(*inputs_for_rows(points, examples), *extra)[target]``."""
+    select = TargetProbe(target)
+
+    def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
+        extra = arguments.select_rows(args, per_example, examples)
+        return select(forward_func(*inputs_for_rows(points, examples), *extra), examples)
+
+    return probe
+
+
+def restore_structure(values: tuple[Tensor, ...], was_tuple: bool):
+    return values if was_tuple else values[0]

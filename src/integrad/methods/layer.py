@@ -1,0 +1,211 @@
+"""Layer Integrated Gradients: integrate in a layer's activation space."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
+
+import torch
+from torch import Tensor, nn
+
+from .. import arguments
+from ..probes import check_layer, replaced, run_until
+from .base import PathAttribution, output_probe
+
+
+class LayerIntegratedGradients(PathAttribution):
+    r"""Integrated gradients with respect to a layer's activations (or inputs).
+
+    With ``h(x)`` the layer's value, the path runs from ``h(x′)`` to ``h(x)`` in activation space; the model is run
+    on the inputs ``x`` with the layer's value replaced by each path point, and
+    ``A = (h(x) − h(x′)) ⊙ ∫_0^1 ∂F/∂h (h(x′) + α (h(x) − h(x′))) dα``. Inputs may be integer token ids feeding an
+    embedding layer: the path then lies between the embeddings of the input and baseline tokens.
+
+    For a list of layers a list comes back. Layers that do not feed each other are interpolated together, as captum
+    does. A layer that feeds another in the list (or is fed by one) is integrated as if it were alone: with both
+    replaced, the downstream replacement would cut the upstream layer out of the graph (captum then fails with
+    "appears to not have been used in the graph").
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model or a function of the inputs.
+    layer : torch.nn.Module or list of Module
+        Layer(s) to attribute to. A layer's value may be a tensor or a tuple of tensors.
+    device_ids : list of int, optional
+        Accepted for compatibility with captum.
+    multiply_by_inputs : bool, default True
+        Multiply by ``h(x) − h(x′)``.
+    """
+
+    def __init__(self, forward_func: Callable, layer: nn.Module | Sequence[nn.Module],
+                 device_ids: list[int] | None = None, multiply_by_inputs: bool = True):
+        super().__init__(forward_func, multiply_by_inputs)
+        self._is_list = isinstance(layer, (list, tuple))
+        layers = list(layer) if self._is_list else [layer]
+        if not layers:
+            raise ValueError("layer must be a module or a non-empty list of modules")
+        for i, m in enumerate(layers):
+            check_layer(forward_func, m, f"layer[{i}]" if self._is_list else "layer")
+        self.layer = layer
+        self.layers = layers
+        self.device_ids = device_ids
+
+    @overload
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
+                  n_steps: int | str = 50, method: str = "gausslegendre", internal_batch_size: int | None = None,
+                  return_convergence_delta: Literal[False] = False, attribute_to_layer_input: bool = False, *,
+                  memory_budget: int | str | None = None, tolerance: float = 1e-3) -> Any: ...
+
+    @overload
+    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
+                  n_steps: int | str = 50, method: str = "gausslegendre", internal_batch_size: int | None = None,
+                  *, return_convergence_delta: Literal[True], attribute_to_layer_input: bool = False,
+                  memory_budget: int | str | None = None, tolerance: float = 1e-3) -> tuple[Any, Tensor]: ...
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
+                  method="gausslegendre", internal_batch_size=None, return_convergence_delta=False,
+                  attribute_to_layer_input=False, *, memory_budget=None, tolerance=1e-3):
+        """Attribute the output at ``target`` to the layer's activations.
+
+        Parameters are those of :meth:`IntegratedGradients.attribute`, except that ``inputs`` may hold integer
+        tensors (token ids), baselines are in input space (e.g. pad-token ids), and
+        ``attribute_to_layer_input=True`` integrates over the layer's input instead of its output.
+
+        Returns
+        -------
+        attributions : Tensor, tuple of Tensor, or list of those
+            Shaped like the layer's value (one entry per layer for a list). With ``return_convergence_delta`` also
+            the per-example delta ``Σ attributions − (F(x) − F(x′))`` (for a list of layers, of the first group).
+        """
+        return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
+        use_input = arguments.check_bool("attribute_to_layer_input", attribute_to_layer_input)
+        inputs_t, was_tuple = arguments.normalize_inputs(inputs, need_grad=False)
+        batch = inputs_t[0].shape[0]
+        base_t = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
+        target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
+        args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
+
+        # Layer values at the inputs and baselines, in one forward pass stopped after the last layer.
+        both = tuple(torch.cat([x.detach(), b]) for x, b in zip(inputs_t, base_t))
+        rows = torch.arange(batch).repeat(2)
+        with torch.no_grad():
+            values = run_until(self.forward_func, self.layers, use_input,
+                               both + arguments.select_rows(args, per_example, rows))
+        structures = [isinstance(v, tuple) for v in values]
+        flat = [v if isinstance(v, tuple) else (v,) for v in values]
+        for i, parts in enumerate(flat):
+            if not all(isinstance(p, Tensor) and p.is_floating_point() for p in parts):
+                raise TypeError(
+                    f"layer {type(self.layers[i]).__name__} produced a value that is not a floating-point tensor or a "
+                    "tuple of them, so it cannot be interpolated"
+                )
+        results: list[Any] = [None] * len(self.layers)
+        first_delta = None
+        for group in self._groups(inputs_t, args, per_example, use_input):
+            end = tuple(p[:batch] for i in group for p in flat[i])
+            start = tuple(p[batch:] for i in group for p in flat[i])
+            sizes = [len(flat[i]) for i in group]
+            group_layers = [self.layers[i] for i in group]
+
+            def to_values(points: tuple[Tensor, ...]) -> list:
+                out, pos = [], 0
+                for i, n in zip(group, sizes):
+                    parts = points[pos:pos + n]
+                    out.append(parts if structures[i] else parts[0])
+                    pos += n
+                return out
+
+            probe = _layer_probe(self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args,
+                                 per_example)
+            result = self._integrate(
+                probe, start, end, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+                memory_budget=memory_budget, tolerance=tolerance, need_ends=return_convergence_delta,
+            )
+            attributions = self._finish(result, start, end, [p.dtype for p in end])
+            if first_delta is None:
+                first_delta = self.last_report.delta
+            for i, value in zip(group, to_values(attributions)):
+                results[i] = value
+        out = results if self._is_list else results[0]
+        if return_convergence_delta:
+            return out, first_delta
+        return out
+
+    def _groups(self, inputs_t, args, per_example, use_input) -> list[list[int]]:
+        """Layers interpolated together: those not feeding each other; each entangled layer alone."""
+        if len(self.layers) == 1:
+            return [[0]]
+        entangled = _entangled_layers(self.forward_func, self.layers, inputs_t, args, per_example, use_input)
+        free = [i for i in range(len(self.layers)) if i not in entangled]
+        return ([free] if free else []) + [[i] for i in sorted(entangled)]
+
+
+def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t, args, per_example):
+    def inputs_for_rows(points, examples):
+        return tuple(x.index_select(0, examples.to(x.device)) for x in inputs_t)
+
+    inner = output_probe(forward_func, inputs_for_rows, target_t, args, per_example)
+
+    def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
+        with replaced(layers, to_values(points), use_input):
+            return inner(points, examples)
+
+    return probe
+
+
+def _entangled_layers(forward_func, layers, inputs_t, args, per_example, use_input) -> set[int]:
+    """Indices of layers whose value depends on, or feeds, another listed layer (checked on one example)."""
+    leaves: dict[int, int] = {}
+    originals: list[Any] = [None] * len(layers)
+    handles = []
+
+    def make_hook(i):
+        def cut(value):
+            originals[i] = value
+            parts = value if isinstance(value, tuple) else (value,)
+            fresh = tuple(p.detach().requires_grad_() if isinstance(p, Tensor) and p.is_floating_point() else p
+                          for p in parts)
+            for p in fresh:
+                if isinstance(p, Tensor) and p.requires_grad:
+                    leaves[id(p)] = i
+            return fresh if isinstance(value, tuple) else fresh[0]
+
+        if use_input:
+            return lambda module, a: (lambda v: v if isinstance(v, tuple) else (v,))(cut(a[0] if len(a) == 1 else a))
+        return lambda module, a, output: cut(output)
+
+    one = torch.zeros(1, dtype=torch.long)
+    try:
+        for i, layer in enumerate(layers):
+            hook = make_hook(i)
+            handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
+        with torch.enable_grad():
+            forward_func(*(x[:1] for x in inputs_t), *arguments.select_rows(args, per_example, one))
+    finally:
+        for h in handles:
+            h.remove()
+    entangled: set[int] = set()
+    for j, value in enumerate(originals):
+        parts = value if isinstance(value, tuple) else (value,)
+        for p in parts:
+            for i in _reached_leaves(p, leaves):
+                if i != j:
+                    entangled.update((i, j))
+    return entangled
+
+
+def _reached_leaves(tensor: Any, leaves: dict[int, int]) -> set[int]:
+    if not isinstance(tensor, Tensor) or tensor.grad_fn is None:
+        return set()
+    found, seen, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in leaves:
+            found.add(leaves[id(variable)])
+        stack.extend(n for n, _ in node.next_functions)
+    return found

@@ -1,0 +1,188 @@
+"""NoiseTunnel: SmoothGrad, SmoothGrad² and VarGrad over any method of the family."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import arguments
+from .base import PathAttribution
+
+NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+
+
+class NoiseTunnel:
+    r"""Average an attribution method over Gaussian-noised copies of the inputs.
+
+    For ``S = nt_samples`` copies ``x + ε_s``, ``ε_s ~ N(0, σ²)``: ``smoothgrad`` returns ``mean_s A(x + ε_s)``,
+    ``smoothgrad_sq`` returns ``mean_s A(x + ε_s)²`` and ``vargrad`` returns ``Var_s A(x + ε_s)``.
+
+    Parameters
+    ----------
+    attribution_method : IntegratedGradients, LayerIntegratedGradients or NeuronIntegratedGradients
+
+    References
+    ----------
+    Smilkov et al. SmoothGrad: removing noise by adding noise. 2017. https://arxiv.org/abs/1706.03825
+    Adebayo et al. Local Explanation Methods for Deep Neural Networks Lack Sensitivity to Parameter Values. 2018.
+    """
+
+    def __init__(self, attribution_method: PathAttribution):
+        if not isinstance(attribution_method, PathAttribution):
+            raise TypeError(
+                "attribution_method must be an integrad IntegratedGradients, LayerIntegratedGradients or "
+                f"NeuronIntegratedGradients; got {type(attribution_method).__name__}"
+            )
+        self.attribution_method = attribution_method
+        self.is_delta_supported = attribution_method.has_convergence_delta()
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self.attribution_method.multiplies_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return self.is_delta_supported
+
+    def attribute(self, inputs: Tensor | tuple[Tensor, ...], nt_type: str = "smoothgrad", nt_samples: int = 5,
+                  nt_samples_batch_size: int | None = None, stdevs: float | tuple[float, ...] = 1.0,
+                  draw_baseline_from_distrib: bool = False, **kwargs: Any):
+        """Noise-averaged attributions.
+
+        Parameters
+        ----------
+        inputs : Tensor or tuple of Tensor
+            Floating-point inputs (noise is added to them).
+        nt_type : str
+            ``smoothgrad``, ``smoothgrad_sq`` or ``vargrad``.
+        nt_samples : int
+            Noisy copies per example.
+        nt_samples_batch_size : int, optional
+            Copies per call of the wrapped method (all at once by default).
+        stdevs : float or tuple of float
+            Noise standard deviation, one for all inputs or one per input.
+        draw_baseline_from_distrib : bool
+            Draw each copy's baseline at random from the rows of ``baselines`` (a distribution of baselines).
+        **kwargs
+            Passed to the wrapped method's ``attribute`` (``baselines``, ``target``, ``n_steps``, ...).
+            ``return_convergence_delta=True`` returns the deltas of all ``nt_samples × batch`` copies as well.
+        """
+        if nt_type not in NT_TYPES:
+            raise ValueError(f"nt_type must be one of {', '.join(NT_TYPES)}; got {nt_type!r}")
+        nt_samples = arguments.check_positive_int("nt_samples", nt_samples, allow_none=False)
+        per_call = arguments.check_positive_int("nt_samples_batch_size", nt_samples_batch_size) or nt_samples
+        arguments.check_bool("draw_baseline_from_distrib", draw_baseline_from_distrib)
+        inputs_t, was_tuple = arguments.normalize_inputs(inputs)
+        sigmas = _check_stdevs(stdevs, len(inputs_t))
+        batch = inputs_t[0].shape[0]
+        want_delta = kwargs.get("return_convergence_delta", False)
+        if want_delta and not self.is_delta_supported:
+            raise ValueError(f"{type(self.attribution_method).__name__} has no convergence delta; "
+                             "return_convergence_delta must be False")
+        baselines = kwargs.pop("baselines", None)
+        target = kwargs.pop("target", None)
+        extra = kwargs.pop("additional_forward_args", None)
+        target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
+        args, per_example = arguments.normalize_additional_args(extra, batch)
+
+        total = squares = None
+        deltas = []
+        done = 0
+        while done < nt_samples:
+            s = min(per_call, nt_samples - done)
+            rows = torch.arange(batch).repeat(s)
+            noisy = tuple(
+                x.detach().repeat((s,) + (1,) * (x.dim() - 1)) + sigma * torch.randn(
+                    (s * batch,) + x.shape[1:], dtype=x.dtype, device=x.device)
+                for x, sigma in zip(inputs_t, sigmas)
+            )
+            call = dict(kwargs)
+            call["baselines"] = _baselines_for(baselines, inputs_t, was_tuple, s, draw_baseline_from_distrib)
+            if "target" in _accepted(self.attribution_method):
+                call["target"] = None if target_t is None else target_t.index_select(0, rows.to(target_t.device))
+            if args:
+                call["additional_forward_args"] = arguments.select_rows(args, per_example, rows)
+            out = self.attribution_method.attribute(noisy if was_tuple else noisy[0], **call)
+            if want_delta:
+                out, delta = out
+                deltas.append(delta)
+            leaves, rebuild = _flatten(out)
+            grouped = [a.reshape((s, batch) + a.shape[1:]) for a in leaves]
+            part = [g.to(torch.promote_types(g.dtype, torch.float32)).sum(0) for g in grouped]
+            part_sq = [(g.to(torch.promote_types(g.dtype, torch.float32)) ** 2).sum(0) for g in grouped]
+            total = part if total is None else [t + p for t, p in zip(total, part)]
+            squares = part_sq if squares is None else [t + p for t, p in zip(squares, part_sq)]
+            done += s
+        mean = [t / nt_samples for t in total]
+        mean_sq = [t / nt_samples for t in squares]
+        if nt_type == "smoothgrad":
+            result = mean
+        elif nt_type == "smoothgrad_sq":
+            result = mean_sq
+        else:
+            result = [q - m * m for q, m in zip(mean_sq, mean)]
+        result = rebuild([r.to(a.dtype) for r, a in zip(result, leaves)])
+        if want_delta:
+            return result, torch.cat(deltas)
+        return result
+
+
+def _accepted(method: PathAttribution) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(method.attribute).parameters)
+
+
+def _check_stdevs(stdevs: Any, n_inputs: int) -> tuple[float, ...]:
+    values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * n_inputs
+    if len(values) != n_inputs or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise ValueError(
+            f"stdevs must be a non-negative number or a tuple of {n_inputs} non-negative numbers (one per input); "
+            f"got {stdevs!r}"
+        )
+    return tuple(float(v) for v in values)
+
+
+def _baselines_for(baselines: Any, inputs_t, was_tuple: bool, samples: int, draw: bool):
+    """Baselines for ``samples`` stacked copies of the batch: repeated, or drawn from a distribution of rows."""
+    if baselines is None:
+        return None
+    items = baselines if isinstance(baselines, tuple) else (baselines,)
+    batch = inputs_t[0].shape[0]
+    out = []
+    for i, b in enumerate(items):
+        if not isinstance(b, Tensor) or b.dim() == 0:
+            out.append(b)
+        elif draw:
+            pick = torch.randint(0, b.shape[0], (samples * batch,), device=b.device)
+            out.append(b.index_select(0, pick))
+        elif b.shape[0] == batch and batch > 1:
+            out.append(b.repeat((samples,) + (1,) * (b.dim() - 1)))
+        else:
+            out.append(b)
+    return tuple(out) if isinstance(baselines, tuple) else out[0]
+
+
+def _flatten(out: Any):
+    """Leaves of a result that may be a tensor, a tuple of tensors, or a list of those; with a rebuild function."""
+    if isinstance(out, Tensor):
+        return [out], lambda leaves: leaves[0]
+    if isinstance(out, tuple):
+        return list(out), lambda leaves: tuple(leaves)
+    if isinstance(out, list):
+        parts = [_flatten(o) for o in out]
+        sizes = [len(p[0]) for p in parts]
+
+        def rebuild(leaves):
+            res, pos = [], 0
+            for (_, fn), n in zip(parts, sizes):
+                res.append(fn(leaves[pos:pos + n]))
+                pos += n
+            return res
+
+        return [leaf for p in parts for leaf in p[0]], rebuild
+    raise TypeError(f"unexpected attribution result of type {type(out).__name__}")

@@ -1,0 +1,216 @@
+"""Probes: what is differentiated along the path.
+
+A probe turns a model evaluation on a chunk of path rows into one scalar per row: the output at each example's
+target, or one neuron of a layer. Layer hooks capture (and optionally stop the forward at) a layer, or replace its
+output with interpolated activations. Every hook is removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .arguments import check_output
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward pass early; never escapes this package."""
+
+
+class TargetProbe:
+    """Selects ``output[row, *target[example(row)]]`` by vectorised indexing.
+
+    Parameters
+    ----------
+    target : Tensor or None
+        ``(batch, k)`` LongTensor from :func:`integrad.arguments.normalize_target`, or None for models returning
+        one scalar per example.
+    """
+
+    def __init__(self, target: Tensor | None):
+        self.target = target
+        self._flat: Tensor | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, output: Any, examples: Tensor) -> Tensor:
+        output = check_output(output, examples.shape[0])
+        flat_output = output.reshape(output.shape[0], -1)
+        if self._shape != tuple(output.shape[1:]):
+            self._flat = self._flat_indices(tuple(output.shape[1:]))
+            self._shape = tuple(output.shape[1:])
+        if self._flat is None:
+            return flat_output[:, 0]
+        index = self._flat.to(output.device).index_select(0, examples.to(output.device))
+        return flat_output.gather(1, index.unsqueeze(1)).squeeze(1)
+
+    def _flat_indices(self, per_example_shape: tuple[int, ...]) -> Tensor | None:
+        if self.target is None:
+            if any(s != 1 for s in per_example_shape):
+                raise ValueError(
+                    f"target is required: forward_func returns {per_example_shape} values per example, and only a "
+                    "model with one scalar per example can be attributed without target. Pass target=<class index>"
+                )
+            return None
+        k = self.target.shape[1]
+        if k != len(per_example_shape):
+            raise ValueError(
+                f"target has {k} index(es) per example, but the model output has {len(per_example_shape)} dimension(s) "
+                f"after the batch (shape per example {per_example_shape}); give one index per output dimension"
+            )
+        sizes = torch.tensor(per_example_shape, dtype=torch.long, device=self.target.device)
+        low, high = self.target.min(0).values, self.target.max(0).values
+        if bool((low < -sizes).any() or (high >= sizes).any()):
+            raise ValueError(
+                f"target holds indices from {low.tolist()} to {high.tolist()}, outside the model output's "
+                f"per-example shape {per_example_shape}"
+            )
+        wrapped = torch.remainder(self.target, sizes)
+        strides = torch.tensor(
+            [int(torch.tensor(per_example_shape[i + 1 :]).prod()) for i in range(k)], dtype=torch.long,
+            device=self.target.device,
+        )
+        return (wrapped * strides).sum(1)
+
+
+class NeuronProbe:
+    """One neuron (or a summed region, or a user function) of a captured layer tensor, per row."""
+
+    def __init__(self, selector: int | tuple | Callable[[Any], Tensor]):
+        self.selector = selector
+
+    def __call__(self, layer_value: Any, rows: int) -> Tensor:
+        sel = self.selector
+        if callable(sel):
+            value = sel(layer_value)
+            if not isinstance(value, Tensor):
+                raise TypeError(f"neuron_selector returned {type(value).__name__}; it must return a tensor")
+            if value.numel() == rows:
+                return value.reshape(rows)
+            if value.numel() == 1:
+                # A single aggregate over the whole chunk: its gradient still separates by row.
+                return value.reshape(1).expand(rows) / rows
+            raise ValueError(
+                f"neuron_selector returned a tensor of shape {tuple(value.shape)}; it must return one scalar per "
+                f"example ({rows} here) or a single scalar"
+            )
+        if not isinstance(layer_value, Tensor):
+            raise ValueError(
+                "neuron_selector as an int or tuple needs the layer to produce a single tensor; this layer produced "
+                f"{type(layer_value).__name__}. Pass a callable selector instead"
+            )
+        index = (sel,) if not isinstance(sel, tuple) else sel
+        if len(index) != layer_value.dim() - 1:
+            raise ValueError(
+                f"neuron_selector {sel!r} has {len(index)} index(es), but the layer's value has shape "
+                f"{tuple(layer_value.shape[1:])} per example; give one int or slice per dimension after the batch"
+            )
+        for i, (ix, size) in enumerate(zip(index, layer_value.shape[1:])):
+            if isinstance(ix, int) and not -size <= ix < size:
+                raise ValueError(f"neuron_selector[{i}] = {ix} is out of range for a layer dimension of size {size}")
+        picked = layer_value[(slice(None),) + index]
+        return picked.reshape(rows, -1).sum(1)
+
+
+def check_neuron_selector(selector: Any) -> Any:
+    if callable(selector):
+        return selector
+    if isinstance(selector, bool):
+        raise TypeError("neuron_selector must be an int, a tuple of ints and slices, or a callable; got a bool")
+    if isinstance(selector, int):
+        return selector
+    if isinstance(selector, tuple) and selector and all(
+        (isinstance(i, int) and not isinstance(i, bool)) or isinstance(i, slice) for i in selector
+    ):
+        return selector
+    raise TypeError(
+        "neuron_selector must be an int (2-D layer output), a tuple of ints and slices (one per dimension after the "
+        f"batch), or a callable taking the layer's value; got {selector!r}"
+    )
+
+
+def check_layer(forward_func: Any, layer: Any, name: str = "layer") -> None:
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module inside the model; got {type(layer).__name__}")
+    if isinstance(forward_func, nn.Module) and not any(m is layer for m in forward_func.modules()):
+        raise ValueError(
+            f"{name} ({type(layer).__name__}) is not a submodule of the model passed as forward_func; pass a module "
+            "from model.named_modules()"
+        )
+
+
+def _layer_value(args: tuple, output: Any, use_input: bool) -> Any:
+    if use_input:
+        return args[0] if len(args) == 1 else args
+    return output
+
+
+@contextlib.contextmanager
+def captured(layers: Sequence[nn.Module], use_input: bool, stop: bool) -> Iterator[list]:
+    """Record each layer's value (output, or input with ``use_input``) into the yielded list.
+
+    With ``stop=True`` the forward is ended by :class:`StopForward` once every layer has run, because nothing after
+    them is needed. The list holds ``None`` for a layer that has not run.
+    """
+    values: list = [None] * len(layers)
+    seen = [False] * len(layers)
+    handles = []
+
+    def make_hook(i: int):
+        def record(value: Any) -> None:
+            values[i] = value
+            seen[i] = True
+            if stop and all(seen):
+                raise StopForward
+
+        if use_input:
+            return lambda module, args: record(args[0] if len(args) == 1 else args)
+        return lambda module, args, output: record(output)
+
+    try:
+        for i, layer in enumerate(layers):
+            hook = make_hook(i)
+            handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
+        yield values
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def replaced(layers: Sequence[nn.Module], new_values: Sequence[Any], use_input: bool) -> Iterator[None]:
+    """Make each layer output ``new_values[i]`` (or receive it as input) during the forward."""
+    handles = []
+
+    def make_hook(value: Any):
+        if use_input:
+            return lambda module, args: value if isinstance(value, tuple) else (value,)
+        return lambda module, args, output: value
+
+    try:
+        for layer, value in zip(layers, new_values):
+            hook = make_hook(value)
+            handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_until(forward_func: Callable, layers: Sequence[nn.Module], use_input: bool, args: tuple) -> list:
+    """Run ``forward_func(*args)`` only as far as needed to see every layer; return the layers' values."""
+    with captured(layers, use_input, stop=True) as values:
+        try:
+            forward_func(*args)
+        except StopForward:
+            pass
+    missing = [type(layers[i]).__name__ for i, v in enumerate(values) if v is None]
+    if missing:
+        raise ValueError(
+            f"layer {', '.join(missing)} did not run during forward_func, so it cannot be attributed; pass a module "
+            "that the forward pass uses"
+        )
+    return values
