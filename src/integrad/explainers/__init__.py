@@ -1,0 +1,25 @@
+"""Explainers: attribution methods behind one interface (a model, a batch, targets), with baselines and tunables.
+
+>>> from integrad.explainers import IntegratedGradients
+>>> explainer = IntegratedGradients(model, n_steps=32, baseline_fn="gaussian_blur")   # doctest: +SKIP
+>>> attributions = explainer.attribute(images, labels)                                # doctest: +SKIP
+"""
+
+from .base import Explainer
+from .baselines import BASELINES, get_baseline_fn
+from .integrated_gradients import IntegratedGradients
+from .support import SUPPORTED_MODULES, Attention, Convolution, Linear, ModuleCategory, SupportReport, check_support
+
+__all__ = [
+    "Attention",
+    "BASELINES",
+    "Convolution",
+    "Explainer",
+    "IntegratedGradients",
+    "Linear",
+    "ModuleCategory",
+    "SUPPORTED_MODULES",
+    "SupportReport",
+    "check_support",
+    "get_baseline_fn",
+]

@@ -1,0 +1,448 @@
+"""Integrated-gradients explainer: the core method behind the :class:`~integrad.explainers.Explainer` interface."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .base import Explainer, Extractor, TensorOrTuple
+from .baselines import BASELINES, ConfiguredBaseline, baselines_for, get_baseline_fn, input_kind
+from .support import Attention, Convolution, Linear
+
+__all__ = ["IntegratedGradients"]
+
+LayerSpec = Union[str, nn.Module]
+BaselineSpec = Union[str, Callable[..., torch.Tensor], torch.Tensor, float]
+
+# Where each core keyword goes: the core constructor, its ``attribute``, or the noise tunnel around it.
+_CONSTRUCTOR_KEYS = ("multiply_by_inputs",)
+_ATTRIBUTE_KEYS = ("method", "internal_batch_size", "memory_budget", "tolerance")
+_LAYER_ATTRIBUTE_KEYS = ("attribute_to_layer_input",)
+_NOISE_KEYS = ("nt_type", "nt_samples", "nt_samples_batch_size")
+_NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+_DEFAULT_NT_SAMPLES = 5
+
+
+def _methods() -> Tuple[str, ...]:
+    from integrad.rules import METHODS
+
+    return tuple(METHODS)
+
+
+def _default_method() -> str:
+    import inspect
+
+    import integrad
+
+    parameter = inspect.signature(integrad.IntegratedGradients.attribute).parameters.get("method")
+    return parameter.default if parameter is not None else "gausslegendre"
+
+
+class IntegratedGradients(Explainer):
+    r"""Integrated gradients (Sundararajan et al., 2017) as an :class:`Explainer`.
+
+    For an attributed input ``x``, baseline ``x′`` and output ``F`` at the target,
+
+    .. math:: \mathrm{IG}_i(x) = (x_i - x'_i) \int_0^1 \partial_i F(x' + \alpha (x - x'))\, d\alpha ,
+
+    computed by :class:`integrad.IntegratedGradients` (or :class:`integrad.LayerIntegratedGradients` when
+    ``layer`` is given, with ``x`` the layer's activations). Attributions add up to ``F(x) − F(x′)``; the gap,
+    :attr:`last_delta`, measures the quadrature error.
+
+    The explainer does not call ``model.eval()``. Whether dropout is active and which statistics batch norm uses
+    are the caller's choice, and the model is shared with the caller's code, so switching its mode here would
+    change their model behind their back. Put the model in eval mode before explaining it when that is what you
+    want (it usually is: attributions of a model with active dropout are random).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Called as ``model(*attributed_inputs, *additional_args)``; returns ``(N, K)`` scores or ``(N,)`` scalars.
+    n_steps : int or "auto"
+        Path points per example; ``"auto"`` lets the core pick them to meet ``tolerance``.
+    baseline_fn : str, callable, tensor, or tuple of these
+        How the baseline is built from the attributed inputs: a name from
+        :data:`integrad.explainers.baselines.BASELINES`, a callable ``fn(inputs) -> Tensor`` (e.g.
+        ``token(103)``), or a tensor/number used as is. A tuple gives one per attributed input.
+    layer : str, nn.Module, or a list of these, optional
+        ``None`` attributes to the inputs. Otherwise the layer(s) whose activations are attributed — modules of
+        ``model`` or dotted names resolved with ``model.get_submodule`` (``"bert.embeddings"``).
+    n_classes : int, optional
+        Number of output classes; when given, targets outside ``[0, n_classes)`` are rejected before the model
+        runs.
+    forward_arg_extractor, additional_forward_arg_extractor : callable, optional
+        Read batches; see :class:`Explainer`.
+    noise_level : float
+        ``0`` (off) or the SmoothGrad noise level: the method is wrapped in :class:`integrad.NoiseTunnel`
+        (``nt_type="smoothgrad"`` unless set) with, for each attributed input, ``stdevs = noise_level × (max − min)``
+        of that input over the batch — the range, not the standard deviation, as Smilkov et al. scale it (they
+        recommend 10–20 %). Needs floating-point attributed inputs.
+    **core_kwargs
+        Passed to the core: ``multiply_by_inputs`` to its constructor; ``method``, ``internal_batch_size``,
+        ``memory_budget``, ``tolerance`` (and ``attribute_to_layer_input`` with a layer) to its ``attribute``;
+        ``nt_type``, ``nt_samples`` (default 5) and ``nt_samples_batch_size`` to the noise tunnel.
+
+    Attributes
+    ----------
+    last_delta : torch.Tensor or None
+        Convergence delta ``Σ attributions − (F(x) − F(x′))`` per example of the last :meth:`attribute` call
+        (averaged over noise samples when ``noise_level > 0``).
+    last_report : integrad.IntegrationReport or None
+        The core's report of the last call (steps used, rows evaluated, error estimate).
+
+    References
+    ----------
+    Sundararajan, Taly, Yan. Axiomatic Attribution for Deep Networks. ICML 2017.
+    Smilkov, Thorat, Kim, Viégas, Wattenberg. SmoothGrad: removing noise by adding noise. 2017.
+    """
+
+    SUPPORTED_MODULES = [Linear, Convolution, Attention]
+
+    def __init__(self, model: nn.Module, n_steps: Union[int, str] = 20,
+                 baseline_fn: Union[BaselineSpec, Tuple[BaselineSpec, ...]] = "zeros",
+                 layer: Optional[Union[LayerSpec, Sequence[LayerSpec]]] = None, n_classes: Optional[int] = None,
+                 forward_arg_extractor: Optional[Extractor] = None,
+                 additional_forward_arg_extractor: Optional[Extractor] = None, noise_level: float = 0.0,
+                 **core_kwargs: Any) -> None:
+        super().__init__(model, forward_arg_extractor, additional_forward_arg_extractor)
+        self.n_steps = _check_n_steps(n_steps)
+        self.baseline_fn = baseline_fn
+        self._baseline_fns = _resolve_baselines(baseline_fn)
+        self.layer = layer
+        self._layers = _resolve_layers(model, layer)
+        self.n_classes = _check_n_classes(n_classes)
+        self.noise_level = _check_noise_level(noise_level)
+        self.core_kwargs = _check_core_kwargs(core_kwargs, layered=layer is not None)
+        self.last_delta: Optional[torch.Tensor] = None
+        self.last_report: Any = None
+
+    # ------------------------------------------------------------------------------------------------- core
+
+    @property
+    def core(self):
+        """A fresh core method configured like this explainer (``integrad.IntegratedGradients`` or
+        ``integrad.LayerIntegratedGradients``)."""
+        import integrad
+
+        constructor = {k: v for k, v in self.core_kwargs.items() if k in _CONSTRUCTOR_KEYS}
+        if self._layers is None:
+            return integrad.IntegratedGradients(self.model, **constructor)
+        return integrad.LayerIntegratedGradients(self.model, self._layers, **constructor)
+
+    def attribute(self, inputs: Any, targets: Optional[Union[torch.Tensor, int, Sequence[int]]] = None
+                  ) -> TensorOrTuple:
+        """Integrated gradients of the batch ``inputs`` at ``targets``.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor or tuple
+            A batch; ``forward_arg_extractor`` picks the attributed tensors (default: all of it) and
+            ``additional_forward_arg_extractor`` the arguments passed along (default: none).
+        targets : torch.LongTensor of shape (N,), int, sequence of int, or None
+            Output index per example; ``None`` when the model returns one value per example.
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            What the core returns: attributions shaped like the attributed inputs, or like the layer's
+            activations (a list for a list of layers).
+        """
+        forward, additional = self._extract_args(inputs)
+        tensors = forward if isinstance(forward, tuple) else (forward,)
+        target = _check_targets(targets, tensors[0].shape[0] if tensors[0].dim() else 1, self.n_classes)
+        baselines = self._baselines(tensors)
+        baselines = baselines if isinstance(forward, tuple) else baselines[0]
+
+        method = self.core
+        kwargs: Dict[str, Any] = {k: v for k, v in self.core_kwargs.items()
+                                  if k in _ATTRIBUTE_KEYS + _LAYER_ATTRIBUTE_KEYS}
+        kwargs.update(baselines=baselines, target=target, additional_forward_args=additional, n_steps=self.n_steps,
+                      return_convergence_delta=True)
+        if self.noise_level > 0:
+            attributions, delta = self._smoothgrad(method, forward, tensors, kwargs)
+        else:
+            attributions, delta = method.attribute(forward, **kwargs)
+        self.last_delta = delta.detach() if torch.is_tensor(delta) else delta
+        self.last_report = getattr(method, "last_report", None)
+        return attributions
+
+    def _smoothgrad(self, method: Any, forward: TensorOrTuple, tensors: Tuple[torch.Tensor, ...],
+                    kwargs: Dict[str, Any]) -> Tuple[TensorOrTuple, Optional[torch.Tensor]]:
+        import integrad
+
+        if any(not t.is_floating_point() for t in tensors):
+            raise ValueError(
+                "noise_level > 0 adds Gaussian noise to the attributed inputs, which needs floating-point inputs; "
+                f"got dtype(s) {[str(t.dtype) for t in tensors]}. Use noise_level=0 for token ids."
+            )
+        stdevs = tuple(self.noise_level * float(t.detach().amax() - t.detach().amin()) for t in tensors)
+        nt_samples = self.core_kwargs.get("nt_samples", _DEFAULT_NT_SAMPLES)
+        noise = {"nt_type": self.core_kwargs.get("nt_type", "smoothgrad"), "nt_samples": nt_samples,
+                 "stdevs": stdevs if isinstance(forward, tuple) else stdevs[0]}
+        if "nt_samples_batch_size" in self.core_kwargs:
+            noise["nt_samples_batch_size"] = self.core_kwargs["nt_samples_batch_size"]
+        attributions, delta = integrad.NoiseTunnel(method).attribute(forward, **noise, **kwargs)
+        n = tensors[0].shape[0]
+        if torch.is_tensor(delta) and delta.numel() == n * nt_samples and nt_samples > 1:
+            # The tunnel reports one delta per noisy copy, sample by sample (all N examples of copy 0 first).
+            delta = delta.reshape(nt_samples, n).mean(dim=0)
+        return attributions, delta
+
+    def _baselines(self, tensors: Tuple[torch.Tensor, ...]) -> Tuple[Any, ...]:
+        fns = self._baseline_fns
+        if len(fns) == 1:
+            fns = fns * len(tensors)
+        elif len(fns) != len(tensors):
+            raise ValueError(
+                f"baseline_fn is a tuple of {len(fns)} but {len(tensors)} input(s) are attributed; "
+                "give one baseline per attributed input, or a single one for all"
+            )
+        baselines = []
+        for fn, tensor in zip(fns, tensors):
+            if callable(fn):
+                with torch.no_grad():
+                    baselines.append(fn(tensor.detach()))
+            else:
+                baselines.append(fn)
+        return tuple(baselines)
+
+    # ----------------------------------------------------------------------------------------------- tuning
+
+    def get_tunables(self, inputs: Any = None) -> Dict[str, Tuple[type, Dict[str, Any]]]:
+        """Search space: ``{name: (type, space)}``.
+
+        Format: ``type`` is ``int`` or ``float`` with ``space = {"low", "high"}`` (bounds included) and optional
+        ``"step"`` and ``"log"``, or ``str`` with ``space = {"choices": [...]}``. A space with
+        ``"when": {"baseline_fn": name}`` belongs to that baseline and exists only when it is chosen; such keys
+        read ``"baseline_fn.<name>.<parameter>"``. :meth:`apply_tunables` turns a point of the space into an
+        explainer.
+
+        Entries: ``n_steps`` (int, 10–100 by 10); ``method`` (the five quadrature rules); ``baseline_fn`` (the
+        built-in baselines that fit every attributed input: ``zeros``/``token`` for token ids, the image
+        baselines only for 4-D floating inputs, see :func:`~integrad.explainers.baselines.baselines_for`) and
+        each chosen baseline's own parameters; ``noise_level`` (float 0–0.3 by 0.05, 0 meaning off; absent for
+        token ids). ``baseline_fn`` is absent when it is a per-input tuple.
+
+        Parameters
+        ----------
+        inputs : optional
+            A batch like :meth:`attribute` takes; the kinds of its attributed tensors decide the baselines.
+            Without it they are guessed from the model: token ids when the layer is or contains an
+            ``nn.Embedding``, else from the model's first ``Embedding``/``Conv``/``Linear`` module.
+        """
+        kinds = self._input_kinds(inputs)
+        tunables: Dict[str, Tuple[type, Dict[str, Any]]] = {
+            "n_steps": (int, {"low": 10, "high": 100, "step": 10}),
+            "method": (str, {"choices": list(_methods())}),
+        }
+        if not isinstance(self.baseline_fn, tuple):
+            names = [name for name in BASELINES if all(name in baselines_for(kind) for kind in kinds)]
+            tunables["baseline_fn"] = (str, {"choices": names})
+            for name in names:
+                for parameter, (kind, space) in BASELINES[name].TUNABLES.items():
+                    tunables[f"baseline_fn.{name}.{parameter}"] = (kind, {**space, "when": {"baseline_fn": name}})
+        if "token" not in kinds:
+            tunables["noise_level"] = (float, {"low": 0.0, "high": 0.3, "step": 0.05})
+        return tunables
+
+    def apply_tunables(self, params: Dict[str, Any]) -> "IntegratedGradients":
+        """A copy configured at a point of :meth:`get_tunables`'s space, e.g. from a tuner's trial.
+
+        ``{"baseline_fn": "gaussian_blur", "baseline_fn.gaussian_blur.sigma": 2.0, "n_steps": 30}`` becomes
+        ``set_kwargs(baseline_fn=get_baseline_fn("gaussian_blur", sigma=2.0), n_steps=30)``. When the chosen
+        baseline is the one already configured (say ``token(103)``), its parameters are kept unless overridden.
+        """
+        kwargs: Dict[str, Any] = {}
+        baseline_params: Dict[str, Any] = {}
+        for key, value in params.items():
+            if key.startswith("baseline_fn."):
+                _, name, parameter = key.split(".", 2)
+                if params.get("baseline_fn") == name:
+                    baseline_params[parameter] = value
+            else:
+                kwargs[key] = value
+        name = kwargs.get("baseline_fn")
+        if isinstance(name, str):
+            current = self.baseline_fn
+            if isinstance(current, str):
+                current = get_baseline_fn(current)
+            if isinstance(current, ConfiguredBaseline) and current.name == name.strip().lower():
+                kwargs["baseline_fn"] = get_baseline_fn(current, **baseline_params)
+            else:
+                kwargs["baseline_fn"] = get_baseline_fn(name, **baseline_params)
+        return self.set_kwargs(**kwargs)
+
+    def current_tunables(self) -> Dict[str, Any]:
+        """This explainer's configuration as a point of :meth:`get_tunables`'s space.
+
+        ``method`` is the core's default when not set; the baseline appears by name with its parameters under
+        ``"baseline_fn.<name>.<parameter>"``; a custom callable baseline has no name in the space and is left out.
+        """
+        point: Dict[str, Any] = {"n_steps": self.n_steps, "noise_level": self.noise_level,
+                                 "method": self.core_kwargs.get("method", _default_method())}
+        spec = self.baseline_fn
+        if isinstance(spec, str):
+            spec = get_baseline_fn(spec)
+        if isinstance(spec, ConfiguredBaseline) and spec.name in BASELINES:
+            point["baseline_fn"] = spec.name
+            for parameter, value in spec.params.items():
+                point[f"baseline_fn.{spec.name}.{parameter}"] = value
+        return point
+
+    def _input_kinds(self, inputs: Any) -> Tuple[str, ...]:
+        if inputs is not None:
+            forward, _ = self._extract_args(inputs)
+            tensors = forward if isinstance(forward, tuple) else (forward,)
+            return tuple(sorted({input_kind(t) for t in tensors}))
+        layers = self._layers if isinstance(self._layers, list) else [self._layers] if self._layers else []
+        if any(isinstance(m, nn.Embedding) for layer in layers for m in layer.modules()):
+            return ("token",)
+        if isinstance(self.model, nn.Module):
+            for module in self.model.modules():
+                if isinstance(module, nn.Embedding):
+                    return ("token",)
+                if isinstance(module, nn.Conv2d):
+                    return ("image",)
+                if isinstance(module, nn.Conv1d):
+                    return ("sequence",)
+                if isinstance(module, (nn.Conv3d, nn.Linear)):
+                    return ("other",) if isinstance(module, nn.Conv3d) else ("tabular",)
+        return ("other",)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _check_n_steps(n_steps: Any) -> Union[int, str]:
+    if isinstance(n_steps, str) and n_steps == "auto":
+        return n_steps
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int or 'auto', got {n_steps!r}")
+    return int(n_steps)
+
+
+def _check_n_classes(n_classes: Any) -> Optional[int]:
+    if n_classes is None:
+        return None
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive int or None, got {n_classes!r}")
+    return int(n_classes)
+
+
+def _check_noise_level(noise_level: Any) -> float:
+    if isinstance(noise_level, bool) or not isinstance(noise_level, numbers.Real):
+        raise TypeError(f"noise_level must be a non-negative float (0 turns noise off), got {noise_level!r}")
+    if not math.isfinite(noise_level) or noise_level < 0:
+        raise ValueError(f"noise_level must be a non-negative finite float (0 turns noise off), got {noise_level!r}")
+    return float(noise_level)
+
+
+def _check_core_kwargs(core_kwargs: Dict[str, Any], layered: bool) -> Dict[str, Any]:
+    accepted = _CONSTRUCTOR_KEYS + _ATTRIBUTE_KEYS + _NOISE_KEYS + (_LAYER_ATTRIBUTE_KEYS if layered else ())
+    unknown = sorted(set(core_kwargs) - set(accepted))
+    if unknown:
+        hint = " (attribute_to_layer_input needs a layer)" if "attribute_to_layer_input" in unknown else ""
+        raise TypeError(
+            f"IntegratedGradients got unexpected keyword argument(s) {unknown}{hint}; "
+            f"accepted core keywords are {sorted(accepted)}"
+        )
+    if "method" in core_kwargs:
+        methods = _methods()
+        if core_kwargs["method"] not in methods:
+            raise ValueError(f"method must be one of {list(methods)}, got {core_kwargs['method']!r}")
+    if "nt_type" in core_kwargs and core_kwargs["nt_type"] not in _NT_TYPES:
+        raise ValueError(f"nt_type must be one of {list(_NT_TYPES)}, got {core_kwargs['nt_type']!r}")
+    nt_samples = core_kwargs.get("nt_samples", _DEFAULT_NT_SAMPLES)
+    if isinstance(nt_samples, bool) or not isinstance(nt_samples, numbers.Integral) or nt_samples < 1:
+        raise ValueError(f"nt_samples must be a positive int, got {nt_samples!r}")
+    return dict(core_kwargs)
+
+
+def _resolve_baselines(baseline_fn: Any) -> Tuple[Any, ...]:
+    specs = baseline_fn if isinstance(baseline_fn, tuple) else (baseline_fn,)
+    if not specs:
+        raise ValueError("baseline_fn must not be an empty tuple; give one baseline per attributed input")
+    resolved = []
+    for spec in specs:
+        if torch.is_tensor(spec) or (isinstance(spec, numbers.Number) and not isinstance(spec, bool)):
+            resolved.append(spec)
+        elif isinstance(spec, str) or callable(spec):
+            resolved.append(get_baseline_fn(spec))
+        else:
+            raise TypeError(
+                f"baseline_fn must be a name from {sorted(BASELINES)}, a callable fn(inputs) -> Tensor, a tensor, "
+                f"a number, or a tuple of these (one per attributed input); got {type(spec).__name__}"
+            )
+    return tuple(resolved)
+
+
+def _resolve_layers(model: Any, layer: Any) -> Optional[Union[nn.Module, List[nn.Module]]]:
+    if layer is None:
+        return None
+    if isinstance(layer, (list, tuple)):
+        if not layer:
+            raise ValueError("layer must be None, a module, a dotted name, or a non-empty list of these; got []")
+        return [_resolve_layer(model, item) for item in layer]
+    return _resolve_layer(model, layer)
+
+
+def _resolve_layer(model: Any, layer: Any) -> nn.Module:
+    if isinstance(layer, str):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"layer given by name ({layer!r}) needs model to be an nn.Module")
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            names = [name for name, _ in model.named_modules() if name]
+            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.6)
+            if not close:
+                close = [name for name in names if "." not in name][:10]
+                hint = f"top-level modules are {close}"
+            else:
+                hint = f"did you mean {close}?"
+            raise ValueError(f"layer {layer!r} is not a submodule of {type(model).__name__}; {hint}") from None
+    if isinstance(layer, nn.Module):
+        if isinstance(model, nn.Module) and not any(layer is module for module in model.modules()):
+            raise ValueError(
+                f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}; its activations would "
+                "never be computed. Pass a module of the model or its dotted name"
+            )
+        return layer
+    raise TypeError(
+        f"layer must be None, an nn.Module, a dotted module name (str), or a list of these; got {type(layer).__name__}"
+    )
+
+
+def _check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
+    if targets is None:
+        return None
+    if isinstance(targets, bool):
+        raise TypeError("targets must be a LongTensor of shape (N,), an int, a sequence of ints, or None; got a bool")
+    if isinstance(targets, numbers.Integral):
+        values = torch.tensor([int(targets)])
+        result: Any = int(targets)
+    else:
+        if isinstance(targets, (list, tuple)):
+            if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in targets):
+                raise TypeError("targets given as a sequence must hold ints, one per example")
+            targets = torch.tensor(list(targets), dtype=torch.long)
+        if not torch.is_tensor(targets):
+            raise TypeError(
+                f"targets must be a LongTensor of shape (N,), an int, a sequence of ints, or None; "
+                f"got {type(targets).__name__}"
+            )
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
+        if targets.dim() > 1 or (targets.dim() == 1 and targets.numel() not in (1, n)):
+            raise ValueError(f"targets must have shape (N,) = ({n},) or be a scalar, got {tuple(targets.shape)}")
+        values = targets.reshape(-1)
+        result = targets
+    if n_classes is not None and values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_classes):
+        raise ValueError(f"targets must lie in [0, n_classes) = [0, {n_classes}), got values in "
+                         f"[{int(values.min())}, {int(values.max())}]")
+    return result

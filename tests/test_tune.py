@@ -1,0 +1,192 @@
+"""integrad.tune.optimize: samplers, search-space handling, pruning, state restoration, and that tuning helps."""
+
+import itertools
+import math
+import sys
+
+import optuna
+import pytest
+import torch
+
+from integrad import metrics
+from integrad.explainers import IntegratedGradients
+from integrad.tune import OptimizationResult, grid_values, optimize
+
+from _models import digits
+
+SMALL_SPACE = {
+    "n_steps": (int, {"low": 4, "high": 12, "step": 4}),
+    "method": (str, {"choices": ["riemann_left", "gausslegendre"]}),
+    "baseline_fn": (str, {"choices": ["zeros", "mean"]}),
+}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def tuning_batch(trained):
+    return trained.test_x[:8], trained.test_y[:8]
+
+
+def _completeness(model, inputs, attributions, targets, **options):
+    """|Σ attributions − (F(x) − F(0))| per example, computed here independently of the library."""
+    with torch.no_grad():
+        rows = torch.arange(len(targets))
+        gap = model(inputs)[rows, targets] - model(torch.zeros_like(inputs))[rows, targets]
+    return (attributions.sum(dim=(1, 2, 3)) - gap).abs()
+
+
+_completeness.higher_is_better = False
+
+
+def test_random_sampler_returns_the_best_trial(trained, tuning_batch):
+    x, y = tuning_batch
+    explainer = IntegratedGradients(trained.model)
+    result = optimize(explainer, x, y, _completeness, n_trials=6, sampler="random", seed=0, tunables=SMALL_SPACE)
+    assert isinstance(result, OptimizationResult)
+    assert result.study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in result.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(result.study.trials) == 6 and result.value == min(values)
+    # The explainer's own configuration is tried first.
+    # The explainer's own configuration is tried first, where it lies in the space (n_steps=20 does not).
+    first = result.study.trials[0].params
+    assert (first["method"], first["baseline_fn"]) == ("gausslegendre", "zeros")
+    # The returned explainer is configured at the best point and reproduces its value; the input is unchanged.
+    tuned = result.explainer
+    assert tuned.n_steps == result.params["n_steps"] and tuned.core_kwargs["method"] == result.params["method"]
+    assert tuned.model is explainer.model and explainer.n_steps == 20 and explainer.core_kwargs == {}
+    again = _completeness(trained.model, x, tuned.attribute(x, y), y).mean().item()
+    assert math.isclose(again, result.value, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_grid_sampler_visits_the_whole_finite_grid(trained, tuning_batch):
+    x, y = tuning_batch
+    result = optimize(IntegratedGradients(trained.model), x, y, _completeness, n_trials=100, sampler="grid", seed=0,
+                      tunables=SMALL_SPACE)
+    visited = {(t.params["n_steps"], t.params["method"], t.params["baseline_fn"]) for t in result.study.trials}
+    assert len(result.study.trials) == 12
+    assert visited == set(itertools.product([4, 8, 12], ["riemann_left", "gausslegendre"], ["zeros", "mean"]))
+    # The completeness gap of Gauss-Legendre at 12 points is the smallest of this grid for the zero baseline.
+    zero_trials = {(t.params["n_steps"], t.params["method"]): t.value for t in result.study.trials
+                   if t.params["baseline_fn"] == "zeros"}
+    assert zero_trials[(12, "gausslegendre")] < zero_trials[(4, "riemann_left")]
+
+
+def test_grid_values_of_each_tunable_kind():
+    assert grid_values(int, {"low": 10, "high": 100, "step": 10}) == list(range(10, 101, 10))
+    assert grid_values(float, {"low": 0.0, "high": 0.3, "step": 0.1}) == [0.0, 0.1, 0.2, 0.3]
+    assert grid_values(float, {"low": 0.01, "high": 1.0, "log": True}, points=3) == [0.01, 0.1, 1.0]
+    assert grid_values(int, {"low": 1, "high": 3}) == [1, 2, 3]
+    assert grid_values(str, {"choices": ["a", "b"]}) == ["a", "b"]
+
+
+def test_grid_over_the_default_space_leaves_dependent_entries_at_defaults(trained, tuning_batch):
+    x, y = tuning_batch
+    result = optimize(IntegratedGradients(trained.model, n_steps=4), x, y, _completeness, n_trials=3,
+                      sampler="grid", seed=1)
+    assert len(result.study.trials) == 3
+    for trial in result.study.trials:
+        assert set(trial.params) == {"n_steps", "method", "baseline_fn", "noise_level"}
+
+
+def test_nan_trials_are_pruned_not_fatal(trained, tuning_batch):
+    x, y = tuning_batch
+
+    def broken_for_mean(model, inputs, attributions, targets, *, explainer=None):
+        # A metric that breaks down (NaN) for one of the baselines.
+        score = attributions.abs().sum(dim=(1, 2, 3))
+        return score * float("nan") if explainer.baseline_fn.name == "mean" else score
+
+    broken_for_mean.higher_is_better = True
+    result = optimize(IntegratedGradients(trained.model), x, y, broken_for_mean, n_trials=12, sampler="grid",
+                      tunables=SMALL_SPACE)
+    states = [(t.params["baseline_fn"], t.state) for t in result.study.trials]
+    assert len(states) == 12
+    assert all(state == optuna.trial.TrialState.PRUNED for name, state in states if name == "mean")
+    assert all(state == optuna.trial.TrialState.COMPLETE for name, state in states if name == "zeros")
+    assert result.params["baseline_fn"] == "zeros" and math.isfinite(result.value)
+    pruned = [t for t in result.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned[0].user_attrs["pruned_because"] == "metric mean is nan"
+
+
+def test_all_trials_pruned_is_an_error(trained, tuning_batch):
+    x, y = tuning_batch
+
+    def always_inf(model, inputs, attributions, targets, **options):
+        return torch.full((len(targets),), float("inf"))
+
+    always_inf.higher_is_better = False
+    with pytest.raises(RuntimeError, match="all 2 trial\\(s\\) were pruned"):
+        optimize(IntegratedGradients(trained.model), x, y, always_inf, n_trials=2, sampler="random", seed=0,
+                 tunables=SMALL_SPACE)
+
+
+def test_seed_makes_the_search_reproducible_and_restores_state(trained, tuning_batch):
+    x, y = tuning_batch
+    explainer = IntegratedGradients(trained.model, n_steps=4)
+    space = {**SMALL_SPACE, "noise_level": (float, {"low": 0.0, "high": 0.2, "step": 0.1})}
+    rng_state = torch.get_rng_state()
+    verbosity = optuna.logging.get_verbosity()
+    first = optimize(explainer, x, y, _completeness, n_trials=4, sampler="tpe", seed=3, tunables=space)
+    assert torch.equal(torch.get_rng_state(), rng_state), "the global RNG must be restored"
+    assert optuna.logging.get_verbosity() == verbosity
+    second = optimize(explainer, x, y, _completeness, n_trials=4, sampler="tpe", seed=3, tunables=space)
+    assert [t.params for t in first.study.trials] == [t.params for t in second.study.trials]
+    assert [t.value for t in first.study.trials] == [t.value for t in second.study.trials]
+
+
+def test_metric_options_are_filled_and_overridable(trained, tuning_batch):
+    x, y = tuning_batch
+    seen = []
+
+    def recording(model, inputs, attributions, targets, *, seed=None, explainer=None, scale=1.0):
+        seen.append((seed, explainer, scale))
+        return attributions.abs().sum(dim=(1, 2, 3)) * scale
+
+    recording.higher_is_better = True
+    optimize(IntegratedGradients(trained.model), x, y, recording, n_trials=1, sampler="random", seed=5,
+             metric_kwargs={"scale": 2.0}, tunables=SMALL_SPACE)
+    assert seen[0][0] == 5 and isinstance(seen[0][1], IntegratedGradients) and seen[0][2] == 2.0
+
+
+def test_bad_arguments(trained, tuning_batch, monkeypatch):
+    x, y = tuning_batch
+    explainer = IntegratedGradients(trained.model)
+
+    def no_direction(model, inputs, attributions, targets):
+        return torch.zeros(len(targets))
+
+    with pytest.raises(TypeError, match="higher_is_better"):
+        optimize(explainer, x, y, no_direction)
+    with pytest.raises(ValueError, match=r"sampler must be one of \['tpe', 'random', 'grid'\]"):
+        optimize(explainer, x, y, _completeness, sampler="cmaes")
+    with pytest.raises(ValueError, match="n_trials must be a positive int"):
+        optimize(explainer, x, y, _completeness, n_trials=0)
+    with pytest.raises(ValueError, match="unknown metric 'fidelity'"):
+        optimize(explainer, x, y, "fidelity")
+    with pytest.raises(ValueError, match="search space is empty"):
+        optimize(explainer, x, y, _completeness, tunables={})
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(ImportError, match=r"integrad\[tune\]"):
+        optimize(explainer, x, y, _completeness)
+
+
+def test_tuned_explainer_scores_at_least_as_well_on_held_out_examples(trained):
+    """Tune on a few examples with a faithfulness metric, then compare with the default on other examples."""
+    tune_x, tune_y = trained.test_x[:16], trained.test_y[:16]
+    held_x, held_y = trained.test_x[100:164], trained.test_y[100:164]
+    default = IntegratedGradients(trained.model)
+    result = optimize(default, tune_x, tune_y, metrics.abpc, n_trials=8, sampler="random", seed=1,
+                      metric_kwargs={"n_steps": 10})
+
+    def score(explainer, x, y):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            attributions = explainer.attribute(x, y)
+        return metrics.abpc(trained.model, x, attributions, y, n_steps=10, seed=0).mean().item()
+
+    assert result.value >= score(default, tune_x, tune_y) - 1e-9
+    assert score(result.explainer, held_x, held_y) >= score(default, held_x, held_y) - 1e-6
