@@ -1,14 +1,18 @@
 """Error-controlled integration (``n_steps="auto"``): adaptive Gauss–Kronrod panels, per example.
 
-Each example's path [0, 1] is covered by panels. A panel is evaluated with the 7-point Kronrod rule, whose three
-interior Gauss nodes give a second, lower-order estimate from the same model rows. The panel's error is estimated as
-the L1 norm, over features, of the difference between the two estimates of its contribution to the attributions,
-``e_p = |(x − x′) ⊙ (K_p − G_p)|₁``. A panel is accepted when ``e_p ≤ tol · |A|₁ · width_p``; otherwise it is bisected.
-When every panel is accepted the estimated relative L1 error ``Σ e_p / |A|₁`` is below ``tol``. Kinks of ReLU
-networks make the integrand jump; bisection concentrates points around them instead of refining the whole path.
-All examples and panels of a round are evaluated together, in memory-budgeted chunks.
+Each example's path [0, 1] is covered by panels, starting with one. A panel is evaluated with the 7-point Kronrod
+rule, whose three interior Gauss nodes give a second, lower-order estimate from the same model rows; their difference
+``D_p`` (a vector over features, multiplied by ``x − x′``) estimates the panel's error. Panel errors of varying sign
+add up like a random walk, so an example's error estimate is the root-sum-square over its panels, per feature, then
+the L1 norm over features: ``E = Σ_i (Σ_p D_pi²)^½``. While ``E > tol · |A|₁`` the panels whose own error
+``|D_p|₁`` exceeds their share ``tol · |A|₁ / √P`` (or half the example's worst) are bisected. Bisection puts points
+where the integrand changes, such as the kinks of a ReLU network; smooth integrands stop after one or two panels.
+All examples and panels of a round are evaluated together, in memory-budgeted chunks. An example stops at
+``MAX_POINTS`` path points; a RuntimeWarning then says the tolerance was not reached.
 
-The completeness delta is not used as the error estimate: per-feature errors of opposite sign cancel in it.
+The estimate is reported per example in ``last_report.error_estimate`` and the points used in
+``last_report.steps``. The completeness delta is not used as the error estimate: per-feature errors of opposite
+sign cancel in it.
 
 References
 ----------
@@ -17,6 +21,8 @@ Piessens, de Doncker-Kapenga, Überhuber, Kahaner. QUADPACK. Springer, 1983.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -100,7 +106,11 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
         panel_error = sum(d.reshape(n_panels, -1).abs().sum(1).double().cpu() for d in diff)
         counts = torch.bincount(panel_example, minlength=batch)
         done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > MAX_POINTS)
-        allowed = (tolerance * attr_l1 / counts.clamp_min(1).double().sqrt()).index_select(0, panel_example)
+        # A panel is split when its own error exceeds its share of the tolerance, or when it is among the worst of
+        # an unconverged example whose panels all look fine on their own (their errors add up across features).
+        share = tolerance * attr_l1 / counts.clamp_min(1).double().sqrt()
+        worst = torch.zeros(batch, dtype=torch.float64).scatter_reduce(0, panel_example, panel_error, "amax")
+        allowed = torch.minimum(share, worst / 2).index_select(0, panel_example)
         split = (panel_error > allowed) & ~done.index_select(0, panel_example) & (panel_hi - panel_lo > MIN_WIDTH)
         if not bool(split.any()):
             break
@@ -117,6 +127,14 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
         new = torch.cat([split, torch.ones(n_right, dtype=torch.bool)])
 
     estimate = torch.where(attr_l1 > 0, error / attr_l1.clamp_min(1e-300), error)
+    unmet = estimate > tolerance
+    if bool(unmet.any()):
+        warnings.warn(
+            f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or panels of width {MIN_WIDTH:g}) for "
+            f"{int(unmet.sum())} example(s) before the estimated error fell below tolerance={tolerance:g}; the "
+            f"largest estimate is {float(estimate.max()):.3g} (see last_report.error_estimate)",
+            RuntimeWarning, stacklevel=4,
+        )
     f_start = f_end = None
     if need_ends:
         examples = torch.arange(batch).repeat(2)

@@ -83,14 +83,19 @@ class Chunking:
         self.stats["chunk_rows"] = max(self.stats["chunk_rows"], rows)
 
 
-def _point_rows(start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: Tensor, alphas: Tensor,
-                compute_dtype: torch.dtype) -> tuple[Tensor, ...]:
+def _compute_dtype(start: tuple[Tensor, ...]) -> torch.dtype:
+    """Path points are formed in float64 for float64 inputs, else in float32 (then cast to the input's dtype)."""
+    return torch.float64 if any(s.dtype == torch.float64 for s in start) else torch.float32
+
+
+def _point_rows(start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: Tensor, alphas: Tensor
+                ) -> tuple[Tensor, ...]:
+    """``start + α · delta`` for each row; ``examples`` and ``alphas`` already on the device, in compute dtype."""
     points = []
     for s, d in zip(start, delta):
-        ex = examples.to(s.device)
-        a = alphas.to(device=s.device, dtype=compute_dtype).view((-1,) + (1,) * (s.dim() - 1))
-        z = torch.addcmul(s.index_select(0, ex).to(compute_dtype), a, d.index_select(0, ex).to(compute_dtype))
-        points.append(z.to(s.dtype))
+        a = alphas.view((-1,) + (1,) * (s.dim() - 1))
+        z = torch.addcmul(s.index_select(0, examples).to(a.dtype), a, d.index_select(0, examples).to(a.dtype))
+        points.append(z if z.dtype == s.dtype else z.to(s.dtype))
     return tuple(points)
 
 
@@ -112,7 +117,7 @@ def accumulate(
     probe : callable
         ``probe(points, examples) -> Tensor[rows]`` evaluated with gradients enabled.
     start, delta : tuple of Tensor
-        Path origin and direction, one row per example.
+        Path origin and direction, one row per example, on one device.
     examples, alphas : Tensor
         Per row: which example (LongTensor) and where on its path (float64).
     weights : Tensor
@@ -125,13 +130,18 @@ def accumulate(
     sums : list of Tensor
         One ``(m, n_buckets, *per_example_shape)`` tensor per path tensor, in float32 or wider.
     values : Tensor
-        The probe at every row, float64, detached.
+        The probe at every row, float64, on the CPU, detached.
     """
+    device = start[0].device
     total = examples.shape[0]
-    acc_dtypes = [torch.promote_types(s.dtype, torch.float32) for s in start]
+    acc_dtype = torch.promote_types(_compute_dtype(start), torch.float32)
+    examples = examples.to(device)
+    alphas = alphas.to(device=device, dtype=_compute_dtype(start))
+    weights = weights.to(device=device, dtype=acc_dtype)
+    buckets = buckets.to(device)
     m = weights.shape[1]
-    sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=dt, device=s.device) for s, dt in zip(start, acc_dtypes)]
-    values = torch.empty(total, dtype=torch.float64)
+    sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) for s in start]
+    values = torch.empty(total, dtype=torch.float64, device=device)
     row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
     size = chunking.first_size(total, row_bytes)
     pos = 0
@@ -140,7 +150,7 @@ def accumulate(
         rows = slice(pos, pos + n)
         meter = ActivationMeter(chunking.budget, fixed=3 * n * row_bytes)
         try:
-            grads, chunk_values = _gradients(probe, start, delta, examples[rows], alphas[rows], acc_dtypes, meter)
+            grads, values[rows] = _gradients(probe, start, delta, examples[rows], alphas[rows], acc_dtype, meter)
         except BudgetExceeded as over:
             size = max(1, min(n // 2, int(n * chunking.budget / over.used * 0.9)))
             continue
@@ -150,24 +160,20 @@ def accumulate(
                 continue
             raise
         chunking.record(n)
-        values[rows] = chunk_values
-        ex = buckets[rows]
-        for acc, g, dt in zip(sums, grads, acc_dtypes):
-            w = weights[rows].to(device=g.device, dtype=dt)
+        w = weights[rows]
+        for acc, g in zip(sums, grads):
             shape = (n,) + (1,) * (g.dim() - 1)
             for j in range(m):
-                acc[j].index_add_(0, ex.to(g.device), g * w[:, j].view(shape))
+                acc[j].index_add_(0, buckets[rows], g * w[:, j].view(shape))
         pos += n
         if chunking.budget is not None:
             size = max(1, int(n * chunking.budget / max(meter.estimate, 1)))
-    return sums, values
+    return sums, values.cpu()
 
 
-def _gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, acc_dtypes, meter: ActivationMeter):
-    points = tuple(
-        z.requires_grad_() for z in _point_rows(start, delta, examples, alphas, torch.float64 if any(
-            s.dtype == torch.float64 for s in start) else torch.float32)
-    )
+def _gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, acc_dtype: torch.dtype,
+               meter: ActivationMeter) -> tuple[tuple[Tensor, ...], Tensor]:
+    points = tuple(z.requires_grad_() for z in _point_rows(start, delta, examples, alphas))
     with torch.enable_grad(), meter:
         out = probe(points, examples)
     if out.requires_grad:
@@ -175,22 +181,23 @@ def _gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, acc
     else:
         grads = (None,) * len(points)
     grads = tuple(
-        torch.zeros_like(z, dtype=dt) if g is None else g.to(dt) for z, g, dt in zip(points, grads, acc_dtypes)
+        torch.zeros_like(z, dtype=acc_dtype) if g is None else g.to(acc_dtype) for z, g in zip(points, grads)
     )
-    return grads, out.detach().to(device="cpu", dtype=torch.float64)
+    return grads, out.detach().to(torch.float64)
 
 
 def probe_values(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, chunking: Chunking) -> Tensor:
-    """The probe at path rows without gradients (end points for the convergence delta), float64."""
-    out = torch.empty(examples.shape[0], dtype=torch.float64)
+    """The probe at path rows without gradients (end points for the convergence delta), float64 on the CPU."""
+    device = start[0].device
+    examples = examples.to(device)
+    alphas = alphas.to(device=device, dtype=_compute_dtype(start))
+    out = torch.empty(examples.shape[0], dtype=torch.float64, device=device)
     size = max(chunking.stats["chunk_rows"], chunking.rows or 0, 1)
-    dtype = torch.float64 if any(s.dtype == torch.float64 for s in start) else torch.float32
     with torch.no_grad():
         for pos in range(0, examples.shape[0], size):
             rows = slice(pos, pos + size)
-            points = _point_rows(start, delta, examples[rows], alphas[rows], dtype)
-            out[rows] = probe(points, examples[rows]).to(device="cpu", dtype=torch.float64)
-    return out
+            out[rows] = probe(_point_rows(start, delta, examples[rows], alphas[rows]), examples[rows])
+    return out.cpu()
 
 
 @dataclass

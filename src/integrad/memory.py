@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import time
 
 import torch
 from torch import Tensor
@@ -45,7 +46,24 @@ def parse_bytes(value: int | str, name: str = "memory_budget") -> int:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory of the device holding the inputs (CUDA: driver's free memory; CPU: MemAvailable)."""
+    """Free memory of the device holding the inputs (CUDA: driver's free memory; CPU: MemAvailable).
+
+    Read at most once a second per device: calls in a loop must not pay for it each time.
+    """
+    key = str(device)
+    now = time.monotonic()
+    cached = _AVAILABLE.get(key)
+    if cached is not None and now - cached[0] < 1.0:
+        return cached[1]
+    value = _read_available(device)
+    _AVAILABLE[key] = (now, value)
+    return value
+
+
+_AVAILABLE: dict[str, tuple[float, int]] = {}
+
+
+def _read_available(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
