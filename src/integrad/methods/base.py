@@ -40,18 +40,27 @@ class PathAttribution:
     def has_convergence_delta(self) -> bool:
         return True
 
-    def _integrate(
-        self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], *, n_steps: Any, method: Any,
-        internal_batch_size: Any, memory_budget: Any, tolerance: Any, need_ends: bool,
-    ) -> PathIntegral:
+    @staticmethod
+    def _rule_settings(n_steps: Any, method: Any, internal_batch_size: Any, memory_budget: Any, tolerance: Any,
+                       device: torch.device) -> dict:
+        """Validated quadrature and chunking settings; called before the model first runs."""
         method = arguments.check_method(method)
-        n_steps = arguments.check_n_steps(n_steps, method, allow_auto=True)
-        internal_batch_size = arguments.check_positive_int("internal_batch_size", internal_batch_size)
-        chunking = Chunking.make(internal_batch_size, memory_budget, start[0].device)
-        if n_steps == "auto":
-            result = integrate_adaptive(probe, start, end, arguments.check_tolerance(tolerance), chunking, need_ends)
+        return {
+            "method": method,
+            "n_steps": arguments.check_n_steps(n_steps, method, allow_auto=True),
+            "tolerance": arguments.check_tolerance(tolerance),
+            "chunking": Chunking.make(
+                arguments.check_positive_int("internal_batch_size", internal_batch_size), memory_budget, device
+            ),
+        }
+
+    def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
+                   need_ends: bool) -> PathIntegral:
+        chunking = Chunking(rows=settings["chunking"].rows, budget=settings["chunking"].budget)
+        if settings["n_steps"] == "auto":
+            result = integrate_adaptive(probe, start, end, settings["tolerance"], chunking, need_ends)
         else:
-            result = integrate(probe, start, end, method, n_steps, chunking, need_ends)
+            result = integrate(probe, start, end, settings["method"], settings["n_steps"], chunking, need_ends)
         self.last_report = result.report
         return result
 

@@ -81,6 +81,8 @@ class LayerIntegratedGradients(PathAttribution):
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
         use_input = arguments.check_bool("attribute_to_layer_input", attribute_to_layer_input)
         inputs_t, was_tuple = arguments.normalize_inputs(inputs, need_grad=False)
+        settings = self._rule_settings(n_steps, method, internal_batch_size, memory_budget, tolerance,
+                                       inputs_t[0].device)
         batch = inputs_t[0].shape[0]
         base_t = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
@@ -118,10 +120,7 @@ class LayerIntegratedGradients(PathAttribution):
 
             probe = _layer_probe(self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args,
                                  per_example)
-            result = self._integrate(
-                probe, start, end, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
-                memory_budget=memory_budget, tolerance=tolerance, need_ends=return_convergence_delta,
-            )
+            result = self._integrate(probe, start, end, settings, need_ends=return_convergence_delta)
             attributions = self._finish(result, start, end, [p.dtype for p in end])
             if first_delta is None:
                 first_delta = self.last_report.delta

@@ -62,6 +62,8 @@ class NeuronIntegratedGradients(PathAttribution):
         selector = NeuronProbe(check_neuron_selector(neuron_selector))
         use_input = arguments.check_bool("attribute_to_neuron_input", attribute_to_neuron_input)
         inputs_t, was_tuple = arguments.normalize_inputs(inputs)
+        settings = self._rule_settings(n_steps, method, internal_batch_size, memory_budget, tolerance,
+                                       inputs_t[0].device)
         start = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
         batch = inputs_t[0].shape[0]
         args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
@@ -80,8 +82,5 @@ class NeuronIntegratedGradients(PathAttribution):
                 )
             return selector(values[0], examples.shape[0])
 
-        result = self._integrate(
-            probe, start, end, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
-            memory_budget=memory_budget, tolerance=tolerance, need_ends=False,
-        )
+        result = self._integrate(probe, start, end, settings, need_ends=False)
         return restore_structure(self._finish(result, start, end, [x.dtype for x in inputs_t]), was_tuple)
