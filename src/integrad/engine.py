@@ -9,6 +9,7 @@ chunk runs. An allocation failure halves the chunk and retries it. One forward a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,6 +77,15 @@ class Chunking:
             return min(self.rows, total)
         # Points, their gradients and the weighted copy must fit before any activation is counted.
         return max(1, min(total, self.budget // max(1, 3 * row_bytes)))
+
+    over_budget_row: bool = False
+
+    def warn_single_row(self, used: int) -> None:
+        self.over_budget_row = True
+        warnings.warn(
+            f"memory_budget={self.budget} bytes is smaller than one path row needs (about {used} bytes); rows are "
+            "evaluated one at a time, beyond the budget", RuntimeWarning, stacklevel=5,
+        )
 
     def record(self, rows: int) -> None:
         self.stats["rows"] += rows
@@ -148,10 +158,14 @@ def accumulate(
     while pos < total:
         n = min(size, total - pos)
         rows = slice(pos, pos + n)
-        meter = ActivationMeter(chunking.budget, fixed=3 * n * row_bytes)
+        # A single row over the budget cannot be split further: it runs unmetered, with a warning.
+        limit = chunking.budget if n > 1 or not chunking.over_budget_row else None
+        meter = ActivationMeter(limit, rows=n, fixed=3 * n * row_bytes)
         try:
             grads, values[rows] = _gradients(probe, start, delta, examples[rows], alphas[rows], acc_dtype, meter)
         except BudgetExceeded as over:
+            if n == 1:
+                chunking.warn_single_row(over.used)
             size = max(1, min(n // 2, int(n * chunking.budget / over.used * 0.9)))
             continue
         except Exception as error:
@@ -174,12 +188,11 @@ def accumulate(
 def _gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, acc_dtype: torch.dtype,
                meter: ActivationMeter) -> tuple[tuple[Tensor, ...], Tensor]:
     points = tuple(z.requires_grad_() for z in _point_rows(start, delta, examples, alphas))
-    with torch.enable_grad(), meter:
-        out = probe(points, examples)
-    if out.requires_grad:
-        grads = torch.autograd.grad(out.sum(), points, allow_unused=True)
-    else:
-        grads = (None,) * len(points)
+    with torch.enable_grad():
+        with meter:
+            out = probe(points, examples)
+        # An output that does not depend on the points (a constant model) has zero gradient.
+        grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
     grads = tuple(
         torch.zeros_like(z, dtype=acc_dtype) if g is None else g.to(acc_dtype) for z, g in zip(points, grads)
     )

@@ -98,8 +98,9 @@ class ActivationMeter:
     largest activation and its neighbour alive together during the backward pass.
     """
 
-    def __init__(self, limit: int | None, fixed: int = 0):
+    def __init__(self, limit: int | None, rows: int, fixed: int = 0):
         self.limit = limit
+        self.rows = rows
         self.fixed = fixed
         self.saved = 0
         self.largest = 0
@@ -111,8 +112,12 @@ class ActivationMeter:
         return self.fixed + self.saved + 2 * self.largest
 
     def _pack(self, tensor: Tensor) -> Tensor:
-        # Parameters and other leaves do not grow with the chunk.
-        if not (tensor.is_leaf and tensor.requires_grad):
+        # Parameters (and views of them, such as a transposed weight) do not grow with the chunk. What does: tensors
+        # computed from the path points (they require grad) and per-row bookkeeping such as pooling indices.
+        base = tensor if tensor._base is None else tensor._base
+        is_parameter = base.is_leaf and base.requires_grad
+        grows = tensor.requires_grad or (tensor.dim() > 0 and tensor.shape[0] == self.rows)
+        if grows and not is_parameter:
             storage = tensor.untyped_storage()
             key = storage.data_ptr()
             if key not in self._storages:

@@ -44,6 +44,11 @@ class PathAttribution:
     def _rule_settings(n_steps: Any, method: Any, internal_batch_size: Any, memory_budget: Any, tolerance: Any,
                        device: torch.device) -> dict:
         """Validated quadrature and chunking settings; called before the model first runs."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "integrated gradients need gradients, which torch.inference_mode() forbids; call attribute outside "
+                "inference mode (torch.no_grad() is fine)"
+            )
         method = arguments.check_method(method)
         return {
             "method": method,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -147,7 +148,7 @@ class IntegratedGradients(PathAttribution):
         batch = inputs_t[0].shape[0]
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
         args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
-        alphas_t = torch.as_tensor(alphas, dtype=torch.float64).flatten()
+        alphas_t = torch.tensor(np.asarray(alphas, dtype=np.float64)).flatten()
         if alphas_t.numel() == 0 or bool(((alphas_t < 0) | (alphas_t > 1)).any()):
             raise ValueError("alphas must be a non-empty sequence of path positions in [0, 1]")
         k = alphas_t.numel()
