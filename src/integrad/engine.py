@@ -55,10 +55,15 @@ class IntegrationReport:
 
 @dataclass
 class Chunking:
-    """How many path rows go into one forward pass: a fixed count, or what a byte budget allows."""
+    """How many path rows go into one forward pass: a fixed count, or what a byte budget allows.
+
+    A size that ran out of memory is never tried again in the same call: it caps every later chunk.
+    """
 
     rows: int | None = None
     budget: int | None = None
+    cap: int | None = None
+    over_budget_row: bool = False
     stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0})
 
     @classmethod
@@ -72,13 +77,23 @@ class Chunking:
         budget = parse_bytes(memory_budget) if memory_budget is not None else default_budget(device)
         return cls(budget=budget)
 
+    def fresh(self) -> "Chunking":
+        """The same settings and memory cap, with nothing counted yet."""
+        return Chunking(rows=self.rows, budget=self.budget, cap=self.cap)
+
+    def limit(self, size: int) -> int:
+        size = size if self.rows is None else min(size, self.rows)
+        return max(1, size if self.cap is None else min(size, self.cap))
+
     def first_size(self, total: int, row_bytes: int) -> int:
         if self.rows is not None:
-            return min(self.rows, total)
+            return self.limit(total)
         # Points, their gradients and the weighted copy must fit before any activation is counted.
-        return max(1, min(total, self.budget // max(1, 3 * row_bytes)))
+        return self.limit(min(total, self.budget // max(1, 3 * row_bytes)))
 
-    over_budget_row: bool = False
+    def out_of_memory(self, size: int) -> int:
+        self.cap = max(1, size // 2)
+        return self.cap
 
     def warn_single_row(self, used: int) -> None:
         self.over_budget_row = True
@@ -91,6 +106,24 @@ class Chunking:
         self.stats["rows"] += rows
         self.stats["chunks"] += 1
         self.stats["chunk_rows"] = max(self.stats["chunk_rows"], rows)
+
+
+def run_chunked(fn: Callable[[slice], object], total: int, chunking: Chunking, size: int | None = None) -> list:
+    """``[fn(rows) for consecutive row slices]`` without gradients, halving the slices on allocation failures."""
+    results = []
+    size = chunking.limit(size or total)
+    pos = 0
+    while pos < total:
+        n = min(size, total - pos)
+        try:
+            results.append(fn(slice(pos, pos + n)))
+        except Exception as error:
+            if n > 1 and is_out_of_memory(error):
+                size = chunking.out_of_memory(n)
+                continue
+            raise
+        pos += n
+    return results
 
 
 def _compute_dtype(start: tuple[Tensor, ...]) -> torch.dtype:
@@ -166,11 +199,11 @@ def accumulate(
         except BudgetExceeded as over:
             if n == 1:
                 chunking.warn_single_row(over.used)
-            size = max(1, min(n // 2, int(n * chunking.budget / over.used * 0.9)))
+            size = chunking.limit(min(n // 2, int(n * chunking.budget / over.used * 0.9)))
             continue
         except Exception as error:
             if n > 1 and is_out_of_memory(error):
-                size = n // 2
+                size = chunking.out_of_memory(n)
                 continue
             raise
         chunking.record(n)
@@ -181,7 +214,7 @@ def accumulate(
                 acc[j].index_add_(0, buckets[rows], g * w[:, j].view(shape))
         pos += n
         if chunking.budget is not None:
-            size = max(1, int(n * chunking.budget / max(meter.estimate, 1)))
+            size = chunking.limit(int(n * chunking.budget / max(meter.estimate, 1)))
     return sums, values.cpu()
 
 
@@ -204,13 +237,13 @@ def probe_values(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, c
     device = start[0].device
     examples = examples.to(device)
     alphas = alphas.to(device=device, dtype=_compute_dtype(start))
-    out = torch.empty(examples.shape[0], dtype=torch.float64, device=device)
-    size = max(chunking.stats["chunk_rows"], chunking.rows or 0, 1)
+
+    def evaluate(rows: slice) -> Tensor:
+        return probe(_point_rows(start, delta, examples[rows], alphas[rows]), examples[rows]).to(torch.float64)
+
     with torch.no_grad():
-        for pos in range(0, examples.shape[0], size):
-            rows = slice(pos, pos + size)
-            out[rows] = probe(_point_rows(start, delta, examples[rows], alphas[rows]), examples[rows])
-    return out.cpu()
+        parts = run_chunked(evaluate, examples.shape[0], chunking, max(chunking.stats["chunk_rows"], 1))
+    return torch.cat(parts).cpu()
 
 
 @dataclass

@@ -61,7 +61,7 @@ class PathAttribution:
 
     def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
                    need_ends: bool) -> PathIntegral:
-        chunking = Chunking(rows=settings["chunking"].rows, budget=settings["chunking"].budget)
+        chunking = settings["chunking"].fresh()
         if settings["n_steps"] == "auto":
             result = integrate_adaptive(probe, start, end, settings["tolerance"], chunking, need_ends)
         else:

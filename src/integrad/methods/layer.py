@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..probes import check_layer, replaced, run_until
+from ..engine import run_chunked
 from .base import PathAttribution, output_probe
 
 
@@ -91,9 +92,13 @@ class LayerIntegratedGradients(PathAttribution):
         # Layer values at the inputs and baselines, in one forward pass stopped after the last layer.
         both = tuple(torch.cat([x.detach(), b]) for x, b in zip(inputs_t, base_t))
         rows = torch.arange(batch).repeat(2)
+
+        def layer_values(part: slice) -> list:
+            return run_until(self.forward_func, self.layers, use_input,
+                             tuple(t[part] for t in both) + arguments.select_rows(args, per_example, rows[part]))
+
         with torch.no_grad():
-            values = run_until(self.forward_func, self.layers, use_input,
-                               both + arguments.select_rows(args, per_example, rows))
+            values = _concat(run_chunked(layer_values, 2 * batch, settings["chunking"]))
         structures = [isinstance(v, tuple) for v in values]
         flat = [v if isinstance(v, tuple) else (v,) for v in values]
         for i, parts in enumerate(flat):
@@ -138,6 +143,19 @@ class LayerIntegratedGradients(PathAttribution):
         entangled = _entangled_layers(self.forward_func, self.layers, inputs_t, args, per_example, use_input)
         free = [i for i in range(len(self.layers)) if i not in entangled]
         return ([free] if free else []) + [[i] for i in sorted(entangled)]
+
+
+def _concat(chunks: list[list]) -> list:
+    """Join per-chunk layer values (tensors or tuples of tensors) along the batch."""
+    if len(chunks) == 1:
+        return chunks[0]
+    joined = []
+    for parts in zip(*chunks):
+        if isinstance(parts[0], tuple):
+            joined.append(tuple(torch.cat(p) for p in zip(*parts)))
+        else:
+            joined.append(torch.cat(parts))
+    return joined
 
 
 def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t, args, per_example):

@@ -84,10 +84,18 @@ class NoiseTunnel:
         baselines = kwargs.pop("baselines", None)
         target = kwargs.pop("target", None)
         extra = kwargs.pop("additional_forward_args", None)
+        takes_target = "target" in _accepted(self.attribution_method)
+        if target is not None and not takes_target:
+            raise TypeError(
+                f"target is not an argument of {type(self.attribution_method).__name__}.attribute; it attributes the "
+                "selected neuron, so leave target out"
+            )
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
         args, per_example = arguments.normalize_additional_args(extra, batch)
 
-        total = squares = None
+        # Mean and sum of squared deviations, merged batch by batch in float64 (Chan et al.): stable where
+        # E[A²] − E[A]² would cancel, and exactly zero for identical samples.
+        count, mean, m2 = 0, None, None
         deltas = []
         done = 0
         while done < nt_samples:
@@ -100,7 +108,7 @@ class NoiseTunnel:
             )
             call = dict(kwargs)
             call["baselines"] = _baselines_for(baselines, inputs_t, was_tuple, s, draw_baseline_from_distrib)
-            if "target" in _accepted(self.attribution_method):
+            if takes_target:
                 call["target"] = None if target_t is None else target_t.index_select(0, rows.to(target_t.device))
             if args:
                 call["additional_forward_args"] = arguments.select_rows(args, per_example, rows)
@@ -109,20 +117,24 @@ class NoiseTunnel:
                 out, delta = out
                 deltas.append(delta)
             leaves, rebuild = _flatten(out)
-            grouped = [a.reshape((s, batch) + a.shape[1:]) for a in leaves]
-            part = [g.to(torch.promote_types(g.dtype, torch.float32)).sum(0) for g in grouped]
-            part_sq = [(g.to(torch.promote_types(g.dtype, torch.float32)) ** 2).sum(0) for g in grouped]
-            total = part if total is None else [t + p for t, p in zip(total, part)]
-            squares = part_sq if squares is None else [t + p for t, p in zip(squares, part_sq)]
+            grouped = [a.reshape((s, batch) + a.shape[1:]).to(torch.float64) for a in leaves]
+            part_mean = [g.mean(0) for g in grouped]
+            part_m2 = [((g - pm) ** 2).sum(0) for g, pm in zip(grouped, part_mean)]
+            if mean is None:
+                mean, m2 = part_mean, part_m2
+            else:
+                total = count + s
+                shift = [pm - m for pm, m in zip(part_mean, mean)]
+                mean = [m + d * (s / total) for m, d in zip(mean, shift)]
+                m2 = [a + b + d * d * (count * s / total) for a, b, d in zip(m2, part_m2, shift)]
+            count += s
             done += s
-        mean = [t / nt_samples for t in total]
-        mean_sq = [t / nt_samples for t in squares]
         if nt_type == "smoothgrad":
             result = mean
         elif nt_type == "smoothgrad_sq":
-            result = mean_sq
+            result = [v / count + m * m for v, m in zip(m2, mean)]
         else:
-            result = [q - m * m for q, m in zip(mean_sq, mean)]
+            result = [v / count for v in m2]
         result = rebuild([r.to(a.dtype) for r, a in zip(result, leaves)])
         if want_delta:
             return result, torch.cat(deltas)

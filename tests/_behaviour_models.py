@@ -1,0 +1,372 @@
+"""Small models and independent reference computations for the behaviour tests of the core.
+
+The references below never call integrad: they integrate with an explicit loop over Gauss–Legendre nodes and
+``torch.autograd.grad``, so agreement with the library is evidence, not a tautology.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run a module's tiny models on one thread, restoring the setting afterwards.
+
+    On a shared 2-core machine every multi-threaded ATen call (even ``index_add_`` of a few floats) can wait a whole
+    scheduler slice for its second thread; one thread is both faster and steadier for models this small.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def mlp(in_dim: int = 6, hidden: int = 16, out: int = 4, seed: int = 0, act: type[nn.Module] = nn.Tanh,
+        dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """``Linear → act → Linear``; indices 0, 1, 2 name the layers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(in_dim, hidden), act(), nn.Linear(hidden, out))
+    return model.to(dtype)
+
+
+def deep_mlp(in_dim: int = 6, hidden: int = 16, out: int = 4, seed: int = 0) -> nn.Sequential:
+    """``Linear → Tanh → Linear → Tanh → Linear``: layers 0 and 2 feed each other's path."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                             nn.Linear(hidden, out))
+
+
+@functools.lru_cache(maxsize=8)
+def gl_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes and weights on [0, 1], independent of integrad.rules.
+
+    NumPy's ``leggauss`` for small ``n``; for large ``n`` (where its O(n³) eigenvalue solve is slow) Newton's method
+    on the Legendre three-term recurrence from Tricomi's initial guesses, converged to rounding.
+    """
+    if n <= 128:
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+    else:
+        k = np.arange(1, n + 1)
+        x = np.cos(np.pi * (k - 0.25) / (n + 0.5))
+        for _ in range(100):
+            p_prev, p = np.ones_like(x), x.copy()
+            for j in range(2, n + 1):
+                p_prev, p = p, ((2 * j - 1) * x * p - (j - 1) * p_prev) / j
+            dp = n * (x * p - p_prev) / (x * x - 1)
+            step = p / dp
+            x = x - step
+            if np.max(np.abs(step)) < 1e-15:
+                break
+        p_prev, p = np.ones_like(x), x.copy()
+        for j in range(2, n + 1):
+            p_prev, p = p, ((2 * j - 1) * x * p - (j - 1) * p_prev) / j
+        dp = n * (x * p - p_prev) / (x * x - 1)
+        nodes, weights = x[::-1].copy(), (2 / ((1 - x * x) * dp * dp))[::-1].copy()
+    return (nodes + 1) / 2, weights / 2
+
+
+class Counting(nn.Module):
+    """Wraps a model; counts calls and records the batch size of each call."""
+
+    def __init__(self, inner: Callable):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.sizes: list[int] = []
+
+    def forward(self, *args):
+        self.calls += 1
+        self.sizes.append(args[0].shape[0])
+        return self.inner(*args)
+
+
+class RowLimited(nn.Module):
+    """Raises ``make_error()`` whenever asked for more than ``limit`` rows, like a device that is out of memory."""
+
+    def __init__(self, inner: nn.Module, limit: int, make_error: Callable[[], BaseException]):
+        super().__init__()
+        self.inner = inner
+        self.limit = limit
+        self.make_error = make_error
+        self.calls = 0
+        self.failures = 0
+
+    def forward(self, x, *rest):
+        self.calls += 1
+        if x.shape[0] > self.limit:
+            self.failures += 1
+            raise self.make_error()
+        return self.inner(x, *rest)
+
+
+class FailsOnCall(nn.Module):
+    """A model that raises ``error`` on its ``when``-th call (1-based) and counts every call."""
+
+    def __init__(self, inner: nn.Module, error: BaseException, when: int = 1):
+        super().__init__()
+        self.inner = inner
+        self.error = error
+        self.when = when
+        self.calls = 0
+
+    def forward(self, x, *rest):
+        self.calls += 1
+        if self.calls >= self.when:
+            raise self.error
+        return self.inner(x, *rest)
+
+
+class TextClassifier(nn.Module):
+    """Token ids and an attention mask → 3 logits, through an embedding, masked mean pooling and an MLP."""
+
+    def __init__(self, vocab: int = 20, dim: int = 8, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+            self.hidden = nn.Linear(dim, 16)
+            self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        e = self.embed(ids) * mask.unsqueeze(-1).to(torch.float32)
+        pooled = e.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(torch.float32)
+        return self.head(torch.tanh(self.hidden(pooled)))
+
+
+class Split(nn.Module):
+    """Returns a tuple: two different nonlinear views of its input."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.a = nn.Linear(dim, dim)
+        self.b = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return torch.tanh(self.a(x)), torch.sin(self.b(x))
+
+
+class TupleLayerModel(nn.Module):
+    """``x → pre → Split (tuple output) → head(u * v + u)``."""
+
+    def __init__(self, dim: int = 5, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.pre = nn.Linear(dim, dim)
+            self.split = Split(dim)
+            self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        u, v = self.split(torch.tanh(self.pre(x)))
+        return self.head(u * v + u)
+
+
+class TwoBranch(nn.Module):
+    """Two parallel branches combined multiplicatively: neither branch feeds the other."""
+
+    def __init__(self, dim: int = 5, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.left = nn.Linear(dim, 4)
+            self.right = nn.Linear(dim, 4)
+            self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.left(x)) * torch.tanh(self.right(x)) + torch.tanh(self.left(x)))
+
+
+class TwoInputs(nn.Module):
+    """Two input tensors of different shapes, an extra per-example scale argument, 3 outputs."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(6, 8)
+            self.head = nn.Linear(8, 3)
+
+    def forward(self, x1, x2, scale=None):
+        h = torch.tanh(self.a(x1) + self.b(x2.flatten(1)))
+        if scale is not None:
+            h = h * scale.view(-1, 1)
+        return self.head(h)
+
+
+class Tail(nn.Module):
+    """Counts its calls; raises when ``armed`` so that a test can prove it never runs."""
+
+    def __init__(self, inner: nn.Module, armed: bool):
+        super().__init__()
+        self.inner = inner
+        self.armed = armed
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.armed:
+            raise AssertionError("the layers after the neuron's layer must not run")
+        return self.inner(x)
+
+
+class Body(nn.Module):
+    """``Linear → Tanh → Linear(=mid) → Tanh → tail``; ``mid`` is the neuron layer used by the neuron tests."""
+
+    def __init__(self, armed: bool, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.first = nn.Linear(5, 7)
+            self.mid = nn.Linear(7, 6)
+            self.tail = Tail(nn.Linear(6, 2), armed)
+
+    def forward(self, x):
+        return self.tail(torch.tanh(self.mid(torch.tanh(self.first(x)))))
+
+
+def manual_ig(f: Callable[[Tensor], Tensor], x: Tensor, baseline: Tensor, n: int = 64) -> Tensor:
+    """IG of ``f`` (one scalar per row) by an explicit loop over Gauss–Legendre nodes, in float64."""
+    x64, b64 = x.detach().double(), baseline.detach().double().expand_as(x)
+    total = torch.zeros_like(x64)
+    alphas, weights = gl_rule(n)
+    for a, w in zip(alphas, weights):
+        z = (b64 + float(a) * (x64 - b64)).requires_grad_()
+        (g,) = torch.autograd.grad(f(z).sum(), z)
+        total += float(w) * g
+    return total * (x64 - b64)
+
+
+@contextlib.contextmanager
+def _hooks(layers: Sequence[nn.Module], fn_for: Callable[[int], Callable], use_input: bool):
+    handles = []
+    try:
+        for i, layer in enumerate(layers):
+            if use_input:
+                handles.append(layer.register_forward_pre_hook(fn_for(i)))
+            else:
+                handles.append(layer.register_forward_hook(fn_for(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def layer_values(model: Callable, layers: Sequence[nn.Module], args: tuple, use_input: bool = False) -> list:
+    """Each layer's output (or its single input) for a full forward of ``model(*args)``."""
+    values: list = [None] * len(layers)
+
+    def fn_for(i):
+        if use_input:
+            def pre(module, a):
+                values[i] = a[0]
+            return pre
+
+        def post(module, a, out):
+            values[i] = out
+        return post
+
+    with torch.no_grad(), _hooks(layers, fn_for, use_input):
+        model(*args)
+    return values
+
+
+def manual_layer_ig(model: Callable, layers: Sequence[nn.Module], args: tuple, base_args: tuple,
+                    target: Tensor, n: int = 64, use_input: bool = False) -> list:
+    """Joint layer IG of ``model(*args)[i, target[i]]``: every listed layer's value replaced at once by its point on
+    the straight path between its values at ``base_args`` and at ``args``. Values may be tensors or tuples."""
+    ends = layer_values(model, layers, args, use_input)
+    starts = layer_values(model, layers, base_args, use_input)
+    as_tuple = [isinstance(v, tuple) for v in ends]
+    ends = [v if isinstance(v, tuple) else (v,) for v in ends]
+    starts = [v if isinstance(v, tuple) else (v,) for v in starts]
+    sums = [[torch.zeros_like(p, dtype=torch.float64) for p in parts] for parts in ends]
+    alphas, weights = gl_rule(n)
+    for a, w in zip(alphas, weights):
+        points = [[(s.double() + float(a) * (e.double() - s.double())).float().requires_grad_()
+                   for s, e in zip(ss, es)] for ss, es in zip(starts, ends)]
+
+        def fn_for(i):
+            value = tuple(points[i]) if as_tuple[i] else points[i][0]
+            if use_input:
+                return lambda module, inp: (value,)
+            return lambda module, inp, out: value
+
+        with torch.enable_grad(), _hooks(layers, fn_for, use_input):
+            out = model(*args)
+        picked = out.gather(1, target.view(-1, 1)).sum()
+        flat = [p for parts in points for p in parts]
+        grads = torch.autograd.grad(picked, flat, allow_unused=True)
+        pos = 0
+        for i, parts in enumerate(points):
+            for j in range(len(parts)):
+                g = grads[pos]
+                if g is not None:
+                    sums[i][j] += float(w) * g.double()
+                pos += 1
+    result = []
+    for i in range(len(layers)):
+        parts = tuple(s * (e.double() - b.double()) for s, e, b in zip(sums[i], ends[i], starts[i]))
+        result.append(parts if as_tuple[i] else parts[0])
+    return result
+
+
+def row_activation_bytes(model: Callable, x: Tensor) -> float:
+    """Bytes autograd saves per row for a forward of ``model`` on ``x`` (input included, parameters excluded),
+    measured with ``saved_tensors_hooks`` and counted once per storage."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()} if isinstance(model, nn.Module) else set()
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in seen and key not in params:
+            seen.add(key)
+            total += storage.nbytes()
+        return t
+
+    z = x.detach().clone().requires_grad_()
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(z)
+    del out
+    return total / x.shape[0]
+
+
+def no_hooks_left(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+               for m in model.modules())
+
+
+def saved_tensor_hooks_left() -> bool:
+    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
+@contextlib.contextmanager
+def deadline(seconds: int, what: str):
+    """Turn a hang into a test failure: raise TimeoutError in the main thread after ``seconds``."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError(f"{what} did not finish within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

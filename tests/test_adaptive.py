@@ -1,0 +1,246 @@
+"""``n_steps="auto"``: error-controlled integration, checked against integrals known exactly.
+
+Smooth test functions get a 4096-point Gauss–Legendre reference in float64 (exact to rounding for them); ReLU
+models get their integrated gradients in closed form. The relative L1 error ``|A − A*|₁ / |A*|₁`` is what
+``tolerance`` and ``last_report.error_estimate`` speak about.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
+
+from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
+from _behaviour_models import gl_rule
+
+DT = torch.float64
+
+
+def reference_ig(f, x: torch.Tensor, baseline: torch.Tensor, n: int = 4096) -> torch.Tensor:
+    """IG by an n-point Gauss–Legendre rule, all nodes of one example in one batched autograd call."""
+    alphas, weights = (torch.from_numpy(v) for v in gl_rule(n))
+    out = torch.empty_like(x, dtype=DT)
+    for i in range(x.shape[0]):
+        xi, bi = x[i].to(DT), baseline[i].to(DT)
+        z = (bi + alphas.view(-1, *([1] * xi.dim())) * (xi - bi)).requires_grad_()
+        (g,) = torch.autograd.grad(f(z).sum(), z)
+        out[i] = (weights.view(-1, *([1] * xi.dim())) * g).sum(0) * (xi - bi)
+    return out
+
+
+def relative_l1(a: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    return (a.to(DT) - exact).reshape(len(a), -1).abs().sum(1) / exact.reshape(len(a), -1).abs().sum(1)
+
+
+def check_error_control(ig, exact, attributions, tolerance):
+    report = ig.last_report
+    true = relative_l1(attributions, exact)
+    estimate = report.error_estimate.to(DT)
+    assert report.error_estimate.shape == (len(exact),)
+    # The estimate is an upper bound of the true error, up to a factor of about 2 ...
+    assert bool((true <= 2 * estimate + 1e-12).all()), (true, estimate)
+    # ... it is met ...
+    assert bool((estimate <= tolerance).all()), (estimate, tolerance)
+    # ... and the true error is within the tolerance asked for, with the same slack.
+    assert bool((true <= 2 * tolerance).all()), (true, tolerance)
+    assert report.rows == int(report.steps.sum())
+
+
+# ---------------------------------------------------------------------------------------------------- smooth
+@pytest.fixture(scope="module")
+def sines():
+    g = torch.Generator().manual_seed(0)
+    w = 2.0 * torch.randn(5, 4, generator=g, dtype=DT)
+
+    def f(z):  # F(x) = Σ_j sin(w_j · x), one scalar per example
+        return torch.sin(z @ w.T).sum(1)
+
+    x = torch.randn(3, 4, generator=g, dtype=DT)
+    baseline = 0.3 * torch.randn(3, 4, generator=g, dtype=DT)
+    return f, x, baseline, reference_ig(f, x, baseline)
+
+
+@pytest.fixture(scope="module")
+def tanh_net():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        net = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)).to(DT)
+    x = 2.0 * torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=DT)
+    return net, x, reference_ig(lambda z: net(z)[:, 1], x, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-4, 1e-6])
+def test_sines_error_is_controlled(sines, tolerance):
+    f, x, baseline, exact = sines
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, baselines=baseline, n_steps="auto", tolerance=tolerance)
+    check_error_control(ig, exact, got, tolerance)
+
+
+@pytest.mark.parametrize("tolerance", [1e-3, 1e-5])
+def test_tanh_net_error_is_controlled(tanh_net, tolerance):
+    net, x, exact = tanh_net
+    ig = IntegratedGradients(net)
+    got = ig.attribute(x, target=1, n_steps="auto", tolerance=tolerance)
+    check_error_control(ig, exact, got, tolerance)
+
+
+def test_the_reference_is_converged(sines):
+    # The 4096-point reference against a 1024-point one: agreement to rounding shows it is exact for these tests.
+    f, x, baseline, exact = sines
+    torch.testing.assert_close(reference_ig(f, x, baseline, n=1024), exact, rtol=1e-12, atol=1e-12)
+
+
+def test_smaller_tolerance_uses_more_steps(tanh_net):
+    net, x, exact = tanh_net
+    steps, errors = [], []
+    for tolerance in [1e-2, 1e-4, 1e-6]:
+        ig = IntegratedGradients(net)
+        got = ig.attribute(x, target=1, n_steps="auto", tolerance=tolerance)
+        steps.append(int(ig.last_report.steps.sum()))
+        errors.append(float(relative_l1(got, exact).max()))
+    assert steps[0] < steps[1] < steps[2], steps
+    assert errors[2] <= 2e-6
+
+
+# ---------------------------------------------------------------------------------------------------- kinks
+C = torch.tensor([0.3, 0.5, 0.7, 0.9, 1.1, 0.2], dtype=DT)
+SLOPE = torch.tensor([0.5, -1.0, 0.25, 2.0, -0.5, 1.0], dtype=DT)
+
+
+def kinked(z):
+    """F(x) = Σ_i relu(x_i − c_i) + Σ_i s_i x_i, with c_i > 0."""
+    return torch.relu(z - C).sum(1) + z @ SLOPE
+
+
+def kinked_ig(x):
+    """Closed form for a zero baseline and x_i > 0: on the path αx, ∂F/∂x_i = 1[α x_i > c_i] + s_i, so
+    A_i = x_i (max(0, 1 − c_i / x_i) + s_i) = relu(x_i − c_i) + s_i x_i."""
+    return torch.relu(x - C) + SLOPE * x
+
+
+KINK_X = torch.tensor([[1.0, 2.0, 0.8, 3.0, 1.5, 0.15],    # five kinks inside the path
+                       [0.1, 0.2, 0.3, 0.4, 0.5, 0.1]],    # no kink: F is linear along this path
+                      dtype=DT)
+
+
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-3, 1e-4])
+def test_relu_kinks_error_is_controlled(tolerance):
+    ig = IntegratedGradients(kinked)
+    got = ig.attribute(KINK_X, n_steps="auto", tolerance=tolerance)
+    check_error_control(ig, kinked_ig(KINK_X), got, tolerance)
+
+
+def test_steps_differ_per_example_with_difficulty():
+    ig = IntegratedGradients(kinked)
+    got = ig.attribute(KINK_X, n_steps="auto", tolerance=1e-4)
+    steps = ig.last_report.steps
+    # The linear example is integrated exactly by the first panel; the kinked one is refined around its kinks.
+    torch.testing.assert_close(got[1], kinked_ig(KINK_X)[1], rtol=1e-12, atol=1e-12)
+    assert int(steps[1]) <= 15
+    assert int(steps[0]) > 4 * int(steps[1])
+    assert ig.last_report.rows == int(steps.sum())
+
+
+def test_steps_are_those_of_each_example_alone():
+    # An example's steps do not depend on what it is batched with.
+    ig = IntegratedGradients(kinked)
+    ig.attribute(KINK_X, n_steps="auto", tolerance=1e-3)
+    together = ig.last_report.steps.clone()
+    for i in range(len(KINK_X)):
+        ig.attribute(KINK_X[i:i + 1], n_steps="auto", tolerance=1e-3)
+        assert int(ig.last_report.steps[0]) == int(together[i])
+
+
+def test_mixed_relu_layer_closed_form():
+    # F(x) = Σ_j relu(w_j · x − c_j), c_j > 0. With s_j = w_j · x, the unit j is active on the path αx for
+    # α > c_j / s_j (when s_j > c_j), so A = x ⊙ Σ_j w_j max(0, 1 − c_j / s_j) 1[s_j > c_j].
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 5, generator=g, dtype=DT)
+    c = 0.1 + 0.5 * torch.rand(8, generator=g, dtype=DT)
+    x = 2.0 * torch.randn(3, 5, generator=g, dtype=DT)
+
+    def f(z):
+        return torch.relu(z @ w.T - c).sum(1)
+
+    s = x @ w.T
+    active = torch.where(s > c, 1 - c / s, torch.zeros_like(s))
+    exact = x * (active @ w)
+    # The closed form is complete: it sums to F(x) − F(0).
+    torch.testing.assert_close(exact.sum(1), f(x) - f(torch.zeros_like(x)), rtol=1e-12, atol=1e-12)
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-3)
+    check_error_control(ig, exact, got, 1e-3)
+
+
+def test_auto_is_better_than_a_fixed_rule_with_the_same_points():
+    ig = IntegratedGradients(kinked)
+    auto = ig.attribute(KINK_X[:1], n_steps="auto", tolerance=1e-4)
+    used = int(ig.last_report.steps[0])
+    fixed = ig.attribute(KINK_X[:1], n_steps=used)
+    exact = kinked_ig(KINK_X[:1])
+    assert float(relative_l1(auto, exact)[0]) < float(relative_l1(fixed, exact)[0])
+
+
+# ---------------------------------------------------------------------------------------------------- delta
+def test_delta_with_auto(tanh_net):
+    net, x, exact = tanh_net
+    ig = IntegratedGradients(net)
+    got, delta = ig.attribute(x, target=1, n_steps="auto", tolerance=1e-4, return_convergence_delta=True)
+    with torch.no_grad():
+        expected = got.sum(1) - (net(x)[:, 1] - net(torch.zeros_like(x))[:, 1])
+    assert delta.shape == (len(x),) and delta.dtype == DT
+    torch.testing.assert_close(delta, expected, rtol=1e-8, atol=1e-12)
+    assert bool((delta.abs() <= 1e-4 * got.abs().sum(1)).all())
+    assert torch.equal(ig.last_report.delta, delta)
+    # The end points for the delta are evaluated without gradients: they are not counted as rows.
+    assert ig.last_report.rows == int(ig.last_report.steps.sum())
+
+
+def test_delta_with_auto_on_kinks():
+    ig = IntegratedGradients(kinked)
+    got, delta = ig.attribute(KINK_X, n_steps="auto", tolerance=1e-3, return_convergence_delta=True)
+    expected = got.sum(1) - (kinked(KINK_X) - kinked(torch.zeros_like(KINK_X)))
+    torch.testing.assert_close(delta, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_auto_in_float32_matches_float64():
+    # float32 inputs: the integration still reaches the tolerance, within float32 resolution.
+    ig = IntegratedGradients(lambda z: kinked(z.double()).float())
+    got = ig.attribute(KINK_X.float(), n_steps="auto", tolerance=1e-3)
+    assert got.dtype == torch.float32
+    assert bool((relative_l1(got, kinked_ig(KINK_X)) <= 2e-3).all())
+
+
+def test_auto_for_layer_and_neuron(tanh_net):
+    net, x, _ = tanh_net
+    # Layer IG in the space of the first hidden layer's output, against a 4096-point reference there.
+    lig = LayerIntegratedGradients(net, net[1])
+    got = lig.attribute(x, target=1, n_steps="auto", tolerance=1e-4)
+    with torch.no_grad():
+        h, h0 = net[1](net[0](x)), net[1](net[0](torch.zeros_like(x)))
+    exact = reference_ig(lambda z: net[2:](z)[:, 1], h, h0)
+    assert bool((relative_l1(got, exact) <= 2e-4).all())
+    assert lig.last_report.rows == int(lig.last_report.steps.sum())
+    # Neuron IG of hidden unit 3 of the second tanh.
+    nig = NeuronIntegratedGradients(net, net[3])
+    got = nig.attribute(x, 3, n_steps="auto", tolerance=1e-4)
+    exact = reference_ig(lambda z: net[:4](z)[:, 3], x, torch.zeros_like(x))
+    assert bool((relative_l1(got, exact) <= 2e-4).all())
+
+
+def test_auto_with_two_inputs_controls_the_error_over_both():
+    g = torch.Generator().manual_seed(3)
+    w1, w2 = torch.randn(4, 3, generator=g, dtype=DT), torch.randn(4, 2, generator=g, dtype=DT)
+
+    def f(a, b):
+        return torch.tanh(a @ w1.T + b @ w2.T).pow(2).sum(1)
+
+    a, b = 2 * torch.randn(3, 3, generator=g, dtype=DT), 2 * torch.randn(3, 2, generator=g, dtype=DT)
+    exact = reference_ig(lambda z: f(z[..., :3], z[..., 3:]), torch.cat([a, b], 1), torch.zeros(3, 5, dtype=DT))
+    ig = IntegratedGradients(f)
+    got_a, got_b = ig.attribute((a, b), n_steps="auto", tolerance=1e-5)
+    check_error_control(ig, exact, torch.cat([got_a, got_b], 1), 1e-5)

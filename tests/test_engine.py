@@ -1,0 +1,357 @@
+"""The engine: chunking never changes results, a memory budget bounds what one chunk keeps alive, allocation
+failures shrink the chunk and retry it, and any other failure propagates at once."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
+from integrad.memory import parse_bytes
+
+from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
+from _behaviour_models import (
+    Counting, RowLimited, TwoInputs, deadline, deep_mlp, manual_ig, mlp, row_activation_bytes, saved_tensor_hooks_left,
+)
+
+B, STEPS = 4, 10  # 40 path rows per call
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(3)
+    return deep_mlp(hidden=32), torch.randn(B, 6, generator=g), torch.randn(1, 6, generator=g)
+
+
+def _methods(model):
+    """kind -> (method object, call(method, x, base, **chunking))."""
+    return {
+        "ig": (IntegratedGradients(model), lambda m, x, base, **kw: m.attribute(
+            x, baselines=base, target=torch.tensor([0, 1, 2, 3]), n_steps=STEPS, return_convergence_delta=True,
+            **kw)),
+        "layer": (LayerIntegratedGradients(model, model[2]), lambda m, x, base, **kw: m.attribute(
+            x, baselines=base, target=3, n_steps=STEPS, return_convergence_delta=True, **kw)),
+        "layer_list": (LayerIntegratedGradients(model, [model[0], model[2]]), lambda m, x, base, **kw: m.attribute(
+            x, baselines=base, target=1, n_steps=STEPS, **kw)),
+        "neuron": (NeuronIntegratedGradients(model, model[2]), lambda m, x, base, **kw: m.attribute(
+            x, (slice(0, 5),), baselines=base, n_steps=STEPS, **kw)),
+    }
+
+
+def _flat(result):
+    out = []
+    for part in result if isinstance(result, (tuple, list)) else [result]:
+        out.extend(_flat(part) if isinstance(part, (tuple, list)) else [part])
+    return out
+
+
+CHUNKINGS = [dict(internal_batch_size=1), dict(internal_batch_size=7), dict(internal_batch_size=B),
+             dict(internal_batch_size=10_000), dict(memory_budget="4KiB"), dict(memory_budget="4GiB")]
+
+
+@pytest.mark.parametrize("kind", ["ig", "layer", "layer_list", "neuron"])
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=lambda c: f"{next(iter(c))}={next(iter(c.values()))}")
+def test_chunked_equals_unchunked(data, kind, chunking):
+    model, x, base = data
+    method, run = _methods(model)[kind]
+    whole = _flat(run(method, x, base, internal_batch_size=B * STEPS))
+    assert method.last_report.chunks == 1
+    chunked = _flat(run(method, x, base, **chunking))
+    report = method.last_report
+    size = chunking.get("internal_batch_size")
+    if size is not None:
+        assert report.chunk_rows == min(size, B * STEPS)
+        assert report.chunks == -(-B * STEPS // size)
+    elif chunking["memory_budget"] == "4KiB":
+        assert report.chunks > 1
+    assert report.rows == B * STEPS
+    assert len(whole) == len(chunked)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_equals_reference_and_report_counts_rows(data):
+    model, x, base = data
+    ig = IntegratedGradients(model)
+    got = ig.attribute(x, baselines=base, target=2, n_steps=STEPS, internal_batch_size=7)
+    twin = copy.deepcopy(model).double()
+    ref = manual_ig(lambda z: twin(z)[:, 2], x, base, n=STEPS)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
+    report = ig.last_report
+    assert report.rows == B * STEPS
+    assert report.chunk_rows == 7
+    assert report.chunks == -(-B * STEPS // 7)
+    assert torch.equal(report.steps, torch.full((B,), STEPS))
+
+
+def test_internal_batch_size_bounds_every_forward_pass():
+    model = Counting(mlp())
+    x = torch.randn(B, 6)
+    IntegratedGradients(model).attribute(x, target=0, n_steps=STEPS, internal_batch_size=7,
+                                         return_convergence_delta=True)
+    assert max(model.sizes) <= 7
+    assert sum(model.sizes[: -(-B * STEPS // 7)]) == B * STEPS
+
+
+def test_layer_ig_forward_passes_respect_internal_batch_size():
+    # The forward that records the layer's values at inputs and baselines is a forward pass like any other: it
+    # must not exceed the rows per pass the caller allowed.
+    model = Counting(mlp())
+    x = torch.randn(B, 6)
+    LayerIntegratedGradients(model, model.inner[0]).attribute(x, target=0, n_steps=STEPS, internal_batch_size=3)
+    assert max(model.sizes) <= 3, f"forward passes of {sorted(set(model.sizes))} rows"
+
+
+# ---------------------------------------------------------------------------------------------------- budgets
+WIDE = 512
+
+
+@pytest.fixture(scope="module")
+def wide():
+    torch.manual_seed(0)
+    return mlp(in_dim=16, hidden=WIDE, out=3), torch.randn(6, 16)
+
+
+@pytest.mark.parametrize("budget", ["96KiB", "256KiB", "1MiB"])
+def test_memory_budget_bounds_the_activations_of_a_chunk(wide, budget):
+    model, x = wide
+    per_row = row_activation_bytes(model, x)
+    assert per_row >= WIDE * 4  # the hidden activation alone
+    ig = IntegratedGradients(model)
+    with deadline(6, f"attribute(memory_budget={budget!r})"):
+        got = ig.attribute(x, target=1, n_steps=40, memory_budget=budget)
+    report = ig.last_report
+    assert report.chunk_rows * per_row <= parse_bytes(budget)
+    assert report.rows == 40 * x.shape[0]
+    torch.testing.assert_close(got, ig.attribute(x, target=1, n_steps=40, internal_batch_size=240),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_smaller_budget_gives_more_smaller_chunks(wide):
+    model, x = wide
+    reports = []
+    for budget in ["2MiB", "256KiB", "96KiB"]:
+        ig = IntegratedGradients(model)
+        with deadline(6, f"attribute(memory_budget={budget!r})"):
+            ig.attribute(x, target=1, n_steps=40, memory_budget=budget)
+        reports.append(ig.last_report)
+    rows = [r.chunk_rows for r in reports]
+    chunks = [r.chunks for r in reports]
+    assert rows[0] > rows[1] > rows[2], rows
+    assert chunks[0] < chunks[1] < chunks[2], chunks
+
+
+def test_memory_budget_with_layer_and_neuron(wide):
+    model, x = wide
+    per_row = row_activation_bytes(model, x)
+    for method, call in [
+        (LayerIntegratedGradients(model, model[1]), lambda m: m.attribute(x, target=0, n_steps=30,
+                                                                           memory_budget="128KiB")),
+        (NeuronIntegratedGradients(model, model[1]), lambda m: m.attribute(x, 4, n_steps=30, memory_budget="128KiB")),
+    ]:
+        with deadline(6, "attribute(memory_budget='128KiB')"):
+            call(method)
+        assert method.last_report.chunk_rows * per_row <= 128 * 1024
+        assert method.last_report.chunks > 1
+
+
+def test_budget_smaller_than_one_row_runs_one_row_at_a_time_or_says_so(wide):
+    # Fewer bytes than a single row needs: either one row per pass (the least the engine can do) with a warning
+    # naming memory_budget, or an error naming it. It must not loop forever.
+    model, x = wide
+    ig = IntegratedGradients(model)
+    with deadline(6, "attribute(memory_budget=1)"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            got = ig.attribute(x[:2], target=1, n_steps=4, memory_budget=1)
+        except (ValueError, RuntimeError, MemoryError) as error:
+            assert "memory_budget" in str(error)
+        else:
+            assert ig.last_report.chunk_rows == 1
+            assert any("memory_budget" in str(w.message) for w in caught)
+            torch.testing.assert_close(got, ig.attribute(x[:2], target=1, n_steps=4))
+    assert not saved_tensor_hooks_left()
+
+
+def test_parameters_do_not_count_against_the_budget():
+    # A model whose weights (1 MiB) dwarf its per-row activations (~4 KiB): the weights exist whatever the chunk
+    # size, so a budget of 256 KiB still allows many rows per pass. Autograd saves views of the weights (the
+    # transposed weight of a Linear), which are not activations either.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 1024), nn.Tanh(), nn.Linear(1024, 2))
+    x = torch.randn(4, 256)
+    per_row = row_activation_bytes(model, x)
+    assert per_row < 8 * 1024
+    ig = IntegratedGradients(model)
+    with deadline(6, "attribute(memory_budget='256KiB') on a model with 1 MiB of weights"):
+        got = ig.attribute(x, target=1, n_steps=20, memory_budget="256KiB")
+    assert ig.last_report.chunk_rows * per_row <= 256 * 1024
+    assert ig.last_report.chunk_rows >= 8
+    torch.testing.assert_close(got, ig.attribute(x, target=1, n_steps=20), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- OOM back-off
+ERRORS = {
+    "cuda_oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "cpu_alloc": lambda: RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes."),
+    "memory_error": lambda: MemoryError(),
+}
+
+
+@pytest.mark.parametrize("error", list(ERRORS))
+@pytest.mark.parametrize("limit", [1, 13, 30])
+def test_out_of_memory_shrinks_the_chunk_and_retries(error, limit):
+    inner = mlp()
+    x = torch.randn(B, 6)
+    model = RowLimited(inner, limit, ERRORS[error])
+    ig = IntegratedGradients(model)
+    got, delta = ig.attribute(x, target=2, n_steps=STEPS, return_convergence_delta=True)
+    assert model.failures > 0
+    assert ig.last_report.chunk_rows <= limit
+    assert ig.last_report.rows == B * STEPS
+    ref_ig = IntegratedGradients(inner)
+    ref, ref_delta = ref_ig.attribute(x, target=2, n_steps=STEPS, return_convergence_delta=True,
+                                      internal_batch_size=B * STEPS)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(delta, ref_delta, rtol=1e-4, atol=1e-5)
+    assert not saved_tensor_hooks_left()
+
+
+def test_out_of_memory_with_auto_steps():
+    inner = mlp()
+    x = torch.randn(3, 6)
+    model = RowLimited(inner, 10, ERRORS["cuda_oom"])
+    ig = IntegratedGradients(model)
+    got = ig.attribute(x, target=0, n_steps="auto", tolerance=1e-4)
+    assert ig.last_report.chunk_rows <= 10 and model.failures > 0
+    ref_ig = IntegratedGradients(inner)
+    torch.testing.assert_close(got, ref_ig.attribute(x, target=0, n_steps="auto", tolerance=1e-4),
+                               rtol=1e-5, atol=1e-6)
+    assert torch.equal(ig.last_report.steps, ref_ig.last_report.steps)
+
+
+@pytest.mark.parametrize("kind", ["neuron", "layer"])
+def test_out_of_memory_back_off_for_layer_and_neuron(kind):
+    inner = deep_mlp()
+    x = torch.randn(4, 6)
+    model = RowLimited(inner, 3, ERRORS["cuda_oom"])
+    if kind == "neuron":
+        got = NeuronIntegratedGradients(model, inner[2]).attribute(x, 1, n_steps=10)
+        ref = NeuronIntegratedGradients(inner, inner[2]).attribute(x, 1, n_steps=10)
+    else:
+        got = LayerIntegratedGradients(model, inner[2]).attribute(x, target=1, n_steps=10)
+        ref = LayerIntegratedGradients(inner, inner[2]).attribute(x, target=1, n_steps=10)
+    assert model.failures > 0
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 13])
+def test_a_size_that_ran_out_of_memory_is_not_tried_again_and_again(limit):
+    # Each failed attempt costs a partial forward pass (on a GPU: allocations up to the failure). Once a size has
+    # failed, the engine should not grow back to it for every chunk: the failures stay logarithmic in the rows.
+    model = RowLimited(mlp(), limit, ERRORS["cuda_oom"])
+    total = 8 * 40
+    IntegratedGradients(model).attribute(torch.randn(8, 6), target=0, n_steps=40)
+    assert model.failures <= 2 * math.ceil(math.log2(total)), f"{model.failures} failed attempts for {total} rows"
+
+
+@pytest.mark.parametrize("error", list(ERRORS))
+def test_out_of_memory_for_a_single_row_is_raised(error):
+    model = RowLimited(mlp(), 0, ERRORS[error])
+    with pytest.raises(type(ERRORS[error]())) as info:
+        IntegratedGradients(model).attribute(torch.randn(3, 6), target=0, n_steps=4)
+    assert str(info.value) == str(ERRORS[error]())
+    # It halves down to one row and then gives up: a bounded number of attempts.
+    assert model.calls <= 1 + (3 * 4).bit_length() + 1
+    assert not saved_tensor_hooks_left()
+
+
+@pytest.mark.parametrize("error", [ValueError("bad value inside forward"),
+                                   RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+                                   KeyError("missing"), TypeError("forward() got an unexpected keyword")])
+def test_ordinary_model_errors_are_never_retried(error):
+    calls = []
+
+    def forward(z):
+        calls.append(z.shape[0])
+        raise error
+
+    with pytest.raises(type(error)) as info:
+        IntegratedGradients(forward).attribute(torch.randn(3, 6), target=0, n_steps=20)
+    assert info.value is error
+    assert len(calls) == 1
+    assert not saved_tensor_hooks_left()
+
+
+def test_budget_and_oom_together_never_exceed_the_failing_size(wide):
+    model, x = wide
+    limited = RowLimited(model, 9, ERRORS["cpu_alloc"])
+    ig = IntegratedGradients(limited)
+    with deadline(6, "attribute(memory_budget='2MiB')"):
+        got = ig.attribute(x, target=0, n_steps=10, memory_budget="2MiB")
+    assert ig.last_report.chunk_rows <= 9
+    torch.testing.assert_close(got, IntegratedGradients(model).attribute(x, target=0, n_steps=10),
+                               rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- dtypes
+def test_float64_inputs_stay_float64_and_match_reference():
+    model = mlp(dtype=torch.float64)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    got = IntegratedGradients(model).attribute(x, target=1, n_steps=32, internal_batch_size=5)
+    assert got.dtype == torch.float64
+    ref = manual_ig(lambda z: model(z)[:, 1], x, torch.zeros(1, 6), n=32)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_multiple_inputs_with_per_example_argument_chunked():
+    model = TwoInputs()
+    g = torch.Generator().manual_seed(1)
+    x1, x2, scale = torch.randn(4, 4, generator=g), torch.randn(4, 2, 3, generator=g), torch.rand(4, generator=g) + 0.5
+    ig = IntegratedGradients(model)
+    whole = ig.attribute((x1, x2), target=[0, 1, 2, 0], additional_forward_args=(scale,), n_steps=16)
+    parts = ig.attribute((x1, x2), target=[0, 1, 2, 0], additional_forward_args=(scale,), n_steps=16,
+                         internal_batch_size=3)
+    for a, b in zip(whole, parts):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # Example 2 alone (scale and target taken from its row) gives the same attributions: rows are not mixed up.
+    alone = ig.attribute((x1[2:3], x2[2:3]), target=2, additional_forward_args=(scale[2:3],), n_steps=16)
+    for a, b in zip(alone, parts):
+        torch.testing.assert_close(a[0], b[2], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- parse_bytes
+@pytest.mark.parametrize("text,expected", [
+    ("256MiB", 256 * 2**20), ("1.5GB", 1_500_000_000), ("512k", 512 * 1024), ("512K", 512 * 1024),
+    ("2 GiB", 2 * 2**30), ("10kb", 10_000), ("3M", 3 * 2**20), ("1g", 2**30), ("100", 100), ("100B", 100),
+    (" 64 MB ", 64_000_000), (".5KiB", 512), (4096, 4096), (1, 1),
+])
+def test_parse_bytes(text, expected):
+    got = parse_bytes(text)
+    assert got == expected and isinstance(got, int)
+
+
+def test_parse_bytes_rejects():
+    for bad in ["", "MB", "12 parsecs", "1e6", "-1MB", "1,000"]:
+        with pytest.raises(ValueError, match="memory_budget"):
+            parse_bytes(bad)
+    for bad in [-4, 0, "0MiB"]:
+        with pytest.raises(ValueError, match="positive"):
+            parse_bytes(bad)
+    for bad in [1.5, None, True, b"1MB"]:
+        with pytest.raises(TypeError, match="memory_budget"):
+            parse_bytes(bad)
+
+
+def test_an_input_the_output_does_not_depend_on_gets_zeros():
+    model = mlp()
+    x, unused = torch.randn(3, 6), torch.randn(3, 2)
+    a, b = IntegratedGradients(lambda z, u: model(z)).attribute((x, unused), target=1, n_steps=8,
+                                                                internal_batch_size=5)
+    assert torch.equal(b, torch.zeros_like(unused))
+    torch.testing.assert_close(a, IntegratedGradients(model).attribute(x, target=1, n_steps=8))

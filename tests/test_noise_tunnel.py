@@ -1,0 +1,300 @@
+"""NoiseTunnel over the IG family, reproduced by seeding the global RNG and redrawing the same noise.
+
+RNG order relied on (checked in ``test_rng_order_is_the_documented_one``): for each call of the wrapped method, with
+``s`` copies of the batch, NoiseTunnel draws ``torch.randn((s * batch, *x.shape[1:]))`` for each input in order, then
+(with ``draw_baseline_from_distrib``) ``torch.randint(0, len(baseline), (s * batch,))`` for each baseline tensor.
+Copies are stacked sample-major: row ``k * batch + i`` is copy ``k`` of example ``i``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
+
+from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
+from _behaviour_models import TwoInputs, deep_mlp, manual_ig, mlp
+
+N = 16
+B, D = 4, 4  # B * D = 16: a chunk of whole samples is a whole number of CPU randn blocks (see the batch test)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = mlp(in_dim=D, hidden=12, out=3)
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    return model, x
+
+
+def redraw(seed: int, x: torch.Tensor, samples: int, per_call: int | None = None, stdev: float = 1.0,
+           distrib: torch.Tensor | None = None):
+    """The noisy copies (and drawn baseline rows) NoiseTunnel makes under ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    per_call = per_call or samples
+    copies, picks, done = [], [], 0
+    while done < samples:
+        s = min(per_call, samples - done)
+        copies.append(x.repeat(s, 1) + stdev * torch.randn((s * len(x),) + x.shape[1:], dtype=x.dtype))
+        if distrib is not None:
+            picks.append(torch.randint(0, len(distrib), (s * len(x),)))
+        done += s
+    return torch.cat(copies), (torch.cat(picks) if picks else None)
+
+
+def manual_ig_rows(model, copies, target, baselines=None, scale=None):
+    """Float64 reference IG of every copy (row), each with its own target, baseline and scale."""
+    baselines = torch.zeros_like(copies) if baselines is None else baselines
+    twin = copy.deepcopy(model).double()
+    out = []
+    for r in range(len(copies)):
+        f = (lambda z, r=r: twin(z)[:, target[r]] * (1.0 if scale is None else float(scale[r])))
+        out.append(manual_ig(f, copies[r:r + 1], baselines[r:r + 1], n=N))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------- no noise
+@pytest.mark.parametrize("method", ["ig", "layer", "neuron"])
+def test_zero_noise_reduces_to_the_wrapped_method(setup, method):
+    model, x = setup
+    wrapped, kwargs = {
+        "ig": (IntegratedGradients(model), dict(target=1)),
+        "layer": (LayerIntegratedGradients(model, model[0]), dict(target=1)),
+        "neuron": (NeuronIntegratedGradients(model, model[0]), dict(neuron_selector=3)),
+    }[method]
+    plain = wrapped.attribute(x, n_steps=N, **kwargs)
+    nt = NoiseTunnel(wrapped)
+    smooth = nt.attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.0, n_steps=N, **kwargs)
+    squared = nt.attribute(x, nt_type="smoothgrad_sq", nt_samples=3, stdevs=0.0, n_steps=N, **kwargs)
+    var = nt.attribute(x, nt_type="vargrad", nt_samples=3, stdevs=0.0, n_steps=N, **kwargs)
+    torch.testing.assert_close(smooth, plain, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(squared, plain * plain, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(var, torch.zeros_like(plain), rtol=0, atol=1e-6)
+
+
+def test_vargrad_is_never_negative(setup):
+    # A variance cannot be negative; computed as E[A²] − E[A]² it can come out slightly below zero by rounding.
+    model, x = setup
+    var = NoiseTunnel(IntegratedGradients(model)).attribute(x * 37.0, nt_type="vargrad", nt_samples=7, stdevs=0.0,
+                                                            target=2, n_steps=N)
+    assert float(var.min()) >= 0.0
+
+
+def test_vargrad_is_accurate_when_the_mean_is_large():
+    # Attributions around ±300 varying by ~0.3 between copies: E[A²] − E[A]² in float32 cancels catastrophically
+    # (each term ~1e5, their difference ~0.1); the variance of the copies' attributions is well defined regardless.
+    w = torch.tensor([10.0, -20.0, 15.0, 30.0])
+
+    def f(z):
+        return z @ w + 0.1 * torch.sin(z).sum(1)
+
+    x = torch.tensor([[10.0, 12.0, -9.0, 11.0], [5.0, 7.0, 8.0, -6.0]])
+    torch.manual_seed(16)
+    var = NoiseTunnel(IntegratedGradients(f)).attribute(x, nt_type="vargrad", nt_samples=8, stdevs=0.01, n_steps=8)
+    copies, _ = redraw(16, x, 8, stdev=0.01)
+    per_copy = IntegratedGradients(f).attribute(copies, n_steps=8).double().view(8, 2, 4)
+    torch.testing.assert_close(var.double(), per_copy.var(0, unbiased=False), rtol=1e-3, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------- with noise
+def test_smoothgrad_is_the_mean_of_ig_over_the_same_noisy_copies(setup):
+    model, x = setup
+    torch.manual_seed(11)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=5, stdevs=0.5, target=2, n_steps=N)
+    copies, _ = redraw(11, x, 5, stdev=0.5)
+    per_copy = manual_ig_rows(model, copies, [2] * len(copies)).view(5, B, D)
+    torch.testing.assert_close(got.double(), per_copy.mean(0), rtol=1e-4, atol=1e-6)
+    # The noise mattered: the mean differs from the noiseless attribution.
+    plain = IntegratedGradients(model).attribute(x, target=2, n_steps=N)
+    assert float((got - plain).abs().max()) > 1e-3
+
+
+def test_smoothgrad_sq_and_vargrad_with_noise(setup):
+    model, x = setup
+    copies, _ = redraw(12, x, 6, stdev=0.3)
+    per_copy = manual_ig_rows(model, copies, [0] * len(copies)).view(6, B, D)
+    nt = NoiseTunnel(IntegratedGradients(model))
+    torch.manual_seed(12)
+    sq = nt.attribute(x, nt_type="smoothgrad_sq", nt_samples=6, stdevs=0.3, target=0, n_steps=N)
+    torch.manual_seed(12)
+    var = nt.attribute(x, nt_type="vargrad", nt_samples=6, stdevs=0.3, target=0, n_steps=N)
+    torch.testing.assert_close(sq.double(), per_copy.square().mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(var.double(), per_copy.var(0, unbiased=False), rtol=1e-3, atol=1e-6)
+
+
+def test_rng_order_is_the_documented_one(setup):
+    # Drawing one chunk's noise and then the next is the same as drawing all at once when every chunk holds a
+    # multiple of 16 values (CPU randn fills blocks of 16); this is what makes the batch test below exact.
+    torch.manual_seed(3)
+    whole = torch.randn(6 * B, D)
+    torch.manual_seed(3)
+    parts = torch.cat([torch.randn(2 * B, D), torch.randn(3 * B, D), torch.randn(1 * B, D)])
+    assert torch.equal(whole, parts)
+    # Nothing else consumes the global RNG: after a call, the generator is exactly where the redraw leaves it.
+    model, x = setup
+    torch.manual_seed(4)
+    NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, nt_samples_batch_size=2, target=0,
+                                                      n_steps=4, stdevs=0.2)
+    after_call = torch.randn(5)
+    redraw(4, x, 3, per_call=2)
+    assert torch.equal(after_call, torch.randn(5))
+
+
+def test_nt_samples_batch_size_gives_the_same_result(setup):
+    model, x = setup
+    nt = NoiseTunnel(IntegratedGradients(model))
+    results = []
+    for per_call in [None, 1, 2, 4, 6, 100]:
+        torch.manual_seed(5)
+        results.append(nt.attribute(x, nt_type="vargrad", nt_samples=6, nt_samples_batch_size=per_call, stdevs=0.4,
+                                    target=1, n_steps=N))
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=1e-4, atol=1e-6)
+
+
+def test_nt_samples_batch_size_matches_chunkwise_redraw_for_any_shape():
+    # With 3 × 5 values per sample the chunks do not align with randn's blocks, so chunked and unchunked noise
+    # differ; each still equals the mean over the copies drawn chunk by chunk in the documented order.
+    model = mlp(in_dim=5, hidden=8, out=2)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(6)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.2,
+                                                            target=1, n_steps=N)
+    copies, _ = redraw(6, x, 5, per_call=2, stdev=0.2)
+    expected = manual_ig_rows(model, copies, [1] * len(copies)).view(5, 3, 5).mean(0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_targets_and_additional_args_expand_per_sample():
+    model = TwoInputs()
+    g = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(3, 4, generator=g), torch.randn(3, 2, 3, generator=g)
+    scale = torch.tensor([0.5, 2.0, -1.0])
+    target = [2, 0, 1]
+    torch.manual_seed(7)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(
+        (x1, x2), nt_samples=3, nt_samples_batch_size=2, stdevs=(0.1, 0.3), target=target,
+        additional_forward_args=(scale,), n_steps=N)
+    # Redraw: per chunk, input 1's noise then input 2's.
+    torch.manual_seed(7)
+    c1, c2 = [], []
+    for s in (2, 1):
+        c1.append(x1.repeat(s, 1) + 0.1 * torch.randn(s * 3, 4))
+        c2.append(x2.repeat(s, 1, 1) + 0.3 * torch.randn(s * 3, 2, 3))
+    c1, c2 = torch.cat(c1), torch.cat(c2)
+    ig = IntegratedGradients(model)
+    expected = [torch.zeros_like(x1), torch.zeros_like(x2)]
+    for k in range(3):
+        for i in range(3):
+            r = k * 3 + i
+            a = ig.attribute((c1[r:r + 1], c2[r:r + 1]), target=target[i], additional_forward_args=(scale[i:i + 1],),
+                             n_steps=N)
+            expected[0][i] += a[0][0] / 3
+            expected[1][i] += a[1][0] / 3
+    assert isinstance(got, tuple) and len(got) == 2
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_draw_baseline_from_distribution(setup):
+    model, x = setup
+    distrib = torch.randn(5, D, generator=torch.Generator().manual_seed(8))
+    torch.manual_seed(9)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x, nt_samples=4, nt_samples_batch_size=3, stdevs=0.1, baselines=distrib, draw_baseline_from_distrib=True,
+        target=1, n_steps=N)
+    copies, picks = redraw(9, x, 4, per_call=3, stdev=0.1, distrib=distrib)
+    assert len(set(picks.tolist())) > 1  # several baselines were actually drawn
+    per_copy = manual_ig_rows(model, copies, [1] * len(copies), baselines=distrib[picks]).view(4, B, D)
+    torch.testing.assert_close(got.double(), per_copy.mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_per_example_baselines_are_repeated_per_sample(setup):
+    model, x = setup
+    base = torch.randn(B, D, generator=torch.Generator().manual_seed(10))
+    torch.manual_seed(13)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, stdevs=0.2, baselines=base, target=0,
+                                                            n_steps=N)
+    copies, _ = redraw(13, x, 3, stdev=0.2)
+    per_copy = manual_ig_rows(model, copies, [0] * len(copies), baselines=base.repeat(3, 1)).view(3, B, D)
+    torch.testing.assert_close(got.double(), per_copy.mean(0), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- delta
+def test_return_convergence_delta_has_one_value_per_copy(setup):
+    model, x = setup
+    torch.manual_seed(14)
+    got, delta = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.3, target=2, n_steps=N, return_convergence_delta=True)
+    assert got.shape == x.shape
+    assert delta.shape == (5 * B,)
+    copies, _ = redraw(14, x, 5, per_call=2, stdev=0.3)
+    per_copy, expected = IntegratedGradients(model).attribute(copies, target=2, n_steps=N,
+                                                              return_convergence_delta=True)
+    torch.testing.assert_close(delta, expected, rtol=1e-3, atol=1e-6)
+    with torch.no_grad():
+        direct = per_copy.sum(1) - (model(copies)[:, 2] - model(torch.zeros_like(copies))[:, 2])
+    torch.testing.assert_close(delta, direct, rtol=1e-3, atol=1e-5)
+
+
+def test_delta_with_layer_ig(setup):
+    model = deep_mlp(in_dim=D)
+    x = setup[1]
+    torch.manual_seed(15)
+    got, delta = NoiseTunnel(LayerIntegratedGradients(model, model[2])).attribute(
+        x, nt_samples=3, stdevs=0.1, target=1, n_steps=N, return_convergence_delta=True)
+    assert got.shape == (B, 16) and delta.shape == (3 * B,)
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(nt_type="smooth"), ["nt_type", "smoothgrad", "vargrad"]),
+    (dict(nt_type=None), ["nt_type", "smoothgrad_sq"]),
+    (dict(nt_samples=0), ["nt_samples", "positive int"]),
+    (dict(nt_samples=-2), ["nt_samples", "positive int"]),
+    (dict(nt_samples=2.5), ["nt_samples", "positive int"]),
+    (dict(nt_samples=True), ["nt_samples", "positive int"]),
+    (dict(nt_samples_batch_size=0), ["nt_samples_batch_size", "positive int"]),
+    (dict(stdevs=-0.1), ["stdevs", "non-negative"]),
+    (dict(stdevs="big"), ["stdevs", "non-negative"]),
+    (dict(stdevs=True), ["stdevs", "non-negative"]),
+    (dict(stdevs=(0.1, 0.2)), ["stdevs", "tuple of 1"]),
+    (dict(draw_baseline_from_distrib=1), ["draw_baseline_from_distrib"]),
+])
+def test_bad_arguments(setup, kwargs, words):
+    model, x = setup
+    with pytest.raises((ValueError, TypeError)) as info:
+        NoiseTunnel(IntegratedGradients(model)).attribute(x, target=0, n_steps=4, **kwargs)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_bad_wrapped_method_and_delta_for_neuron(setup):
+    model, x = setup
+    with pytest.raises(TypeError, match="attribution_method"):
+        NoiseTunnel(model)
+    nt = NoiseTunnel(NeuronIntegratedGradients(model, model[0]))
+    assert nt.has_convergence_delta() is False
+    with pytest.raises(ValueError, match="return_convergence_delta"):
+        nt.attribute(x, neuron_selector=0, return_convergence_delta=True)
+
+
+def test_errors_of_the_wrapped_method_come_through(setup):
+    model, x = setup
+    with pytest.raises(ValueError, match="n_steps"):
+        NoiseTunnel(IntegratedGradients(model)).attribute(x, target=0, n_steps=0)
+    with pytest.raises(ValueError, match="target"):
+        NoiseTunnel(IntegratedGradients(model)).attribute(x, target=[0, 1])
+
+
+def test_target_for_a_method_without_target_is_rejected(setup):
+    # NeuronIntegratedGradients has no target: passing one through NoiseTunnel must not be dropped silently (the
+    # same call without NoiseTunnel raises a TypeError for the unexpected argument).
+    model, x = setup
+    neuron = NeuronIntegratedGradients(model, model[0])
+    with pytest.raises(TypeError):
+        neuron.attribute(x, 0, target=1)
+    with pytest.raises((TypeError, ValueError), match="target"):
+        NoiseTunnel(neuron).attribute(x, neuron_selector=0, target=1, stdevs=0.1, n_steps=4)
