@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,6 +60,14 @@ class PathAttribution:
             ),
         }
 
+    def _input_path(self, inputs: Any, baselines: Any, additional_forward_args: Any, **rule: Any) -> "InputPath":
+        """Validated inputs, baselines, extra arguments and rule settings of a path in input space."""
+        inputs_t, was_tuple = arguments.normalize_inputs(inputs)
+        settings = self._rule_settings(**rule, device=inputs_t[0].device)
+        start = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
+        args, per_example = arguments.normalize_additional_args(additional_forward_args, inputs_t[0].shape[0])
+        return InputPath(inputs_t, was_tuple, start, tuple(x.detach() for x in inputs_t), args, per_example, settings)
+
     def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
                    need_ends: bool) -> PathIntegral:
         chunking = settings["chunking"].fresh()
@@ -80,6 +89,27 @@ class PathAttribution:
             delta = total - (result.f_end - result.f_start)
             result.report.delta = delta.to(device=start[0].device, dtype=_delta_dtype(out_dtypes))
         return attributions
+
+
+@dataclass
+class InputPath:
+    """A straight path from the baselines (``start``) to the inputs (``end``), with what the model needs besides."""
+
+    inputs: tuple[Tensor, ...]
+    was_tuple: bool
+    start: tuple[Tensor, ...]
+    end: tuple[Tensor, ...]
+    args: tuple
+    per_example: tuple[bool, ...]
+    settings: dict
+
+    @property
+    def batch(self) -> int:
+        return self.inputs[0].shape[0]
+
+    @property
+    def dtypes(self) -> list[torch.dtype]:
+        return [x.dtype for x in self.inputs]
 
 
 def _per_example_sum(t: Tensor) -> Tensor:

@@ -93,17 +93,13 @@ class IntegratedGradients(PathAttribution):
         estimate (``"auto"``), the rows evaluated and the delta.
         """
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
-        inputs_t, was_tuple = arguments.normalize_inputs(inputs)
-        settings = self._rule_settings(n_steps, method, internal_batch_size, memory_budget, tolerance,
-                                       inputs_t[0].device)
-        start = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
-        batch = inputs_t[0].shape[0]
-        target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
-        args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
-        end = tuple(x.detach() for x in inputs_t)
-        probe = output_probe(self.forward_func, lambda points, examples: points, target_t, args, per_example)
-        result = self._integrate(probe, start, end, settings, need_ends=return_convergence_delta)
-        attributions = restore_structure(self._finish(result, start, end, [x.dtype for x in inputs_t]), was_tuple)
+        path = self._input_path(inputs, baselines, additional_forward_args, n_steps=n_steps, method=method,
+                                internal_batch_size=internal_batch_size, memory_budget=memory_budget,
+                                tolerance=tolerance)
+        target_t = arguments.normalize_target(target, path.batch, path.inputs[0].device)
+        probe = output_probe(self.forward_func, lambda points, examples: points, target_t, path.args, path.per_example)
+        result = self._integrate(probe, path.start, path.end, path.settings, need_ends=return_convergence_delta)
+        attributions = restore_structure(self._finish(result, path.start, path.end, path.dtypes), path.was_tuple)
         if return_convergence_delta:
             return attributions, self.last_report.delta
         return attributions

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .. import arguments
-from ..probes import NeuronProbe, captured, check_layer, check_neuron_selector, StopForward
+from ..probes import NeuronProbe, check_layer, check_neuron_selector, run_until
 from .base import PathAttribution, restore_structure
 
 
@@ -61,26 +61,14 @@ class NeuronIntegratedGradients(PathAttribution):
         """
         selector = NeuronProbe(check_neuron_selector(neuron_selector))
         use_input = arguments.check_bool("attribute_to_neuron_input", attribute_to_neuron_input)
-        inputs_t, was_tuple = arguments.normalize_inputs(inputs)
-        settings = self._rule_settings(n_steps, method, internal_batch_size, memory_budget, tolerance,
-                                       inputs_t[0].device)
-        start = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
-        batch = inputs_t[0].shape[0]
-        args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
-        end = tuple(x.detach() for x in inputs_t)
+        path = self._input_path(inputs, baselines, additional_forward_args, n_steps=n_steps, method=method,
+                                internal_batch_size=internal_batch_size, memory_budget=memory_budget,
+                                tolerance=tolerance)
 
         def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
-            with captured([self.layer], use_input, stop=True) as values:
-                try:
-                    self.forward_func(*points, *arguments.select_rows(args, per_example, examples))
-                except StopForward:
-                    pass
-            if values[0] is None:
-                raise ValueError(
-                    f"layer {type(self.layer).__name__} did not run during forward_func, so none of its neurons can "
-                    "be attributed; pass a module that the forward pass uses"
-                )
-            return selector(values[0], examples.shape[0])
+            extra = arguments.select_rows(path.args, path.per_example, examples)
+            value = run_until(self.forward_func, [self.layer], use_input, points + extra)[0]
+            return selector(value, examples.shape[0])
 
-        result = self._integrate(probe, start, end, settings, need_ends=False)
-        return restore_structure(self._finish(result, start, end, [x.dtype for x in inputs_t]), was_tuple)
+        result = self._integrate(probe, path.start, path.end, path.settings, need_ends=False)
+        return restore_structure(self._finish(result, path.start, path.end, path.dtypes), path.was_tuple)
