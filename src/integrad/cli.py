@@ -32,10 +32,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .datasets import BASELINE_NAMES as BASELINES
+from .datasets import _version
+
 __all__ = ["main", "build_parser"]
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-BASELINES = ("zeros", "mean", "invert", "gaussian_blur", "uniform", "gaussian", "token")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,16 +47,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"integrad: error: {message} (see '{self.prog} --help')\n")
 
 
-def _n_steps(text: str):
-    if text == "auto":
-        return "auto"
+def _positive_int(text: str, accepted: str = "a positive integer") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
     return value
+
+
+def _n_steps(text: str):
+    return "auto" if text == "auto" else _positive_int(text, "a positive integer or 'auto'")
 
 
 def _target(text: str):
@@ -75,16 +79,6 @@ def _tolerance(text: str) -> float:
         value = float("nan")
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
@@ -197,15 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("integrad")
-    except Exception:
-        return "unknown"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 unusable arguments)."""
     parser = build_parser()
@@ -231,6 +216,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --------------------------------------------------------------------------- output staging
 
 
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        from .io import InputError
+
+        raise InputError("--out", f"exists and is not a folder: {out}")
+
+
 @contextlib.contextmanager
 def _staged(out: Path, prune: Optional[str] = None):
     """A temporary folder beside ``out`` whose files are moved into ``out`` on success.
@@ -242,10 +234,7 @@ def _staged(out: Path, prune: Optional[str] = None):
     show).
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        from .io import InputError
-
-        raise InputError("--out", f"exists and is not a folder: {out}")
+    _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -279,10 +268,6 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        from .io import InputError
-
-        raise InputError("--out", f"exists and is not a folder: {out}")
     with _staged(out, prune=r"(digits|cancer|minilm)-.*\.(png|safetensors|html)") as stage:
         summary = run_demo(stage, quick=args.quick, progress=not args.no_progress)
     index = (out / "index.html").resolve()
@@ -312,8 +297,7 @@ def _cmd_explain(args) -> int:
     from .report import plot_attributions, token_scores
 
     # Everything that can be wrong with the arguments is found before any file is written.
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError("--out", f"exists and is not a folder: {args.out}")
+    _check_out(Path(args.out))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
     loaded = load_inputs(args.inputs, args.tokenizer)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .explainers.baselines import BASELINES, get_baseline_fn
 from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 FORMAT = "integrad-attributions/1"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
-BASELINE_NAMES = ("zeros", "mean", "invert", "gaussian_blur", "uniform", "gaussian", "token")
+BASELINE_NAMES = tuple(BASELINES)
 
 
 def _version() -> str:
@@ -153,8 +154,6 @@ def make_baselines(
     torch.Tensor
         Same shape and dtype as ``x``.
     """
-    from .explainers.baselines import get_baseline_fn
-
     if not x.is_floating_point():
         pad = 0 if pad_token_id is None else int(pad_token_id)
         return get_baseline_fn("token", token_id=pad, keep_ids=tuple(int(i) for i in special_ids))(x)

@@ -153,6 +153,16 @@ def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: 
         p.requires_grad_(False)
 
 
+def _fit(model: nn.Module, Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor, yte: torch.Tensor,
+         epochs: int, desc: str, progress: bool):
+    """Train with the demo's settings; return the test softmax, predictions and accuracy."""
+    _train(model, Xtr, ytr, epochs, 3e-3, 64, desc, progress)
+    with torch.no_grad():
+        probs = torch.softmax(model(Xte), dim=1)
+    pred = probs.argmax(1)
+    return probs, pred, float((pred == yte).float().mean())
+
+
 def _metric_scores(model, x, attributions, targets, cfg: DemoConfig, baselines, names=("abpc", "infidelity",
                    "complexity"), **extra) -> dict:
     """Metric name → per-example scores (NaN where a metric does not apply)."""
@@ -211,11 +221,7 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
     torch.manual_seed(0)
     model = digits_cnn()
     t0 = time.perf_counter()
-    _train(model, Xtr, ytr, cfg.digits_epochs, 3e-3, 64, "training digits CNN", progress)
-    with torch.no_grad():
-        probs = torch.softmax(model(Xte), dim=1)
-    pred = probs.argmax(1)
-    acc = float((pred == yte).float().mean())
+    probs, pred, acc = _fit(model, Xtr, ytr, Xte, yte, cfg.digits_epochs, "training digits CNN", progress)
     log(f"digits CNN: test accuracy {acc:.3f} ({time.perf_counter() - t0:.1f} s)")
 
     wrong = torch.nonzero(pred != yte).flatten()
@@ -340,11 +346,7 @@ def _cancer(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
     Xtr, ytr, Xte, yte = X[idx_train], y[idx_train], X[idx_test], y[idx_test]
     torch.manual_seed(0)
     model = cancer_mlp(X.shape[1])
-    _train(model, Xtr, ytr, cfg.cancer_epochs, 3e-3, 64, "training cancer MLP", progress)
-    with torch.no_grad():
-        probs = torch.softmax(model(Xte), dim=1)
-    pred = probs.argmax(1)
-    acc = float((pred == yte).float().mean())
+    probs, pred, acc = _fit(model, Xtr, ytr, Xte, yte, cfg.cancer_epochs, "training cancer MLP", progress)
     log(f"breast-cancer MLP: test accuracy {acc:.3f}")
     names = [str(n) for n in data.feature_names]
     classes = [str(c) for c in data.target_names]

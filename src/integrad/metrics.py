@@ -88,30 +88,47 @@ _COMMON_OPTIONS = (
     "forward_arg_extractor",
     "additional_forward_arg_extractor",
 )
+_KW = inspect.Parameter.KEYWORD_ONLY
+_POS = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
-def _metric(higher_is_better: bool) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register a metric, attach ``higher_is_better`` and reject unknown options by name."""
+def _metric(higher_is_better: bool, evaluates: str | None = "model"):
+    """Turn ``core(ctx, attributions, **own_options)`` into a public metric.
 
-    def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        params = inspect.signature(fn).parameters
-        accepted = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        missing = [name for name in _COMMON_OPTIONS if name not in accepted]
-        if missing:  # pragma: no cover - guards the module's own definitions
-            raise AssertionError(f"{fn.__name__} lacks common options {missing}")
+    The public function takes ``(model, inputs, attributions, targets=None, **options)``: the
+    core's own keyword options followed by :data:`_COMMON_OPTIONS`.  It rejects unknown options
+    by name, validates the model call once (``evaluates`` is ``"model"``, ``"explainer"`` or
+    ``None`` for metrics that never evaluate anything), attaches ``higher_is_better`` and
+    registers the metric in :data:`METRICS`.
+    """
 
-        @functools.wraps(fn)
+    def decorate(core: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        name = core.__name__
+        own = [p for p in inspect.signature(core).parameters.values() if p.kind is _KW]
+        accepted = [p.name for p in own] + list(_COMMON_OPTIONS)
+
+        @functools.wraps(core)
         def wrapper(model, inputs, attributions, targets=None, **options):
             unknown = sorted(set(options) - set(accepted))
             if unknown:
                 raise TypeError(
-                    f"{fn.__name__}() got unknown option(s) {', '.join(map(repr, unknown))}; "
+                    f"{name}() got unknown option(s) {', '.join(map(repr, unknown))}; "
                     f"accepted options: {', '.join(accepted)}"
                 )
-            return fn(model, inputs, attributions, targets, **options)
+            common = {key: options.pop(key, None) for key in _COMMON_OPTIONS}
+            if evaluates == "explainer":
+                _check_explainer(common["explainer"])
+            ctx = _prepare(name, model if evaluates == "model" else None, inputs, targets, **common)
+            return core(ctx, attributions, **options)
 
+        wrapper.__signature__ = inspect.Signature(
+            [inspect.Parameter(p, _POS) for p in ("model", "inputs", "attributions")]
+            + [inspect.Parameter("targets", _POS, default=None)]
+            + own
+            + [inspect.Parameter(key, _KW, default=None) for key in _COMMON_OPTIONS]
+        )
         wrapper.higher_is_better = higher_is_better
-        METRICS[fn.__name__] = wrapper
+        METRICS[name] = wrapper
         return wrapper
 
     return decorate
@@ -123,11 +140,10 @@ def _metric(higher_is_better: bool) -> Callable[[Callable[..., Tensor]], Callabl
 def _check_int(metric: str, name: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
+    accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
         raise TypeError(f"{metric}: {name} must be {accepted}; got {value!r}")
     if value < minimum:
-        accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
         raise ValueError(f"{metric}: {name} must be {accepted}; got {value!r}")
     return int(value)
 
@@ -149,22 +165,60 @@ def _check_bool(metric: str, name: str, value: Any, allow_none: bool = False) ->
     return value
 
 
-def _generator(metric: str, seed: Any) -> torch.Generator:
-    # A private CPU generator keeps results reproducible across devices and leaves the
-    # global RNG untouched; seed() draws from the OS, not from torch's global state.
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"{metric}: seed must be an integer or None; got {seed!r}")
-    gen = torch.Generator(device="cpu")
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(seed))
-    return gen
+def _check_explainer(explainer: Any) -> None:
+    if explainer is None:
+        raise TypeError(
+            "sensitivity_max requires explainer=: an object with .attribute(inputs, targets), "
+            "e.g. integrad.explainers.IntegratedGradients(model)"
+        )
+    if not callable(getattr(explainer, "attribute", None)):
+        raise TypeError(
+            f"sensitivity_max: explainer must have a callable .attribute(inputs, targets); got {type(explainer).__name__}"
+        )
+
+
+def _is_int_tensor(value: Any) -> bool:
+    return isinstance(value, Tensor) and not (
+        value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
+    )
+
+
+def _check_broadcast(metric: str, name: str, value: Tensor, x: Tensor) -> None:
+    try:
+        shape = torch.broadcast_shapes(value.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"{metric}: {name} must be broadcastable to the input shape {tuple(x.shape)}; got shape {tuple(value.shape)}"
+        )
+
+
+def _per_input(ctx: _Context, name: str, value: Any, accepted: str, single: tuple[type, ...]) -> list[Any]:
+    """One entry of a per-input option for each attributed input.
+
+    ``None`` and values of the ``single`` types serve every input (a tensor only a single
+    input); a tuple or list must hold one entry per input.
+    """
+    if value is None or isinstance(value, single):
+        if isinstance(value, Tensor) and len(ctx.xs) > 1:
+            raise ValueError(
+                f"{ctx.metric}: {name} for {len(ctx.xs)} inputs must be a tuple (one entry per input); accepted: {accepted}"
+            )
+        return [value] * len(ctx.xs)
+    if isinstance(value, (tuple, list)):
+        if len(value) != len(ctx.xs):
+            raise ValueError(
+                f"{ctx.metric}: {name} must have one entry per attributed input ({len(ctx.xs)}); "
+                f"got {len(value)}. Accepted: {accepted}"
+            )
+        return list(value)
+    raise TypeError(f"{ctx.metric}: {name} must be {accepted}; got {type(value).__name__}")
 
 
 @dataclass
 class _Context:
-    """Validated model call: attributed tensors, pass-along arguments and targets."""
+    """Validated model call: attributed tensors, pass-along arguments, targets and common options."""
 
     metric: str
     model: Callable[..., Any]
@@ -176,6 +230,19 @@ class _Context:
     targets: Tensor | None
     batch_size: int | None
     extracted: bool
+    baselines: Any  # the baselines option as given; see _baselines
+    seed: int | None
+    explainer: Any
+
+    def generator(self) -> torch.Generator:
+        # A private CPU generator keeps results reproducible across devices and leaves the
+        # global RNG untouched; seed() draws from the OS, not from torch's global state.
+        gen = torch.Generator(device="cpu")
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(self.seed)
+        return gen
 
 
 def _as_tensor_tuple(metric: str, name: str, value: Any) -> tuple[tuple[Tensor, ...], bool]:
@@ -191,13 +258,16 @@ def _prepare(
     model: Any,
     inputs: Any,
     targets: Any,
+    *,
+    baselines: Any,
+    seed: Any,
+    batch_size: Any,
+    explainer: Any,
     forward_arg_extractor: Any,
     additional_forward_arg_extractor: Any,
-    batch_size: Any,
-    seed: Any,
-    need_model: bool = True,
 ) -> _Context:
-    if need_model and not callable(model):
+    """Validate the model call and the common options; ``model=None`` skips the model check."""
+    if model is not None and not callable(model):
         raise TypeError(f"{metric}: model must be callable (an nn.Module or function); got {type(model).__name__}")
     for name, fn in (
         ("forward_arg_extractor", forward_arg_extractor),
@@ -218,18 +288,8 @@ def _prepare(
     else:
         xs, was_tuple = _as_tensor_tuple(metric, "inputs", inputs)
 
-    if additional_forward_arg_extractor is not None:
-        extra = additional_forward_arg_extractor(inputs)
-        if extra is None:
-            extra = ()
-        elif isinstance(extra, tuple):
-            pass
-        elif isinstance(extra, list):
-            extra = tuple(extra)
-        else:
-            extra = (extra,)
-    else:
-        extra = ()
+    extra = None if additional_forward_arg_extractor is None else additional_forward_arg_extractor(inputs)
+    extra = () if extra is None else tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
 
     if any(x.dim() == 0 for x in xs):
         raise ValueError(f"{metric}: inputs must have a leading batch dimension (N, ...); got a 0-d tensor")
@@ -243,7 +303,7 @@ def _prepare(
     if targets is not None:
         if isinstance(targets, (list, tuple)):
             targets = torch.as_tensor(targets)
-        if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        if not _is_int_tensor(targets):
             raise TypeError(
                 f"{metric}: targets must be an integer tensor of shape (N,) = ({n},) or None; "
                 f"got {targets.dtype if isinstance(targets, Tensor) else type(targets).__name__}"
@@ -257,7 +317,10 @@ def _prepare(
             raise ValueError(f"{metric}: targets must be non-negative class indices; got {int(targets.min())}")
         targets = targets.to(device=xs[0].device, dtype=torch.long)
 
-    return _Context(metric, model, inputs, xs, was_tuple, extra, n, targets, batch_size, forward_arg_extractor is not None)
+    return _Context(
+        metric, model, inputs, xs, was_tuple, extra, n, targets, batch_size, forward_arg_extractor is not None,
+        baselines, None if seed is None else int(seed), explainer,
+    )
 
 
 def _attributions(ctx: _Context, attributions: Any, mode: str) -> tuple[Tensor, ...]:
@@ -303,40 +366,19 @@ def _require_float_inputs(ctx: _Context, why: str) -> None:
             raise TypeError(f"{ctx.metric} {why}, so inputs must be floating-point tensors; got {x.dtype} for input {k}")
 
 
-def _baselines(ctx: _Context, baselines: Any) -> tuple[Tensor, ...]:
-    """Baselines broadcast (as views) to each attributed input's full shape."""
+def _baselines(ctx: _Context) -> tuple[Tensor, ...]:
+    """The ``baselines`` option broadcast (as views) to each attributed input's full shape."""
     accepted = "None (zeros), a number, a tensor broadcastable to the input shape, or a tuple of those (one per input)"
-    if baselines is None or isinstance(baselines, (numbers.Number, Tensor)):
-        items = [baselines] * len(ctx.xs)
-        if isinstance(baselines, Tensor) and len(ctx.xs) > 1:
-            raise ValueError(f"{ctx.metric}: baselines for {len(ctx.xs)} inputs must be a tuple or a number; {accepted}")
-    elif isinstance(baselines, (tuple, list)):
-        items = list(baselines)
-        if len(items) != len(ctx.xs):
-            raise ValueError(
-                f"{ctx.metric}: baselines must have one entry per attributed input ({len(ctx.xs)}); got {len(items)}. "
-                f"Accepted: {accepted}"
-            )
-    else:
-        raise TypeError(f"{ctx.metric}: baselines must be {accepted}; got {type(baselines).__name__}")
     out = []
-    for b, x in zip(items, ctx.xs):
+    for b, x in zip(_per_input(ctx, "baselines", ctx.baselines, accepted, (numbers.Number, Tensor)), ctx.xs):
         if b is None:
-            out.append(torch.zeros((), dtype=x.dtype, device=x.device).expand(x.shape))
-        elif isinstance(b, bool) or not isinstance(b, (numbers.Number, Tensor)):
+            b = 0
+        if isinstance(b, bool) or not isinstance(b, (numbers.Number, Tensor)):
             raise TypeError(f"{ctx.metric}: baselines must be {accepted}; got an entry of type {type(b).__name__}")
-        elif isinstance(b, numbers.Number):
+        if isinstance(b, numbers.Number):
             out.append(torch.full((), b, dtype=x.dtype, device=x.device).expand(x.shape))
         else:
-            try:
-                shape = torch.broadcast_shapes(b.shape, x.shape)
-            except RuntimeError:
-                shape = None
-            if shape != x.shape:
-                raise ValueError(
-                    f"{ctx.metric}: baselines must be broadcastable to the input shape {tuple(x.shape)}; "
-                    f"got shape {tuple(b.shape)}"
-                )
+            _check_broadcast(ctx.metric, "baselines", b, x)
             out.append(b.detach().to(device=x.device, dtype=x.dtype).expand(x.shape))
     return tuple(out)
 
@@ -442,50 +484,24 @@ def _groups(ctx: _Context, feature_mask: Any, reduce_channels: Any) -> _Groups:
         "None, an integer tensor of non-negative group ids broadcastable to the input shape, "
         "or a tuple of those (one per input)"
     )
-    if feature_mask is not None:
-        if isinstance(feature_mask, Tensor):
-            masks = [feature_mask] * len(ctx.xs) if len(ctx.xs) == 1 else None
-            if masks is None:
-                raise ValueError(f"{ctx.metric}: feature_mask for {len(ctx.xs)} inputs must be a tuple; accepted: {accepted}")
-        elif isinstance(feature_mask, (tuple, list)):
-            masks = list(feature_mask)
-            if len(masks) != len(ctx.xs):
-                raise ValueError(
-                    f"{ctx.metric}: feature_mask must have one entry per attributed input ({len(ctx.xs)}); "
-                    f"got {len(masks)}. Accepted: {accepted}"
-                )
-        else:
-            raise TypeError(f"{ctx.metric}: feature_mask must be {accepted}; got {type(feature_mask).__name__}")
-    else:
-        masks = [None] * len(ctx.xs)
-
     index: list[Tensor | None] = []
     sizes: list[int] = []
-    for m, x in zip(masks, ctx.xs):
+    for m, x in zip(_per_input(ctx, "feature_mask", feature_mask, accepted, (Tensor,)), ctx.xs):
         per_example = x.shape[1:]
         numel = math.prod(per_example)
         if m is None:
             if reduce_channels and x.dim() == 4:
                 # Image (N, C, H, W): a pixel is one feature spanning all its channels.
                 c, h, w = per_example
-                idx = torch.arange(h * w, device=x.device).view(1, 1, h, w).expand(1, c, h, w).reshape(1, numel)
-                index.append(idx)
+                index.append(torch.arange(h * w, device=x.device).view(1, 1, h, w).expand(1, c, h, w).reshape(1, numel))
                 sizes.append(h * w)
             else:
                 index.append(None)
                 sizes.append(numel)
             continue
-        if not isinstance(m, Tensor) or m.dtype.is_floating_point or m.dtype.is_complex or m.dtype == torch.bool:
+        if not _is_int_tensor(m):
             raise TypeError(f"{ctx.metric}: feature_mask must be {accepted}; got {getattr(m, 'dtype', type(m).__name__)}")
-        try:
-            shape = torch.broadcast_shapes(m.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
-            raise ValueError(
-                f"{ctx.metric}: feature_mask must be broadcastable to the input shape {tuple(x.shape)}; "
-                f"got shape {tuple(m.shape)}"
-            )
+        _check_broadcast(ctx.metric, "feature_mask", m, x)
         if m.numel() and int(m.min()) < 0:
             raise ValueError(f"{ctx.metric}: feature_mask group ids must be non-negative; got {int(m.min())}")
         full = m.reshape((1,) * (x.dim() - m.dim()) + tuple(m.shape)).to(x.device, torch.long)
@@ -530,20 +546,26 @@ def _remove(
 # --------------------------------------------------------------------------- metrics
 
 
+def _safe_div(num: Tensor, den: Tensor, fallback: Tensor | float = 0.0) -> Tensor:
+    """``num / den`` where ``den > 0``, else ``fallback`` (without dividing by zero anywhere)."""
+    ok = den > 0
+    fallback = fallback if isinstance(fallback, Tensor) else torch.full_like(num * den, fallback)
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), fallback)
+
+
+def _draw(ctx: _Context, k: int, sample: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """``k`` perturbations ``(k, N, ...)`` of every input, ``sample(x)`` giving one on the CPU."""
+    # Drawn one perturbation at a time so the noise does not depend on the chunking.
+    draws = [[sample(x).to(x.device) for x in ctx.xs] for _ in range(k)]
+    return [torch.stack([d[j] for d in draws]) for j in range(len(ctx.xs))]
+
+
+def _all_rows(ctx: _Context) -> Tensor:
+    return torch.arange(ctx.n, device=ctx.xs[0].device)
+
+
 @_metric(higher_is_better=False)
-def completeness_error(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
+def completeness_error(ctx: _Context, attributions):
     r"""Violation of the completeness axiom.
 
     .. math:: \mathrm{CE}(x) = \Big|\sum_i \phi_i(x) - \big(F(x) - F(x')\big)\Big|
@@ -578,12 +600,9 @@ def completeness_error(
     ----------
     Sundararajan, Taly and Yan (2017). "Axiomatic Attribution for Deep Networks." ICML.
     """
-    del explainer
-    name = "completeness_error"
-    ctx = _prepare(name, model, inputs, targets, forward_arg_extractor, additional_forward_arg_extractor, batch_size, seed)
     attrs = _attributions(ctx, attributions, "reducible")
-    base = _baselines(ctx, baselines)
-    rows = torch.arange(ctx.n, device=ctx.xs[0].device)
+    base = _baselines(ctx)
+    rows = _all_rows(ctx)
     f_x = _forward(ctx, ctx.xs, rows)
     f_base = _forward(ctx, tuple(b.contiguous() for b in base), rows)
     total = sum(a.reshape(ctx.n, -1).sum(1) for a in attrs)
@@ -591,23 +610,7 @@ def completeness_error(
 
 
 @_metric(higher_is_better=False)
-def infidelity(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    noise_std=0.1,
-    n_perturbations=20,
-    normalize=False,
-    multiply_by_inputs=True,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
+def infidelity(ctx: _Context, attributions, *, noise_std=0.1, n_perturbations=20, normalize=False, multiply_by_inputs=True):
     r"""Infidelity of an explanation under Gaussian perturbations (Yeh et al., 2019).
 
     .. math::
@@ -657,32 +660,21 @@ def infidelity(
     Yeh, Hsieh, Suggala, Inouye and Ravikumar (2019). "On the (In)fidelity and
     Sensitivity of Explanations." NeurIPS.
     """
-    del explainer
-    name = "infidelity"
-    ctx = _prepare(name, model, inputs, targets, forward_arg_extractor, additional_forward_arg_extractor, batch_size, seed)
+    name = ctx.metric
     noise_std = _check_positive(name, "noise_std", noise_std)
     n_perturbations = _check_int(name, "n_perturbations", n_perturbations, 1)
     normalize = _check_bool(name, "normalize", normalize)
     multiply_by_inputs = _check_bool(name, "multiply_by_inputs", multiply_by_inputs)
     attrs = _attributions(ctx, attributions, "equal")
     _require_float_inputs(ctx, "adds Gaussian noise to the inputs")
-    scale = (
-        tuple(x - b for x, b in zip(ctx.xs, _baselines(ctx, baselines)))
-        if multiply_by_inputs
-        else (None,) * len(ctx.xs)
-    )
-    gen = _generator(name, seed)
+    scale = tuple(x - b for x, b in zip(ctx.xs, _baselines(ctx))) if multiply_by_inputs else (None,) * len(ctx.xs)
+    gen = ctx.generator()
 
-    f_x = _forward(ctx, ctx.xs, torch.arange(ctx.n, device=ctx.xs[0].device))
+    f_x = _forward(ctx, ctx.xs, _all_rows(ctx))
     dots, diffs = [], []
     for start, stop in _chunk_sizes(ctx, n_perturbations):
         k = stop - start
-        # Drawn one perturbation at a time so the noise does not depend on the chunking.
-        draws = [
-            [torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) * noise_std for x in ctx.xs]
-            for _ in range(k)
-        ]
-        eps = [torch.stack([d[j] for d in draws]) for j in range(len(ctx.xs))]  # (k, N, ...)
+        eps = _draw(ctx, k, lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype) * noise_std)
         pert = []
         dot = 0.0
         for e, x, s, a in zip(eps, ctx.xs, scale, attrs):
@@ -695,9 +687,7 @@ def infidelity(
     dot = torch.cat(dots).T.to(f_x.dtype)  # (N, P)
     diff = torch.cat(diffs).T
     if normalize:
-        num = (dot * diff).mean(1)
-        den = (dot * dot).mean(1)
-        beta = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        beta = _safe_div((dot * diff).mean(1), (dot * dot).mean(1))
         dot = dot * beta.unsqueeze(1)
     return ((dot - diff) ** 2).mean(1)
 
@@ -747,23 +737,8 @@ def _rebuild_batch(ctx: _Context, new_xs: tuple[Tensor, ...], rows: Tensor) -> A
     return batch
 
 
-@_metric(higher_is_better=False)
-def sensitivity_max(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    explainer=None,
-    radius=0.02,
-    n_perturbations=10,
-    norm="l2",
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
+@_metric(higher_is_better=False, evaluates="explainer")
+def sensitivity_max(ctx: _Context, attributions, *, radius=0.02, n_perturbations=10, norm="l2"):
     r"""Maximum relative change of the explanation under small input perturbations (Yeh et al., 2019).
 
     .. math::
@@ -812,47 +787,27 @@ def sensitivity_max(
     Yeh, Hsieh, Suggala, Inouye and Ravikumar (2019). "On the (In)fidelity and
     Sensitivity of Explanations." NeurIPS.
     """
-    del model, baselines
-    name = "sensitivity_max"
-    if explainer is None:
-        raise TypeError(
-            "sensitivity_max requires explainer=: an object with .attribute(inputs, targets), "
-            "e.g. integrad.explainers.IntegratedGradients(model)"
-        )
-    if not callable(getattr(explainer, "attribute", None)):
-        raise TypeError(
-            f"sensitivity_max: explainer must have a callable .attribute(inputs, targets); got {type(explainer).__name__}"
-        )
-    ctx = _prepare(
-        name, None, inputs, targets, forward_arg_extractor, additional_forward_arg_extractor, batch_size, seed,
-        need_model=False,
-    )
+    name = ctx.metric
     radius = _check_positive(name, "radius", radius)
     n_perturbations = _check_int(name, "n_perturbations", n_perturbations, 1)
     if norm not in ("l2", "l1", "linf"):
         raise ValueError(f"sensitivity_max: norm must be one of 'l2', 'l1', 'linf'; got {norm!r}")
     attrs = _attributions(ctx, attributions, "leading")
     _require_float_inputs(ctx, "adds uniform noise to the inputs")
-    gen = _generator(name, seed)
+    gen = ctx.generator()
 
     ref = torch.cat([a.reshape(ctx.n, -1) for a in attrs], dim=1)  # (N, D)
     ref_norm = _norm(ref, norm)
     ratios = []
     for start, stop in _chunk_sizes(ctx, n_perturbations):
         k = stop - start
-        draws = [
-            [((torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * radius).to(x.device) for x in ctx.xs]
-            for _ in range(k)
-        ]
-        pert = tuple(
-            (x.unsqueeze(0) + torch.stack([d[j] for d in draws])).reshape(k * ctx.n, *x.shape[1:])
-            for j, x in enumerate(ctx.xs)
-        )
+        delta = _draw(ctx, k, lambda x: (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * radius)
+        pert = tuple((x.unsqueeze(0) + d).reshape(k * ctx.n, *x.shape[1:]) for x, d in zip(ctx.xs, delta))
         rows = _tile_rows(ctx, k)
         batch = _rebuild_batch(ctx, pert, rows)
         tgt = None if ctx.targets is None else ctx.targets[rows]
         with torch.enable_grad():
-            new = explainer.attribute(batch, tgt)
+            new = ctx.explainer.attribute(batch, tgt)
         new_attrs = (new,) if isinstance(new, Tensor) else tuple(new) if isinstance(new, (tuple, list)) else None
         expected = [(k * ctx.n, *a.shape[1:]) for a in attrs]
         if new_attrs is None or [tuple(a.shape) for a in new_attrs] != expected:
@@ -863,12 +818,8 @@ def sensitivity_max(
             )
         flat = torch.cat([a.detach().reshape(k, ctx.n, -1).to(ref.dtype) for a in new_attrs], dim=2)
         change = _norm(flat - ref.unsqueeze(0), norm)  # (k, N)
-        ratio = torch.where(
-            ref_norm > 0,
-            change / torch.where(ref_norm > 0, ref_norm, torch.ones_like(ref_norm)),
-            torch.where(change > 0, torch.full_like(change, math.inf), torch.zeros_like(change)),
-        )
-        ratios.append(ratio)
+        infinite = torch.where(change > 0, torch.full_like(change, math.inf), torch.zeros_like(change))
+        ratios.append(_safe_div(change, ref_norm, infinite))
     return torch.cat(ratios).amax(0)
 
 
@@ -886,23 +837,7 @@ def _subset_count(name: str, subset_size: Any, total: int) -> int:
 
 
 @_metric(higher_is_better=True)
-def mu_fidelity(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    subset_size=0.2,
-    n_subsets=50,
-    feature_mask=None,
-    reduce_channels=True,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
+def mu_fidelity(ctx: _Context, attributions, *, subset_size=0.2, n_subsets=50, feature_mask=None, reduce_channels=True):
     r"""Faithfulness correlation :math:`\mu_F` (Bhatt et al., 2020).
 
     .. math::
@@ -931,10 +866,8 @@ def mu_fidelity(
         as one feature across channels.
     baselines : None, number, Tensor or tuple, optional
         Values that removed features take (default zeros).
-    seed, batch_size, forward_arg_extractor, additional_forward_arg_extractor
-        See the module documentation.
-    explainer
-        Unused.
+    seed, batch_size, explainer, forward_arg_extractor, additional_forward_arg_extractor
+        See the module documentation; ``explainer`` is unused.
 
     Returns
     -------
@@ -946,19 +879,16 @@ def mu_fidelity(
     Bhatt, Weller and Moura (2020). "Evaluating and Aggregating Feature-based
     Model Explanations." IJCAI.
     """
-    del explainer
-    name = "mu_fidelity"
-    ctx = _prepare(name, model, inputs, targets, forward_arg_extractor, additional_forward_arg_extractor, batch_size, seed)
-    n_subsets = _check_int(name, "n_subsets", n_subsets, 2)
+    n_subsets = _check_int(ctx.metric, "n_subsets", n_subsets, 2)
     attrs = _attributions(ctx, attributions, "reducible")
     groups = _groups(ctx, feature_mask, reduce_channels)
-    count = _subset_count(name, subset_size, groups.total)
-    base = _baselines(ctx, baselines)
-    gen = _generator(name, seed)
+    count = _subset_count(ctx.metric, subset_size, groups.total)
+    base = _baselines(ctx)
+    gen = ctx.generator()
 
     group_attr = _group_attributions(attrs, groups)  # (N, G)
     device = group_attr.device
-    f_x = _forward(ctx, ctx.xs, torch.arange(ctx.n, device=device))
+    f_x = _forward(ctx, ctx.xs, _all_rows(ctx))
     sums, drops = [], []
     for start, stop in _chunk_sizes(ctx, n_subsets):
         k = stop - start
@@ -973,54 +903,29 @@ def mu_fidelity(
     d = torch.cat(drops).T
     a = a - a.mean(1, keepdim=True)
     d = d - d.mean(1, keepdim=True)
-    den = (a.pow(2).sum(1) * d.pow(2).sum(1)).sqrt()
-    corr = torch.where(den > 0, (a * d).sum(1) / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    corr = _safe_div((a * d).sum(1), (a.pow(2).sum(1) * d.pow(2).sum(1)).sqrt())
     return corr.clamp(-1.0, 1.0)
 
 
-def _flip_curves(
-    name: str,
-    model,
-    inputs,
-    attributions,
-    targets,
-    orders: tuple[bool, ...],
-    n_steps,
-    apply_softmax,
-    feature_mask,
-    reduce_channels,
-    baselines,
-    seed,
-    batch_size,
-    forward_arg_extractor,
-    additional_forward_arg_extractor,
-) -> list[Tensor]:
-    """Normalised area under the feature-flipping curve, one result per order (True = most relevant first)."""
-    ctx = _prepare(name, model, inputs, targets, forward_arg_extractor, additional_forward_arg_extractor, batch_size, seed)
-    n_steps = _check_int(name, "n_steps", n_steps, 1)
-    apply_softmax = _check_bool(name, "apply_softmax", apply_softmax, allow_none=True)
-    attrs = _attributions(ctx, attributions, "reducible")
-    groups = _groups(ctx, feature_mask, reduce_channels)
-    base = _baselines(ctx, baselines)
-    group_attr = _group_attributions(attrs, groups)
+def _flip_area(
+    ctx: _Context, group_attr: Tensor, groups: _Groups, base, n_steps: int, apply_softmax, descending: bool
+) -> Tensor:
+    """Normalised area under the feature-flipping curve (``descending``: most relevant first)."""
     device = group_attr.device
     total = groups.total
     # Feature count removed after step k of n: round(k * G / n), from 0 (intact) to G (all baseline).
     counts = torch.round(torch.arange(n_steps + 1, dtype=torch.float64) * total / n_steps).to(torch.long).to(device)
-    areas = []
-    for descending in orders:
-        order = torch.sort(group_attr, dim=1, descending=descending, stable=True).indices
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(total, device=device).expand(ctx.n, total))
-        curve = []
-        for start, stop in _chunk_sizes(ctx, n_steps + 1):
-            k = stop - start
-            removed = rank.unsqueeze(0) < counts[start:stop].view(k, 1, 1)
-            rows = _tile_rows(ctx, k)
-            pert = _remove(ctx, base, groups, removed.reshape(k * ctx.n, total), rows)
-            curve.append(_forward(ctx, pert, rows, apply_softmax).view(k, ctx.n))
-        y = torch.cat(curve)  # (n_steps + 1, N)
-        areas.append(((y[:-1] + y[1:]) / 2).sum(0) / n_steps)
-    return areas
+    order = torch.sort(group_attr, dim=1, descending=descending, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(total, device=device).expand(ctx.n, total))
+    curve = []
+    for start, stop in _chunk_sizes(ctx, n_steps + 1):
+        k = stop - start
+        removed = rank.unsqueeze(0) < counts[start:stop].view(k, 1, 1)
+        rows = _tile_rows(ctx, k)
+        pert = _remove(ctx, base, groups, removed.reshape(k * ctx.n, total), rows)
+        curve.append(_forward(ctx, pert, rows, apply_softmax).view(k, ctx.n))
+    y = torch.cat(curve)  # (n_steps + 1, N)
+    return ((y[:-1] + y[1:]) / 2).sum(0) / n_steps
 
 
 _FLIP_DOC = r"""
@@ -1071,114 +976,43 @@ _FLIP_DOC = r"""
     """
 
 
-@_metric(higher_is_better=False)
-def morf(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    n_steps=20,
-    apply_softmax=None,
-    feature_mask=None,
-    reduce_channels=True,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
-    del explainer
-    return _flip_curves(
-        "morf", model, inputs, attributions, targets, (True,), n_steps, apply_softmax, feature_mask,
-        reduce_channels, baselines, seed, batch_size, forward_arg_extractor, additional_forward_arg_extractor,
-    )[0]
+def _flip_metric(name: str, higher_is_better: bool, orders: tuple[bool, ...], summary: str, order: str, returns: str):
+    """Define a feature-flipping metric: the first order's area minus the second's, if any."""
+
+    def core(ctx: _Context, attributions, *, n_steps=20, apply_softmax=None, feature_mask=None, reduce_channels=True):
+        n_steps = _check_int(ctx.metric, "n_steps", n_steps, 1)
+        apply_softmax = _check_bool(ctx.metric, "apply_softmax", apply_softmax, allow_none=True)
+        attrs = _attributions(ctx, attributions, "reducible")
+        groups = _groups(ctx, feature_mask, reduce_channels)
+        base = _baselines(ctx)
+        group_attr = _group_attributions(attrs, groups)
+        areas = [_flip_area(ctx, group_attr, groups, base, n_steps, apply_softmax, d) for d in orders]
+        return areas[0] if len(areas) == 1 else areas[0] - areas[1]
+
+    core.__name__ = core.__qualname__ = name
+    core.__doc__ = summary + _FLIP_DOC.replace("{order}", order).replace("{returns}", returns)
+    return _metric(higher_is_better)(core)
 
 
-@_metric(higher_is_better=True)
-def lerf(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    n_steps=20,
-    apply_softmax=None,
-    feature_mask=None,
-    reduce_channels=True,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
-    del explainer
-    return _flip_curves(
-        "lerf", model, inputs, attributions, targets, (False,), n_steps, apply_softmax, feature_mask,
-        reduce_channels, baselines, seed, batch_size, forward_arg_extractor, additional_forward_arg_extractor,
-    )[0]
-
-
-@_metric(higher_is_better=True)
-def abpc(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    n_steps=20,
-    apply_softmax=None,
-    feature_mask=None,
-    reduce_channels=True,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
-    del explainer
-    lerf_area, morf_area = _flip_curves(
-        "abpc", model, inputs, attributions, targets, (False, True), n_steps, apply_softmax, feature_mask,
-        reduce_channels, baselines, seed, batch_size, forward_arg_extractor, additional_forward_arg_extractor,
-    )
-    return lerf_area - morf_area
-
-
-morf.__doc__ = (
-    "Area under the Most-Relevant-First feature-flipping curve (pixel flipping)." + _FLIP_DOC.replace("{order}", "most relevant first").replace(
-        "{returns}", "MoRF area; lower is better (the output should collapse when the most relevant features go)."
-    )
+morf = _flip_metric(
+    "morf", False, (True,),
+    "Area under the Most-Relevant-First feature-flipping curve (pixel flipping).", "most relevant first",
+    "MoRF area; lower is better (the output should collapse when the most relevant features go).",
 )
-lerf.__doc__ = (
-    "Area under the Least-Relevant-First feature-flipping curve." + _FLIP_DOC.replace("{order}", "least relevant first").replace(
-        "{returns}", "LeRF area; higher is better (the output should persist while irrelevant features go)."
-    )
+lerf = _flip_metric(
+    "lerf", True, (False,),
+    "Area under the Least-Relevant-First feature-flipping curve.", "least relevant first",
+    "LeRF area; higher is better (the output should persist while irrelevant features go).",
 )
-abpc.__doc__ = (
-    "Area Between the Perturbation Curves, ``lerf - morf``." + _FLIP_DOC.replace("{order}", "once least and once most relevant first").replace(
-        "{returns}", "LeRF area minus MoRF area; higher is better."
-    )
+abpc = _flip_metric(
+    "abpc", True, (False, True),
+    "Area Between the Perturbation Curves, ``lerf - morf``.", "once least and once most relevant first",
+    "LeRF area minus MoRF area; higher is better.",
 )
 
 
-@_metric(higher_is_better=False)
-def complexity(
-    model,
-    inputs,
-    attributions,
-    targets=None,
-    *,
-    feature_mask=None,
-    baselines=None,
-    seed=None,
-    batch_size=None,
-    explainer=None,
-    forward_arg_extractor=None,
-    additional_forward_arg_extractor=None,
-):
+@_metric(higher_is_better=False, evaluates=None)
+def complexity(ctx: _Context, attributions, *, feature_mask=None):
     r"""Complexity: entropy of the fractional contribution distribution (Bhatt et al., 2020).
 
     .. math::
@@ -1212,21 +1046,12 @@ def complexity(
     Bhatt, Weller and Moura (2020). "Evaluating and Aggregating Feature-based
     Model Explanations." IJCAI.
     """
-    del model, baselines, explainer
-    name = "complexity"
-    ctx = _prepare(
-        name, None, inputs, targets, forward_arg_extractor, additional_forward_arg_extractor, batch_size, seed,
-        need_model=False,
-    )
     if feature_mask is None:
         attrs = _attributions(ctx, attributions, "leading")
         mass = torch.cat([a.detach().abs().reshape(ctx.n, -1) for a in attrs], dim=1)
     else:
         attrs = _attributions(ctx, attributions, "reducible")
-        groups = _groups(ctx, feature_mask, False)
-        mass = _group_attributions(tuple(a.abs() for a in attrs), groups)
-    d = mass.shape[1]
-    total = mass.sum(1, keepdim=True)
-    p = torch.where(total > 0, mass / torch.where(total > 0, total, torch.ones_like(total)), torch.full_like(mass, 1.0 / d))
+        mass = _group_attributions(tuple(a.abs() for a in attrs), _groups(ctx, feature_mask, False))
+    p = _safe_div(mass, mass.sum(1, keepdim=True), torch.full_like(mass, 1.0 / mass.shape[1]))
     plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
     return -plogp.sum(1)

@@ -23,6 +23,7 @@ References
 from __future__ import annotations
 
 import html
+import importlib
 import math
 import numbers
 import os
@@ -73,15 +74,18 @@ _INSTALL_HINT = 'pip install "integrad[viz]"'
 # ---------------------------------------------------------------------------
 
 
-def _pyplot():
-    """Import ``matplotlib.pyplot`` on demand, choosing Agg on headless Linux."""
+def _import_matplotlib(module: str):
     try:
-        import matplotlib
+        return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            "integrad.visualize needs matplotlib for plotting; install it with: "
-            f"{_INSTALL_HINT}"
+            f"integrad.visualize needs matplotlib for plotting; install it with: {_INSTALL_HINT}"
         ) from exc
+
+
+def _pyplot():
+    """Import ``matplotlib.pyplot`` on demand, choosing Agg on headless Linux."""
+    matplotlib = _import_matplotlib("matplotlib")
     # Only pick a backend if nobody has yet: once pyplot is imported, or the user
     # set MPLBACKEND (notebooks do), the choice is theirs.
     if (
@@ -92,18 +96,12 @@ def _pyplot():
         and not os.environ.get("WAYLAND_DISPLAY")
     ):
         matplotlib.use("Agg")
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError(
-            "integrad.visualize needs matplotlib for plotting; install it with: "
-            f"{_INSTALL_HINT}"
-        ) from exc
-    return plt
+    return _import_matplotlib("matplotlib.pyplot")
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:
     """Return a float64 copy of a tensor / array / nested sequence."""
+    accepted = f"{name} must be a torch.Tensor, numpy.ndarray or sequence of numbers"
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise TypeError(f"{name} must be real-valued; got a complex tensor")
@@ -111,24 +109,15 @@ def _as_array(value: Any, name: str) -> np.ndarray:
         # .to() is a no-op and .numpy() would share the caller's memory.
         return value.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
     if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(
-            f"{name} must be a torch.Tensor, numpy.ndarray or sequence of numbers; "
-            f"got {type(value).__name__}"
-        )
+        raise TypeError(f"{accepted}; got {type(value).__name__}")
     try:
         arr = np.array(value, copy=True)
     except Exception as exc:  # ragged sequences and other oddities
-        raise TypeError(
-            f"{name} must be a torch.Tensor, numpy.ndarray or sequence of numbers; "
-            f"got {type(value).__name__}"
-        ) from exc
+        raise TypeError(f"{accepted}; got {type(value).__name__}") from exc
     if arr.dtype.kind == "c":
         raise TypeError(f"{name} must be real-valued; got a complex array")
     if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{name} must be a torch.Tensor, numpy.ndarray or sequence of numbers; "
-            f"got an array of dtype {arr.dtype}"
-        )
+        raise TypeError(f"{accepted}; got an array of dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)
 
 
@@ -737,30 +726,12 @@ def _resolve_ig(explainer_or_ig: Any, name: str = "explainer_or_ig") -> tuple[An
 
 
 def _explainer_baselines(explainer: Any, tensors: tuple[torch.Tensor, ...], was_tuple: bool) -> Any:
-    """Baselines the explainer would use for these inputs (built from the whole batch)."""
-    spec = getattr(explainer, "baseline_fn", None)
-    if spec is None:
+    """Baselines the explainer would use for these inputs (built from the whole batch, as it does)."""
+    resolve = getattr(explainer, "_baselines", None)
+    if resolve is None:
         return None
-    from integrad.explainers.baselines import get_baseline_fn
-
-    specs = spec if isinstance(spec, tuple) else (spec,)
-    if len(specs) == 1:
-        specs = specs * len(tensors)
-    if len(specs) != len(tensors):
-        raise ValueError(
-            f"the explainer's baseline_fn gives {len(specs)} baselines for {len(tensors)} inputs; "
-            "pass baselines explicitly"
-        )
-    out = []
-    for item, tensor in zip(specs, tensors):
-        if isinstance(item, torch.Tensor) or (
-            isinstance(item, numbers.Number) and not isinstance(item, bool)
-        ):
-            out.append(item)
-        else:
-            with torch.no_grad():
-                out.append(get_baseline_fn(item)(tensor.detach()))
-    return tuple(out) if was_tuple else out[0]
+    out = resolve(tensors)
+    return out if was_tuple else out[0]
 
 
 def _as_input_tuple(inputs: Any) -> tuple[tuple[torch.Tensor, ...], bool]:
@@ -889,8 +860,7 @@ def _check_alphas(alphas: Any) -> np.ndarray:
     arr = _as_array(alphas, "alphas")
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"alphas must be a non-empty 1-D sequence; got shape {tuple(arr.shape)}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("alphas contains NaN or infinite values")
+    _check_finite(arr, "alphas")
     return arr
 
 

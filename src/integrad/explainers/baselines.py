@@ -58,6 +58,21 @@ BaselineFunction = Callable[..., torch.Tensor]
 KINDS = ("token", "image", "sequence", "tabular", "other")
 _FLOAT_KINDS = ("image", "sequence", "tabular", "other")
 
+#: Registry of built-in baselines by name.
+BASELINES: Dict[str, BaselineFunction] = {}
+
+
+def _baseline(kinds: Tuple[str, ...], tunables: Optional[Dict[str, Any]] = None):
+    """Register a built-in baseline under its name, with the input ``KINDS`` it fits and its ``TUNABLES``."""
+
+    def register(fn: BaselineFunction) -> BaselineFunction:
+        fn.TUNABLES = tunables or {}
+        fn.KINDS = kinds
+        BASELINES[fn.__name__] = fn
+        return fn
+
+    return register
+
 
 def input_kind(inputs: torch.Tensor) -> str:
     """Classify an attributed tensor: which baselines fit it.
@@ -95,6 +110,7 @@ def _statistic_dims(inputs: torch.Tensor) -> Tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------------- baselines
 
 
+@_baseline(KINDS)
 def zeros(inputs: torch.Tensor) -> torch.Tensor:
     """All-zero baseline, ``x′ = 0`` (the original choice of Sundararajan et al.).
 
@@ -115,10 +131,7 @@ def zeros(inputs: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(inputs)
 
 
-zeros.TUNABLES = {}
-zeros.KINDS = KINDS
-
-
+@_baseline(_FLOAT_KINDS)
 def mean(inputs: torch.Tensor) -> torch.Tensor:
     """Mean baseline.
 
@@ -141,10 +154,7 @@ def mean(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.mean(dim=_statistic_dims(inputs), keepdim=True).expand_as(inputs).clone()
 
 
-mean.TUNABLES = {}
-mean.KINDS = _FLOAT_KINDS
-
-
+@_baseline(_FLOAT_KINDS)
 def invert(inputs: torch.Tensor) -> torch.Tensor:
     """Inverted baseline, ``x′ = max + min − x``.
 
@@ -160,15 +170,11 @@ def invert(inputs: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        The baseline, shaped like ``inputs``.
+        ``max + min − inputs``.
     """
     _require_float(inputs, "invert")
     dims = _statistic_dims(inputs)
     return inputs.amax(dim=dims, keepdim=True) + inputs.amin(dim=dims, keepdim=True) - inputs
-
-
-invert.TUNABLES = {}
-invert.KINDS = _FLOAT_KINDS
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32,
@@ -198,6 +204,7 @@ def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
 
+@_baseline(("image",), {"sigma": (float, {"low": 0.5, "high": 4.0})})
 def gaussian_blur(inputs: torch.Tensor, kernel_size: Optional[int] = None, sigma: float = 1.0) -> torch.Tensor:
     """Blurred-input baseline: the input convolved with a Gaussian over its last two dims.
 
@@ -246,12 +253,6 @@ def gaussian_blur(inputs: torch.Tensor, kernel_size: Optional[int] = None, sigma
     return blurred if inputs.dim() == 4 else blurred.squeeze(1)
 
 
-gaussian_blur.TUNABLES = {
-    "sigma": (float, {"low": 0.5, "high": 4.0}),
-}
-gaussian_blur.KINDS = ("image",)
-
-
 def _generator(seed: int) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
@@ -259,6 +260,7 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
+@_baseline(_FLOAT_KINDS)
 def uniform(inputs: torch.Tensor, low: Optional[float] = None, high: Optional[float] = None,
             seed: int = 0) -> torch.Tensor:
     """Uniform-noise baseline, ``x′ ~ U(low, high)`` elementwise, independent of the input values.
@@ -286,10 +288,7 @@ def uniform(inputs: torch.Tensor, low: Optional[float] = None, high: Optional[fl
     return (low + (high - low) * draw).to(dtype=inputs.dtype, device=inputs.device)
 
 
-uniform.TUNABLES = {}
-uniform.KINDS = _FLOAT_KINDS
-
-
+@_baseline(_FLOAT_KINDS, {"std": (float, {"low": 0.01, "high": 1.0, "log": True})})
 def gaussian(inputs: torch.Tensor, std: float = 0.1, seed: int = 0) -> torch.Tensor:
     """Gaussian baseline, ``x′ = x + ε`` with ``ε ~ N(0, std²)`` elementwise (Sturmfels et al., 2020).
 
@@ -305,7 +304,7 @@ def gaussian(inputs: torch.Tensor, std: float = 0.1, seed: int = 0) -> torch.Ten
     Returns
     -------
     torch.Tensor
-        The baseline, shaped like ``inputs``.
+        ``inputs`` plus the noise.
     """
     _require_float(inputs, "gaussian")
     if not (isinstance(std, (int, float)) and math.isfinite(std) and std >= 0):
@@ -314,12 +313,7 @@ def gaussian(inputs: torch.Tensor, std: float = 0.1, seed: int = 0) -> torch.Ten
     return inputs.detach() + (float(std) * noise).to(dtype=inputs.dtype, device=inputs.device)
 
 
-gaussian.TUNABLES = {
-    "std": (float, {"low": 0.01, "high": 1.0, "log": True}),
-}
-gaussian.KINDS = _FLOAT_KINDS
-
-
+@_baseline(("token",))
 def token(inputs: Union[torch.Tensor, int], token_id: int = 0,
           keep_ids: Sequence[int] = ()) -> Union[torch.Tensor, "ConfiguredBaseline"]:
     """Constant-token baseline for integer token ids, ``x′ = token_id`` at every position.
@@ -363,22 +357,6 @@ def token(inputs: Union[torch.Tensor, int], token_id: int = 0,
         keep = torch.isin(inputs, torch.as_tensor(list(keep_ids), dtype=inputs.dtype, device=inputs.device))
         baseline = torch.where(keep, inputs, baseline)
     return baseline
-
-
-token.TUNABLES = {}
-token.KINDS = ("token",)
-
-
-#: Registry of built-in baselines by name.
-BASELINES: Dict[str, BaselineFunction] = {
-    "zeros": zeros,
-    "mean": mean,
-    "invert": invert,
-    "gaussian_blur": gaussian_blur,
-    "uniform": uniform,
-    "gaussian": gaussian,
-    "token": token,
-}
 
 
 # ------------------------------------------------------------------------------------------------ configuration
