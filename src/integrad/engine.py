@@ -20,6 +20,9 @@ from torch import Tensor
 from .memory import ActivationMeter, BudgetExceeded, default_budget, is_out_of_memory, parse_bytes
 from .rules import alphas_and_weights
 
+#: The first chunk's points (with their gradients and weighted copy) take at most this fraction of the budget.
+FIRST_CHUNK_SHARE = 64
+
 Probe = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 """``probe(points, examples) -> Tensor[rows]``: the scalar differentiated at each path row."""
 
@@ -88,8 +91,10 @@ class Chunking:
     def first_size(self, total: int, row_bytes: int) -> int:
         if self.rows is not None:
             return self.limit(total)
-        # Points, their gradients and the weighted copy must fit before any activation is counted.
-        return self.limit(min(total, self.budget // max(1, 3 * row_bytes)))
+        # Nothing is known yet about how much a row's activations take, and a chunk stopped by the meter has
+        # already allocated its latest activation: the first chunk's points take at most 1/64 of the budget, and
+        # later chunks are sized from what the first one measured.
+        return self.limit(min(total, self.budget // max(1, FIRST_CHUNK_SHARE * 3 * row_bytes)))
 
     def out_of_memory(self, size: int) -> int:
         self.cap = max(1, size // 2)
@@ -142,6 +147,17 @@ def _point_rows(start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: 
     return tuple(points)
 
 
+def _tiled_points(start_c: tuple[Tensor, ...], delta_c: tuple[Tensor, ...], alphas: Tensor,
+                  dtypes: list[torch.dtype]) -> tuple[Tensor, ...]:
+    """Points for whole steps of the batch (row ``k·B + b`` is example ``b`` at ``alphas[k]``), by broadcasting."""
+    points = []
+    for s, d, dt in zip(start_c, delta_c, dtypes):
+        a = alphas.view((-1, 1) + (1,) * (s.dim() - 1))
+        z = torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0)).reshape((-1,) + s.shape[1:])
+        points.append(z if z.dtype == dt else z.to(dt))
+    return tuple(points)
+
+
 def accumulate(
     probe: Probe,
     start: tuple[Tensor, ...],
@@ -152,6 +168,7 @@ def accumulate(
     buckets: Tensor,
     n_buckets: int,
     chunking: Chunking,
+    tile: int | None = None,
 ) -> tuple[list[Tensor], Tensor]:
     """``Σ_rows weights[row, j] · ∇ probe`` per bucket, and the probe's value at every row.
 
@@ -167,6 +184,10 @@ def accumulate(
         ``(rows, m)`` float64: ``m`` weightings accumulated side by side (``m = 2`` for an embedded rule pair).
     buckets : Tensor
         Per row, the accumulator it adds to; ``n_buckets`` of them.
+    tile : int, optional
+        Set when rows come in whole steps of the batch (``examples = buckets = arange(tile)`` repeated, as fixed
+        rules lay them out): chunks of whole steps then build their points by broadcasting and reduce their
+        gradients with one matrix product, instead of gathering and scattering rows.
 
     Returns
     -------
@@ -177,50 +198,69 @@ def accumulate(
     """
     device = start[0].device
     total = examples.shape[0]
-    acc_dtype = torch.promote_types(_compute_dtype(start), torch.float32)
+    compute = _compute_dtype(start)
+    acc_dtype = torch.promote_types(compute, torch.float32)
     examples = examples.to(device)
-    alphas = alphas.to(device=device, dtype=_compute_dtype(start))
+    alphas = alphas.to(device=device, dtype=compute)
     weights = weights.to(device=device, dtype=acc_dtype)
     buckets = buckets.to(device)
+    dtypes = [s.dtype for s in start]
+    start_c = tuple(s.to(compute) for s in start) if tile else ()
+    delta_c = tuple(d.to(compute) for d in delta) if tile else ()
     m = weights.shape[1]
     sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) for s in start]
     values = torch.empty(total, dtype=torch.float64, device=device)
     row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
-    size = chunking.first_size(total, row_bytes)
+    # Budget-sized chunks are rounded to whole steps; an explicit internal_batch_size is kept exactly.
+    step = tile if chunking.rows is None else None
+    size = _whole_steps(chunking.first_size(total, row_bytes), step)
     pos = 0
     while pos < total:
         n = min(size, total - pos)
         rows = slice(pos, pos + n)
+        tiled = tile is not None and pos % tile == 0 and n % tile == 0
         # A single row over the budget cannot be split further: it runs unmetered, with a warning.
         limit = chunking.budget if n > 1 or not chunking.over_budget_row else None
         meter = ActivationMeter(limit, rows=n, fixed=3 * n * row_bytes)
         try:
-            grads, values[rows] = _gradients(probe, start, delta, examples[rows], alphas[rows], acc_dtype, meter)
+            if tiled:
+                points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes)
+            else:
+                points = _point_rows(start, delta, examples[rows], alphas[rows])
+            grads, values[rows] = _gradients(probe, points, examples[rows], acc_dtype, meter)
         except BudgetExceeded as over:
             if n == 1:
                 chunking.warn_single_row(over.used)
-            size = chunking.limit(min(n // 2, int(n * chunking.budget / over.used * 0.9)))
+            size = _whole_steps(chunking.limit(min(n // 2, int(n * chunking.budget / over.used * 0.9))), step)
             continue
         except Exception as error:
             if n > 1 and is_out_of_memory(error):
-                size = chunking.out_of_memory(n)
+                size = _whole_steps(chunking.out_of_memory(n), step)
                 continue
             raise
         chunking.record(n)
-        w = weights[rows]
         for acc, g in zip(sums, grads):
-            shape = (n,) + (1,) * (g.dim() - 1)
             for j in range(m):
-                acc[j].index_add_(0, buckets[rows], g * w[:, j].view(shape))
+                if tiled:
+                    steps = n // tile
+                    acc[j].view(-1).addmv_(g.reshape(steps, -1).t(), weights[pos:pos + n:tile, j])
+                else:
+                    shape = (n,) + (1,) * (g.dim() - 1)
+                    acc[j].index_add_(0, buckets[rows], g * weights[rows, j].view(shape))
         pos += n
         if chunking.budget is not None:
-            size = chunking.limit(int(n * chunking.budget / max(meter.estimate, 1)))
+            size = _whole_steps(chunking.limit(int(n * chunking.budget / max(meter.estimate, 1))), step)
     return sums, values.cpu()
 
 
-def _gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, acc_dtype: torch.dtype,
+def _whole_steps(size: int, tile: int | None) -> int:
+    """Round a chunk size down to whole steps of the batch when it holds at least one."""
+    return size - size % tile if tile and size >= tile else size
+
+
+def _gradients(probe: Probe, points: tuple[Tensor, ...], examples: Tensor, acc_dtype: torch.dtype,
                meter: ActivationMeter) -> tuple[tuple[Tensor, ...], Tensor]:
-    points = tuple(z.requires_grad_() for z in _point_rows(start, delta, examples, alphas))
+    points = tuple(z.requires_grad_() for z in points)
     with torch.enable_grad():
         with meter:
             out = probe(points, examples)
@@ -273,7 +313,7 @@ def integrate(
     examples = torch.arange(batch).repeat(n_steps)
     alphas = torch.from_numpy(np.repeat(alphas_np, batch))
     weights = torch.from_numpy(np.repeat(weights_np, batch)).unsqueeze(1)
-    sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking)
+    sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch)
     f_start = f_end = None
     if need_ends:
         f_start, f_end = _end_values(probe, start, delta, alphas_np, values.view(n_steps, batch), chunking)

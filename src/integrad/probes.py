@@ -8,6 +8,7 @@ output with interpolated activations. Every hook is removed in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -62,18 +63,17 @@ class TargetProbe:
                 f"after the batch (shape per example {per_example_shape}); give one index per output dimension"
             )
         sizes = torch.tensor(per_example_shape, dtype=torch.long, device=self.target.device)
-        low, high = self.target.min(0).values, self.target.max(0).values
+        low, high = self.target.amin(0), self.target.amax(0)
         if bool((low < -sizes).any() or (high >= sizes).any()):
             raise ValueError(
                 f"target holds indices from {low.tolist()} to {high.tolist()}, outside the model output's "
                 f"per-example shape {per_example_shape}"
             )
-        wrapped = torch.remainder(self.target, sizes)
-        strides = torch.tensor(
-            [int(torch.tensor(per_example_shape[i + 1 :]).prod()) for i in range(k)], dtype=torch.long,
-            device=self.target.device,
-        )
-        return (wrapped * strides).sum(1)
+        wrapped = torch.remainder(self.target, sizes) if bool((low < 0).any()) else self.target
+        if k == 1:
+            return wrapped[:, 0]
+        strides = [math.prod(per_example_shape[i + 1:]) for i in range(k)]
+        return (wrapped * torch.tensor(strides, dtype=torch.long, device=wrapped.device)).sum(1)
 
 
 class NeuronProbe:
