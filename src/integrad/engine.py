@@ -248,8 +248,14 @@ def accumulate(
                     shape = (n,) + (1,) * (g.dim() - 1)
                     acc[j].index_add_(0, buckets[rows], g * weights[rows, j].view(shape))
         pos += n
-        if chunking.budget is not None:
-            size = _whole_steps(chunking.limit(int(n * chunking.budget / max(meter.estimate, 1))), step)
+        if chunking.budget is not None and pos < total:
+            # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.
+            fits = max(1, int(n * chunking.budget / max(meter.estimate, 1)))
+            remaining = total - pos
+            even = -(-remaining // -(-remaining // fits))
+            if step and even >= step:
+                even = -(-even // step) * step if -(-even // step) * step <= fits else even - even % step
+            size = chunking.limit(even)
     return sums, values.cpu()
 
 

@@ -42,10 +42,11 @@ class TargetProbe:
         flat_output = output.reshape(output.shape[0], -1)
         if self._shape != tuple(output.shape[1:]):
             self._flat = self._flat_indices(tuple(output.shape[1:]))
+            self._flat = None if self._flat is None else self._flat.to(output.device)
             self._shape = tuple(output.shape[1:])
         if self._flat is None:
             return flat_output[:, 0]
-        index = self._flat.to(output.device).index_select(0, examples.to(output.device))
+        index = self._flat.index_select(0, examples.to(self._flat.device))
         return flat_output.gather(1, index.unsqueeze(1)).squeeze(1)
 
     def _flat_indices(self, per_example_shape: tuple[int, ...]) -> Tensor | None:
@@ -62,17 +63,20 @@ class TargetProbe:
                 f"target has {k} index(es) per example, but the model output has {len(per_example_shape)} dimension(s) "
                 f"after the batch (shape per example {per_example_shape}); give one index per output dimension"
             )
-        sizes = torch.tensor(per_example_shape, dtype=torch.long, device=self.target.device)
-        low, high = self.target.amin(0), self.target.amax(0)
-        if bool((low < -sizes).any() or (high >= sizes).any()):
+        # One synchronising read of the extremes per output dimension, then a single indexing tensor.
+        low, high = (v.tolist() for v in torch.aminmax(self.target, dim=0))
+        if any(lo < -n or hi >= n for lo, hi, n in zip(low, high, per_example_shape)):
             raise ValueError(
-                f"target holds indices from {low.tolist()} to {high.tolist()}, outside the model output's "
-                f"per-example shape {per_example_shape}"
+                f"target holds indices from {low} to {high}, outside the model output's per-example shape "
+                f"{per_example_shape}"
             )
-        wrapped = torch.remainder(self.target, sizes) if bool((low < 0).any()) else self.target
+        sizes = per_example_shape
+        wrapped = self.target
+        if min(low) < 0:
+            wrapped = torch.remainder(wrapped, torch.tensor(sizes, dtype=torch.long, device=wrapped.device))
         if k == 1:
             return wrapped[:, 0]
-        strides = [math.prod(per_example_shape[i + 1:]) for i in range(k)]
+        strides = [math.prod(sizes[i + 1:]) for i in range(k)]
         return (wrapped * torch.tensor(strides, dtype=torch.long, device=wrapped.device)).sum(1)
 
 
