@@ -225,56 +225,43 @@ def build_toy(ig_mod, device, quick: bool) -> Case:
                 budget_s=15.0, quick_budget_s=4.0, warmup=20, rows=n_steps, atol_rel=1e-5)
 
 
-def build_mlp(ig_mod, device, quick: bool) -> Case:
+def _classifier_case(name: str, description: str, model: nn.Module, x: torch.Tensor, ig_mod, device,
+                     **case_options) -> Case:
+    """Input IG of a classifier at one target per example, n_steps=50, the same call for both libraries."""
     import captum.attr as ca
 
+    t = _targets(x.shape[0], device=device)
+    n_steps = 50
+    c_ig = ca.IntegratedGradients(model)
+
+    def captum_call():
+        return c_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
+
+    integrad_call = None
+    if ig_mod is not None:
+        i_ig = ig_mod.IntegratedGradients(model)
+
+        def integrad_call():
+            return i_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
+
+    floor, rows = _floor_classifier(model, x, torch.zeros_like(x), t, n_steps)
+    return Case(name, description, captum_call, integrad_call, floor, rows=rows, **case_options)
+
+
+def build_mlp(ig_mod, device, quick: bool) -> Case:
     torch.manual_seed(1)
     model = make_mlp().to(device).eval()
     x = torch.rand(8, 784, device=device)
-    t = _targets(8, device=device)
-    base = torch.zeros_like(x)
-    n_steps = 50
-    c_ig = ca.IntegratedGradients(model)
-
-    def captum_call():
-        return c_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
-
-    integrad_call = None
-    if ig_mod is not None:
-        i_ig = ig_mod.IntegratedGradients(model)
-
-        def integrad_call():
-            return i_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
-
-    floor, rows = _floor_classifier(model, x, base, t, n_steps)
-    return Case("mlp", "MLP 784-512-512-10 (ReLU), batch 8, target class per example, n_steps=50",
-                captum_call, integrad_call, floor, budget_s=35.0, quick_budget_s=5.0, warmup=3, rows=rows)
+    return _classifier_case("mlp", "MLP 784-512-512-10 (ReLU), batch 8, target class per example, n_steps=50",
+                            model, x, ig_mod, device, budget_s=35.0, quick_budget_s=5.0, warmup=3)
 
 
 def build_cnn(ig_mod, device, quick: bool) -> Case:
-    import captum.attr as ca
-
     torch.manual_seed(2)
     model = make_cnn3(32).to(device).eval()
     x = torch.randn(8, 3, 32, 32, device=device)
-    t = _targets(8, device=device)
-    base = torch.zeros_like(x)
-    n_steps = 50
-    c_ig = ca.IntegratedGradients(model)
-
-    def captum_call():
-        return c_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
-
-    integrad_call = None
-    if ig_mod is not None:
-        i_ig = ig_mod.IntegratedGradients(model)
-
-        def integrad_call():
-            return i_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
-
-    floor, rows = _floor_classifier(model, x, base, t, n_steps)
-    return Case("cnn", "3-conv CNN (16/32/64 ch, ReLU, max-pool, linear head) on 8x3x32x32, n_steps=50",
-                captum_call, integrad_call, floor, budget_s=50.0, quick_budget_s=6.0, warmup=2, rows=rows)
+    return _classifier_case("cnn", "3-conv CNN (16/32/64 ch, ReLU, max-pool, linear head) on 8x3x32x32, n_steps=50",
+                            model, x, ig_mod, device, budget_s=50.0, quick_budget_s=6.0, warmup=2)
 
 
 # ---- MiniLM

@@ -8,9 +8,6 @@ delta with an independent completeness check.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-
 import pytest
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
@@ -19,6 +16,7 @@ from captum.attr import NeuronIntegratedGradients as CaptumNeuronIG
 from captum.attr import NoiseTunnel as CaptumNoiseTunnel
 from torch import nn
 
+from _behaviour_models import deadline
 from _core_models import (METHODS, GridOutput, SmallCNN, TextModel, ThreeInputs, TwoBranches, WithExtras,
                           assert_close_scaled, mlp, randn, seeded)
 from integrad import (IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel)
@@ -175,29 +173,13 @@ def test_internal_batch_size_chunks_give_the_same_result(internal_batch_size):
     _check_delta(delta, their_delta, ours, model, x, base, [1, 0, 2, 1])
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: int):
-    """Fail (instead of hanging the suite) if the block runs longer than ``seconds``."""
-
-    def stop(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.mark.parametrize("memory_budget", ("64KiB", 20000))
 def test_memory_budget_chunks_give_the_same_result(memory_budget):
     model = mlp(hidden=64, seed=18)
     x, base = randn(6, 5, seed=19), randn(6, 5, seed=20)
     ig = IntegratedGradients(model)
     whole = ig.attribute(x, base, target=1, n_steps=20, internal_batch_size=120)
-    with _time_limit(4):
+    with deadline(4, "the call"):
         ours = ig.attribute(x, base, target=1, n_steps=20, memory_budget=memory_budget)
     assert ig.last_report.rows == 120 and ig.last_report.chunks > 1
     torch.testing.assert_close(ours, whole, rtol=0, atol=1e-15)
@@ -210,7 +192,7 @@ def test_memory_budget_below_one_rows_activations_finishes_or_says_so():
     x = randn(2, 5, seed=19)
     ig = IntegratedGradients(model)
     expected = ig.attribute(x, target=1, n_steps=4)
-    with _time_limit(4):
+    with deadline(4, "the call"):
         try:
             ours = ig.attribute(x, target=1, n_steps=4, memory_budget=100)
         except ValueError as error:
@@ -227,7 +209,7 @@ def test_memory_budget_limits_activations_not_the_models_parameters():
     x = randn(4, 400, seed=91)
     ig = IntegratedGradients(f)
     expected = ig.attribute(x, n_steps=8, internal_batch_size=32)
-    with _time_limit(4):
+    with deadline(4, "the call"):
         ours = ig.attribute(x, n_steps=8, memory_budget="512KiB")
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-14)
     assert ig.last_report.chunk_rows >= 4
