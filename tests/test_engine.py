@@ -355,3 +355,20 @@ def test_an_input_the_output_does_not_depend_on_gets_zeros():
                                                                 internal_batch_size=5)
     assert torch.equal(b, torch.zeros_like(unused))
     torch.testing.assert_close(a, IntegratedGradients(model).attribute(x, target=1, n_steps=8))
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_middle"])
+def test_convergence_delta_end_points_take_one_forward_pass(method):
+    """Rules without both end points evaluate F(x′) and F(x) for the whole batch in one forward pass, and
+    compute_convergence_delta likewise: never one example at a time."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    x = torch.randn(5, 6)
+    sizes = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    ig = IntegratedGradients(model)
+    attributions, delta = ig.attribute(x, target=1, n_steps=8, method=method, return_convergence_delta=True)
+    assert sizes == [40, 10]  # the path in one chunk, then both end points together
+    sizes.clear()
+    again = ig.compute_convergence_delta(attributions, torch.zeros_like(x), x, target=1)
+    assert sizes == [10]
+    torch.testing.assert_close(again, delta)

@@ -288,7 +288,8 @@ def probe_values(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, c
         return probe(_point_rows(start, delta, examples[rows], alphas[rows]), examples[rows]).to(torch.float64)
 
     with torch.no_grad():
-        parts = run_chunked(evaluate, examples.shape[0], chunking, max(chunking.stats["chunk_rows"], 1))
+        # As many rows per forward as the integration used (all of them when nothing ran yet), within its limits.
+        parts = run_chunked(evaluate, examples.shape[0], chunking, chunking.stats["chunk_rows"] or None)
     return torch.cat(parts).cpu()
 
 

@@ -20,10 +20,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .arguments import check_method, check_n_steps
+from .arguments import METHOD_NAMES, check_method, check_n_steps
 
-#: The rules accepted by ``method=``, with the degree of polynomials each integrates exactly for ``n`` points.
-METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+#: The rules accepted by ``method=``.
+METHODS = METHOD_NAMES
 
 
 def exact_degree(method: str, n_steps: int) -> int:
