@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .engine import Chunking, IntegrationReport, PathIntegral, Probe, accumulate, probe_values
+from .engine import Chunking, PathIntegral, Probe, accumulate, end_values
 
 # The 4-point Gauss–Lobatto rule on [−1, 1] (nodes ±1, ±1/√5) and its 7-point Kronrod extension (adding ±√(2/3), 0),
 # as in Gander and Gautschi's adaptive Lobatto quadrature. Both rules sample the panel's end points: a kink close to
@@ -135,14 +135,5 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
             f"largest estimate is {float(estimate.max()):.3g} (see last_report.error_estimate)",
             RuntimeWarning, stacklevel=4,
         )
-    f_start = f_end = None
-    if need_ends:
-        examples = torch.arange(batch).repeat(2)
-        ends = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat_interleave(batch)
-        f_start, f_end = probe_values(probe, start, delta, examples, ends, chunking).view(2, batch)
-    stats = chunking.stats
-    report = IntegrationReport(
-        steps=points_used, error_estimate=estimate.float(), rows=stats["rows"], chunk_rows=stats["chunk_rows"],
-        chunks=stats["chunks"],
-    )
-    return PathIntegral(grads, f_start, f_end, report)
+    f_start, f_end = end_values(probe, start, delta, chunking) if need_ends else (None, None)
+    return PathIntegral(grads, f_start, f_end, chunking.report(points_used, estimate.float()))

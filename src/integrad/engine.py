@@ -107,6 +107,10 @@ class Chunking:
             "evaluated one at a time, beyond the budget", RuntimeWarning, stacklevel=5,
         )
 
+    def report(self, steps: Tensor, error_estimate: Tensor | None = None) -> IntegrationReport:
+        return IntegrationReport(steps=steps, error_estimate=error_estimate, rows=self.stats["rows"],
+                                 chunk_rows=self.stats["chunk_rows"], chunks=self.stats["chunks"])
+
     def record(self, rows: int) -> None:
         self.stats["rows"] += rows
         self.stats["chunks"] += 1
@@ -321,24 +325,21 @@ def integrate(
     alphas = torch.from_numpy(np.repeat(alphas_np, batch))
     weights = torch.from_numpy(np.repeat(weights_np, batch)).unsqueeze(1)
     sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch)
-    f_start = f_end = None
-    if need_ends:
-        f_start, f_end = _end_values(probe, start, delta, alphas_np, values.view(n_steps, batch), chunking)
-    stats = chunking.stats
-    report = IntegrationReport(
-        steps=torch.full((batch,), n_steps, dtype=torch.long),
-        rows=stats["rows"], chunk_rows=stats["chunk_rows"], chunks=stats["chunks"],
-    )
+    f_start, f_end = (end_values(probe, start, delta, chunking, alphas_np, values.view(n_steps, batch))
+                      if need_ends else (None, None))
+    report = chunking.report(torch.full((batch,), n_steps, dtype=torch.long))
     return PathIntegral([s[0] for s in sums], f_start, f_end, report)
 
 
-def _end_values(probe, start, delta, alphas_np, values, chunking) -> tuple[Tensor, Tensor]:
-    """Probe at α = 0 and α = 1, taken from the path's own rows where the rule has them."""
+def end_values(probe: Probe, start, delta, chunking: Chunking, alphas_np: np.ndarray | None = None,
+               values: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Probe at α = 0 and α = 1: taken from the path's own rows (``values``, one row per rule point) where the
+    rule has them, the others evaluated together in one pass without gradients."""
     batch = start[0].shape[0]
     found = {}
     for end_alpha in (0.0, 1.0):
-        hit = np.flatnonzero(alphas_np == end_alpha)
-        if hit.size:
+        hit = np.flatnonzero(alphas_np == end_alpha) if alphas_np is not None else ()
+        if len(hit):
             found[end_alpha] = values[int(hit[0])]
     missing = [a for a in (0.0, 1.0) if a not in found]
     if missing:

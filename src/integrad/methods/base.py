@@ -85,9 +85,7 @@ class PathAttribution:
             for g, s, e, dt in zip(result.grads, start, end, out_dtypes)
         )
         if result.f_end is not None:
-            total = sum(_per_example_sum(a.to(torch.float64)) for a in attributions)
-            delta = total - (result.f_end - result.f_start)
-            result.report.delta = delta.to(device=start[0].device, dtype=_delta_dtype(out_dtypes))
+            result.report.delta = convergence_delta(attributions, result.f_start, result.f_end)
         return attributions
 
 
@@ -112,12 +110,12 @@ class InputPath:
         return [x.dtype for x in self.inputs]
 
 
-def _per_example_sum(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1).sum(1).cpu()
-
-
-def _delta_dtype(dtypes) -> torch.dtype:
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+def convergence_delta(attributions: tuple[Tensor, ...], f_start: Tensor, f_end: Tensor) -> Tensor:
+    """``Σ attributions − (F(x) − F(x′))`` per example, summed in float64; float64 if any attribution is, else
+    float32, on the attributions' device."""
+    total = sum(a.detach().to(torch.float64).reshape(a.shape[0], -1).sum(1).cpu() for a in attributions)
+    dtype = torch.float64 if any(a.dtype == torch.float64 for a in attributions) else torch.float32
+    return (total - (f_end - f_start)).to(device=attributions[0].device, dtype=dtype)
 
 
 def output_probe(forward_func: Callable, inputs_for_rows: Callable[[tuple[Tensor, ...], Tensor], tuple],

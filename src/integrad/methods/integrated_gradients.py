@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from .. import arguments
-from ..engine import Chunking, accumulate, probe_values
-from .base import PathAttribution, output_probe, restore_structure
+from ..engine import Chunking, accumulate, end_values
+from .base import PathAttribution, convergence_delta, output_probe, restore_structure
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -118,13 +118,9 @@ class IntegratedGradients(PathAttribution):
         target_t = arguments.normalize_target(target, batch, ends[0].device)
         args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
         probe = output_probe(self.forward_func, lambda points, examples: points, target_t, args, per_example)
-        examples = torch.arange(batch).repeat(2)
-        alphas = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat_interleave(batch)
         deltas = tuple(e.detach() - s for s, e in zip(starts, ends))
-        values = probe_values(probe, starts, deltas, examples, alphas, Chunking(rows=2 * batch)).view(2, batch)
-        total = sum(a.detach().to(torch.float64).reshape(batch, -1).sum(1).cpu() for a in attrs)
-        dtype = torch.float64 if any(e.dtype == torch.float64 for e in ends) else torch.float32
-        return (total - (values[1] - values[0])).to(device=ends[0].device, dtype=dtype)
+        f_start, f_end = end_values(probe, starts, deltas, Chunking(rows=2 * batch))
+        return convergence_delta(attrs, f_start, f_end)
 
     def integrand(self, inputs: TensorOrTuple, alphas: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None) -> Tensor:
