@@ -345,8 +345,9 @@ def build_minilm_layer(ig_mod, device, quick: bool) -> Case:
             return i_lig.attribute(ids, baselines=base_ids, additional_forward_args=(mask,), n_steps=n_steps,
                                    method="gausslegendre")
 
-    # Floor: interpolated word embeddings pre-built; the embedding lookup's output is replaced by them
-    # and the rest of the encoder runs forward + backward once over n_steps * batch rows.
+    # Floor: the embeddings of inputs and baselines (the path's ends, which any layer IG has to compute), then,
+    # with the interpolated word embeddings pre-built, the embedding lookup's output replaced by them and the rest
+    # of the encoder run forward + backward once over n_steps * batch rows.
     alphas, _ = gl_alphas_weights(n_steps)
     with torch.no_grad():
         emb_x, emb_b = layer(ids), layer(base_ids)
@@ -354,7 +355,11 @@ def build_minilm_layer(ig_mod, device, quick: bool) -> Case:
     ids_e = ids.repeat(n_steps, 1)
     mask_e = mask.repeat(n_steps, 1)
 
+    both_ids = torch.cat([ids, base_ids])
+
     def floor():
+        with torch.no_grad():  # the path's ends: the layer at the inputs and at the baselines
+            layer(both_ids)
         handle = layer.register_forward_hook(lambda _m, _i, _o: emb_e)
         try:
             out = model(ids_e, mask_e)
@@ -436,21 +441,26 @@ def build_layer_mid(ig_mod, device, quick: bool) -> Case:
         def integrad_call():
             return i_lig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
 
-    # Floor: the layer's activations for input and (zero) baseline interpolated beforehand;
-    # the part of the network after the layer runs forward + backward over the expanded rows.
+    # Floor: the layer's activations at the input and the (zero) baseline, which give the path's ends and which any
+    # layer IG has to compute (one forward up to the layer over 2 x batch rows); then, with the interpolated
+    # activations pre-built, the part of the network after the layer forward + backward over the expanded rows.
     head, tail = model[: mid + 1], model[mid + 1:]
     alphas, _ = gl_alphas_weights(n_steps)
+    both = torch.cat([x, torch.zeros_like(x)])
     with torch.no_grad():
-        ax, ab = head(x), head(torch.zeros_like(x))
+        ax, ab = head(both).chunk(2)
     ae = expand_path(ax, ab, alphas).requires_grad_(True)
     te = t.repeat(n_steps)
 
     def floor():
+        with torch.no_grad():
+            head(both)
         (g,) = torch.autograd.grad(tail(ae).gather(1, te[:, None]).sum(), ae)
         return g
 
     return Case("layer_mid", "LayerIG on the 3rd of 6 convs (16,16|32,32|64,64 ch), 8x3x32x32, target per "
-                "example, n_steps=50; floor = layers after it over the expanded activations",
+                "example, n_steps=50; floor = layers up to it on inputs and baselines, then the layers after it over the "
+                "expanded activations",
                 captum_call, integrad_call, floor, budget_s=40.0, quick_budget_s=5.0, warmup=2,
                 rows=ae.shape[0])
 
@@ -505,9 +515,9 @@ TARGETS: Dict[str, List[tuple]] = {
     "toy": [("time integrad/captum", "ratio", 0.25)],
     "mlp": [("time integrad/captum", "ratio", 0.85), ("time integrad/floor", "floor_ratio", 1.10)],
     "cnn": [("time integrad/captum", "ratio", 0.95), ("time integrad/floor", "floor_ratio", 1.10)],
-    "minilm_layer": [("time integrad/captum", "ratio", 0.95)],
-    "neuron_early": [("time integrad/captum", "ratio", 0.5)],
-    "layer_mid": [("time integrad/captum", "ratio", 0.95)],
+    "minilm_layer": [("time integrad/captum", "ratio", 0.95), ("time integrad/floor", "floor_ratio", 1.10)],
+    "neuron_early": [("time integrad/captum", "ratio", 0.5), ("time integrad/floor", "floor_ratio", 1.10)],
+    "layer_mid": [("time integrad/captum", "ratio", 0.95), ("time integrad/floor", "floor_ratio", 1.10)],
     "memory": [("peak integrad/captum (defaults)", "mem_ratio", 0.5),
                ("peak with budget / 256MiB", "budget_peak_ratio", 1.15),
                ("time budgeted integrad/captum", "budget_time_ratio", 1.1)],

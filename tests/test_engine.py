@@ -132,6 +132,26 @@ def test_memory_budget_bounds_the_activations_of_a_chunk(wide, budget):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_later_calls_size_their_first_chunk_from_what_earlier_calls_measured(wide):
+    # Before anything is measured, the first chunk is kept small; a later call on rows of the same shape starts
+    # from the cost per row measured before, so it needs fewer chunks, and still none over the budget.
+    model, x = wide
+    per_row = row_activation_bytes(model, x)
+    ig = IntegratedGradients(model)
+    first = ig.attribute(x, target=1, n_steps=40, memory_budget="2MiB")
+    cold = ig.last_report
+    second = ig.attribute(x, target=1, n_steps=40, memory_budget="2MiB")
+    warm = ig.last_report
+    assert warm.chunks < cold.chunks, (cold, warm)
+    assert warm.chunk_rows * per_row <= parse_bytes("2MiB")
+    # What fits is what fits: the same number of chunks as a fresh object that knew nothing needs at least.
+    assert warm.chunks >= -(-warm.rows // (parse_bytes("2MiB") // per_row))
+    torch.testing.assert_close(second, first, rtol=1e-5, atol=1e-6)
+    fresh = IntegratedGradients(model)
+    fresh.attribute(x, target=1, n_steps=40, memory_budget="2MiB")
+    assert fresh.last_report.chunks == cold.chunks
+
+
 def test_smaller_budget_gives_more_smaller_chunks(wide):
     model, x = wide
     reports = []

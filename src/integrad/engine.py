@@ -67,7 +67,9 @@ class Chunking:
     budget: int | None = None
     cap: int | None = None
     over_budget_row: bool = False
-    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0})
+    #: Bytes per row measured by an earlier call on rows of the same shapes; sizes the first chunk when known.
+    row_cost: float | None = None
+    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "row_cost": 0.0})
 
     @classmethod
     def make(cls, internal_batch_size: int | None, memory_budget: int | str | None, device: torch.device) -> "Chunking":
@@ -88,13 +90,28 @@ class Chunking:
         size = size if self.rows is None else min(size, self.rows)
         return max(1, size if self.cap is None else min(size, self.cap))
 
-    def first_size(self, total: int, row_bytes: int) -> int:
+    def first_size(self, total: int, row_bytes: int, step: int | None) -> int:
         if self.rows is not None:
             return self.limit(total)
+        if self.row_cost:
+            return self.spread(total, int(self.budget / self.row_cost), step)
         # Nothing is known yet about how much a row's activations take, and a chunk stopped by the meter has
         # already allocated its latest activation: the first chunk's points take at most 1/64 of the budget, and
         # later chunks are sized from what the first one measured.
-        return self.limit(min(total, self.budget // max(1, FIRST_CHUNK_SHARE * 3 * row_bytes)))
+        return _whole_steps(self.limit(min(total, self.budget // max(1, FIRST_CHUNK_SHARE * 3 * row_bytes))), step)
+
+    def spread(self, remaining: int, fits: int, step: int | None) -> int:
+        """Chunk size that covers ``remaining`` rows evenly in as few chunks of at most ``fits`` rows as possible,
+        in whole steps of the batch where a step fits."""
+        fits = max(1, fits)
+        even = -(-remaining // -(-remaining // fits))
+        if step and even >= step:
+            even = -(-even // step) * step if -(-even // step) * step <= fits else even - even % step
+        return self.limit(even)
+
+    def measured(self, rows: int, used: int) -> None:
+        """Record what a chunk of ``rows`` rows was measured to take."""
+        self.stats["row_cost"] = max(self.stats["row_cost"], used / rows)
 
     def out_of_memory(self, size: int) -> int:
         self.cap = max(1, size // 2)
@@ -217,7 +234,7 @@ def accumulate(
     row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
     # Budget-sized chunks are rounded to whole steps; an explicit internal_batch_size is kept exactly.
     step = tile if chunking.rows is None else None
-    size = _whole_steps(chunking.first_size(total, row_bytes), step)
+    size = chunking.first_size(total, row_bytes, step)
     pos = 0
     while pos < total:
         n = min(size, total - pos)
@@ -243,6 +260,7 @@ def accumulate(
                 continue
             raise
         chunking.record(n)
+        chunking.measured(n, meter.estimate)
         for acc, g in zip(sums, grads):
             for j in range(m):
                 if tiled:
@@ -254,12 +272,7 @@ def accumulate(
         pos += n
         if chunking.budget is not None and pos < total:
             # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.
-            fits = max(1, int(n * chunking.budget / max(meter.estimate, 1)))
-            remaining = total - pos
-            even = -(-remaining // -(-remaining // fits))
-            if step and even >= step:
-                even = -(-even // step) * step if -(-even // step) * step <= fits else even - even % step
-            size = chunking.limit(even)
+            size = chunking.spread(total - pos, int(n * chunking.budget / max(meter.estimate, 1)), step)
     return sums, values.cpu()
 
 

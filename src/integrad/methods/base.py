@@ -15,6 +15,10 @@ from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, integrate
 from ..probes import TargetProbe
 
 
+#: Row shapes whose measured memory per row an attribution object remembers (the most recent ones).
+ROW_COSTS_KEPT = 32
+
+
 class PathAttribution:
     """Base of the integrated-gradients family.
 
@@ -33,6 +37,7 @@ class PathAttribution:
         self.forward_func = forward_func
         self._multiply_by_inputs = arguments.check_bool("multiply_by_inputs", multiply_by_inputs)
         self.last_report: IntegrationReport | None = None
+        self._row_costs: dict[tuple, float] = {}
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -71,10 +76,18 @@ class PathAttribution:
     def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
                    need_ends: bool) -> PathIntegral:
         chunking = settings["chunking"].fresh()
+        # What a row cost in an earlier call on rows of the same shapes sizes this call's first chunk.
+        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device))
+        chunking.row_cost = self._row_costs.get(key)
         if settings["n_steps"] == "auto":
             result = integrate_adaptive(probe, start, end, settings["tolerance"], chunking, need_ends)
         else:
             result = integrate(probe, start, end, settings["method"], settings["n_steps"], chunking, need_ends)
+        if chunking.stats["row_cost"]:
+            self._row_costs.pop(key, None)
+            self._row_costs[key] = chunking.stats["row_cost"]
+            while len(self._row_costs) > ROW_COSTS_KEPT:
+                self._row_costs.pop(next(iter(self._row_costs)))
         self.last_report = result.report
         return result
 

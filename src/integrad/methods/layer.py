@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..probes import check_layer, replaced, run_until
 from ..engine import run_chunked
+from ..memory import is_out_of_memory
+from ..probes import TargetProbe, check_layer, replaced, run_until
 from .base import PathAttribution, output_probe
 
 
@@ -37,11 +38,27 @@ class LayerIntegratedGradients(PathAttribution):
         Accepted for compatibility with captum.
     multiply_by_inputs : bool, default True
         Multiply by ``h(x) − h(x′)``.
+    expand_at_layer : bool, default True
+        Run the model on each example once per chunk and expand the rows to path points at the layer, instead of
+        running everything before the layer on every path point (see Notes).
+
+    Notes
+    -----
+    Along the path only the layer's value changes, so whatever the model computes before the layer is the same for
+    every path point of an example. With ``expand_at_layer`` a chunk made of whole steps of the batch (``k`` path
+    points for each of the ``B`` examples) calls the model on the ``B`` examples, and the layer hands on its ``k·B``
+    path points: the work before the layer is done ``k`` times less often. Results are those of running the model on
+    the expanded rows, for any model that treats rows independently. A value computed before the layer that meets
+    the expanded rows later (an attention mask, a skip connection) is either broadcast correctly (one example, or
+    one step per chunk) or fails to broadcast; such a failure, or an output without ``k·B`` rows, switches this
+    object to running the whole model on the expanded rows, which is also what ``expand_at_layer=False`` does.
     """
 
     def __init__(self, forward_func: Callable, layer: nn.Module | Sequence[nn.Module],
-                 device_ids: list[int] | None = None, multiply_by_inputs: bool = True):
+                 device_ids: list[int] | None = None, multiply_by_inputs: bool = True, *,
+                 expand_at_layer: bool = True):
         super().__init__(forward_func, multiply_by_inputs)
+        self._expand = {"enabled": arguments.check_bool("expand_at_layer", expand_at_layer)}
         self._is_list = isinstance(layer, (list, tuple))
         layers = list(layer) if self._is_list else [layer]
         if not layers:
@@ -124,7 +141,7 @@ class LayerIntegratedGradients(PathAttribution):
                 return out
 
             probe = _layer_probe(self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args,
-                                 per_example)
+                                 per_example, self._expand)
             result = self._integrate(probe, start, end, settings, need_ends=return_convergence_delta)
             attributions = self._finish(result, start, end, [p.dtype for p in end])
             if first_delta is None:
@@ -158,15 +175,52 @@ def _concat(chunks: list[list]) -> list:
     return joined
 
 
-def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t, args, per_example):
+#: What a model raises when rows computed before the layer meet the expanded rows after it (shape mismatches).
+SHAPE_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError)
+
+
+def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t, args, per_example, expand):
+    """Probe of the model output with the layers' values replaced by path points.
+
+    ``expand["enabled"]`` allows running the model on the batch once per chunk of whole steps and expanding at the
+    layer; it is switched off for good (on the attribution object) the first time that fails.
+    """
+    batch = inputs_t[0].shape[0]
+
     def inputs_for_rows(points, examples):
         return tuple(x.index_select(0, examples.to(x.device)) for x in inputs_t)
 
-    inner = output_probe(forward_func, inputs_for_rows, target_t, args, per_example)
+    expanded = output_probe(forward_func, inputs_for_rows, target_t, args, per_example)
+    select = TargetProbe(target_t)
+    every = torch.arange(batch)
+    tiles: dict[int, Tensor] = {}
+
+    def is_whole_steps(examples: Tensor) -> bool:
+        """Rows ``k·B + b`` are example ``b``, for ``k ≥ 2`` whole steps of the batch."""
+        rows = examples.shape[0]
+        if rows <= batch or rows % batch:
+            return False
+        if rows not in tiles:
+            tiles[rows] = every.to(examples.device).repeat(rows // batch)
+        return bool(torch.equal(examples, tiles[rows]))
 
     def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
-        with replaced(layers, to_values(points), use_input):
-            return inner(points, examples)
+        values = to_values(points)
+        if expand["enabled"] and is_whole_steps(examples):
+            try:
+                # Copies, as on the expanded path, so that a model writing into its inputs leaves the caller's intact.
+                own = tuple(x.clone() for x in inputs_t) + arguments.select_rows(args, per_example, every)
+                with replaced(layers, values, use_input):
+                    return select(forward_func(*own), examples)
+            except SHAPE_ERRORS as error:
+                if is_out_of_memory(error):
+                    raise
+                # The model combines values from before the layer with the expanded rows in a way that needs them
+                # expanded too (torch reports such mismatches as these built-in errors): run it on the expanded rows
+                # from now on. A model error of any other type propagates as it is.
+                expand["enabled"] = False
+        with replaced(layers, values, use_input):
+            return expanded(points, examples)
 
     return probe
 
