@@ -9,9 +9,11 @@ chunk runs. An allocation failure halves the chunk and retries it. One forward a
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -67,9 +69,10 @@ class Chunking:
     budget: int | None = None
     cap: int | None = None
     over_budget_row: bool = False
-    #: Bytes per row measured by an earlier call on rows of the same shapes; sizes the first chunk when known.
+    #: Bytes per row, measured by this call's first chunk or by an earlier call on rows of the same shapes. Once it
+    #: is known, chunks are sized from it and run without the meter.
     row_cost: float | None = None
-    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "row_cost": 0.0})
+    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0})
 
     @classmethod
     def make(cls, internal_batch_size: int | None, memory_budget: int | str | None, device: torch.device) -> "Chunking":
@@ -94,7 +97,7 @@ class Chunking:
         if self.rows is not None:
             return self.limit(total)
         if self.row_cost:
-            return self.spread(total, int(self.budget / self.row_cost), step)
+            return self.spread(total, self.fits(), step)
         # Nothing is known yet about how much a row's activations take, and a chunk stopped by the meter has
         # already allocated its latest activation: the first chunk's points take at most 1/64 of the budget, and
         # later chunks are sized from what the first one measured.
@@ -109,9 +112,13 @@ class Chunking:
             even = -(-even // step) * step if -(-even // step) * step <= fits else even - even % step
         return self.limit(even)
 
+    def fits(self) -> int:
+        """Rows whose measured cost fits the budget."""
+        return int(self.budget / self.row_cost)
+
     def measured(self, rows: int, used: int) -> None:
         """Record what a chunk of ``rows`` rows was measured to take."""
-        self.stats["row_cost"] = max(self.stats["row_cost"], used / rows)
+        self.row_cost = max(self.row_cost or 0.0, used / rows)
 
     def out_of_memory(self, size: int) -> int:
         self.cap = max(1, size // 2)
@@ -240,9 +247,11 @@ def accumulate(
         n = min(size, total - pos)
         rows = slice(pos, pos + n)
         tiled = tile is not None and pos % tile == 0 and n % tile == 0
-        # A single row over the budget cannot be split further: it runs unmetered, with a warning.
-        limit = chunking.budget if n > 1 or not chunking.over_budget_row else None
-        meter = ActivationMeter(limit, rows=n, fixed=3 * n * row_bytes)
+        # Under a budget, chunks are metered until a row's cost is known (the meter's hooks slow a pass down). A
+        # single row over the budget cannot be split further: it runs unmetered, with a warning.
+        metered = (chunking.budget is not None and chunking.row_cost is None
+                   and not (n == 1 and chunking.over_budget_row))
+        meter = ActivationMeter(chunking.budget, rows=n, fixed=3 * n * row_bytes) if metered else None
         try:
             if tiled:
                 points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes)
@@ -260,7 +269,8 @@ def accumulate(
                 continue
             raise
         chunking.record(n)
-        chunking.measured(n, meter.estimate)
+        if meter is not None:
+            chunking.measured(n, meter.estimate)
         for acc, g in zip(sums, grads):
             for j in range(m):
                 if tiled:
@@ -272,7 +282,7 @@ def accumulate(
         pos += n
         if chunking.budget is not None and pos < total:
             # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.
-            size = chunking.spread(total - pos, int(n * chunking.budget / max(meter.estimate, 1)), step)
+            size = chunking.spread(total - pos, chunking.fits() if chunking.row_cost else n, step)
     return sums, values.cpu()
 
 
@@ -282,10 +292,10 @@ def _whole_steps(size: int, tile: int | None) -> int:
 
 
 def _gradients(probe: Probe, points: tuple[Tensor, ...], examples: Tensor, acc_dtype: torch.dtype,
-               meter: ActivationMeter) -> tuple[tuple[Tensor, ...], Tensor]:
+               meter: ActivationMeter | None) -> tuple[tuple[Tensor, ...], Tensor]:
     points = tuple(z.requires_grad_() for z in points)
     with torch.enable_grad():
-        with meter:
+        with meter if meter is not None else contextlib.nullcontext():
             out = probe(points, examples)
         # An output that does not depend on the points (a constant model) has zero gradient.
         grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
@@ -333,15 +343,23 @@ def integrate(
     batch = start[0].shape[0]
     delta = tuple(e - s for s, e in zip(start, end))
     alphas_np, weights_np = alphas_and_weights(method, n_steps)
-    # Step-major layout (all examples at α_0, then at α_1, ...), as captum, so chunks split between steps.
-    examples = torch.arange(batch).repeat(n_steps)
-    alphas = torch.from_numpy(np.repeat(alphas_np, batch))
-    weights = torch.from_numpy(np.repeat(weights_np, batch)).unsqueeze(1)
+    examples, alphas, weights = _fixed_layout(method, n_steps, batch)
     sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch)
     f_start, f_end = (end_values(probe, start, delta, chunking, alphas_np, values.view(n_steps, batch))
                       if need_ends else (None, None))
     report = chunking.report(torch.full((batch,), n_steps, dtype=torch.long))
     return PathIntegral([s[0] for s in sums], f_start, f_end, report)
+
+
+@lru_cache(maxsize=8)
+def _fixed_layout(method: str, n_steps: int, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows of a fixed rule: example, α and weight per row, step-major (all examples at α_0, then at α_1, ...), as
+    captum lays them out, so that chunks split between steps. Cached: repeated calls reuse them (never written)."""
+    alphas_np, weights_np = alphas_and_weights(method, n_steps)
+    examples = torch.arange(batch).repeat(n_steps)
+    alphas = torch.from_numpy(np.repeat(alphas_np, batch))
+    weights = torch.from_numpy(np.repeat(weights_np, batch)).unsqueeze(1)
+    return examples, alphas, weights
 
 
 def end_values(probe: Probe, start, delta, chunking: Chunking, alphas_np: np.ndarray | None = None,

@@ -83,9 +83,9 @@ class PathAttribution:
             result = integrate_adaptive(probe, start, end, settings["tolerance"], chunking, need_ends)
         else:
             result = integrate(probe, start, end, settings["method"], settings["n_steps"], chunking, need_ends)
-        if chunking.stats["row_cost"]:
+        if chunking.row_cost:
             self._row_costs.pop(key, None)
-            self._row_costs[key] = chunking.stats["row_cost"]
+            self._row_costs[key] = chunking.row_cost
             while len(self._row_costs) > ROW_COSTS_KEPT:
                 self._row_costs.pop(next(iter(self._row_costs)))
         self.last_report = result.report
