@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
+from integrad import engine
 from integrad.memory import parse_bytes
 
 from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
@@ -132,16 +133,22 @@ def test_memory_budget_bounds_the_activations_of_a_chunk(wide, budget):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_later_calls_size_their_first_chunk_from_what_earlier_calls_measured(wide):
+def test_later_calls_size_their_first_chunk_from_what_earlier_calls_measured(wide, monkeypatch):
     # Before anything is measured, the first chunk is kept small; a later call on rows of the same shape starts
     # from the cost per row measured before, so it needs fewer chunks, and still none over the budget.
     model, x = wide
     per_row = row_activation_bytes(model, x)
     ig = IntegratedGradients(model)
+    meters = []
+    real = engine.ActivationMeter
+    monkeypatch.setattr(engine, "ActivationMeter", lambda *a, **k: meters.append(real(*a, **k)) or meters[-1])
     first = ig.attribute(x, target=1, n_steps=40, memory_budget="2MiB")
     cold = ig.last_report
+    # Only the first chunk is metered; the next is sized from what it measured.
+    assert len(meters) == 1 and cold.chunks == 2
     second = ig.attribute(x, target=1, n_steps=40, memory_budget="2MiB")
     warm = ig.last_report
+    assert len(meters) == 1, "a later call on rows of the same shape needs no meter"
     assert warm.chunks < cold.chunks, (cold, warm)
     assert warm.chunk_rows * per_row <= parse_bytes("2MiB")
     # What fits is what fits: the same number of chunks as a fresh object that knew nothing needs at least.
