@@ -138,10 +138,11 @@ def test_steps_differ_per_example_with_difficulty():
     ig = IntegratedGradients(kinked)
     got = ig.attribute(KINK_X, n_steps="auto", tolerance=1e-4)
     steps = ig.last_report.steps
-    # The linear example is integrated exactly by the first panel; the kinked one is refined around its kinks.
-    torch.testing.assert_close(got[1], kinked_ig(KINK_X)[1], rtol=1e-12, atol=1e-12)
-    assert int(steps[1]) <= 15
-    assert int(steps[0]) > 4 * int(steps[1])
+    # The linear example is integrated exactly by the first panel; the kinked one needs points around its kinks,
+    # after which its kinks are reconstructed exactly.
+    torch.testing.assert_close(got, kinked_ig(KINK_X), rtol=1e-12, atol=1e-12)
+    assert int(steps[1]) == 7
+    assert int(steps[0]) >= 7 + 5
     assert ig.last_report.rows == int(steps.sum())
 
 

@@ -1,19 +1,48 @@
-"""Error-controlled integration (``n_steps="auto"``): adaptive Lobatto–Kronrod panels, per example.
+"""Error-controlled integration (``n_steps="auto"``): one Lobatto–Kronrod panel, then kink reconstruction for
+piecewise-linear models or adaptive panels for smooth ones, per example.
 
-Each example's path [0, 1] is covered by panels, starting with one. A panel is evaluated with the 7-point Kronrod
-extension of the 4-point Gauss–Lobatto rule; the Lobatto nodes (the panel's ends and ±1/√5) give a second,
-lower-order estimate from the same model rows; their difference
-``D_p`` (a vector over features, multiplied by ``x − x′``) estimates the panel's error. Panel errors of varying sign
-add up like a random walk, so an example's error estimate is the root-sum-square over its panels, per feature, then
-the L1 norm over features: ``E = Σ_i (Σ_p D_pi²)^½``. While ``E > tol · |A|₁`` the panels whose own error
-``|D_p|₁`` exceeds their share ``tol · |A|₁ / √P`` (or half the example's worst) are bisected. Bisection puts points
-where the integrand changes, such as the kinks of a ReLU network; smooth integrands stop after one or two panels.
-All examples and panels of a round are evaluated together, in memory-budgeted chunks. An example stops at
-``MAX_POINTS`` path points; a RuntimeWarning then says the tolerance was not reached.
+**First panel.** Every example's path [0, 1] is first evaluated at the 7 nodes of the Kronrod extension of the
+4-point Gauss–Lobatto rule (the ends, ±1/√5, ±√(2/3), 0). The Lobatto nodes give a second, lower-order estimate
+from the same rows; their difference ``D`` (per feature, multiplied by ``x − x′``) estimates the error, and an
+example with ``|D|₁ ≤ tol · |A|₁`` is done: a smooth integrand usually stops here.
 
-The estimate is reported per example in ``last_report.error_estimate`` and the points used in
-``last_report.steps``. The completeness delta is not used as the error estimate: per-feature errors of opposite
-sign cancel in it.
+**Piecewise-linear models.** For a network built from ReLU, max-pooling and affine layers, ``F`` along the straight
+path is continuous and piecewise linear in α and its gradient ``g`` is piecewise constant; the linear regions are
+convex, so when two points lie in one region the whole segment between them does. Equal gradients at both ends
+with ``F`` linear between them are taken as the sign of one region. Every other example's points are sorted along
+its path and each segment ``[a, b]`` between neighbours, of width ``w``, is classified:
+
+* equal ``g ⊙ (x − x′)`` (to rounding) and ``F(b) − F(a) = s_a w`` (to F's rounding, or √eps of the change),
+  with the directional slope ``s = g · (x − x′)``: a linear piece, integrated exactly;
+* different gradients with one kink ``t = a + τ`` explaining the values,
+  ``F(b) − F(a) = s_a τ + s_b (w − τ)`` with ``0 ≤ τ ≤ w``: the integral is ``g_a τ + g_b (w − τ)``, exact when
+  the segment holds one kink;
+* otherwise (no τ in the segment, or equal gradients with a non-linear F): several kinks, or curvature; the
+  trapezoid rule is used.
+
+A segment that is not a linear piece is charged the bound ``|(g_b − g_a) ⊙ (x − x′)| w / 2`` (per feature; the
+whole contribution ``|g_a ⊙ (x − x′)| w`` when equal end gradients hide a region): nothing at the two ends rules
+out further kinks inside. A segment with a solved kink is most likely exact and a wrong one errs in no particular
+direction, so these bounds are combined as a root-sum-square per feature; the segments integrated by the trapezoid
+rule do err by about their bound, and theirs are added. The sum, in the L1 norm over features and relative to
+``|A|₁``, is the example's estimate. While it exceeds the tolerance, segments whose bound exceeds their share of it
+(``tol · |A|₁ / √n`` for solved kinks, ``/ n`` for the others, or half the example's worst) are refined: a solved
+kink gets points at ``t ± max(10⁻³ w, 2 × the uncertainty of τ from F's rounding)``, which leave two outer
+segments that are checked to be linear and a narrow one around the kink whose bound is about a thousandth of the
+old one; where the uncertainty leaves no room, and for segments without a solved kink, the segment is bisected
+down to ``MIN_WIDTH``. When the first refinement shows no linear piece at all, the example is treated as smooth.
+This phase keeps every row's gradient (rows × features) until its examples are done.
+
+**Smooth models.** The remaining examples start again from two Lobatto–Kronrod panels. Panel errors of varying
+sign add up like a random walk, so an example's estimate is the root-sum-square over its panels of ``D_p``, per
+feature, then the L1 norm. While it exceeds ``tol · |A|₁`` the panels whose own error ``|D_p|₁`` exceeds their
+share ``tol · |A|₁ / √P`` (or half the example's worst) are bisected.
+
+Within each phase, all rows of a round (every example, segment and panel) are evaluated together, in
+memory-budgeted chunks. An example stops at ``MAX_POINTS`` path points, or when only segments narrower than
+``MIN_WIDTH`` are left; a RuntimeWarning then says the tolerance was not reached. The estimate is reported per
+example in ``last_report.error_estimate`` and the points used in ``last_report.steps``. The completeness delta is
+not used as the error estimate: per-feature errors of opposite sign cancel in it.
 
 References
 ----------
@@ -50,25 +79,208 @@ def _kronrod_rule() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 NODES, KRONROD_WEIGHTS, LOBATTO_WEIGHTS = _kronrod_rule()
 POINTS_PER_PANEL = len(NODES)
-#: Panels narrower than this are accepted whatever their estimate; bounds the work on a discontinuity.
+#: Panels and segments narrower than this are accepted whatever their estimate; bounds the work on a discontinuity.
 MIN_WIDTH = 2.0**-16
 #: Most path points one example may use.
 MAX_POINTS = 4096
+#: Points around a solved kink are placed this fraction of the segment's width either side of it.
+BRACKET = 1e-3
 
 
 def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], tolerance: float,
                        chunking: Chunking, need_ends: bool) -> PathIntegral:
     batch = start[0].shape[0]
     delta = tuple(e - s for s, e in zip(start, end))
+    sizes = [d[0].numel() for d in delta]
+    # First panel: the 7 Lobatto–Kronrod nodes on [0, 1], with every row's gradient kept for the segments.
+    examples = torch.arange(batch).repeat_interleave(POINTS_PER_PANEL)
+    alphas = torch.from_numpy((NODES + 1) / 2).repeat(batch)
+    G, F = _row_gradients(probe, start, delta, examples, alphas, chunking)
+    d = torch.cat([x.reshape(batch, -1) for x in delta], 1).to(G.dtype)
+    rule = torch.from_numpy(np.stack([KRONROD_WEIGHTS, LOBATTO_WEIGHTS]) / 2).to(G.device, G.dtype)
+    per_example = G.view(batch, POINTS_PER_PANEL, -1)
+    kron, lob = rule[0] @ per_example, rule[1] @ per_example
+    attr_l1 = (kron * d).abs().sum(1).double().cpu()
+    error = ((kron - lob) * d).abs().sum(1).double().cpu()
+    points_used = torch.full((batch,), POINTS_PER_PANEL, dtype=torch.long)
+    integral = kron
+    done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > MAX_POINTS)
+    pending = ~done
+    if bool(pending.any()):
+        keep = pending.repeat_interleave(POINTS_PER_PANEL)
+        smooth = _piecewise_linear(probe, start, delta, chunking, tolerance, d, examples[keep], alphas[keep], F[keep],
+                                   G[keep.to(G.device)], integral, error, attr_l1, points_used)
+        if bool(smooth.any()):
+            idx = torch.nonzero(smooth).flatten()
+            grads, err, l1, pts = _panels(probe, start, delta, idx, tolerance, chunking, MAX_POINTS - points_used)
+            flat = torch.cat([g.reshape(batch, -1).to(integral.dtype) for g in grads], 1)
+            integral[idx.to(integral.device)] = flat[idx.to(flat.device)]
+            error[idx], attr_l1[idx] = err[idx], l1[idx]
+            points_used += pts
+    estimate = torch.where(attr_l1 > 0, error / attr_l1.clamp_min(1e-300), error)
+    unmet = estimate > tolerance
+    if bool(unmet.any()):
+        warnings.warn(
+            f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or pieces of width {MIN_WIDTH:g}) for "
+            f"{int(unmet.sum())} example(s) before the estimated error fell below tolerance={tolerance:g}; the "
+            f"largest estimate is {float(estimate.max()):.3g} (see last_report.error_estimate)",
+            RuntimeWarning, stacklevel=4,
+        )
+    grads = [part.reshape(d.shape).to(torch.promote_types(d.dtype, torch.float32))
+             for part, d in zip(integral.split(sizes, 1), delta)]
+    # The first panel's nodes include α = 0 and α = 1: the probe's values there come with its rows.
+    first_values = F[:batch * POINTS_PER_PANEL].view(batch, POINTS_PER_PANEL).t()
+    f_start, f_end = (end_values(probe, start, delta, chunking, (NODES + 1) / 2, first_values) if need_ends
+                      else (None, None))
+    return PathIntegral(grads, f_start, f_end, chunking.report(points_used, estimate.float()))
+
+
+def _row_gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, chunking: Chunking
+                   ) -> tuple[Tensor, Tensor]:
+    """Each row's gradient, flattened and concatenated over the path tensors (``(rows, D)``), and F at each row."""
+    n = examples.numel()
+    weights = torch.ones(n, 1, dtype=torch.float64)
+    sums, values = accumulate(probe, start, delta, examples, alphas, weights, torch.arange(n), n, chunking)
+    return torch.cat([s[0].reshape(n, -1) for s in sums], 1), values
+
+
+def _share(seg_error: Tensor, seg_ex: Tensor, batch: int, tolerance: float, attr_l1: Tensor,
+           linear: bool = False) -> Tensor:
+    """A piece is refined when its error exceeds its share ``tol · |A|₁ / √n`` of the tolerance (``/ n`` for errors
+    that add up), or half the worst of its example (errors of pieces that each look fine add up across features)."""
+    counts = torch.bincount(seg_ex, minlength=batch).clamp_min(1).double()
+    share = tolerance * attr_l1 / (counts if linear else counts.sqrt())
+    worst = torch.zeros(batch, dtype=torch.float64).scatter_reduce(0, seg_ex, seg_error, "amax")
+    return torch.minimum(share, worst / 2).index_select(0, seg_ex)
+
+
+def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance: float, d: Tensor, ex: Tensor,
+                      alpha: Tensor, F: Tensor, G: Tensor, integral: Tensor, error: Tensor, attr_l1: Tensor,
+                      points_used: Tensor) -> Tensor:
+    """Refine the segments of the given examples' points; fills ``integral``, ``error`` and ``attr_l1`` (float64
+    L1 norms) and ``points_used`` for them in place. Returns the examples found not to be piecewise linear."""
+    batch = d.shape[0]
+    dev = G.device
+    eps = torch.finfo(G.dtype).eps
+    smooth = torch.zeros(batch, dtype=torch.bool)
+    members = torch.zeros(batch, dtype=torch.bool)
+    members[ex] = True
+    first = True
+    while True:
+        seg_ex, seg_a, w, tau, dtau, linear, solved, seg_integral, bound = _segments(ex, alpha, F, G, d, eps)
+        seg_dev = seg_ex.to(dev)
+        total = torch.zeros((batch, d.shape[1]), dtype=G.dtype, device=dev).index_add_(0, seg_dev, seg_integral)
+        # A segment with a solved kink is most likely exact, and the rare wrong ones err in random directions:
+        # their bounds add like a random walk, per feature. A segment without one is integrated by the trapezoid
+        # rule and does err by about its bound: those add up.
+        sq = torch.zeros_like(total).index_add_(0, seg_dev, bound * bound * solved.to(dev, G.dtype).unsqueeze(1))
+        seg_error = bound.sum(1).double().cpu()
+        l1 = (total * d).abs().sum(1).double().cpu()
+        err = sq.sqrt().sum(1).double().cpu() + torch.zeros(batch, dtype=torch.float64).index_add_(
+            0, seg_ex, torch.where(solved, 0.0, seg_error))
+        rows = members.nonzero().flatten()
+        integral[rows.to(dev)] = total[rows.to(dev)]
+        error[rows], attr_l1[rows] = err[rows], l1[rows]
+        converged = err <= tolerance * l1
+        if not first:
+            # After the first refinement, an unfinished example without a single linear piece is not piecewise
+            # linear.
+            found = torch.zeros(batch, dtype=torch.long).index_add_(0, seg_ex, linear.long())
+            leave = members & (found == 0) & ~converged
+            smooth |= leave
+            members &= ~leave
+        first = False
+        refine = seg_error > torch.where(solved, _share(seg_error, seg_ex, batch, tolerance, l1),
+                                         _share(seg_error, seg_ex, batch, tolerance, l1, linear=True))
+        refine &= (members & ~converged).index_select(0, seg_ex)
+        # A solved kink is bracketed by two points just outside the uncertainty of τ. Where the bracket leaves no
+        # room (τ too uncertain), and for segments without a solved kink, the segment is bisected, down to MIN_WIDTH.
+        offset = torch.maximum(torch.maximum(BRACKET * w, 2 * dtau), torch.full_like(w, 16 * eps))
+        bracket = refine & solved & (4 * offset < w)
+        left = bracket & (tau >= 2 * offset)
+        right = bracket & (w - tau >= 2 * offset)
+        split = refine & ~bracket & (w > MIN_WIDTH)
+        new_alpha = torch.cat([(seg_a + tau - offset)[left], (seg_a + tau + offset)[right], (seg_a + w / 2)[split]])
+        new_ex = torch.cat([seg_ex[left], seg_ex[right], seg_ex[split]])
+        # An example whose refinement would pass MAX_POINTS stops where it is.
+        wanted = torch.bincount(new_ex, minlength=batch)
+        over = points_used + wanted > MAX_POINTS
+        if bool(over.any()):
+            members &= ~over
+            keep = ~over.index_select(0, new_ex)
+            new_alpha, new_ex = new_alpha[keep], new_ex[keep]
+        if new_ex.numel() == 0:
+            return smooth
+        g_new, f_new = _row_gradients(probe, start, delta, new_ex, new_alpha, chunking)
+        points_used += torch.bincount(new_ex, minlength=batch)
+        ex, alpha, F = torch.cat([ex, new_ex]), torch.cat([alpha, new_alpha]), torch.cat([F, f_new])
+        G = torch.cat([G, g_new.to(G.dtype)])
+        # Points of examples that left (smooth, or out of points) are dropped.
+        keep = members.index_select(0, ex)
+        ex, alpha, F, G = ex[keep], alpha[keep], F[keep], G[keep.to(dev)]
+
+
+def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: float):
+    """Neighbouring points of every example: each segment's integral of the gradient and its error bound."""
+    order = torch.argsort(alpha, stable=True)
+    order = order[torch.argsort(ex[order], stable=True)]
+    a, b = order[:-1], order[1:]
+    keep = ex[a] == ex[b]
+    a, b = a[keep], b[keep]
+    dev = G.device
+    seg_ex = ex[a]
+    w = alpha[b] - alpha[a]
+    ga, gb = G[a.to(dev)], G[b.to(dev)]
+    dd = d[seg_ex.to(dev)]
+    sa = (ga * dd).sum(1).double().cpu()
+    sb = (gb * dd).sum(1).double().cpu()
+    jump = gb - ga
+    # Gradients are compared where they count, multiplied by x − x′ (a feature that does not move along the path
+    # has no attribution, whatever its gradient does).
+    scale = torch.maximum((ga * dd).abs().amax(1), (gb * dd).abs().amax(1))
+    same_g = ((jump * dd).abs().amax(1) <= 64 * eps * scale).cpu()
+    rise = F[b] - F[a]
+    ftol = 8 * eps * (F[a].abs() + F[b].abs() + (sa.abs() + sb.abs()) * w)
+    # Equal gradients with a non-linear F would mean the path left the region and came back. F carries the
+    # rounding of its largest intermediate terms, which can exceed its own size: a relative √eps of the segment's
+    # change is allowed besides.
+    linear = same_g & ((rise - sa * w).abs() <= ftol + eps**0.5 * sa.abs() * w)
+    # One kink at a + τ: F(b) − F(a) = s_a τ + s_b (w − τ); rounding of F moves τ by up to ftol / |s_a − s_b|.
+    ds = sa - sb
+    tau = (rise - sb * w) / ds
+    dtau = ftol / ds.abs()
+    solved = ~same_g & torch.isfinite(tau) & (tau >= -dtau) & (tau <= w + dtau)
+    tau = torch.where(solved, torch.minimum(tau.clamp(min=0.0), w), w / 2)
+    wa = torch.where(linear, w / 2, tau).to(dev, G.dtype).unsqueeze(1)
+    wb = w.to(dev, G.dtype).unsqueeze(1) - wa
+    integral = ga * wa + gb * wb
+    width = w.to(dev, G.dtype).unsqueeze(1)
+    hidden = (same_g & ~linear).to(dev).unsqueeze(1)
+    bound = torch.where(hidden, ga.abs() * width, jump.abs() * width / 2) * dd.abs()
+    # The attributions of a segment sum to its integral of the slope; where that misses F(b) − F(a), the L1 error
+    # is at least the difference (spread over the features in proportion to |x − x′|). This catches what the end
+    # gradients cannot show, such as a bump between two points of equal (e.g. saturated, zero) gradient.
+    missed = (rise.to(dev) - (integral * dd).sum(1).double()).abs().to(G.dtype)
+    bound = bound + dd.abs() * (missed / dd.abs().sum(1).clamp_min(torch.finfo(G.dtype).tiny)).unsqueeze(1)
+    return seg_ex, alpha[a], w, tau, dtau, linear, solved, integral, bound
+
+
+# ---------------------------------------------------------------------------------------------------- panels
+def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: Tensor, tolerance: float,
+            chunking: Chunking, budget: Tensor, pieces: int = 2) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Adaptive Lobatto–Kronrod panels for the given examples, from ``pieces`` equal ones each, at most ``budget``
+    points each. Returns, for the whole batch (zero for the other examples), the integrals of the gradient, the
+    error estimates and |A|₁ (absolute), and the points used."""
+    batch = start[0].shape[0]
     points_used = torch.zeros(batch, dtype=torch.long)
     # Leaf panels of every example: where they lie, and (per path tensor) their Kronrod integral of the gradient
     # and the Kronrod − Lobatto difference of their contribution to the attributions (multiplied by x − x′).
-    panel_example = torch.arange(batch)
-    panel_lo = torch.zeros(batch, dtype=torch.float64)
-    panel_hi = torch.ones(batch, dtype=torch.float64)
+    panel_example = examples.repeat_interleave(pieces)
+    panel_lo = torch.arange(pieces, dtype=torch.float64).repeat(examples.numel()) / pieces
+    panel_hi = panel_lo + 1.0 / pieces
     kron: list[Tensor] | None = None
     diff: list[Tensor] | None = None
-    new = torch.ones(batch, dtype=torch.bool)
+    new = torch.ones(panel_example.numel(), dtype=torch.bool)
     nodes = torch.from_numpy(NODES)
     rule = torch.from_numpy(np.stack([KRONROD_WEIGHTS, LOBATTO_WEIGHTS], axis=1))
     while True:
@@ -104,16 +316,11 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
               for d, e in zip(diff, ex_dev)]
         error = sum(q.sqrt().reshape(batch, -1).sum(1).double().cpu() for q in sq)
         panel_error = sum(d.reshape(n_panels, -1).abs().sum(1).double().cpu() for d in diff)
-        counts = torch.bincount(panel_example, minlength=batch)
-        done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > MAX_POINTS)
-        # A panel is split when its own error exceeds its share of the tolerance, or when it is among the worst of
-        # an unconverged example whose panels all look fine on their own (their errors add up across features).
-        share = tolerance * attr_l1 / counts.clamp_min(1).double().sqrt()
-        worst = torch.zeros(batch, dtype=torch.float64).scatter_reduce(0, panel_example, panel_error, "amax")
-        allowed = torch.minimum(share, worst / 2).index_select(0, panel_example)
+        done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > budget)
+        allowed = _share(panel_error, panel_example, batch, tolerance, attr_l1)
         split = (panel_error > allowed) & ~done.index_select(0, panel_example) & (panel_hi - panel_lo > MIN_WIDTH)
         if not bool(split.any()):
-            break
+            return grads, error, attr_l1, points_used
         # Bisect: the left half takes the panel's slot, the right half is appended.
         mid = (panel_lo + panel_hi) / 2
         right_lo, right_hi, right_ex = mid[split], panel_hi[split], panel_example[split]
@@ -125,15 +332,3 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
         kron = [torch.cat([k, k.new_zeros((n_right,) + k.shape[1:])]) for k in kron]
         diff = [torch.cat([d, d.new_zeros((n_right,) + d.shape[1:])]) for d in diff]
         new = torch.cat([split, torch.ones(n_right, dtype=torch.bool)])
-
-    estimate = torch.where(attr_l1 > 0, error / attr_l1.clamp_min(1e-300), error)
-    unmet = estimate > tolerance
-    if bool(unmet.any()):
-        warnings.warn(
-            f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or panels of width {MIN_WIDTH:g}) for "
-            f"{int(unmet.sum())} example(s) before the estimated error fell below tolerance={tolerance:g}; the "
-            f"largest estimate is {float(estimate.max()):.3g} (see last_report.error_estimate)",
-            RuntimeWarning, stacklevel=4,
-        )
-    f_start, f_end = end_values(probe, start, delta, chunking) if need_ends else (None, None)
-    return PathIntegral(grads, f_start, f_end, chunking.report(points_used, estimate.float()))

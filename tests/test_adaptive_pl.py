@@ -1,0 +1,173 @@
+"""``n_steps="auto"`` on piecewise-linear integrands (kink reconstruction) and on smooth ones (panels).
+
+ReLU functions of ``x`` along the path ``α x`` have kinks where known thresholds are crossed; their integrated
+gradients are known in closed form. The reconstruction is exact whenever each segment it accepts holds at most
+one kink, so its results agree with the closed form to rounding, and its estimate must bound the true error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from integrad import IntegratedGradients
+
+from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
+from test_adaptive import KINK_X, kinked, kinked_ig, reference_ig, relative_l1
+
+DT = torch.float64
+
+
+def relu_layer(seed: int, units: int = 8, features: int = 5, spread: float = 0.5):
+    """F(x) = Σ_j relu(w_j · x − c_j) with c_j > 0, three inputs, and its integrated gradients in closed form:
+    unit j is active on the path α x for α > c_j / s_j when s_j = w_j · x > c_j."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(units, features, generator=g, dtype=DT)
+    c = 0.1 + spread * torch.rand(units, generator=g, dtype=DT)
+    x = 2.0 * torch.randn(3, features, generator=g, dtype=DT)
+
+    def f(z):
+        return torch.relu(z @ w.T - c).sum(1)
+
+    s = x @ w.T
+    exact = x * (torch.where(s > c, 1 - c / s, torch.zeros_like(s)) @ w)
+    return f, x, exact
+
+
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-3, 1e-4])
+def test_isolated_kinks_are_reconstructed_exactly(tolerance):
+    ig = IntegratedGradients(kinked)
+    got = ig.attribute(KINK_X, n_steps="auto", tolerance=tolerance)
+    true = relative_l1(got, kinked_ig(KINK_X))
+    assert bool((true <= 1e-13).all()), true
+    assert bool((ig.last_report.error_estimate.double() <= tolerance).all())
+    # Five kinks cost a few points each beyond the first panel: far fewer than any fixed rule needs for 1e-13.
+    assert int(ig.last_report.steps[0]) <= 7 + 4 * 5
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-4])
+def test_relu_layer_estimate_bounds_the_true_error(seed, tolerance):
+    f, x, exact = relu_layer(seed)
+    torch.testing.assert_close(exact.sum(1), f(x) - f(torch.zeros_like(x)), rtol=1e-12, atol=1e-12)
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=tolerance)
+    true = relative_l1(got, exact)
+    estimate = ig.last_report.error_estimate.double()
+    assert bool((true <= estimate + 1e-12).all()), (true, estimate)
+    assert bool((estimate <= tolerance).all()), estimate
+    assert ig.last_report.rows == int(ig.last_report.steps.sum())
+
+
+def test_close_kinks_are_separated():
+    # Example 0 crosses two thresholds 1.2e-3 apart (at α = 0.5008 and 0.502), example 1 four spread ones: the
+    # first segments hold several kinks, which one kink cannot explain, and are refined until each holds one.
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(6, 4, generator=g, dtype=DT)
+    x = 1.5 * torch.randn(2, 4, generator=g, dtype=DT)
+    s = x @ w.T
+    thresholds = (0.5 + 4e-4 * torch.arange(6, dtype=DT)) * s[0].abs()
+
+    def f(z):
+        return torch.relu(z @ w.T - thresholds).sum(1)
+
+    exact = x * (torch.where(s > thresholds, 1 - thresholds / s, torch.zeros_like(s)) @ w)
+    torch.testing.assert_close(exact.sum(1), f(x) - f(torch.zeros_like(x)), rtol=1e-12, atol=1e-12)
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-3)
+    true = relative_l1(got, exact)
+    estimate = ig.last_report.error_estimate.double()
+    assert bool((true <= 1e-13).all()), true
+    assert bool((true <= estimate).all()) and bool((estimate <= 1e-3).all()), (true, estimate)
+
+
+@pytest.fixture(scope="module")
+def tanh_net():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        net = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 3)).to(DT)
+    x = 1.5 * torch.randn(5, 6, generator=torch.Generator().manual_seed(9), dtype=DT)
+    return net, x, reference_ig(lambda z: net(z)[:, 0], x, torch.zeros_like(x))
+
+
+def test_smooth_integrands_stop_after_the_first_panel(tanh_net):
+    net, x, exact = tanh_net
+    ig = IntegratedGradients(net)
+    got = ig.attribute(x, target=0, n_steps="auto", tolerance=1e-3)
+    steps = ig.last_report.steps
+    # Most examples stop at the first panel's 7 points; one needs a refinement (14 panel points after 12 points
+    # that test for piecewise linearity).
+    assert int((steps == 7).sum()) >= 4 and int(steps.max()) <= 7 + 12 + 14, steps
+    assert bool((relative_l1(got, exact) <= 1e-3).all())
+
+
+def test_smooth_integrands_converge_fast_at_tight_tolerance(tanh_net):
+    # A smooth integrand is handed to the panels: 1e-9 takes a few dozen points, not the thousands a
+    # second-order (trapezoid-like) treatment of a curved integrand would need.
+    net, x, exact = tanh_net
+    ig = IntegratedGradients(net)
+    got = ig.attribute(x, target=0, n_steps="auto", tolerance=1e-9)
+    true = relative_l1(got, exact)
+    assert bool((true <= 2e-9).all()), true
+    assert bool((true <= 2 * ig.last_report.error_estimate.double() + 1e-15).all())
+    assert int(ig.last_report.steps.max()) <= 200, ig.last_report.steps
+
+
+def test_max_pool_network_in_float32_meets_the_tolerance():
+    # A ReLU/max-pool network in float32: rounding limits where kinks can be located; the estimate accounts for it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(4 * 4 * 4, 2))
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    exact = reference_ig(lambda z: net.double()(z)[:, 1], x.double(), torch.zeros_like(x, dtype=DT), n=4096)
+    net.float()
+    ig = IntegratedGradients(net)
+    got = ig.attribute(x, target=1, n_steps="auto", tolerance=1e-3)
+    true = relative_l1(got, exact)
+    assert bool((true <= 2e-3).all()), true
+    assert bool((true <= 2 * ig.last_report.error_estimate.double() + 1e-6).all())
+
+
+def test_refined_smooth_examples_keep_their_own_targets(tanh_net):
+    # Examples refined by panels after the first phases are evaluated with their own target and inputs.
+    net, x, _ = tanh_net
+    targets = torch.tensor([0, 1, 2, 1, 0])
+    exact = torch.cat([reference_ig(lambda z, c=int(c): net(z)[:, c], x[i:i + 1], torch.zeros_like(x[i:i + 1]))
+                       for i, c in enumerate(targets)])
+    ig = IntegratedGradients(net)
+    got = ig.attribute(x, target=targets, n_steps="auto", tolerance=1e-7)
+    assert int(ig.last_report.steps.min()) > 7 + 12  # every example went on to the panels
+    true = relative_l1(got, exact)
+    assert bool((true <= 2e-7).all()), true
+
+
+def test_mixed_batch_of_linear_kinked_and_smooth_examples():
+    # One batch, three kinds of path: F = relu part + a smooth part that vanishes for some examples.
+    g = torch.Generator().manual_seed(21)
+    w = torch.randn(8, 5, generator=g, dtype=DT)
+    c = 0.1 + 0.5 * torch.rand(8, generator=g, dtype=DT)
+    v = torch.randn(5, generator=g, dtype=DT)
+
+    def smooth(z):
+        return torch.sin(z[:, :2] @ v[:2]) * z[:, 2]
+
+    def f(z):
+        return torch.relu(z @ w.T - c).sum(1) + smooth(z)
+
+    x = 2.0 * torch.randn(4, 5, generator=g, dtype=DT)
+    x[0, 2] = 0.0  # F is piecewise linear along this path (its gradient is not: it does not matter here)
+    x[1] = 0.01 * x[1]  # no unit crosses its threshold: smooth part only
+    # IG is linear in F: the ReLU part in closed form (see relu_layer), the smooth part by Gauss–Legendre.
+    s = x @ w.T
+    exact = x * (torch.where(s > c, 1 - c / s, torch.zeros_like(s)) @ w)
+    exact = exact + reference_ig(smooth, x, torch.zeros_like(x), n=4096)
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-5)
+    true = relative_l1(got, exact)
+    estimate = ig.last_report.error_estimate.double()
+    assert bool((estimate <= 1e-5).all()), estimate
+    assert bool((true <= 2 * estimate + 1e-12).all()), (true, estimate)
+    # Along the first path F is piecewise linear: its kinks are reconstructed exactly, with few points.
+    assert float(true[0]) <= 1e-13 and int(ig.last_report.steps[0]) <= 7 + 4 * 8, (true, ig.last_report.steps)
