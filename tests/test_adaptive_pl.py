@@ -171,3 +171,38 @@ def test_mixed_batch_of_linear_kinked_and_smooth_examples():
     assert bool((true <= 2 * estimate + 1e-12).all()), (true, estimate)
     # Along the first path F is piecewise linear: its kinks are reconstructed exactly, with few points.
     assert float(true[0]) <= 1e-13 and int(ig.last_report.steps[0]) <= 7 + 4 * 8, (true, ig.last_report.steps)
+
+
+def test_points_between_linear_pieces_are_not_kept(monkeypatch):
+    # Each kink leaves linear pieces on both sides once bracketed; the points between two of them carry nothing the
+    # next round needs, so the rows held stay below the rows evaluated.
+    from integrad import adaptive
+
+    f, x, exact = relu_layer(3, units=24)
+    held = []
+    real = adaptive._segments
+    monkeypatch.setattr(adaptive, "_segments", lambda ex, *rest: held.append(ex.numel()) or real(ex, *rest))
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-6)
+    assert bool((relative_l1(got, exact) <= ig.last_report.error_estimate.double() + 1e-12).all())
+    assert max(held) < int(ig.last_report.steps.sum()), (held, ig.last_report.steps)
+
+
+def test_kept_gradients_beyond_the_memory_budget_go_on_with_panels(monkeypatch):
+    # 4096 features: a budget of 2 MiB holds half of it in 256 kept rows of float64 gradients, fewer than the kinks
+    # of this layer need, so its examples continue with Lobatto–Kronrod panels and still meet the tolerance.
+    from integrad import adaptive
+
+    f, x, exact = relu_layer(5, units=64, features=4096, spread=2.0)
+    calls = []
+    real = adaptive._panels
+    monkeypatch.setattr(adaptive, "_panels", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-3, memory_budget="2MiB")
+    assert calls and len(calls[0]) == x.shape[0]
+    assert bool((relative_l1(got, exact) <= 2e-3).all()), relative_l1(got, exact)
+    calls.clear()
+    roomy = IntegratedGradients(f)
+    again = roomy.attribute(x, n_steps="auto", tolerance=1e-3, memory_budget="256MiB")
+    assert not calls
+    assert bool((relative_l1(again, exact) <= 1e-3).all())

@@ -159,6 +159,35 @@ def test_later_calls_size_their_first_chunk_from_what_earlier_calls_measured(wid
     assert fresh.last_report.chunks == cold.chunks
 
 
+def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypatch):
+    # A clock of our own: a chunk of n rows takes n × per_row(n), faster per row down to 60 rows, and 30 rows gain
+    # less than SPEED_GAIN. Each size is timed over two calls (the first call, metered, does not count).
+    model, x = wide
+    clock = [0.0]
+    per_row = {240: 1.0, 120: 0.7, 60: 0.5, 30: 0.49}
+    real = engine._gradients
+
+    def timed(probe, points, *rest):
+        clock[0] += points[0].shape[0] * per_row[points[0].shape[0]]
+        return real(probe, points, *rest)
+
+    monkeypatch.setattr(engine, "_gradients", timed)
+    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    ig = IntegratedGradients(model)
+    sizes, results = [], []
+    for _ in range(11):
+        results.append(ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB"))
+        sizes.append(ig.last_report.chunk_rows)
+    assert sizes == [240, 240, 240, 120, 120, 60, 60, 30, 30, 60, 60], sizes
+    for got in results[1:]:
+        torch.testing.assert_close(got, results[0], rtol=1e-5, atol=1e-6)
+    # An explicit internal_batch_size is never tuned.
+    fixed = IntegratedGradients(model)
+    for _ in range(5):
+        fixed.attribute(x, target=1, n_steps=40, internal_batch_size=240)
+        assert fixed.last_report.chunk_rows == 240
+
+
 def test_smaller_budget_gives_more_smaller_chunks(wide):
     model, x = wide
     reports = []

@@ -31,7 +31,8 @@ kink gets points at ``t ± max(10⁻³ w, 2 × the uncertainty of τ from F's ro
 segments that are checked to be linear and a narrow one around the kink whose bound is about a thousandth of the
 old one; where the uncertainty leaves no room, and for segments without a solved kink, the segment is bisected
 down to ``MIN_WIDTH``. When the first refinement shows no linear piece at all, the example is treated as smooth.
-This phase keeps every row's gradient (rows × features) until its examples are done.
+This phase keeps the gradients of the points that bound its segments (a point between two linear pieces is dropped,
+the pieces being one region); where they would pass half the memory budget, the examples go on with panels.
 
 **Smooth models.** The remaining examples start again from two Lobatto–Kronrod panels. Panel errors of varying
 sign add up like a random walk, so an example's estimate is the root-sum-square over its panels of ``D_p``, per
@@ -60,6 +61,7 @@ import torch
 from torch import Tensor
 
 from .engine import Chunking, PathIntegral, Probe, accumulate, end_values
+from .memory import default_budget
 
 # The 4-point Gauss–Lobatto rule on [−1, 1] (nodes ±1, ±1/√5) and its 7-point Kronrod extension (adding ±√(2/3), 0),
 # as in Gander and Gautschi's adaptive Lobatto quadrature. Both rules sample the panel's end points: a kink close to
@@ -85,6 +87,8 @@ MIN_WIDTH = 2.0**-16
 MAX_POINTS = 4096
 #: Points around a solved kink are placed this fraction of the segment's width either side of it.
 BRACKET = 1e-3
+#: Share of the memory budget the piecewise-linear phase may hold in kept gradients (rows × features).
+KEPT_SHARE = 0.5
 
 
 def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], tolerance: float,
@@ -162,12 +166,16 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
     batch = d.shape[0]
     dev = G.device
     eps = torch.finfo(G.dtype).eps
+    # Kept gradients stay within a share of the memory budget; examples that would need more go on with panels.
+    row_bytes = d.shape[1] * G.element_size()
+    max_rows = int(KEPT_SHARE * (chunking.budget or default_budget(dev)) // max(row_bytes, 1))
     smooth = torch.zeros(batch, dtype=torch.bool)
     members = torch.zeros(batch, dtype=torch.bool)
     members[ex] = True
     first = True
     while True:
-        seg_ex, seg_a, w, tau, dtau, linear, solved, seg_integral, bound = _segments(ex, alpha, F, G, d, eps)
+        a_idx, b_idx, seg_ex, seg_a, w, tau, dtau, linear, solved, seg_integral, bound = _segments(ex, alpha, F, G, d,
+                                                                                                  eps)
         seg_dev = seg_ex.to(dev)
         total = torch.zeros((batch, d.shape[1]), dtype=G.dtype, device=dev).index_add_(0, seg_dev, seg_integral)
         # A segment with a solved kink is most likely exact, and the rare wrong ones err in random directions:
@@ -211,13 +219,24 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
             new_alpha, new_ex = new_alpha[keep], new_ex[keep]
         if new_ex.numel() == 0:
             return smooth
+        # A point between two linear pieces is dropped: the pieces lie in one convex linear region, so the segment
+        # joining its neighbours is that region's too, and is recognised as linear in the next round. Points of
+        # examples that left (smooth, or out of points) are dropped as well.
+        inner = torch.zeros(ex.numel(), dtype=torch.long)
+        inner.index_add_(0, torch.cat([a_idx[linear], b_idx[linear]]), torch.ones(2 * int(linear.sum()),
+                                                                                   dtype=torch.long))
+        keep = members.index_select(0, ex) & (inner < 2)
+        if int(keep.sum()) + new_ex.numel() > max_rows:
+            smooth |= members
+            return smooth
         g_new, f_new = _row_gradients(probe, start, delta, new_ex, new_alpha, chunking)
         points_used += torch.bincount(new_ex, minlength=batch)
-        ex, alpha, F = torch.cat([ex, new_ex]), torch.cat([alpha, new_alpha]), torch.cat([F, f_new])
-        G = torch.cat([G, g_new.to(G.dtype)])
-        # Points of examples that left (smooth, or out of points) are dropped.
+        keep_dev = keep.to(dev)
+        ex, alpha, F = torch.cat([ex[keep], new_ex]), torch.cat([alpha[keep], new_alpha]), torch.cat([F[keep], f_new])
+        G = torch.cat([G[keep_dev], g_new.to(G.dtype)])
         keep = members.index_select(0, ex)
-        ex, alpha, F, G = ex[keep], alpha[keep], F[keep], G[keep.to(dev)]
+        if not bool(keep.all()):
+            ex, alpha, F, G = ex[keep], alpha[keep], F[keep], G[keep.to(dev)]
 
 
 def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: float):
@@ -262,7 +281,7 @@ def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: f
     # gradients cannot show, such as a bump between two points of equal (e.g. saturated, zero) gradient.
     missed = (rise.to(dev) - (integral * dd).sum(1).double()).abs().to(G.dtype)
     bound = bound + dd.abs() * (missed / dd.abs().sum(1).clamp_min(torch.finfo(G.dtype).tiny)).unsqueeze(1)
-    return seg_ex, alpha[a], w, tau, dtau, linear, solved, integral, bound
+    return a, b, seg_ex, alpha[a], w, tau, dtau, linear, solved, integral, bound
 
 
 # ---------------------------------------------------------------------------------------------------- panels

@@ -10,6 +10,7 @@ chunk runs. An allocation failure halves the chunk and retries it. One forward a
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from .rules import alphas_and_weights
 
 #: The first chunk's points (with their gradients and weighted copy) take at most this fraction of the budget.
 FIRST_CHUNK_SHARE = 64
+#: A smaller chunk size is kept when it runs at least this much faster per row, timed over this many calls.
+SPEED_GAIN = 0.05
+SPEED_TRIALS = 2
 
 Probe = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 """``probe(points, examples) -> Tensor[rows]``: the scalar differentiated at each path row."""
@@ -72,7 +76,10 @@ class Chunking:
     #: Bytes per row, measured by this call's first chunk or by an earlier call on rows of the same shapes. Once it
     #: is known, chunks are sized from it and run without the meter.
     row_cost: float | None = None
-    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0})
+    #: Rows per chunk beyond which chunks ran slower per row on this device (see :class:`RowShapeMemory`).
+    speed_cap: int | None = None
+    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "seconds": 0.0,
+                                                 "metered": 0, "step": None})
 
     @classmethod
     def make(cls, internal_batch_size: int | None, memory_budget: int | str | None, device: torch.device) -> "Chunking":
@@ -90,8 +97,10 @@ class Chunking:
         return Chunking(rows=self.rows, budget=self.budget, cap=self.cap)
 
     def limit(self, size: int) -> int:
-        size = size if self.rows is None else min(size, self.rows)
-        return max(1, size if self.cap is None else min(size, self.cap))
+        for bound in (self.rows, self.cap, self.speed_cap):
+            if bound is not None:
+                size = min(size, bound)
+        return max(1, size)
 
     def first_size(self, total: int, row_bytes: int, step: int | None) -> int:
         if self.rows is not None:
@@ -106,7 +115,7 @@ class Chunking:
     def spread(self, remaining: int, fits: int, step: int | None) -> int:
         """Chunk size that covers ``remaining`` rows evenly in as few chunks of at most ``fits`` rows as possible,
         in whole steps of the batch where a step fits."""
-        fits = max(1, fits)
+        fits = self.limit(fits)
         even = -(-remaining // -(-remaining // fits))
         if step and even >= step:
             even = -(-even // step) * step if -(-even // step) * step <= fits else even - even % step
@@ -139,6 +148,51 @@ class Chunking:
         self.stats["rows"] += rows
         self.stats["chunks"] += 1
         self.stats["chunk_rows"] = max(self.stats["chunk_rows"], rows)
+
+
+@dataclass
+class RowShapeMemory:
+    """What earlier calls learned about path rows of one shape: their memory cost, and the chunk size that ran
+    fastest.
+
+    Past a size, bigger chunks run slower per row on a CPU: their activations no longer fit the caches. Once calls
+    run unmetered, each chunk size is timed over ``SPEED_TRIALS`` calls (the fastest counts); then the next calls try
+    chunks of half the size, and halving goes on while it is at least ``SPEED_GAIN`` faster per row. At the first
+    size that is not, the best size is kept for good. Only CPU calls sized by a budget take part (a CUDA call's wall
+    time is not its kernels' time).
+    """
+
+    row_cost: float | None = None
+    cap: int | None = None
+    best_rate: float | None = None
+    best_cap: int | None = None
+    settled: bool = False
+    trials: list = field(default_factory=list)
+
+    def apply(self, chunking: Chunking) -> None:
+        chunking.row_cost = self.row_cost
+        chunking.speed_cap = self.cap
+
+    def learn(self, chunking: Chunking, device: torch.device) -> None:
+        if chunking.row_cost:
+            self.row_cost = chunking.row_cost
+        stats = chunking.stats
+        if (self.settled or chunking.budget is None or device.type != "cpu" or stats["metered"]
+                or not stats["rows"]):
+            return
+        self.trials.append(stats["seconds"] / stats["rows"])
+        if len(self.trials) < SPEED_TRIALS:
+            return
+        rate, size, step = min(self.trials), stats["chunk_rows"], stats["step"] or 1
+        self.trials = []
+        if self.best_rate is None or rate < self.best_rate * (1 - SPEED_GAIN):
+            self.best_rate, self.best_cap = rate, size
+            half = size // 2 - (size // 2) % step
+            if half >= step:
+                self.cap = half
+                return
+        self.cap = self.best_cap
+        self.settled = True
 
 
 def run_chunked(fn: Callable[[slice], object], total: int, chunking: Chunking, size: int | None = None) -> list:
@@ -241,6 +295,7 @@ def accumulate(
     row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
     # Budget-sized chunks are rounded to whole steps; an explicit internal_batch_size is kept exactly.
     step = tile if chunking.rows is None else None
+    chunking.stats["step"] = step
     size = chunking.first_size(total, row_bytes, step)
     pos = 0
     while pos < total:
@@ -252,6 +307,7 @@ def accumulate(
         metered = (chunking.budget is not None and chunking.row_cost is None
                    and not (n == 1 and chunking.over_budget_row))
         meter = ActivationMeter(chunking.budget, rows=n, fixed=3 * n * row_bytes) if metered else None
+        began = time.perf_counter()
         try:
             if tiled:
                 points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes)
@@ -279,6 +335,8 @@ def accumulate(
                 else:
                     shape = (n,) + (1,) * (g.dim() - 1)
                     acc[j].index_add_(0, buckets[rows], g * weights[rows, j].view(shape))
+        chunking.stats["seconds"] += time.perf_counter() - began
+        chunking.stats["metered"] += meter is not None
         pos += n
         if chunking.budget is not None and pos < total:
             # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.

@@ -11,12 +11,12 @@ from torch import Tensor
 
 from .. import arguments
 from ..adaptive import integrate_adaptive
-from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, integrate
+from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapeMemory, integrate
 from ..probes import TargetProbe
 
 
-#: Row shapes whose measured memory per row an attribution object remembers (the most recent ones).
-ROW_COSTS_KEPT = 32
+#: Row shapes whose measured cost and chunk size an attribution object remembers (the most recent ones).
+ROW_SHAPES_KEPT = 32
 
 
 class PathAttribution:
@@ -37,7 +37,7 @@ class PathAttribution:
         self.forward_func = forward_func
         self._multiply_by_inputs = arguments.check_bool("multiply_by_inputs", multiply_by_inputs)
         self.last_report: IntegrationReport | None = None
-        self._row_costs: dict[tuple, float] = {}
+        self._row_shapes: dict[tuple, RowShapeMemory] = {}
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -76,18 +76,18 @@ class PathAttribution:
     def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
                    need_ends: bool) -> PathIntegral:
         chunking = settings["chunking"].fresh()
-        # What a row cost in an earlier call on rows of the same shapes sizes this call's first chunk.
+        # What earlier calls on rows of the same shapes measured sizes this call's chunks.
         key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device))
-        chunking.row_cost = self._row_costs.get(key)
+        memory = self._row_shapes.pop(key, None) or RowShapeMemory()
+        memory.apply(chunking)
         if settings["n_steps"] == "auto":
             result = integrate_adaptive(probe, start, end, settings["tolerance"], chunking, need_ends)
         else:
             result = integrate(probe, start, end, settings["method"], settings["n_steps"], chunking, need_ends)
-        if chunking.row_cost:
-            self._row_costs.pop(key, None)
-            self._row_costs[key] = chunking.row_cost
-            while len(self._row_costs) > ROW_COSTS_KEPT:
-                self._row_costs.pop(next(iter(self._row_costs)))
+        memory.learn(chunking, start[0].device)
+        self._row_shapes[key] = memory
+        while len(self._row_shapes) > ROW_SHAPES_KEPT:
+            self._row_shapes.pop(next(iter(self._row_shapes)))
         self.last_report = result.report
         return result
 
