@@ -331,13 +331,17 @@ def markdown(report: Dict[str, Any]) -> str:
         _load_line(report),
         "",
         "Method: both libraries get the same model, inputs, baselines, targets, `n_steps` and "
-        "`method=\"gausslegendre\"`, and are warmed up first. Timings alternate in rounds "
+        "`method=\"gausslegendre\"`, and are warmed up first, then run untimed rounds in which integrad's "
+        "chunk-size tuning settles (an attribution object halves its chunks on a CPU while that makes them faster "
+        "per row). Timings alternate in rounds "
         "(captum, integrad, floor, then the reverse order); each ratio is the median of the per-round ratios "
         "(interquartile range in brackets); targets are judged on it. The best-time ratio (fastest integrad call / "
         "fastest captum call) is shown beside it because it is the least affected by other load on the machine; "
         "the load average during each workload is in the JSON output. The *floor* is one forward + backward over the already-built "
         "expanded batch (`n_steps x batch` rows, gradient of the selected outputs' sum): the least work any "
-        "Integrated Gradients implementation has to do. Peak memory is the maximum of live tensor bytes above "
+        "Integrated Gradients implementation has to do (for layer methods, with the forward up to the layer on "
+        "inputs and baselines that gives the path's ends; the toy workload measures per-call latency and its "
+        "floor, a few microseconds, is not held to 1.10). Peak memory is the maximum of live tensor bytes above "
         "the level before the call (CPU: replayed allocator events from the torch profiler; CUDA: "
         "`max_memory_allocated`). Per-workload definitions of the floor, and the options, are in "
         "`benchmarks/README.md`.",

@@ -191,6 +191,18 @@ def test_core_kwargs_reach_the_core(trained, batch):
     torch.testing.assert_close(budgeted.attribute(x, y), IntegratedGradients(trained.model, n_steps=12).attribute(x, y))
 
 
+def test_one_core_serves_every_call_while_its_settings_stay(trained, batch):
+    # The core remembers what rows cost (memory, chunk sizes) between batches; it is rebuilt when its settings change.
+    x, y = batch
+    explainer = IntegratedGradients(trained.model, n_steps=12, memory_budget="64MiB")
+    first = explainer.attribute(x, y)
+    core = explainer.core
+    torch.testing.assert_close(explainer.attribute(x, y), first)
+    assert explainer.core is core and core.last_report is explainer.last_report
+    local = explainer.set_kwargs(multiply_by_inputs=False)
+    assert local.core is not core and not local.core.multiplies_by_inputs and core.multiplies_by_inputs
+
+
 def test_auto_steps_pass_the_tolerance_to_the_core(trained, batch):
     x, y = batch
     x, y = x[:3], y[:3]

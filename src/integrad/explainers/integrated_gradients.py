@@ -120,19 +120,28 @@ class IntegratedGradients(Explainer):
         self.core_kwargs = _check_core_kwargs(core_kwargs, layered=layer is not None)
         self.last_delta: Optional[torch.Tensor] = None
         self.last_report: Any = None
+        self._core: Optional[Tuple[Any, Any]] = None
 
     # ------------------------------------------------------------------------------------------------- core
 
     @property
     def core(self):
-        """A fresh core method configured like this explainer (``integrad.IntegratedGradients`` or
-        ``integrad.LayerIntegratedGradients``)."""
+        """The core method configured like this explainer (``integrad.IntegratedGradients`` or
+        ``integrad.LayerIntegratedGradients``). The same object serves every call while the model, layers and
+        constructor settings stay the same, so what it learns about chunk sizes carries over from batch to batch."""
         import integrad
 
         constructor = {k: v for k, v in self.core_kwargs.items() if k in _CONSTRUCTOR_KEYS}
-        if self._layers is None:
-            return integrad.IntegratedGradients(self.model, **constructor)
-        return integrad.LayerIntegratedGradients(self.model, self._layers, **constructor)
+        layers = self._layers if isinstance(self._layers, list) else [self._layers] if self._layers else []
+        key = (id(self.model), tuple(id(m) for m in layers), repr(sorted(constructor.items())))
+        cached = self._core
+        if cached is None or cached[0] != key:
+            if self._layers is None:
+                method = integrad.IntegratedGradients(self.model, **constructor)
+            else:
+                method = integrad.LayerIntegratedGradients(self.model, self._layers, **constructor)
+            self._core = cached = (key, method)
+        return cached[1]
 
     def attribute(self, inputs: Any, targets: Optional[Union[torch.Tensor, int, Sequence[int]]] = None
                   ) -> TensorOrTuple:
