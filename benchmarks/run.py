@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from . import workloads as W
-from .memory import format_bytes, peak_memory
+from .memory import format_bytes, peak_memory, self_check
 
 ORDER = ["toy", "mlp", "cnn", "minilm_layer", "neuron_early", "layer_mid", "memory", "auto"]
 
@@ -429,19 +428,6 @@ def markdown(report: Dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def isolated_self_check() -> bool:
-    """The peak-memory self-check, run in a child process: its 100-200 MB tensors would otherwise leave the C
-    allocator of this process tuned for large blocks (no page faults on later big allocations), unlike the process
-    of someone calling either library."""
-    code = "import sys; from benchmarks.memory import self_check; sys.exit(0 if self_check(verbose=True) else 1)"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
-    for line in (done.stdout + done.stderr).splitlines():
-        if line.startswith("[memory self-check]"):
-            log(line)
-    return done.returncode == 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds (about 2 minutes in all)")
@@ -484,7 +470,7 @@ def main(argv=None) -> int:
                               "workloads": {}}
     log(f"machine: {json.dumps(report['machine'])}")
     if device.type == "cpu":
-        report["memory_self_check"] = isolated_self_check()
+        report["memory_self_check"] = self_check(verbose=True)
     ig_mod, why = W.load_integrad()
     if ig_mod is None:
         log(f"integrad not importable ({why}); timing captum and the floor only")
