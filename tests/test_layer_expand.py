@@ -107,12 +107,14 @@ def test_layer_input_is_expanded_the_same_way(data):
     close(got, ref)
 
 
-def test_value_from_before_the_layer_switches_to_expanded_rows_for_good(data):
+@pytest.mark.parametrize("kind", [Skip, BatchSizedHead], ids=["skip_connection", "batch_sized_head"])
+def test_model_needing_expanded_rows_switches_to_them_for_good(data, kind):
+    # A value from before the layer fails to broadcast, or the output keeps the batch's rows: the attempt on the 3
+    # examples fails once, and every chunk then runs on its expanded rows, in this call and the next.
     x, base, target = data
-    model = Skip()
+    model = kind()
     lig = LayerIntegratedGradients(model, model.layer)
     got = lig.attribute(x, baselines=base, target=target, n_steps=N, internal_batch_size=24)
-    # The attempt on the 3 examples fails to broadcast once; every chunk then runs on its expanded rows.
     assert model.seen == [6, 3, 24, 24]
     close(got, reference(model, x, base, target))
     model.seen.clear()
@@ -129,15 +131,6 @@ def test_one_example_broadcasts_a_value_from_before_the_layer_correctly():
     lig = LayerIntegratedGradients(model, model.layer)
     got = lig.attribute(x, baselines=base, target=target, n_steps=N)
     assert model.seen[1:] == [1] * (len(model.seen) - 1)
-    close(got, reference(model, x, base, target))
-
-
-def test_output_without_the_expanded_rows_switches_to_expanded_rows(data):
-    x, base, target = data
-    model = BatchSizedHead()
-    lig = LayerIntegratedGradients(model, model.layer)
-    got = lig.attribute(x, baselines=base, target=target, n_steps=N, internal_batch_size=24)
-    assert model.seen == [6, 3, 24, 24]
     close(got, reference(model, x, base, target))
 
 
