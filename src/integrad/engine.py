@@ -28,6 +28,8 @@ FIRST_CHUNK_SHARE = 64
 #: A smaller chunk size is kept when it runs at least this much faster per row, timed over this many calls.
 SPEED_GAIN = 0.05
 SPEED_TRIALS = 2
+#: Chunks are not made smaller than this for speed (per-chunk overhead dominates below it).
+SPEED_MIN_ROWS = 16
 
 Probe = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 """``probe(points, examples) -> Tensor[rows]``: the scalar differentiated at each path row."""
@@ -155,11 +157,12 @@ class RowShapeMemory:
     """What earlier calls learned about path rows of one shape: their memory cost, and the chunk size that ran
     fastest.
 
-    Past a size, bigger chunks run slower per row on a CPU: their activations no longer fit the caches. Once calls
-    run unmetered, each chunk size is timed over ``SPEED_TRIALS`` calls (the fastest counts); then the next calls try
-    chunks of half the size, and halving goes on while it is at least ``SPEED_GAIN`` faster per row. At the first
-    size that is not, the best size is kept for good. Only CPU calls sized by a budget take part (a CUDA call's wall
-    time is not its kernels' time).
+    Past a size, bigger chunks run slower per row on a CPU: their activations no longer fit the caches, and large
+    allocations cost page faults. Once calls run unmetered, each chunk size is timed over ``SPEED_TRIALS`` calls (the
+    fastest counts); then the next calls try chunks of half the size, and halving goes on (down to
+    ``SPEED_MIN_ROWS`` rows, or one step of the batch) while it is at least ``SPEED_GAIN`` faster per row. At the
+    first size that is not, the best size is kept for good. Only CPU calls sized by a budget take part (a CUDA
+    call's wall time is not its kernels' time).
     """
 
     row_cost: float | None = None
@@ -188,7 +191,7 @@ class RowShapeMemory:
         if self.best_rate is None or rate < self.best_rate * (1 - SPEED_GAIN):
             self.best_rate, self.best_cap = rate, size
             half = size // 2 - (size // 2) % step
-            if half >= step:
+            if half >= max(step, SPEED_MIN_ROWS):
                 self.cap = half
                 return
         self.cap = self.best_cap
