@@ -403,7 +403,7 @@ def integrate(
     """Integrate the probe's gradient along the straight path with a fixed rule (``n_steps`` points each)."""
     batch = start[0].shape[0]
     delta = tuple(e - s for s, e in zip(start, end))
-    alphas_np, weights_np = alphas_and_weights(method, n_steps)
+    alphas_np, _ = alphas_and_weights(method, n_steps)
     examples, alphas, weights = _fixed_layout(method, n_steps, batch)
     sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch)
     f_start, f_end = (end_values(probe, start, delta, chunking, alphas_np, values.view(n_steps, batch))
