@@ -398,16 +398,19 @@ def markdown(report: Dict[str, Any]) -> str:
                   f"`n_steps=\"auto\", tolerance={a['tolerance']:g}`. Two errors per model, each the worst "
                   f"per-example relative L1 error: against a {ref_n}-point Gauss-Legendre reference (the target's "
                   f"wording: within 2 x tolerance), and against an accurate reference (for the ReLU networks an exact "
-                  f"walk through the linear regions of the path, for the tanh network the GL reference itself), both "
+                  f"walk through the linear regions of the path, for the smooth networks the GL reference itself), both "
                   f"computed by independent code in `benchmarks/workloads.py`. For ReLU networks the integrand is "
                   f"discontinuous and GL converges like 1/n, so the GL reference is only good to the 'reference "
                   f"uncertainty' shown (its error against the exact walk). Fixed GL = smallest `n_steps` (doubling, "
                   f"then bisection, up to {n_max}) whose error against the accurate reference is no larger than "
-                  f"auto's; '> {n_max}' means it was not reached, and the row ratio is then an upper bound.", "",
+                  f"auto's; '> {n_max}' means it was not reached, and the row ratio is then an upper bound. "
+                  f"'Per-example GL / fixed' is the rows of GL with each example's own smallest n for that error, "
+                  f"as if it were known in advance, over fixed GL's: the most a per-example choice of n can save "
+                  f"when each example is integrated by GL's points.", "",
                   "| model | auto rows | auto error vs GL reference | auto error vs accurate reference "
-                  "| auto estimate | fixed-GL n (rows) at same error | rows auto / fixed | fixed-GL n at tolerance "
-                  "| reference uncertainty | best time auto | best time fixed GL |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| auto estimate | fixed-GL n (rows) at same error | rows auto / fixed | per-example GL / fixed "
+                  "| fixed-GL n at tolerance | reference uncertainty | best time auto | best time fixed GL |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, e in a["models"].items():
             if e.get("fixed_gl_n"):
                 fixed = f"{e['fixed_gl_n']} ({e['fixed_gl_rows']})"
@@ -418,7 +421,7 @@ def markdown(report: Dict[str, Any]) -> str:
             lines.append(
                 f"| {e['description']} | {e.get('auto_rows', 'n/a')} | {_sci(e.get('auto_true_error_max'))} "
                 f"| {_sci(e.get('auto_true_error_accurate_max'))} "
-                f"| {_sci(e.get('auto_error_estimate_max'))} | {fixed} | {ratio} "
+                f"| {_sci(e.get('auto_error_estimate_max'))} | {fixed} | {ratio} | {_fmt(e.get('oracle_rows_ratio'))} "
                 f"| {e.get('fixed_gl_n_at_tolerance') or f'> {n_max}'} | {_sci(e.get('reference_uncertainty'))} "
                 f"| {_fmt(e.get('auto_time_s'))} s | {_fmt(e.get('fixed_gl_time_s'))} s |")
     lines.append("")

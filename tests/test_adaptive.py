@@ -7,6 +7,7 @@ models get their integrated gradients in closed form. The relative L1 error ``|A
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -86,6 +87,41 @@ def test_tanh_net_error_is_controlled(tanh_net, tolerance):
     ig = IntegratedGradients(net)
     got = ig.attribute(x, target=1, n_steps="auto", tolerance=tolerance)
     check_error_control(ig, exact, got, tolerance)
+
+
+def test_the_13_point_extension_is_exact_to_degree_19():
+    from integrad import adaptive
+
+    old, new = adaptive.NODES, adaptive.EXTRA_NODES
+    nodes = torch.from_numpy(np.concatenate([old, new]))
+    weights = torch.from_numpy(np.concatenate([adaptive.EXTENDED_WEIGHTS_OLD, adaptive.EXTENDED_WEIGHTS_NEW]))
+    # One new node inside each gap of the 7-point rule, and every weight positive.
+    merged = np.sort(np.concatenate([old, new]))
+    assert np.isin(merged[1::2], new).all() and np.isin(merged[::2], old).all()
+    assert bool((weights > 0).all())
+    for k in range(21):
+        exact = 2.0 / (k + 1) if k % 2 == 0 else 0.0
+        err = abs(float(weights @ nodes**k) - exact)
+        if k <= 19:
+            assert err < 1e-14, (k, err)
+        else:  # and not beyond
+            assert err > 1e-9, (k, err)
+
+
+def test_smooth_example_stops_at_the_13_point_rule_when_7_points_do_not_suffice():
+    # exp(4α) along the path: the 7-point difference misses 1e-6, the 13-point rule's does not.
+    c = torch.tensor([[4.0]], dtype=DT)
+
+    def f(z):
+        return torch.exp(z @ c.T).sum(1)
+
+    x = torch.ones(1, 1, dtype=DT)
+    ig = IntegratedGradients(f)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-6)
+    assert ig.last_report.steps.tolist() == [13]
+    exact = torch.exp(c[0]) - 1  # ∫₀¹ 4 e^{4α} dα · 1
+    true = relative_l1(got, exact.view(1, 1))
+    assert float(true[0]) <= float(ig.last_report.error_estimate[0]) <= 1e-6
 
 
 def test_the_reference_is_converged(sines):
