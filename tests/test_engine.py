@@ -159,6 +159,69 @@ def test_later_calls_size_their_first_chunk_from_what_earlier_calls_measured(wid
     assert fresh.last_report.chunks == cold.chunks
 
 
+def _point_buffers(ig):
+    """The points' memory each row shape keeps between calls (None where none is kept)."""
+    return [m.point_buffers for m in ig._row_shapes.values()]
+
+
+def test_the_points_memory_is_reused_by_later_calls_and_never_returned(data):
+    model, x, base = data
+    ig = IntegratedGradients(model)
+    inputs_before = x.clone()
+    first = ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
+    (kept,) = _point_buffers(ig)
+    assert kept is not None and kept[0].shape == (B * STEPS, 6)
+    address = kept[0].data_ptr()
+    second = ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
+    (again,) = _point_buffers(ig)
+    assert again[0].data_ptr() == address, "the second call wrote its points into the same memory"
+    # The results are the same, and no result shares memory with the kept points: a third call on other
+    # inputs, which overwrites them, changes neither result nor the inputs.
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    keep = first.clone()
+    ig.attribute(2 * x, baselines=base, target=1, n_steps=STEPS)
+    assert torch.equal(first, keep) and torch.equal(x, inputs_before)
+    for result in (first, second):
+        storage = result.untyped_storage().data_ptr()
+        assert storage != address
+    exact = manual_ig(lambda z: model(z.float())[:, 1], x, base, STEPS).float()
+    torch.testing.assert_close(first, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_the_points_memory_is_not_kept_when_large(data, monkeypatch):
+    model, x, base = data
+    monkeypatch.setattr(engine, "POINTS_KEPT_BYTES", B * STEPS * 6 * 4 - 1)  # one byte less than the points
+    ig = IntegratedGradients(model)
+    ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
+    assert _point_buffers(ig) == [None]
+    monkeypatch.setattr(engine, "POINTS_KEPT_BYTES", B * STEPS * 6 * 4)
+    ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
+    assert _point_buffers(ig)[0] is not None
+
+
+def test_a_model_that_raises_leaves_no_points_memory_in_use(data):
+    model, x, base = data
+    ig = IntegratedGradients(model)
+    ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
+
+    class Boom(RuntimeError):
+        pass
+
+    def fail(_module, _inputs):
+        raise Boom("model failed")
+
+    handle = model[0].register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(Boom):
+            ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
+    finally:
+        handle.remove()
+    # The next call works and agrees with a fresh object.
+    torch.testing.assert_close(ig.attribute(x, baselines=base, target=1, n_steps=STEPS),
+                               IntegratedGradients(model).attribute(x, baselines=base, target=1, n_steps=STEPS),
+                               rtol=0, atol=0)
+
+
 def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypatch):
     # A clock of our own: a chunk of n rows takes n × per_row(n), faster per row down to 60 rows, and 30 rows gain
     # less than SPEED_GAIN. Each size is timed over two calls (the first call, metered, does not count).

@@ -30,6 +30,9 @@ SPEED_GAIN = 0.05
 SPEED_TRIALS = 2
 #: Chunks are not made smaller than this for speed (per-chunk overhead dominates below it).
 SPEED_MIN_ROWS = 16
+#: The memory of a fixed rule's chunk points is kept for the next call on rows of the same shapes up to this size
+#: (it is never more than a chunk's share of the memory budget).
+POINTS_KEPT_BYTES = 64 * 2**20
 
 Probe = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 """``probe(points, examples) -> Tensor[rows]``: the scalar differentiated at each path row."""
@@ -80,6 +83,9 @@ class Chunking:
     row_cost: float | None = None
     #: Rows per chunk beyond which chunks ran slower per row on this device (see :class:`RowShapeMemory`).
     speed_cap: int | None = None
+    #: Memory for the points of fixed-rule chunks, one tensor per path input, kept between calls (see
+    #: :class:`RowShapeMemory`).
+    point_buffers: list | None = None
     stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "seconds": 0.0,
                                                  "metered": 0, "step": None})
 
@@ -171,14 +177,24 @@ class RowShapeMemory:
     best_cap: int | None = None
     settled: bool = False
     trials: list = field(default_factory=list)
+    point_buffers: list | None = None
 
     def apply(self, chunking: Chunking) -> None:
         chunking.row_cost = self.row_cost
         chunking.speed_cap = self.cap
+        chunking.point_buffers, self.point_buffers = self.point_buffers, None
 
     def learn(self, chunking: Chunking, device: torch.device) -> None:
         if chunking.row_cost:
             self.row_cost = chunking.row_cost
+        # The chunk points' memory is kept for the next call while it is small: a fresh allocation that large is
+        # often handed out as new pages, each mapped on first touch, which costs as much as a small model's layer.
+        buffers = chunking.point_buffers
+        if buffers is not None:
+            held = sum(b.numel() * b.element_size() for b in buffers if b is not None)
+            if held <= POINTS_KEPT_BYTES:
+                self.point_buffers = buffers
+            chunking.point_buffers = None
         stats = chunking.stats
         if (self.settled or chunking.budget is None or device.type != "cpu" or stats["metered"]
                 or not stats["rows"]):
@@ -233,13 +249,35 @@ def _point_rows(start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: 
 
 
 def _tiled_points(start_c: tuple[Tensor, ...], delta_c: tuple[Tensor, ...], alphas: Tensor,
-                  dtypes: list[torch.dtype]) -> tuple[Tensor, ...]:
-    """Points for whole steps of the batch (row ``k·B + b`` is example ``b`` at ``alphas[k]``), by broadcasting."""
+                  dtypes: list[torch.dtype], chunking: Chunking | None = None) -> tuple[Tensor, ...]:
+    """Points for whole steps of the batch (row ``k·B + b`` is example ``b`` at ``alphas[k]``), by broadcasting.
+
+    Points in their input's dtype are written into ``chunking.point_buffers`` where those hold enough rows (else
+    new ones are made there), so that repeated calls reuse memory whose pages are already mapped.
+    """
     points = []
-    for s, d, dt in zip(start_c, delta_c, dtypes):
+    steps = alphas.shape[0]
+    buffers = chunking.point_buffers if chunking is not None else None
+    if buffers is not None and len(buffers) != len(start_c):
+        buffers = chunking.point_buffers = None
+    for j, (s, d, dt) in enumerate(zip(start_c, delta_c, dtypes)):
         a = alphas.view((-1, 1) + (1,) * (s.dim() - 1))
-        z = torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0)).reshape((-1,) + s.shape[1:])
-        points.append(z if z.dtype == dt else z.to(dt))
+        rows = steps * s.shape[0]
+        if chunking is None or s.dtype != dt:
+            z = torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0)).reshape((-1,) + s.shape[1:])
+            points.append(z if z.dtype == dt else z.to(dt))
+            continue
+        buf = buffers[j] if buffers is not None else None
+        if (buf is None or buf.shape[1:] != s.shape[1:] or buf.shape[0] < rows or buf.dtype != dt
+                or buf.device != s.device):
+            buf = torch.empty((rows,) + s.shape[1:], dtype=dt, device=s.device)
+            if buffers is None:
+                buffers = chunking.point_buffers = [None] * len(start_c)
+            buffers[j] = buf
+        # A new tensor on the buffer's memory: a leaf of its own, whatever the buffer took part in before.
+        z = buf.detach()[:rows]
+        torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0), out=z.view((steps,) + s.shape))
+        points.append(z)
     return tuple(points)
 
 
@@ -313,7 +351,7 @@ def accumulate(
         began = time.perf_counter()
         try:
             if tiled:
-                points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes)
+                points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes, chunking)
             else:
                 points = _point_rows(start, delta, examples[rows], alphas[rows])
             grads, values[rows] = _gradients(probe, points, examples[rows], acc_dtype, meter)
