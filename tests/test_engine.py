@@ -224,7 +224,8 @@ def test_a_model_that_raises_leaves_no_points_memory_in_use(data):
 
 def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypatch):
     # A clock of our own: a chunk of n rows takes n × per_row(n), faster per row down to 60 rows, and 30 rows gain
-    # less than SPEED_GAIN. Each size is timed over two calls (the first call, metered, does not count).
+    # less than SPEED_GAIN. Calls alternate between the best size so far and half of it until each has run twice
+    # (the first call, metered, does not count).
     model, x = wide
     clock = [0.0]
     per_row = {240: 1.0, 120: 0.7, 60: 0.5, 30: 0.49}
@@ -238,10 +239,10 @@ def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypa
     monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
     ig = IntegratedGradients(model)
     sizes, results = [], []
-    for _ in range(11):
+    for _ in range(15):
         results.append(ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB"))
         sizes.append(ig.last_report.chunk_rows)
-    assert sizes == [240, 240, 240, 120, 120, 60, 60, 30, 30, 60, 60], sizes
+    assert sizes == [240, 240, 120, 240, 120, 60, 120, 60, 120, 30, 60, 30, 60, 60, 60], sizes
     for got in results[1:]:
         torch.testing.assert_close(got, results[0], rtol=1e-5, atol=1e-6)
     # An explicit internal_batch_size is never tuned.
@@ -249,6 +250,29 @@ def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypa
     for _ in range(5):
         fixed.attribute(x, target=1, n_steps=40, internal_batch_size=240)
         assert fixed.last_report.chunk_rows == 240
+
+
+def test_chunk_size_tuning_is_not_fooled_by_a_machine_getting_faster(wide, monkeypatch):
+    # The first two timed calls run 50% slower per row (a process warming up), whatever their size; halving the
+    # chunks changes nothing. Timed one size after the other, the half would look faster and be kept; alternating
+    # the two sizes, it is not.
+    model, x = wide
+    clock, calls = [0.0], [0]
+    real = engine._gradients
+
+    def timed(probe, points, *rest):
+        clock[0] += points[0].shape[0] * (1.5 if calls[0] in (1, 2) else 1.0)
+        return real(probe, points, *rest)
+
+    monkeypatch.setattr(engine, "_gradients", timed)
+    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    ig = IntegratedGradients(model)
+    sizes = []
+    for _ in range(8):
+        ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB")
+        sizes.append(ig.last_report.chunk_rows)
+        calls[0] += 1
+    assert sizes[-3:] == [240, 240, 240], sizes
 
 
 def test_smaller_budget_gives_more_smaller_chunks(wide):

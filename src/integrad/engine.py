@@ -160,23 +160,24 @@ class Chunking:
 
 @dataclass
 class RowShapeMemory:
-    """What earlier calls learned about path rows of one shape: their memory cost, and the chunk size that ran
-    fastest.
+    """What earlier calls learned about path rows of one shape: their memory cost, the chunk size that ran fastest,
+    and the memory of the last call's points.
 
     Past a size, bigger chunks run slower per row on a CPU: their activations no longer fit the caches, and large
-    allocations cost page faults. Once calls run unmetered, each chunk size is timed over ``SPEED_TRIALS`` calls (the
-    fastest counts); then the next calls try chunks of half the size, and halving goes on (down to
-    ``SPEED_MIN_ROWS`` rows, or one step of the batch) while it is at least ``SPEED_GAIN`` faster per row. At the
-    first size that is not, the best size is kept for good. Only CPU calls sized by a budget take part (a CUDA
-    call's wall time is not its kernels' time).
+    allocations cost page faults. Once calls run unmetered, the size they ran at is compared with half of it: calls
+    alternate between the two until each has run ``SPEED_TRIALS`` times, and the half is kept when its fastest call
+    was at least ``SPEED_GAIN`` faster per row than the other's (alternating keeps a trend in the machine's speed,
+    such as a process warming up, from favouring either). Halving goes on while it is, down to ``SPEED_MIN_ROWS``
+    rows or one step of the batch; at the first size that is not, the best size is kept for good. Only CPU calls
+    sized by a budget take part (a CUDA call's wall time is not its kernels' time).
     """
 
     row_cost: float | None = None
     cap: int | None = None
-    best_rate: float | None = None
     best_cap: int | None = None
+    candidate: int | None = None
     settled: bool = False
-    trials: list = field(default_factory=list)
+    rates: dict = field(default_factory=dict)
     point_buffers: list | None = None
 
     def apply(self, chunking: Chunking) -> None:
@@ -199,19 +200,35 @@ class RowShapeMemory:
         if (self.settled or chunking.budget is None or device.type != "cpu" or stats["metered"]
                 or not stats["rows"]):
             return
-        self.trials.append(stats["seconds"] / stats["rows"])
-        if len(self.trials) < SPEED_TRIALS:
-            return
-        rate, size, step = min(self.trials), stats["chunk_rows"], stats["step"] or 1
-        self.trials = []
-        if self.best_rate is None or rate < self.best_rate * (1 - SPEED_GAIN):
-            self.best_rate, self.best_cap = rate, size
-            half = size // 2 - (size // 2) % step
-            if half >= max(step, SPEED_MIN_ROWS):
-                self.cap = half
+        size, step = stats["chunk_rows"], stats["step"] or 1
+        if self.best_cap is None:
+            self.best_cap = size
+            self._propose(step)
+        if size not in (self.best_cap, self.candidate):
+            return  # a call with fewer rows than either size: it says nothing about them
+        self.rates.setdefault(size, []).append(stats["seconds"] / stats["rows"])
+        best, half = self.rates.get(self.best_cap, []), self.rates.get(self.candidate, [])
+        if len(best) >= SPEED_TRIALS and len(half) >= SPEED_TRIALS:
+            if min(half) < min(best) * (1 - SPEED_GAIN):
+                self.best_cap = self.candidate
+                self.rates = {}
+                self._propose(step)
+            else:
+                self.settled, self.cap, self.rates = True, self.best_cap, {}
                 return
-        self.cap = self.best_cap
-        self.settled = True
+        if not self.settled:
+            # The size with fewer timed calls runs next; on a tie, the one that did not just run.
+            best, half = self.rates.get(self.best_cap, []), self.rates.get(self.candidate, [])
+            fewer = len(half) < len(best) or (len(half) == len(best) and size != self.candidate)
+            self.cap = self.candidate if fewer else self.best_cap
+
+    def _propose(self, step: int) -> None:
+        """Half the best size as the next candidate, or settle where it would be too small."""
+        half = self.best_cap // 2 - (self.best_cap // 2) % step
+        if half >= max(step, SPEED_MIN_ROWS):
+            self.candidate = self.cap = half
+        else:
+            self.settled, self.cap, self.candidate = True, self.best_cap, None
 
 
 def run_chunked(fn: Callable[[slice], object], total: int, chunking: Chunking, size: int | None = None) -> list:
