@@ -275,6 +275,30 @@ def test_chunk_size_tuning_is_not_fooled_by_a_machine_getting_faster(wide, monke
     assert sizes[-3:] == [240, 240, 240], sizes
 
 
+def test_chunk_size_tuning_settles_when_rows_are_spread_below_the_size_it_tries(wide, monkeypatch):
+    # 210 rows in steps of 6: half of 210 is tried as a cap of 102 rows, which spreads the rows over three chunks of
+    # 72; a cap of 48 gives five of 42. Chunks over 100 rows run slower per row; 42 rows gain nothing over 72.
+    model, x = wide
+    clock = [0.0]
+    real = engine._gradients
+
+    def timed(probe, points, *rest):
+        n = points[0].shape[0]
+        clock[0] += n * (1.0 if n > 100 else 0.7)
+        return real(probe, points, *rest)
+
+    monkeypatch.setattr(engine, "_gradients", timed)
+    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    ig = IntegratedGradients(model)
+    sizes = []
+    for _ in range(12):
+        ig.attribute(x, target=1, n_steps=35, memory_budget="64MiB")
+        sizes.append(ig.last_report.chunk_rows)
+    assert sizes == [210, 210, 72, 210, 72, 42, 72, 42, 72, 72, 72, 72], sizes
+    (memory,) = ig._row_shapes.values()
+    assert memory.settled
+
+
 def test_smaller_budget_gives_more_smaller_chunks(wide):
     model, x = wide
     reports = []

@@ -179,10 +179,12 @@ class RowShapeMemory:
     settled: bool = False
     rates: dict = field(default_factory=dict)
     point_buffers: list | None = None
+    #: The cap the current call was given (its chunks may be smaller: rows are spread evenly over them).
+    asked: int | None = None
 
     def apply(self, chunking: Chunking) -> None:
         chunking.row_cost = self.row_cost
-        chunking.speed_cap = self.cap
+        chunking.speed_cap = self.asked = self.cap
         chunking.point_buffers, self.point_buffers = self.point_buffers, None
 
     def learn(self, chunking: Chunking, device: torch.device) -> None:
@@ -200,12 +202,14 @@ class RowShapeMemory:
         if (self.settled or chunking.budget is None or device.type != "cpu" or stats["metered"]
                 or not stats["rows"]):
             return
-        size, step = stats["chunk_rows"], stats["step"] or 1
+        step = stats["step"] or 1
         if self.best_cap is None:
-            self.best_cap = size
+            size = self.best_cap = stats["chunk_rows"]
             self._propose(step)
-        if size not in (self.best_cap, self.candidate):
-            return  # a call with fewer rows than either size: it says nothing about them
+        else:
+            size = self.asked
+            if size not in (self.best_cap, self.candidate) or stats["rows"] < size:
+                return  # a call too small to use the size it was given says nothing about it
         self.rates.setdefault(size, []).append(stats["seconds"] / stats["rows"])
         best, half = self.rates.get(self.best_cap, []), self.rates.get(self.candidate, [])
         if len(best) >= SPEED_TRIALS and len(half) >= SPEED_TRIALS:
