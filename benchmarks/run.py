@@ -179,6 +179,9 @@ def run_case(case: W.Case, device: torch.device, quick: bool) -> Dict[str, Any]:
                 cpu[n].append(proc)
             rounds += 1
     res["loadavg_after"] = loadavg()
+    if case.integrad_report is not None:
+        last = case.integrad_report()
+        res["integrad_chunks"] = {"chunk_rows": last.chunk_rows, "chunks": last.chunks, "rows": last.rows}
     t = {n: np.asarray(v) for n, v in times.items()}
     c = {n: np.asarray(v) for n, v in cpu.items()}
     res["rounds"] = rounds

@@ -170,6 +170,8 @@ class Case:
     info: Dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
     atol_rel: float = 1e-5
+    # The integrad object's last report (chunk sizes after the timed calls), for the JSON output.
+    integrad_report: Optional[Callable[[], Any]] = None
 
 
 def _targets(n: int, classes: int = 10, device="cpu") -> torch.Tensor:
@@ -222,6 +224,7 @@ def build_toy(ig_mod, device, quick: bool) -> Case:
     return Case("toy", "ToyModel f(x1,x2)=ReLU(ReLU(x1)-1-ReLU(x2)), two 1-element inputs, "
                 "gausslegendre n_steps=50, return_convergence_delta=True (per-call latency)",
                 captum_call, integrad_call, floor, strip=lambda r: r[0], inner=25,
+                integrad_report=(lambda: i_ig.last_report) if ig_mod is not None else None,
                 budget_s=15.0, quick_budget_s=4.0, warmup=20, rows=n_steps, atol_rel=1e-5)
 
 
@@ -245,7 +248,8 @@ def _classifier_case(name: str, description: str, model: nn.Module, x: torch.Ten
             return i_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
 
     floor, rows = _floor_classifier(model, x, torch.zeros_like(x), t, n_steps)
-    return Case(name, description, captum_call, integrad_call, floor, rows=rows, **case_options)
+    return Case(name, description, captum_call, integrad_call, floor, rows=rows,
+                integrad_report=(lambda: i_ig.last_report) if ig_mod is not None else None, **case_options)
 
 
 def build_mlp(ig_mod, device, quick: bool) -> Case:
@@ -373,7 +377,8 @@ def build_minilm_layer(ig_mod, device, quick: bool) -> Case:
                 f"{ids.shape[0]} sentences x {ids.shape[1]} tokens, attention mask as additional arg, "
                 f"pad baseline, n_steps=50",
                 captum_call, integrad_call, floor, budget_s=45.0, quick_budget_s=8.0, warmup=1, min_rounds=4,
-                rows=ids_e.shape[0], info={"tokens": list(ids.shape)}, rtol=1e-3, atol_rel=1e-4)
+                rows=ids_e.shape[0], info={"tokens": list(ids.shape)}, rtol=1e-3, atol_rel=1e-4,
+                integrad_report=(lambda: i_lig.last_report) if ig_mod is not None else None)
 
 
 # ---- 6-conv CNN workloads
@@ -418,7 +423,7 @@ def build_neuron_early(ig_mod, device, quick: bool) -> Case:
     return Case("neuron_early", f"NeuronIG on the first conv of a 6-conv CNN, neuron (c,h,w)={NEURON}, "
                 "8x3x32x32, n_steps=50; floor = that conv alone over the expanded batch",
                 captum_call, integrad_call, floor, budget_s=30.0, quick_budget_s=4.0, warmup=2,
-                rows=xe.shape[0])
+                rows=xe.shape[0], integrad_report=(lambda: i_nig.last_report) if ig_mod is not None else None)
 
 
 def build_layer_mid(ig_mod, device, quick: bool) -> Case:
@@ -462,7 +467,7 @@ def build_layer_mid(ig_mod, device, quick: bool) -> Case:
                 "example, n_steps=50; floor = layers up to it on inputs and baselines, then the layers after it over the "
                 "expanded activations",
                 captum_call, integrad_call, floor, budget_s=40.0, quick_budget_s=5.0, warmup=2,
-                rows=ae.shape[0])
+                rows=ae.shape[0], integrad_report=(lambda: i_lig.last_report) if ig_mod is not None else None)
 
 
 def build_memory(ig_mod, device, quick: bool) -> Case:

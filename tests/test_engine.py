@@ -299,6 +299,32 @@ def test_chunk_size_tuning_settles_when_rows_are_spread_below_the_size_it_tries(
     assert memory.settled
 
 
+def test_chunk_size_tuning_ignores_calls_whose_budget_cuts_their_chunks(wide, monkeypatch):
+    # Calls with a budget for about 20 rows run their small chunks fast per row. Counted with the calls under a
+    # larger budget, they would settle the chunk size of those at theirs, or make every size look as fast. Under the
+    # larger budget, 120 rows are faster per row than 240, and 60 no faster than 120.
+    model, x = wide
+    clock = [0.0]
+    real = engine._gradients
+
+    def timed(probe, points, *rest):
+        n = points[0].shape[0]
+        clock[0] += n * (1.0 if n >= 200 else 0.7 if n >= 100 else 0.69 if n >= 30 else 0.1)
+        return real(probe, points, *rest)
+
+    monkeypatch.setattr(engine, "_gradients", timed)
+    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    ig = IntegratedGradients(model)
+    tight = int(20 * row_activation_bytes(model, x))
+    sizes = []
+    for _ in range(12):
+        ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB")
+        sizes.append(ig.last_report.chunk_rows)
+        ig.attribute(x, target=1, n_steps=40, memory_budget=tight)
+        assert ig.last_report.chunk_rows < 30
+    assert sizes[-3:] == [120, 120, 120], sizes
+
+
 def test_smaller_budget_gives_more_smaller_chunks(wide):
     model, x = wide
     reports = []

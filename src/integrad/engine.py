@@ -160,8 +160,8 @@ class Chunking:
 
 @dataclass
 class RowShapeMemory:
-    """What earlier calls learned about path rows of one shape: their memory cost, the chunk size that ran fastest,
-    and the memory of the last call's points.
+    """What earlier calls learned about path rows of one shape, under one memory budget: their memory cost, the chunk
+    size that ran fastest, and the memory of the last call's points.
 
     Past a size, bigger chunks run slower per row on a CPU: their activations no longer fit the caches, and large
     allocations cost page faults. Once calls run unmetered, the size they ran at is compared with half of it: calls

@@ -76,8 +76,9 @@ class PathAttribution:
     def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
                    need_ends: bool) -> PathIntegral:
         chunking = settings["chunking"].fresh()
-        # What earlier calls on rows of the same shapes measured sizes this call's chunks.
-        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device))
+        # What earlier calls on rows of the same shapes, under the same budget, measured sizes this call's chunks
+        # (a call under another budget runs chunks of other sizes: its timings would not compare).
+        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device), chunking.budget)
         memory = self._row_shapes.pop(key, None) or RowShapeMemory()
         memory.apply(chunking)
         if settings["n_steps"] == "auto":
