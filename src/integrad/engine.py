@@ -253,6 +253,13 @@ def run_chunked(fn: Callable[[slice], object], total: int, chunking: Chunking, s
     return results
 
 
+def _as(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """``t.to(device, dtype)``, skipping the call (and its argument parsing) when ``t`` already is."""
+    if t.device == device and (dtype is None or t.dtype == dtype):
+        return t
+    return t.to(device=device, dtype=dtype)
+
+
 def _compute_dtype(start: tuple[Tensor, ...]) -> torch.dtype:
     """Path points are formed in float64 for float64 inputs, else in float32 (then cast to the input's dtype)."""
     return torch.float64 if any(s.dtype == torch.float64 for s in start) else torch.float32
@@ -344,13 +351,13 @@ def accumulate(
     total = examples.shape[0]
     compute = _compute_dtype(start)
     acc_dtype = torch.promote_types(compute, torch.float32)
-    examples = examples.to(device)
-    alphas = alphas.to(device=device, dtype=compute)
-    weights = weights.to(device=device, dtype=acc_dtype)
-    buckets = buckets.to(device)
+    examples = _as(examples, device)
+    alphas = _as(alphas, device, compute)
+    weights = _as(weights, device, acc_dtype)
+    buckets = _as(buckets, device)
     dtypes = [s.dtype for s in start]
-    start_c = tuple(s.to(compute) for s in start) if tile else ()
-    delta_c = tuple(d.to(compute) for d in delta) if tile else ()
+    start_c = tuple(_as(s, device, compute) for s in start) if tile else ()
+    delta_c = tuple(_as(d, device, compute) for d in delta) if tile else ()
     m = weights.shape[1]
     sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) for s in start]
     values = torch.empty(total, dtype=torch.float64, device=device)
@@ -420,7 +427,7 @@ def _gradients(probe: Probe, points: tuple[Tensor, ...], examples: Tensor, acc_d
         # An output that does not depend on the points (a constant model) has zero gradient.
         grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
     grads = tuple(
-        torch.zeros_like(z, dtype=acc_dtype) if g is None else g.to(acc_dtype) for z, g in zip(points, grads)
+        torch.zeros_like(z, dtype=acc_dtype) if g is None else _as(g, g.device, acc_dtype) for z, g in zip(points, grads)
     )
     return grads, out.detach().to(torch.float64)
 
@@ -448,6 +455,8 @@ class PathIntegral:
     f_start: Tensor | None
     f_end: Tensor | None
     report: IntegrationReport
+    #: ``end − start`` per path tensor, where the integration computed it.
+    delta: tuple[Tensor, ...] | None = None
 
 
 def integrate(
@@ -468,7 +477,7 @@ def integrate(
     f_start, f_end = (end_values(probe, start, delta, chunking, alphas_np, values.view(n_steps, batch))
                       if need_ends else (None, None))
     report = chunking.report(torch.full((batch,), n_steps, dtype=torch.long))
-    return PathIntegral([s[0] for s in sums], f_start, f_end, report)
+    return PathIntegral([s[0] for s in sums], f_start, f_end, report, delta)
 
 
 @lru_cache(maxsize=8)

@@ -94,10 +94,14 @@ class PathAttribution:
 
     def _finish(self, result: PathIntegral, start, end, out_dtypes) -> tuple[Tensor, ...]:
         """Attributions from integrated gradients, then the delta stored in the report."""
-        attributions = tuple(
-            (g * (e.to(g.dtype) - s.to(g.dtype)) if self._multiply_by_inputs else g).to(dt)
-            for g, s, e, dt in zip(result.grads, start, end, out_dtypes)
-        )
+        if not self._multiply_by_inputs:
+            attributions = tuple(g.to(dt) for g, dt in zip(result.grads, out_dtypes))
+        else:
+            # x − x′ in the gradients' dtype: the integration's own difference where it is in that dtype already.
+            known = result.delta or (None,) * len(start)
+            attributions = tuple(
+                (g * (d if d is not None and d.dtype == g.dtype else e.to(g.dtype) - s.to(g.dtype))).to(dt)
+                for g, d, s, e, dt in zip(result.grads, known, start, end, out_dtypes))
         if result.f_end is not None:
             result.report.delta = convergence_delta(attributions, result.f_start, result.f_end)
         return attributions
