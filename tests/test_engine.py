@@ -222,21 +222,26 @@ def test_a_model_that_raises_leaves_no_points_memory_in_use(data):
                                rtol=0, atol=0)
 
 
+def _injected_clock(monkeypatch, seconds_per_row):
+    """The engine's clock advances by ``n × seconds_per_row(n)`` for each chunk of ``n`` rows, and only then."""
+    clock = [0.0]
+    real = engine._gradients
+
+    def timed(probe, points, *rest):
+        n = points[0].shape[0]
+        clock[0] += n * seconds_per_row(n)
+        return real(probe, points, *rest)
+
+    monkeypatch.setattr(engine, "_gradients", timed)
+    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+
+
 def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypatch):
     # A clock of our own: a chunk of n rows takes n × per_row(n), faster per row down to 60 rows, and 30 rows gain
     # less than SPEED_GAIN. Calls alternate between the best size so far and half of it until each has run twice
     # (the first call, metered, does not count).
     model, x = wide
-    clock = [0.0]
-    per_row = {240: 1.0, 120: 0.7, 60: 0.5, 30: 0.49}
-    real = engine._gradients
-
-    def timed(probe, points, *rest):
-        clock[0] += points[0].shape[0] * per_row[points[0].shape[0]]
-        return real(probe, points, *rest)
-
-    monkeypatch.setattr(engine, "_gradients", timed)
-    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    _injected_clock(monkeypatch, {240: 1.0, 120: 0.7, 60: 0.5, 30: 0.49}.__getitem__)
     ig = IntegratedGradients(model)
     sizes, results = [], []
     for _ in range(15):
@@ -257,15 +262,8 @@ def test_chunk_size_tuning_is_not_fooled_by_a_machine_getting_faster(wide, monke
     # chunks changes nothing. Timed one size after the other, the half would look faster and be kept; alternating
     # the two sizes, it is not.
     model, x = wide
-    clock, calls = [0.0], [0]
-    real = engine._gradients
-
-    def timed(probe, points, *rest):
-        clock[0] += points[0].shape[0] * (1.5 if calls[0] in (1, 2) else 1.0)
-        return real(probe, points, *rest)
-
-    monkeypatch.setattr(engine, "_gradients", timed)
-    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    calls = [0]
+    _injected_clock(monkeypatch, lambda n: 1.5 if calls[0] in (1, 2) else 1.0)
     ig = IntegratedGradients(model)
     sizes = []
     for _ in range(8):
@@ -279,16 +277,7 @@ def test_chunk_size_tuning_settles_when_rows_are_spread_below_the_size_it_tries(
     # 210 rows in steps of 6: half of 210 is tried as a cap of 102 rows, which spreads the rows over three chunks of
     # 72; a cap of 48 gives five of 42. Chunks over 100 rows run slower per row; 42 rows gain nothing over 72.
     model, x = wide
-    clock = [0.0]
-    real = engine._gradients
-
-    def timed(probe, points, *rest):
-        n = points[0].shape[0]
-        clock[0] += n * (1.0 if n > 100 else 0.7)
-        return real(probe, points, *rest)
-
-    monkeypatch.setattr(engine, "_gradients", timed)
-    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    _injected_clock(monkeypatch, lambda n: 1.0 if n > 100 else 0.7)
     ig = IntegratedGradients(model)
     sizes = []
     for _ in range(12):
@@ -304,16 +293,7 @@ def test_chunk_size_tuning_ignores_calls_whose_budget_cuts_their_chunks(wide, mo
     # larger budget, they would settle the chunk size of those at theirs, or make every size look as fast. Under the
     # larger budget, 120 rows are faster per row than 240, and 60 no faster than 120.
     model, x = wide
-    clock = [0.0]
-    real = engine._gradients
-
-    def timed(probe, points, *rest):
-        n = points[0].shape[0]
-        clock[0] += n * (1.0 if n >= 200 else 0.7 if n >= 100 else 0.69 if n >= 30 else 0.1)
-        return real(probe, points, *rest)
-
-    monkeypatch.setattr(engine, "_gradients", timed)
-    monkeypatch.setattr(engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    _injected_clock(monkeypatch, lambda n: 1.0 if n >= 200 else 0.7 if n >= 100 else 0.69 if n >= 30 else 0.1)
     ig = IntegratedGradients(model)
     tight = int(20 * row_activation_bytes(model, x))
     sizes = []
