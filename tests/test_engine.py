@@ -222,6 +222,21 @@ def test_a_model_that_raises_leaves_no_points_memory_in_use(data):
                                rtol=0, atol=0)
 
 
+def test_what_chunks_learn_survives_a_default_budget_that_follows_the_free_memory(wide, monkeypatch):
+    # The default budget is a share of the free memory, different at every call here; the cost per row measured
+    # by the first call still sizes the next, which needs no meter.
+    model, x = wide
+    budgets = iter([2**24 + k * 4096 for k in range(10)])
+    monkeypatch.setattr(engine, "default_budget", lambda device: next(budgets))
+    meters = []
+    real = engine.ActivationMeter
+    monkeypatch.setattr(engine, "ActivationMeter", lambda *a, **k: meters.append(real(*a, **k)) or meters[-1])
+    ig = IntegratedGradients(model)
+    for _ in range(3):
+        ig.attribute(x, target=1, n_steps=40)
+    assert len(meters) == 1 and len(ig._row_shapes) == 1
+
+
 def _injected_clock(monkeypatch, seconds_per_row):
     """The engine's clock advances by ``n × seconds_per_row(n)`` for each chunk of ``n`` rows, and only then."""
     clock = [0.0]

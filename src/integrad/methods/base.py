@@ -56,13 +56,18 @@ class PathAttribution:
                 "inference mode (torch.no_grad() is fine)"
             )
         method = arguments.check_method(method)
+        n_steps = arguments.check_n_steps(n_steps, method, allow_auto=True)
+        tolerance = arguments.check_tolerance(tolerance)
+        chunking = Chunking.make(arguments.check_positive_int("internal_batch_size", internal_batch_size),
+                                 memory_budget, device)
         return {
             "method": method,
-            "n_steps": arguments.check_n_steps(n_steps, method, allow_auto=True),
-            "tolerance": arguments.check_tolerance(tolerance),
-            "chunking": Chunking.make(
-                arguments.check_positive_int("internal_batch_size", internal_batch_size), memory_budget, device
-            ),
+            "n_steps": n_steps,
+            "tolerance": tolerance,
+            "chunking": chunking,
+            # What chunks learn is kept per budget the caller chose; the default budget follows the free memory,
+            # which moves from call to call, and is one key.
+            "budget_key": None if memory_budget is None else chunking.budget,
         }
 
     def _input_path(self, inputs: Any, baselines: Any, additional_forward_args: Any, **rule: Any) -> "InputPath":
@@ -78,7 +83,7 @@ class PathAttribution:
         chunking = settings["chunking"].fresh()
         # What earlier calls on rows of the same shapes, under the same budget, measured sizes this call's chunks
         # (a call under another budget runs chunks of other sizes: its timings would not compare).
-        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device), chunking.budget)
+        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device), settings["budget_key"])
         memory = self._row_shapes.pop(key, None) or RowShapeMemory()
         memory.apply(chunking)
         if settings["n_steps"] == "auto":
