@@ -207,7 +207,7 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
     first_values = F[:batch * POINTS_PER_PANEL].view(batch, POINTS_PER_PANEL).t()
     f_start, f_end = (end_values(probe, start, delta, chunking, (NODES + 1) / 2, first_values) if need_ends
                       else (None, None))
-    return PathIntegral(grads, f_start, f_end, chunking.report(points_used, estimate.float()))
+    return PathIntegral(grads, f_start, f_end, chunking.report(points_used, estimate.float()), delta)
 
 
 def _row_gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, chunking: Chunking

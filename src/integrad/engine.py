@@ -277,7 +277,7 @@ def _point_rows(start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: 
 
 
 def _tiled_points(start_c: tuple[Tensor, ...], delta_c: tuple[Tensor, ...], alphas: Tensor,
-                  dtypes: list[torch.dtype], chunking: Chunking | None = None) -> tuple[Tensor, ...]:
+                  dtypes: list[torch.dtype], chunking: Chunking) -> tuple[Tensor, ...]:
     """Points for whole steps of the batch (row ``k·B + b`` is example ``b`` at ``alphas[k]``), by broadcasting.
 
     Points in their input's dtype are written into ``chunking.point_buffers`` where those hold enough rows (else
@@ -285,15 +285,15 @@ def _tiled_points(start_c: tuple[Tensor, ...], delta_c: tuple[Tensor, ...], alph
     """
     points = []
     steps = alphas.shape[0]
-    buffers = chunking.point_buffers if chunking is not None else None
+    buffers = chunking.point_buffers
     if buffers is not None and len(buffers) != len(start_c):
         buffers = chunking.point_buffers = None
     for j, (s, d, dt) in enumerate(zip(start_c, delta_c, dtypes)):
         a = alphas.view((-1, 1) + (1,) * (s.dim() - 1))
         rows = steps * s.shape[0]
-        if chunking is None or s.dtype != dt:
+        if s.dtype != dt:  # formed in a wider dtype than the input's, then cast: a new tensor anyway
             z = torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0)).reshape((-1,) + s.shape[1:])
-            points.append(z if z.dtype == dt else z.to(dt))
+            points.append(z.to(dt))
             continue
         buf = buffers[j] if buffers is not None else None
         if (buf is None or buf.shape[1:] != s.shape[1:] or buf.shape[0] < rows or buf.dtype != dt
