@@ -4,6 +4,7 @@ deep inside); these tests assert integrad's own messages only."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -112,6 +113,13 @@ def test_return_convergence_delta_must_be_bool(setup, flag):
            "False", types=TypeError)
 
 
+def test_numpy_bools_are_bools(setup):
+    _, ig, x = setup
+    got, delta = ig.attribute(x, target=0, return_convergence_delta=np.bool_(True))
+    assert delta.shape == (x.shape[0],)
+    assert isinstance(ig.attribute(x, target=0, return_convergence_delta=np.bool_(False)), torch.Tensor)
+
+
 # ---------------------------------------------------------------------------------------------------- baselines
 def test_baseline_of_wrong_feature_shape(setup):
     # captum 0.9: a bare AssertionError.
@@ -122,6 +130,23 @@ def test_baseline_of_wrong_feature_shape(setup):
 def test_baseline_of_wrong_batch(setup):
     _, ig, x = setup
     expect(lambda: ig.attribute(x, baselines=torch.zeros(2, 6), target=0), "baselines", "(2, 6)", "first dimension 1")
+
+
+@pytest.mark.parametrize("shape", [(6,), (1, 1, 6), (3, 6, 1)])
+def test_baseline_of_other_dimensionality(setup, shape):
+    _, ig, x = setup
+    expect(lambda: ig.attribute(x, baselines=torch.zeros(shape), target=0), "baselines", str(shape), "broadcasting")
+
+
+def test_baseline_with_dimensions_of_size_one_broadcasts(setup):
+    # As in captum, a baseline with size 1 in a dimension holds one value along it (here one per feature row).
+    _, ig, x = setup
+    for shape in [(1, 1), (x.shape[0], 1), (1, x.shape[1])]:
+        b = torch.linspace(-0.5, 0.5, shape[0] * shape[1]).reshape(shape)
+        got = ig.attribute(x, baselines=b, target=0)
+        expected = ig.attribute(x, baselines=b.expand_as(x).clone(), target=0)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(got, ig.attribute(x, target=0))  # the baseline was used
 
 
 def test_baseline_tuple_of_wrong_length():

@@ -8,6 +8,7 @@ delta with an independent completeness check.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
@@ -120,6 +121,21 @@ def test_tuple_inputs_with_scalar_broadcast_and_full_baselines(method):
     assert isinstance(ours, tuple) and [a.shape for a in ours] == [x.shape for x in inputs]
     assert_close_scaled(ours, _rescale(_detach(theirs), method, 8), RTOL)
     _check_delta(delta, their_delta, ours, model, inputs, baselines, 1, method=method)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 1, 1), (1, 1, 6, 6)])
+def test_baselines_with_dimensions_of_size_one_broadcast_as_in_captum(shape):
+    # e.g. one value per channel: captum accepts a baseline with first dimension 1 that broadcasts to the input.
+    model = seeded(SmallCNN, seed=85)
+    x = randn(3, 2, 6, 6, seed=86)
+    base = randn(*shape, seed=87)
+    ours, delta = IntegratedGradients(model).attribute(x, base, target=2, n_steps=9, return_convergence_delta=True)
+    theirs = CaptumIG(model).attribute(x, base, target=2, n_steps=9)
+    assert ours.shape == x.shape
+    assert_close_scaled(ours, theirs.detach(), RTOL)
+    full = base.expand_as(x)
+    gap = _gap(model, x, full, target=2)
+    torch.testing.assert_close(delta, ours.sum((1, 2, 3)) - gap, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("target", [(1, 2), [(0, 1), (2, 3), (1, 0)]])
@@ -437,7 +453,8 @@ def test_noise_tunnel_with_zero_noise_equals_the_wrapped_method():
                                   target=[0, 1, 2], n_steps=10, return_convergence_delta=True)
     torch.testing.assert_close(smooth, plain, rtol=1e-14, atol=1e-15)
     assert deltas.shape == (12,)
-    torch.testing.assert_close(deltas, plain_delta.repeat(4), rtol=0, atol=1e-14)
+    # Copies are stacked example-major, as captum stacks them: the 4 copies of example 0 first.
+    torch.testing.assert_close(deltas, plain_delta.repeat_interleave(4), rtol=0, atol=1e-14)
     square = nt.attribute(x, nt_type="smoothgrad_sq", nt_samples=3, stdevs=0.0, baselines=base, target=[0, 1, 2],
                           n_steps=10)
     torch.testing.assert_close(square, plain**2, rtol=1e-13, atol=1e-16)
@@ -487,6 +504,65 @@ def test_noise_tunnel_shapes_and_statistics():
         # Real noise: the copies differ, so the variance is positive somewhere and the mean moved off the plain IG.
         assert float(var.max()) > 0
         assert not torch.equal(sg, p)
+
+
+def _both_seeded(seed: int, call):
+    """``call()`` after seeding torch's and numpy's global generators, leaving both as they were."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            return call()
+        finally:
+            np.random.set_state(state)
+
+
+@pytest.mark.parametrize("case", ["float32_delta", "float64_tuple_calls", "drawn_baselines", "layer"])
+def test_noise_tunnel_draws_what_captum_draws(case):
+    """Same seeds, same noise on the same copies: results (and deltas, in captum's order) agree with captum's."""
+    kwargs = dict(n_steps=6)
+    if case == "float32_delta":
+        model = mlp(seed=72, dtype=torch.float32)
+        inputs = randn(4, 5, seed=73, dtype=torch.float32)
+        ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
+        kwargs.update(nt_type="smoothgrad", nt_samples=3, stdevs=0.5, target=[0, 1, 2, 0], baselines=0.1,
+                      return_convergence_delta=True)
+        rtol = 1e-5
+    elif case == "float64_tuple_calls":
+        model = seeded(ThreeInputs, seed=74)
+        inputs = (randn(3, 4, seed=75), randn(3, 2, 3, seed=76), randn(3, 5, seed=77))
+        ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
+        kwargs.update(nt_type="vargrad", nt_samples=5, nt_samples_batch_size=2, stdevs=(0.1, 0.2, 0.3), target=1,
+                      baselines=(randn(3, 4, seed=78), 0.0, randn(1, 5, seed=79)))
+        rtol = 1e-7
+    elif case == "drawn_baselines":
+        model = mlp(seed=80)
+        inputs = randn(3, 5, seed=81)
+        ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
+        kwargs.update(nt_type="smoothgrad_sq", nt_samples=4, stdevs=0.2, target=2, baselines=randn(6, 5, seed=82),
+                      draw_baseline_from_distrib=True)
+        rtol = 1e-7
+    else:
+        model = seeded(SmallCNN, seed=83)
+        inputs = randn(2, 2, 6, 6, seed=84)
+        ours = NoiseTunnel(LayerIntegratedGradients(model, model.conv1))
+        theirs = CaptumNoiseTunnel(CaptumLayerIG(model, model.conv1))
+        kwargs.update(nt_type="smoothgrad", nt_samples=3, stdevs=0.3, target=[1, 3], return_convergence_delta=True)
+        rtol = 1e-7
+    got = _both_seeded(5, lambda: ours.attribute(inputs, **kwargs))
+    expected = _both_seeded(5, lambda: theirs.attribute(inputs, **kwargs))
+    if kwargs.get("return_convergence_delta"):
+        (got, got_delta), (expected, expected_delta) = got, expected
+        # A delta is a small difference of large sums: its round-off is on the scale of the attributions.
+        scale = float(_detach(expected).abs().max())
+        torch.testing.assert_close(got_delta, expected_delta.detach(), rtol=0, atol=rtol * scale)
+    assert_close_scaled(got, _detach(expected), rtol, case)
+    # The noise mattered: another seed gives another result.
+    other = _both_seeded(6, lambda: ours.attribute(inputs, **kwargs))
+    other = other[0] if kwargs.get("return_convergence_delta") else other
+    first = got[0] if isinstance(got, tuple) else got
+    assert not torch.allclose(first, other[0] if isinstance(other, tuple) else other)
 
 
 # ----------------------------------------------------------------------------------------------- autograd mode

@@ -129,9 +129,32 @@ def test_noise_level_is_smoothgrad_with_range_scaled_stdevs(trained, batch):
             x, nt_type="smoothgrad", nt_samples=3, stdevs=0.2 * float(x.max() - x.min()),
             baselines=torch.zeros_like(x), target=y, n_steps=8, return_convergence_delta=True)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    torch.testing.assert_close(explainer.last_delta, deltas.reshape(3, len(y)).mean(0))
+    # One call of 3 copies, stacked example-major: each example's 3 deltas are next to each other.
+    torch.testing.assert_close(explainer.last_delta, deltas.reshape(len(y), 3).mean(1))
     plain = IntegratedGradients(trained.model, n_steps=8).attribute(x, y)
     assert not torch.allclose(got, plain)
+
+
+def test_noise_level_delta_is_each_examples_mean_over_its_copies(trained, batch):
+    # Copies split over calls of the wrapped method (2, 2, 1): each example's delta is the mean of its own copies'
+    # deltas, which are also recomputed here one by one from the same noise.
+    x, y = batch
+    x, y = x[:3], y[:3]
+    explainer = IntegratedGradients(trained.model, n_steps=8, noise_level=0.2, nt_samples=5, nt_samples_batch_size=2)
+    sigma = 0.2 * float(x.max() - x.min())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(12)
+        explainer.attribute(x, y)
+        torch.manual_seed(12)
+        copies, examples = [], []
+        for s in (2, 2, 1):
+            copies.append(x.repeat_interleave(s, 0) + sigma * torch.randn((s * 3,) + x.shape[1:]))
+            examples += [i for i in range(3) for _ in range(s)]
+    ig = integrad.IntegratedGradients(trained.model)
+    per_copy = [ig.attribute(c[None], target=int(y[i]), n_steps=8, return_convergence_delta=True)[1]
+                for c, i in zip(torch.cat(copies), examples)]
+    expected = torch.stack([sum(d for d, i in zip(per_copy, examples) if i == e) / 5 for e in range(3)]).reshape(3)
+    torch.testing.assert_close(explainer.last_delta, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_noise_needs_floating_point_inputs():

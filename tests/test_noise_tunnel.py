@@ -1,15 +1,17 @@
-"""NoiseTunnel over the IG family, reproduced by seeding the global RNG and redrawing the same noise.
+"""NoiseTunnel over the IG family, reproduced by seeding the global generators and redrawing the same noise.
 
-RNG order relied on (checked in ``test_rng_order_is_the_documented_one``): for each call of the wrapped method, with
-``s`` copies of the batch, NoiseTunnel draws ``torch.randn((s * batch, *x.shape[1:]))`` for each input in order, then
-(with ``draw_baseline_from_distrib``) ``torch.randint(0, len(baseline), (s * batch,))`` for each baseline tensor.
-Copies are stacked sample-major: row ``k * batch + i`` is copy ``k`` of example ``i``.
+Order relied on (checked in ``test_rng_order_is_the_documented_one``, and against captum in test_captum_agreement):
+for each call of the wrapped method, with ``s`` copies of each example, NoiseTunnel draws
+``torch.randn((s * batch, *x.shape[1:]))`` for each input in order, and (with ``draw_baseline_from_distrib``)
+``numpy.random.choice(len(baseline), s * batch)`` once per row count of the baseline tensors. Copies are stacked
+example-major: row ``i * s + k`` of a call is copy ``k`` of example ``i``.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,19 +31,36 @@ def setup():
     return model, x
 
 
-def redraw(seed: int, x: torch.Tensor, samples: int, per_call: int | None = None, stdev: float = 1.0,
-           distrib: torch.Tensor | None = None):
-    """The noisy copies (and drawn baseline rows) NoiseTunnel makes under ``torch.manual_seed(seed)``."""
-    torch.manual_seed(seed)
+def seed(n: int) -> None:
+    """Seed both generators NoiseTunnel draws from."""
+    torch.manual_seed(n)
+    np.random.seed(n)
+
+
+def calls(samples: int, per_call: int | None) -> list[int]:
     per_call = per_call or samples
-    copies, picks, done = [], [], 0
-    while done < samples:
-        s = min(per_call, samples - done)
-        copies.append(x.repeat(s, 1) + stdev * torch.randn((s * len(x),) + x.shape[1:], dtype=x.dtype))
+    return [per_call] * (samples // per_call) + ([samples % per_call] if samples % per_call else [])
+
+
+def redraw(n: int, x: torch.Tensor, samples: int, per_call: int | None = None, stdev: float = 1.0,
+           distrib: torch.Tensor | None = None):
+    """The noisy copies NoiseTunnel makes after ``seed(n)``, with the example of each copy (and the drawn baseline
+    rows), in the order it stacks them."""
+    seed(n)
+    copies, examples, picks = [], [], []
+    for s in calls(samples, per_call):
+        copies.append(x.repeat_interleave(s, 0) + stdev * torch.randn((s * len(x),) + x.shape[1:]))
+        examples.append(torch.arange(len(x)).repeat_interleave(s))
         if distrib is not None:
-            picks.append(torch.randint(0, len(distrib), (s * len(x),)))
-        done += s
-    return torch.cat(copies), (torch.cat(picks) if picks else None)
+            picks.append(torch.from_numpy(np.random.choice(len(distrib), s * len(x))))
+    return torch.cat(copies), torch.cat(examples), (torch.cat(picks) if picks else None)
+
+
+def by_example(values: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+    """Per-copy values grouped as ``(batch, copies, ...)``."""
+    batch = int(examples.max()) + 1
+    order = torch.argsort(examples, stable=True)
+    return values[order].view((batch, -1) + values.shape[1:])
 
 
 def manual_ig_rows(model, copies, target, baselines=None, scale=None):
@@ -91,21 +110,21 @@ def test_vargrad_is_accurate_when_the_mean_is_large():
         return z @ w + 0.1 * torch.sin(z).sum(1)
 
     x = torch.tensor([[10.0, 12.0, -9.0, 11.0], [5.0, 7.0, 8.0, -6.0]])
-    torch.manual_seed(16)
+    seed(16)
     var = NoiseTunnel(IntegratedGradients(f)).attribute(x, nt_type="vargrad", nt_samples=8, stdevs=0.01, n_steps=8)
-    copies, _ = redraw(16, x, 8, stdev=0.01)
-    per_copy = IntegratedGradients(f).attribute(copies, n_steps=8).double().view(8, 2, 4)
-    torch.testing.assert_close(var.double(), per_copy.var(0, unbiased=False), rtol=1e-3, atol=1e-7)
+    copies, examples, _ = redraw(16, x, 8, stdev=0.01)
+    per_copy = by_example(IntegratedGradients(f).attribute(copies, n_steps=8).double(), examples)
+    torch.testing.assert_close(var.double(), per_copy.var(1, unbiased=False), rtol=1e-3, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------- with noise
 def test_smoothgrad_is_the_mean_of_ig_over_the_same_noisy_copies(setup):
     model, x = setup
-    torch.manual_seed(11)
+    seed(11)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=5, stdevs=0.5, target=2, n_steps=N)
-    copies, _ = redraw(11, x, 5, stdev=0.5)
-    per_copy = manual_ig_rows(model, copies, [2] * len(copies)).view(5, B, D)
-    torch.testing.assert_close(got.double(), per_copy.mean(0), rtol=1e-4, atol=1e-6)
+    copies, examples, _ = redraw(11, x, 5, stdev=0.5)
+    per_copy = by_example(manual_ig_rows(model, copies, [2] * len(copies)), examples)
+    torch.testing.assert_close(got.double(), per_copy.mean(1), rtol=1e-4, atol=1e-6)
     # The noise mattered: the mean differs from the noiseless attribution.
     plain = IntegratedGradients(model).attribute(x, target=2, n_steps=N)
     assert float((got - plain).abs().max()) > 1e-3
@@ -113,45 +132,45 @@ def test_smoothgrad_is_the_mean_of_ig_over_the_same_noisy_copies(setup):
 
 def test_smoothgrad_sq_and_vargrad_with_noise(setup):
     model, x = setup
-    copies, _ = redraw(12, x, 6, stdev=0.3)
-    per_copy = manual_ig_rows(model, copies, [0] * len(copies)).view(6, B, D)
+    copies, examples, _ = redraw(12, x, 6, stdev=0.3)
+    per_copy = by_example(manual_ig_rows(model, copies, [0] * len(copies)), examples)
     nt = NoiseTunnel(IntegratedGradients(model))
-    torch.manual_seed(12)
+    seed(12)
     sq = nt.attribute(x, nt_type="smoothgrad_sq", nt_samples=6, stdevs=0.3, target=0, n_steps=N)
-    torch.manual_seed(12)
+    seed(12)
     var = nt.attribute(x, nt_type="vargrad", nt_samples=6, stdevs=0.3, target=0, n_steps=N)
-    torch.testing.assert_close(sq.double(), per_copy.square().mean(0), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(var.double(), per_copy.var(0, unbiased=False), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(sq.double(), per_copy.square().mean(1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(var.double(), per_copy.var(1, unbiased=False), rtol=1e-3, atol=1e-6)
 
 
 def test_rng_order_is_the_documented_one(setup):
-    # Drawing one chunk's noise and then the next is the same as drawing all at once when every chunk holds a
-    # multiple of 16 values (CPU randn fills blocks of 16); this is what makes the batch test below exact.
-    torch.manual_seed(3)
-    whole = torch.randn(6 * B, D)
-    torch.manual_seed(3)
-    parts = torch.cat([torch.randn(2 * B, D), torch.randn(3 * B, D), torch.randn(1 * B, D)])
-    assert torch.equal(whole, parts)
-    # Nothing else consumes the global RNG: after a call, the generator is exactly where the redraw leaves it.
+    # Nothing else consumes the global generators: after a call, each is exactly where the redraw leaves it.
     model, x = setup
-    torch.manual_seed(4)
-    NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, nt_samples_batch_size=2, target=0,
-                                                      n_steps=4, stdevs=0.2)
-    after_call = torch.randn(5)
-    redraw(4, x, 3, per_call=2)
-    assert torch.equal(after_call, torch.randn(5))
+    distrib = torch.randn(7, D, generator=torch.Generator().manual_seed(17))
+    seed(4)
+    NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, nt_samples_batch_size=2, target=0, n_steps=4,
+                                                      stdevs=0.2, baselines=distrib, draw_baseline_from_distrib=True)
+    after_call = torch.randn(5), np.random.rand(5)
+    redraw(4, x, 3, per_call=2, distrib=distrib)
+    assert torch.equal(after_call[0], torch.randn(5))
+    assert np.array_equal(after_call[1], np.random.rand(5))
 
 
-def test_nt_samples_batch_size_gives_the_same_result(setup):
+def test_nt_samples_batch_size_draws_each_call_for_its_own_copies(setup):
+    # Each call stacks its copies example-major and draws their noise: the result depends on how the copies are
+    # split into calls (as captum's does), and equals the mean over the copies redrawn call by call.
     model, x = setup
     nt = NoiseTunnel(IntegratedGradients(model))
     results = []
     for per_call in [None, 1, 2, 4, 6, 100]:
-        torch.manual_seed(5)
-        results.append(nt.attribute(x, nt_type="vargrad", nt_samples=6, nt_samples_batch_size=per_call, stdevs=0.4,
-                                    target=1, n_steps=N))
-    for r in results[1:]:
-        torch.testing.assert_close(r, results[0], rtol=1e-4, atol=1e-6)
+        seed(5)
+        got = nt.attribute(x, nt_type="vargrad", nt_samples=6, nt_samples_batch_size=per_call, stdevs=0.4, target=1,
+                           n_steps=N)
+        copies, examples, _ = redraw(5, x, 6, per_call=min(per_call or 6, 6), stdev=0.4)
+        per_copy = by_example(manual_ig_rows(model, copies, [1] * len(copies)), examples)
+        torch.testing.assert_close(got.double(), per_copy.var(1, unbiased=False), rtol=1e-3, atol=1e-6)
+        results.append(got)
+    assert not torch.allclose(results[1], results[0])  # 6 calls of one copy drew other noise than one call of 6
 
 
 def test_nt_samples_batch_size_matches_chunkwise_redraw_for_any_shape():
@@ -159,11 +178,11 @@ def test_nt_samples_batch_size_matches_chunkwise_redraw_for_any_shape():
     # differ; each still equals the mean over the copies drawn chunk by chunk in the documented order.
     model = mlp(in_dim=5, hidden=8, out=2)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(6)
+    seed(6)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.2,
                                                             target=1, n_steps=N)
-    copies, _ = redraw(6, x, 5, per_call=2, stdev=0.2)
-    expected = manual_ig_rows(model, copies, [1] * len(copies)).view(5, 3, 5).mean(0)
+    copies, examples, _ = redraw(6, x, 5, per_call=2, stdev=0.2)
+    expected = by_example(manual_ig_rows(model, copies, [1] * len(copies)), examples).mean(1)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -173,26 +192,25 @@ def test_targets_and_additional_args_expand_per_sample():
     x1, x2 = torch.randn(3, 4, generator=g), torch.randn(3, 2, 3, generator=g)
     scale = torch.tensor([0.5, 2.0, -1.0])
     target = [2, 0, 1]
-    torch.manual_seed(7)
+    seed(7)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(
         (x1, x2), nt_samples=3, nt_samples_batch_size=2, stdevs=(0.1, 0.3), target=target,
         additional_forward_args=(scale,), n_steps=N)
-    # Redraw: per chunk, input 1's noise then input 2's.
-    torch.manual_seed(7)
-    c1, c2 = [], []
+    # Redraw: per call, input 1's noise then input 2's, copies of each example next to each other.
+    seed(7)
+    c1, c2, examples = [], [], []
     for s in (2, 1):
-        c1.append(x1.repeat(s, 1) + 0.1 * torch.randn(s * 3, 4))
-        c2.append(x2.repeat(s, 1, 1) + 0.3 * torch.randn(s * 3, 2, 3))
+        c1.append(x1.repeat_interleave(s, 0) + 0.1 * torch.randn(s * 3, 4))
+        c2.append(x2.repeat_interleave(s, 0) + 0.3 * torch.randn(s * 3, 2, 3))
+        examples += [i for i in range(3) for _ in range(s)]
     c1, c2 = torch.cat(c1), torch.cat(c2)
     ig = IntegratedGradients(model)
     expected = [torch.zeros_like(x1), torch.zeros_like(x2)]
-    for k in range(3):
-        for i in range(3):
-            r = k * 3 + i
-            a = ig.attribute((c1[r:r + 1], c2[r:r + 1]), target=target[i], additional_forward_args=(scale[i:i + 1],),
-                             n_steps=N)
-            expected[0][i] += a[0][0] / 3
-            expected[1][i] += a[1][0] / 3
+    for r, i in enumerate(examples):
+        a = ig.attribute((c1[r:r + 1], c2[r:r + 1]), target=target[i], additional_forward_args=(scale[i:i + 1],),
+                         n_steps=N)
+        expected[0][i] += a[0][0] / 3
+        expected[1][i] += a[1][0] / 3
     assert isinstance(got, tuple) and len(got) == 2
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -201,36 +219,36 @@ def test_targets_and_additional_args_expand_per_sample():
 def test_draw_baseline_from_distribution(setup):
     model, x = setup
     distrib = torch.randn(5, D, generator=torch.Generator().manual_seed(8))
-    torch.manual_seed(9)
+    seed(9)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(
         x, nt_samples=4, nt_samples_batch_size=3, stdevs=0.1, baselines=distrib, draw_baseline_from_distrib=True,
         target=1, n_steps=N)
-    copies, picks = redraw(9, x, 4, per_call=3, stdev=0.1, distrib=distrib)
+    copies, examples, picks = redraw(9, x, 4, per_call=3, stdev=0.1, distrib=distrib)
     assert len(set(picks.tolist())) > 1  # several baselines were actually drawn
-    per_copy = manual_ig_rows(model, copies, [1] * len(copies), baselines=distrib[picks]).view(4, B, D)
-    torch.testing.assert_close(got.double(), per_copy.mean(0), rtol=1e-4, atol=1e-6)
+    per_copy = by_example(manual_ig_rows(model, copies, [1] * len(copies), baselines=distrib[picks]), examples)
+    torch.testing.assert_close(got.double(), per_copy.mean(1), rtol=1e-4, atol=1e-6)
 
 
 def test_per_example_baselines_are_repeated_per_sample(setup):
     model, x = setup
     base = torch.randn(B, D, generator=torch.Generator().manual_seed(10))
-    torch.manual_seed(13)
+    seed(13)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, stdevs=0.2, baselines=base, target=0,
                                                             n_steps=N)
-    copies, _ = redraw(13, x, 3, stdev=0.2)
-    per_copy = manual_ig_rows(model, copies, [0] * len(copies), baselines=base.repeat(3, 1)).view(3, B, D)
-    torch.testing.assert_close(got.double(), per_copy.mean(0), rtol=1e-4, atol=1e-6)
+    copies, examples, _ = redraw(13, x, 3, stdev=0.2)
+    per_copy = by_example(manual_ig_rows(model, copies, [0] * len(copies), baselines=base[examples]), examples)
+    torch.testing.assert_close(got.double(), per_copy.mean(1), rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------- delta
 def test_return_convergence_delta_has_one_value_per_copy(setup):
     model, x = setup
-    torch.manual_seed(14)
+    seed(14)
     got, delta = NoiseTunnel(IntegratedGradients(model)).attribute(
         x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.3, target=2, n_steps=N, return_convergence_delta=True)
     assert got.shape == x.shape
     assert delta.shape == (5 * B,)
-    copies, _ = redraw(14, x, 5, per_call=2, stdev=0.3)
+    copies, _, _ = redraw(14, x, 5, per_call=2, stdev=0.3)
     per_copy, expected = IntegratedGradients(model).attribute(copies, target=2, n_steps=N,
                                                               return_convergence_delta=True)
     torch.testing.assert_close(delta, expected, rtol=1e-3, atol=1e-6)

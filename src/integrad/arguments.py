@@ -10,13 +10,14 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 METHOD_NAMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 _ACCEPTED_BASELINES = (
-    "None (zeros), a number, a tensor shaped like the input or with first dimension 1, "
-    "or a tuple with one of these per input"
+    "None (zeros), a number, a tensor shaped like the input or with first dimension 1 (any dimension may be 1: it "
+    "broadcasts), or a tuple with one of these per input"
 )
 _ACCEPTED_TARGETS = (
     "None (the model returns one scalar per example), an int, a 0-d tensor, a tuple of ints (outputs with more "
@@ -56,9 +57,10 @@ def check_positive_int(name: str, value: Any, allow_none: bool = True) -> int | 
 
 
 def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
+    """``value`` as a bool: True or False, also numpy's (e.g. from a comparison of numpy values)."""
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False; got {_describe(value)}")
-    return value
+    return bool(value)
 
 
 def check_tolerance(tolerance: Any) -> float:
@@ -119,10 +121,11 @@ def normalize_baselines(baselines: Any, inputs: tuple[Tensor, ...], was_tuple: b
         elif isinstance(b, numbers.Number) or b.dim() == 0:
             out.append(torch.full_like(x, float(b) if x.is_floating_point() else int(b)))
         else:
-            if b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
+            if b.dim() != x.dim() or any(n not in (1, m) for n, m in zip(b.shape, x.shape)):
                 raise ValueError(
                     f"{where} has shape {tuple(b.shape)}, which does not fit the input of shape {tuple(x.shape)}: "
-                    f"use the input's shape, or first dimension 1 to share one baseline across the batch"
+                    f"use the input's shape, or first dimension 1 to share one baseline across the batch (any "
+                    f"dimension may be 1 to share values along it, as in broadcasting)"
                 )
             out.append(b.detach().to(device=x.device, dtype=x.dtype).expand_as(x))
     return tuple(out)

@@ -183,6 +183,7 @@ class IntegratedGradients(Explainer):
     def _smoothgrad(self, method: Any, forward: TensorOrTuple, tensors: Tuple[torch.Tensor, ...],
                     kwargs: Dict[str, Any]) -> Tuple[TensorOrTuple, Optional[torch.Tensor]]:
         import integrad
+        from integrad.methods.noise_tunnel import copy_examples
 
         if any(not t.is_floating_point() for t in tensors):
             raise ValueError(
@@ -198,8 +199,9 @@ class IntegratedGradients(Explainer):
         attributions, delta = integrad.NoiseTunnel(method).attribute(forward, **noise, **kwargs)
         n = tensors[0].shape[0]
         if torch.is_tensor(delta) and delta.numel() == n * nt_samples and nt_samples > 1:
-            # The tunnel reports one delta per noisy copy, sample by sample (all N examples of copy 0 first).
-            delta = delta.reshape(nt_samples, n).mean(dim=0)
+            # One delta per noisy copy: averaged over each example's copies.
+            examples = copy_examples(n, nt_samples, noise.get("nt_samples_batch_size")).to(delta.device)
+            delta = torch.zeros(n, dtype=delta.dtype, device=delta.device).index_add_(0, examples, delta) / nt_samples
         return attributions, delta
 
     def _baselines(self, tensors: Tuple[torch.Tensor, ...]) -> Tuple[Any, ...]:

@@ -57,7 +57,7 @@ class IntegratedGradients(PathAttribution):
             Floating-point tensors whose dim 0 is the batch; the same structure and shapes come back.
         baselines : None, number, Tensor or tuple, optional
             Path start ``x′``: None (zeros), a number, a tensor of the input's shape or with first dim 1 (shared by
-            the batch), or a tuple mixing these, one per input.
+            the batch; any dim of size 1 broadcasts), or a tuple mixing these, one per input.
         target : int, tuple, Tensor, list or None
             Output index per example: an int or 0-d tensor for all, a tuple for outputs with more than 2 dims, a
             list or 1-D tensor (one per example), or a list of tuples. None for one scalar per example.

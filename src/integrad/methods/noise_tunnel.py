@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,6 +24,18 @@ class NoiseTunnel:
     Parameters
     ----------
     attribution_method : IntegratedGradients, LayerIntegratedGradients or NeuronIntegratedGradients
+
+    Notes
+    -----
+    Randomness is drawn as captum's ``NoiseTunnel`` draws it, so that the same seeds give the same result. Each call
+    of the wrapped method (``nt_samples_batch_size`` copies of every example, then the rest) stacks its copies
+    example-major (row ``i·s + k`` is copy ``k`` of example ``i``) and draws, for each input in order,
+    ``σ · torch.randn`` of the stacked shape in the default dtype from torch's global generator. With
+    ``draw_baseline_from_distrib``, the baseline rows come from ``numpy.random.choice`` on numpy's global generator.
+    Two differences from captum, both in the drawing of baselines: rows are drawn anew for every call of the wrapped
+    method (captum reuses the first call's rows for every full call), and the baselines of a tuple with the same
+    number of rows share the drawn rows, so that they stay paired (captum draws each independently). The convergence
+    deltas come back in the stacking order, call after call.
 
     References
     ----------
@@ -93,21 +106,16 @@ class NoiseTunnel:
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
         args, per_example = arguments.normalize_additional_args(extra, batch)
 
-        # Mean and sum of squared deviations, merged batch by batch in float64 (Chan et al.): stable where
+        # Mean and sum of squared deviations, merged call by call in float64 (Chan et al.): stable where
         # E[A²] − E[A]² would cancel, and exactly zero for identical samples.
         count, mean, m2 = 0, None, None
         deltas = []
-        done = 0
-        while done < nt_samples:
-            s = min(per_call, nt_samples - done)
-            rows = torch.arange(batch).repeat(s)
-            noisy = tuple(
-                x.detach().repeat((s,) + (1,) * (x.dim() - 1)) + sigma * torch.randn(
-                    (s * batch,) + x.shape[1:], dtype=x.dtype, device=x.device)
-                for x, sigma in zip(inputs_t, sigmas)
-            )
+        for s in _calls(nt_samples, per_call):
+            # Copies are stacked example-major: row i·s + k is copy k of example i.
+            rows = copy_examples(batch, s)
+            noisy = tuple(_noisy(x, sigma, s) for x, sigma in zip(inputs_t, sigmas))
             call = dict(kwargs)
-            call["baselines"] = _baselines_for(baselines, inputs_t, was_tuple, s, draw_baseline_from_distrib)
+            call["baselines"] = _baselines_for(baselines, inputs_t, s, draw_baseline_from_distrib)
             if takes_target:
                 call["target"] = None if target_t is None else target_t.index_select(0, rows.to(target_t.device))
             if args:
@@ -117,9 +125,9 @@ class NoiseTunnel:
                 out, delta = out
                 deltas.append(delta)
             leaves, rebuild = _flatten(out)
-            grouped = [a.reshape((s, batch) + a.shape[1:]).to(torch.float64) for a in leaves]
-            part_mean = [g.mean(0) for g in grouped]
-            part_m2 = [((g - pm) ** 2).sum(0) for g, pm in zip(grouped, part_mean)]
+            grouped = [a.reshape((batch, s) + a.shape[1:]).to(torch.float64) for a in leaves]
+            part_mean = [g.mean(1) for g in grouped]
+            part_m2 = [((g - pm.unsqueeze(1)) ** 2).sum(1) for g, pm in zip(grouped, part_mean)]
             if mean is None:
                 mean, m2 = part_mean, part_m2
             else:
@@ -128,7 +136,6 @@ class NoiseTunnel:
                 mean = [m + d * (s / total) for m, d in zip(mean, shift)]
                 m2 = [a + b + d * d * (count * s / total) for a, b, d in zip(m2, part_m2, shift)]
             count += s
-            done += s
         if nt_type == "smoothgrad":
             result = mean
         elif nt_type == "smoothgrad_sq":
@@ -159,21 +166,49 @@ def _check_stdevs(stdevs: Any, n_inputs: int) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _baselines_for(baselines: Any, inputs_t, was_tuple: bool, samples: int, draw: bool):
-    """Baselines for ``samples`` stacked copies of the batch: repeated, or drawn from a distribution of rows."""
+def _calls(samples: int, per_call: int) -> list[int]:
+    """Copies per call of the wrapped method: as many calls of ``per_call`` as fit, then the rest."""
+    return [per_call] * (samples // per_call) + ([samples % per_call] if samples % per_call else [])
+
+
+def copy_examples(batch: int, nt_samples: int, nt_samples_batch_size: int | None = None) -> Tensor:
+    """The example of each noisy copy, in the order :meth:`NoiseTunnel.attribute` returns their deltas."""
+    return torch.cat([torch.arange(batch).repeat_interleave(s)
+                      for s in _calls(nt_samples, nt_samples_batch_size or nt_samples)])
+
+
+def _noisy(x: Tensor, sigma: float, samples: int) -> Tensor:
+    """``samples`` copies of each example (example-major) plus ``N(0, σ²)`` noise drawn from torch's global generator
+    in the default dtype, in the input's dtype."""
+    noise = sigma * torch.randn((samples * x.shape[0],) + x.shape[1:], dtype=torch.get_default_dtype(),
+                                device=x.device)
+    noisy = x.detach().repeat_interleave(samples, dim=0) + noise
+    return noisy if noisy.dtype == x.dtype else noisy.to(x.dtype)
+
+
+def _baselines_for(baselines: Any, inputs_t, samples: int, draw: bool):
+    """Baselines for ``samples`` copies of each example (example-major): repeated per copy, or drawn at random from
+    the rows of a distribution of baselines.
+
+    A draw takes ``numpy.random.choice(rows, samples × batch)`` from numpy's global generator, once per call of the
+    wrapped method, and uses the same drawn rows for every baseline tensor with that many rows, so that the baselines
+    of a tuple stay paired.
+    """
     if baselines is None:
         return None
     items = baselines if isinstance(baselines, tuple) else (baselines,)
     batch = inputs_t[0].shape[0]
+    picks: dict[int, Tensor] = {}
     out = []
-    for i, b in enumerate(items):
+    for b in items:
         if not isinstance(b, Tensor) or b.dim() == 0:
             out.append(b)
         elif draw:
-            pick = torch.randint(0, b.shape[0], (samples * batch,), device=b.device)
-            out.append(b.index_select(0, pick))
+            if b.shape[0] not in picks:
+                picks[b.shape[0]] = torch.from_numpy(np.random.choice(b.shape[0], samples * batch)).to(b.device, torch.long)
+            out.append(b.index_select(0, picks[b.shape[0]]))
         elif b.shape[0] == batch and batch > 1:
-            out.append(b.repeat((samples,) + (1,) * (b.dim() - 1)))
+            out.append(b.repeat_interleave(samples, dim=0))
         else:
             out.append(b)
     return tuple(out) if isinstance(baselines, tuple) else out[0]
