@@ -264,3 +264,35 @@ def test_layer_input_with_two_positional_arguments():
     joint = manual_layer_ig(model, [model.p, model.q], (x,), (torch.zeros_like(x),), t, n=N)
     close(got[0], joint[0])
     close(got[1], joint[1])
+
+
+class SharedLayer(nn.Module):
+    """``head(tanh(shared(tanh(shared(x)))))``: one module run twice in a forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.shared = nn.Linear(5, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+@pytest.mark.parametrize("use_input", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_layer_run_twice_in_a_forward_pass_is_an_error(use_input, batch):
+    # Which of the two values the path would replace is not known (captum replaces both with the path of the last).
+    model = SharedLayer()
+    x = torch.randn(batch, 5)
+    x_before = x.clone()
+    lig = LayerIntegratedGradients(model, model.shared)
+    with pytest.raises(ValueError, match=r"layer Linear runs more than once in one forward pass of forward_func, on different inputs.*module that runs once"):
+        lig.attribute(x, target=1, n_steps=8, attribute_to_layer_input=use_input)
+    assert no_hooks_left(model)
+    assert torch.equal(x, x_before)
+    # The error is not taken for a shape mismatch of the batch-wide forward: that path stays on for other layers.
+    assert lig._expand["enabled"]
+    # The same model attributed at a layer that runs once works.
+    out = LayerIntegratedGradients(model, model.head).attribute(x, target=1, n_steps=8)
+    assert out.shape == (batch, 3)

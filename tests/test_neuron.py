@@ -164,3 +164,39 @@ def test_multiply_by_inputs_false(models):
 def test_neuron_has_no_convergence_delta(models):
     armed, _ = models
     assert NeuronIntegratedGradients(armed, armed.mid).has_convergence_delta() is False
+
+
+class SharedLayer(nn.Module):
+    """``head(tanh(shared(tanh(shared(x)))))``: one module run twice in a forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.shared = nn.Linear(5, 5)
+        self.head = nn.Linear(5, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+@pytest.mark.parametrize("use_input", [False, True])
+def test_a_layer_run_twice_gives_the_neuron_of_its_first_call(use_input):
+    # The forward stops at the layer's first call, so the neuron is taken there: the output of the first call is
+    # linear in x (IG = w_j · (x − x′) exactly), its input is x itself (IG of x_j = (x − x′)_j).
+    model = SharedLayer()
+    handle = model.head.register_forward_hook(lambda m, a, out: (_ for _ in ()).throw(AssertionError("tail ran")))
+    try:
+        got = NeuronIntegratedGradients(model, model.shared).attribute(X, 2, baselines=BASE, n_steps=4,
+                                                                       attribute_to_neuron_input=use_input)
+    finally:
+        handle.remove()
+    if use_input:
+        expected = torch.zeros_like(X)
+        expected[:, 2] = (X - BASE)[:, 2]
+    else:
+        expected = model.shared.weight.detach()[2] * (X - BASE)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert no_hooks_left(model)

@@ -184,19 +184,49 @@ def captured(layers: Sequence[nn.Module], use_input: bool, stop: bool) -> Iterat
             h.remove()
 
 
+class RepeatedLayerCall(ValueError):
+    """A layer whose value is replaced ran again in the same forward pass, on other inputs."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__(
+            f"layer {type(layer).__name__} runs more than once in one forward pass of forward_func, on different "
+            "inputs (a shared module or a recurrent cell); a layer attribution replaces the layer's value with "
+            "points on a path, and which of its calls is meant is not known. Pass a module that runs once per "
+            "forward pass (e.g. wrap the call you mean, or the whole loop, in a module of its own)"
+        )
+
+
 @contextlib.contextmanager
 def replaced(layers: Sequence[nn.Module], new_values: Sequence[Any], use_input: bool) -> Iterator[None]:
-    """Make each layer output ``new_values[i]`` (or receive it as input) during the forward."""
-    handles = []
+    """Make each layer output ``new_values[i]`` (or receive it as input) during one forward pass.
 
-    def make_hook(value: Any):
+    A layer may run again in the pass on the very same input tensors (the same value computed twice): it gets the
+    same replacement. Run on other inputs, it raises :class:`RepeatedLayerCall`.
+    """
+    handles = []
+    first_args: list = [None] * len(layers)
+
+    def make_hook(i: int, value: Any):
+        def check(args: tuple) -> None:
+            if first_args[i] is None:
+                first_args[i] = args
+            elif len(args) != len(first_args[i]) or any(a is not b for a, b in zip(args, first_args[i])):
+                raise RepeatedLayerCall(layers[i])
+
         if use_input:
-            return lambda module, args: value if isinstance(value, tuple) else (value,)
-        return lambda module, args, output: value
+            def pre_hook(module, args):
+                check(args)
+                return value if isinstance(value, tuple) else (value,)
+            return pre_hook
+
+        def hook(module, args, output):
+            check(args)
+            return value
+        return hook
 
     try:
-        for layer, value in zip(layers, new_values):
-            hook = make_hook(value)
+        for i, (layer, value) in enumerate(zip(layers, new_values)):
+            hook = make_hook(i, value)
             handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
         yield
     finally:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .. import arguments
 from ..engine import run_chunked
 from ..memory import is_out_of_memory
-from ..probes import TargetProbe, check_layer, replaced, run_until
+from ..probes import RepeatedLayerCall, TargetProbe, check_layer, replaced, run_until
 from .base import PathAttribution, output_probe
 
 
@@ -27,6 +27,10 @@ class LayerIntegratedGradients(PathAttribution):
     does. A layer that feeds another in the list (or is fed by one) is integrated as if it were alone: with both
     replaced, the downstream replacement would cut the upstream layer out of the graph (captum then fails with
     "appears to not have been used in the graph").
+
+    A layer that runs more than once in a forward pass is accepted when every call gets the same input tensors (the
+    same value computed again: each call gets the same path point); on different inputs (a shared module, a
+    recurrent cell) which value the path replaces is not known, and a ValueError says so.
 
     Parameters
     ----------
@@ -213,7 +217,7 @@ def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t,
                 with replaced(layers, values, use_input):
                     return select(forward_func(*own), examples)
             except SHAPE_ERRORS as error:
-                if is_out_of_memory(error):
+                if is_out_of_memory(error) or isinstance(error, RepeatedLayerCall):
                     raise
                 # The model combines values from before the layer with the expanded rows in a way that needs them
                 # expanded too (torch reports such mismatches as these built-in errors): run it on the expanded rows

@@ -17,7 +17,9 @@ class NeuronIntegratedGradients(PathAttribution):
 
     A neuron's value depends only on the model up to its layer, so every forward pass is stopped as soon as the
     layer has produced its output (or received its input), and the rest of the model never runs. captum's
-    ``NeuronIntegratedGradients`` runs the whole model; the attributions are the same.
+    ``NeuronIntegratedGradients`` runs the whole model; the attributions are the same. A layer that runs several
+    times in one forward pass (a shared module, a recurrent cell) has its neuron taken at its first call, where the
+    pass stops; captum takes it at the last call.
 
     Parameters
     ----------
