@@ -168,7 +168,8 @@ def test_model_mode_is_left_as_the_user_set_it(trained, batch):
     x, y = batch
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.BatchNorm1d(32), nn.Linear(32, 10))
     model.train()
-    IntegratedGradients(model, n_steps=4).attribute(x, y)
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        IntegratedGradients(model, n_steps=4).attribute(x, y)
     assert all(module.training for module in model.modules())
     model.eval()
     IntegratedGradients(model, n_steps=4).attribute(x, y)

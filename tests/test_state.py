@@ -4,6 +4,8 @@ unchanged; a call under ``torch.no_grad()`` works and gives the same result."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ def snapshot(model: nn.Module, tensors: dict) -> dict:
         "param_requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "param_values": {n: p.detach().clone() for n, p in model.named_parameters()},
         "param_grads": {n: p.grad for n, p in model.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
         "tensor_values": {k: v.detach().clone() for k, v in tensors.items()},
         "tensor_requires_grad": {k: v.requires_grad for k, v in tensors.items()},
         "tensor_grads": {k: v.grad for k, v in tensors.items() if v.is_leaf},
@@ -39,6 +42,9 @@ def assert_unchanged(model: nn.Module, tensors: dict, before: dict) -> None:
     for n, v in before["param_values"].items():
         assert torch.equal(after["param_values"][n], v), n
     assert all(g is None for g in after["param_grads"].values())
+    assert after["buffers"].keys() == before["buffers"].keys()
+    for n, v in before["buffers"].items():
+        assert torch.equal(after["buffers"][n], v), n
     for k, v in before["tensor_values"].items():
         # Bit-identical, NaN-aware: view as raw bytes.
         assert torch.equal(after["tensor_values"][k].view(torch.uint8) if v.is_floating_point() else
@@ -143,6 +149,69 @@ def test_model_exception_propagates_unchanged_and_state_is_restored(kind, when):
     assert model.calls == when, "the failing call must not be retried"
     assert_unchanged(model, tensors, before)
     later_backward_works(inner, x)
+
+
+class NormalisedBody(nn.Module):
+    """Linear, batch norm, dropout, then a layer that can be told to raise (after batch norm has run)."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(21)
+            self.first = nn.Linear(6, 8)
+            self.norm = nn.BatchNorm1d(8)
+            self.drop = nn.Dropout(0.2)
+            self.head = nn.Linear(8, 3)
+        self.fail = fail
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.norm(self.first(x))))
+        if self.fail:
+            raise ModelError("after the batch norm")
+        return self.head(h)
+
+
+TRAINING_CALLS = {
+    "ig": lambda m, x: IntegratedGradients(m).attribute(x, target=0, n_steps=6, internal_batch_size=8),
+    "delta": lambda m, x: IntegratedGradients(m).compute_convergence_delta((x,), 0.0, (x,), target=0),
+    "layer": lambda m, x: LayerIntegratedGradients(m, m.first).attribute(x, target=0, n_steps=6),
+    "neuron": lambda m, x: NeuronIntegratedGradients(m, m.head).attribute(x, 1, n_steps=6),
+    "noise_tunnel": lambda m, x: NoiseTunnel(IntegratedGradients(m)).attribute(x, nt_samples=2, target=0, n_steps=4),
+}
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("kind", list(TRAINING_CALLS))
+def test_training_mode_warns_and_batch_norm_statistics_are_put_back(kind, fail):
+    # Every forward in training mode moves batch norm's running statistics: they come back as they were, also when
+    # the model raises; and the caller is told that the attributions of such a model are not meaningful.
+    model = NormalisedBody(fail=fail).train()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-1, 1)
+    x = torch.randn(4, 6)
+    before = snapshot(model, {"x": x})
+    with pytest.warns(RuntimeWarning, match=r"training mode, where BatchNorm1d, Dropout make .*model.eval\(\)"):
+        if fail:
+            with pytest.raises(ModelError):
+                TRAINING_CALLS[kind](model, x)
+        else:
+            TRAINING_CALLS[kind](model, x)
+    assert_unchanged(model, {"x": x}, before)
+    # The statistics did move during the call (so putting them back is what kept them).
+    model.fail = False
+    model(x)
+    assert not torch.equal(model.norm.running_mean, before["buffers"]["norm.running_mean"])
+
+
+@pytest.mark.parametrize("kind", list(TRAINING_CALLS))
+def test_no_warning_in_eval_mode_or_without_such_modules(kind):
+    x = torch.randn(4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TRAINING_CALLS[kind](NormalisedBody().eval(), x)
+        model = NormalisedBody().train()
+        model.norm, model.drop = nn.Identity(), nn.Identity()
+        TRAINING_CALLS[kind](model, x)
 
 
 def test_model_runtime_error_propagates_with_its_message():

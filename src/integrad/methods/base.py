@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import arguments
 from ..adaptive import integrate_adaptive
@@ -17,6 +19,42 @@ from ..probes import TargetProbe
 
 #: Row shapes whose measured cost and chunk size an attribution object remembers (the most recent ones).
 ROW_SHAPES_KEPT = 32
+
+
+#: Modules whose forward in training mode makes a row's output random, or dependent on the other rows run with it.
+TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def keeps_model_state(attribute: Callable) -> Callable:
+    """Wrap a method that runs ``self.forward_func``: a model in training mode with dropout or batch norm gets a
+    warning (its attributions are random, or depend on how path rows are chunked), and its batch-norm running
+    statistics, which every forward in training mode updates, are put back afterwards."""
+
+    @functools.wraps(attribute)
+    def wrapper(self, *args, **kwargs):
+        model = self.forward_func
+        if not (isinstance(model, nn.Module) and model.training):
+            return attribute(self, *args, **kwargs)
+        sensitive = [m for m in model.modules() if m.training and isinstance(m, TRAINING_SENSITIVE)]
+        if not sensitive:
+            return attribute(self, *args, **kwargs)
+        names = ", ".join(sorted({type(m).__name__ for m in sensitive}))
+        warnings.warn(
+            f"forward_func is in training mode, where {names} make a path row's output random (dropout) or dependent "
+            "on the other rows evaluated with it (batch statistics): the attributions are not those of the model "
+            "in use, and change with the chunking. Call model.eval() before attributing", RuntimeWarning,
+            stacklevel=2,
+        )
+        saved = [(b, b.clone()) for m in sensitive if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 for b in m.buffers(recurse=False)]
+        try:
+            return attribute(self, *args, **kwargs)
+        finally:
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+
+    return wrapper
 
 
 class PathAttribution:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import arguments
 from ..engine import Chunking, accumulate, end_values
-from .base import PathAttribution, convergence_delta, output_probe, restore_structure
+from .base import PathAttribution, convergence_delta, keeps_model_state, output_probe, restore_structure
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -46,6 +46,7 @@ class IntegratedGradients(PathAttribution):
                   internal_batch_size: int | None = None, *, return_convergence_delta: Literal[True],
                   memory_budget: int | str | None = None, tolerance: float = 1e-3) -> tuple[TensorOrTuple, Tensor]: ...
 
+    @keeps_model_state
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
                   method="gausslegendre", internal_batch_size=None, return_convergence_delta=False, *,
                   memory_budget=None, tolerance=1e-3):
@@ -103,6 +104,7 @@ class IntegratedGradients(PathAttribution):
             return attributions, self.last_report.delta
         return attributions
 
+    @keeps_model_state
     def compute_convergence_delta(self, attributions: TensorOrTuple, start_point: Any, end_point: TensorOrTuple,
                                   target: Any = None, additional_forward_args: Any = None) -> Tensor:
         """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).

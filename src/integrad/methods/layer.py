@@ -12,7 +12,7 @@ from .. import arguments
 from ..engine import run_chunked
 from ..memory import is_out_of_memory
 from ..probes import RepeatedLayerCall, TargetProbe, check_layer, replaced, run_until
-from .base import PathAttribution, output_probe
+from .base import PathAttribution, keeps_model_state, output_probe
 
 
 class LayerIntegratedGradients(PathAttribution):
@@ -85,6 +85,7 @@ class LayerIntegratedGradients(PathAttribution):
                   *, return_convergence_delta: Literal[True], attribute_to_layer_input: bool = False,
                   memory_budget: int | str | None = None, tolerance: float = 1e-3) -> tuple[Any, Tensor]: ...
 
+    @keeps_model_state
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
                   method="gausslegendre", internal_batch_size=None, return_convergence_delta=False,
                   attribute_to_layer_input=False, *, memory_budget=None, tolerance=1e-3):

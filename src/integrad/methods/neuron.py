@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..probes import NeuronProbe, check_layer, check_neuron_selector, run_until
-from .base import PathAttribution, restore_structure
+from .base import PathAttribution, keeps_model_state, restore_structure
 
 
 class NeuronIntegratedGradients(PathAttribution):
@@ -43,6 +43,7 @@ class NeuronIntegratedGradients(PathAttribution):
     def has_convergence_delta(self) -> bool:
         return False
 
+    @keeps_model_state
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], neuron_selector: int | tuple | Callable,
                   baselines: Any = None, additional_forward_args: Any = None, n_steps: int | str = 50,
                   method: str = "gausslegendre", internal_batch_size: int | None = None,
