@@ -331,3 +331,52 @@ def test_callers_own_hooks_and_gradients_survive():
         own_post.remove()
         own_pre.remove()
     assert no_hooks_left(model)
+
+
+class Centring(nn.Module):
+    """Writes into its input (``x -= 0.5``, then an in-place ReLU) before a small MLP; counts its calls."""
+
+    def __init__(self, inplace: bool = True):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(22)
+            self.body = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.inplace = inplace
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.inplace:
+            x -= 0.5
+            x = torch.relu_(x)
+        else:
+            x = torch.relu(x - 0.5)
+        return self.body(x)
+
+
+@pytest.mark.parametrize("kind", ["ig", "ig_auto", "neuron"])
+def test_a_model_writing_into_its_input_gets_copies_of_the_points(kind):
+    # autograd forbids writing into the path points (captum fails there): the chunk is run again with copies, the
+    # caller's tensors are untouched, and later calls hand over copies from the start.
+    x = torch.rand(4, 6) + 0.2
+    tensors = {"x": x}
+    model, twin = Centring(), Centring(inplace=False)
+    before = snapshot(model, tensors)
+    call = {
+        "ig": lambda m, o: o.attribute(x, target=1, n_steps=8, internal_batch_size=16, return_convergence_delta=True),
+        "ig_auto": lambda m, o: o.attribute(x, target=1, n_steps="auto", internal_batch_size=16),
+        "neuron": lambda m, o: o.attribute(x, 2, n_steps=8, internal_batch_size=16),
+    }[kind]
+    make = (lambda m: NeuronIntegratedGradients(m, m.body[0])) if kind == "neuron" else IntegratedGradients
+    ours, theirs = make(model), make(twin)
+    got = call(model, ours)
+    expected = call(twin, theirs)
+    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+    assert_unchanged(model, tensors, before)
+    # One chunk was run twice in the first call; the second call runs each chunk once, like the twin.
+    assert model.calls == twin.calls + 1
+    model.calls = twin.calls = 0
+    call(model, ours)
+    call(twin, theirs)
+    assert model.calls == twin.calls > 0

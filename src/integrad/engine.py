@@ -86,6 +86,9 @@ class Chunking:
     #: Memory for the points of fixed-rule chunks, one tensor per path input, kept between calls (see
     #: :class:`RowShapeMemory`).
     point_buffers: list | None = None
+    #: The probe gets copies of the points: the model writes into them (an in-place operation on its input or on a
+    #: replaced layer value), which autograd forbids on the points themselves.
+    copy_points: bool = False
     stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "seconds": 0.0,
                                                  "metered": 0, "step": None})
 
@@ -101,8 +104,8 @@ class Chunking:
         return cls(budget=budget)
 
     def fresh(self) -> "Chunking":
-        """The same settings and memory cap, with nothing counted yet."""
-        return Chunking(rows=self.rows, budget=self.budget, cap=self.cap)
+        """The same settings, memory cap and way of handing points over, with nothing counted yet."""
+        return Chunking(rows=self.rows, budget=self.budget, cap=self.cap, copy_points=self.copy_points)
 
     def limit(self, size: int) -> int:
         for bound in (self.rows, self.cap, self.speed_cap):
@@ -181,15 +184,18 @@ class RowShapeMemory:
     point_buffers: list | None = None
     #: The cap the current call was given (its chunks may be smaller: rows are spread evenly over them).
     asked: int | None = None
+    copy_points: bool = False
 
     def apply(self, chunking: Chunking) -> None:
         chunking.row_cost = self.row_cost
         chunking.speed_cap = self.asked = self.cap
         chunking.point_buffers, self.point_buffers = self.point_buffers, None
+        chunking.copy_points = chunking.copy_points or self.copy_points
 
     def learn(self, chunking: Chunking, device: torch.device) -> None:
         if chunking.row_cost:
             self.row_cost = chunking.row_cost
+        self.copy_points = chunking.copy_points
         # The chunk points' memory is kept for the next call while it is small: a fresh allocation that large is
         # often handed out as new pages, each mapped on first touch, which costs as much as a small model's layer.
         buffers = chunking.point_buffers
@@ -382,7 +388,7 @@ def accumulate(
                 points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes, chunking)
             else:
                 points = _point_rows(start, delta, examples[rows], alphas[rows])
-            grads, values[rows] = _gradients(probe, points, examples[rows], acc_dtype, meter)
+            grads, values[rows] = _gradients(probe, points, examples[rows], acc_dtype, meter, chunking.copy_points)
         except BudgetExceeded as over:
             if n == 1:
                 chunking.warn_single_row(over.used)
@@ -391,6 +397,9 @@ def accumulate(
         except Exception as error:
             if n > 1 and is_out_of_memory(error):
                 size = _whole_steps(chunking.out_of_memory(n), step)
+                continue
+            if not chunking.copy_points and writes_into_leaf(error):
+                chunking.copy_points = True  # the same chunk again, with copies of its points
                 continue
             raise
         chunking.record(n)
@@ -418,12 +427,18 @@ def _whole_steps(size: int, tile: int | None) -> int:
     return size - size % tile if tile and size >= tile else size
 
 
+def writes_into_leaf(error: BaseException) -> bool:
+    """Whether ``error`` is autograd refusing an in-place operation on a tensor that is a leaf requiring gradients."""
+    return isinstance(error, RuntimeError) and (
+        "leaf Variable that requires grad is being used in an in-place operation" in str(error))
+
+
 def _gradients(probe: Probe, points: tuple[Tensor, ...], examples: Tensor, acc_dtype: torch.dtype,
-               meter: ActivationMeter | None) -> tuple[tuple[Tensor, ...], Tensor]:
+               meter: ActivationMeter | None, copies: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
     points = tuple(z.requires_grad_() for z in points)
     with torch.enable_grad():
         with meter if meter is not None else contextlib.nullcontext():
-            out = probe(points, examples)
+            out = probe(tuple(z.clone() for z in points) if copies else points, examples)
         # An output that does not depend on the points (a constant model) has zero gradient.
         grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
     grads = tuple(

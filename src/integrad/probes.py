@@ -152,6 +152,14 @@ def _layer_value(args: tuple, output: Any, use_input: bool) -> Any:
     return output
 
 
+def _copied(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value
+
+
 @contextlib.contextmanager
 def captured(layers: Sequence[nn.Module], use_input: bool, stop: bool) -> Iterator[list]:
     """Record each layer's value (output, or input with ``use_input``) into the yielded list.
@@ -162,10 +170,13 @@ def captured(layers: Sequence[nn.Module], use_input: bool, stop: bool) -> Iterat
     values: list = [None] * len(layers)
     seen = [False] * len(layers)
     handles = []
+    # With several layers the forward goes on after the first: what it writes into a recorded value in place (an
+    # in-place ReLU after the layer) must not reach the record, so values are copied. A single layer ends the pass.
+    keep = _copied if len(layers) > 1 else (lambda v: v)
 
     def make_hook(i: int):
         def record(value: Any) -> None:
-            values[i] = value
+            values[i] = keep(value)
             seen[i] = True
             if stop and all(seen):
                 raise StopForward

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..engine import run_chunked
+from ..engine import run_chunked, writes_into_leaf
 from ..memory import is_out_of_memory
 from ..probes import RepeatedLayerCall, TargetProbe, check_layer, replaced, run_until
 from .base import PathAttribution, keeps_model_state, output_probe
@@ -218,7 +218,7 @@ def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t,
                 with replaced(layers, values, use_input):
                     return select(forward_func(*own), examples)
             except SHAPE_ERRORS as error:
-                if is_out_of_memory(error) or isinstance(error, RepeatedLayerCall):
+                if is_out_of_memory(error) or isinstance(error, RepeatedLayerCall) or writes_into_leaf(error):
                     raise
                 # The model combines values from before the layer with the expanded rows in a way that needs them
                 # expanded too (torch reports such mismatches as these built-in errors): run it on the expanded rows
@@ -245,6 +245,8 @@ def _entangled_layers(forward_func, layers, inputs_t, args, per_example, use_inp
             for p in fresh:
                 if isinstance(p, Tensor) and p.requires_grad:
                     leaves[id(p)] = i
+            # Copies of the leaves go on, so that the model may write into them (an in-place ReLU after the layer).
+            fresh = tuple(p.clone() if isinstance(p, Tensor) and p.requires_grad else p for p in fresh)
             return fresh if isinstance(value, tuple) else fresh[0]
 
         if use_input:
