@@ -4,6 +4,8 @@ deep inside); these tests assert integrad's own messages only."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -111,6 +113,12 @@ def test_return_convergence_delta_must_be_bool(setup, flag):
     _, ig, x = setup
     expect(lambda: ig.attribute(x, target=0, return_convergence_delta=flag), "return_convergence_delta", "True",
            "False", types=TypeError)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"return_convergence_delta": True}, {"n_steps": "auto"}])
+def test_an_empty_batch_is_an_error(setup, kwargs):
+    _, ig, x = setup
+    expect(lambda: ig.attribute(x[:0], target=0, **kwargs), "inputs", "no examples", "at least one")
 
 
 def test_numpy_bools_are_bools(setup):
@@ -397,3 +405,38 @@ def test_layer_ig_flag_errors():
 def test_parse_bytes_errors_name_the_parameter():
     expect(lambda: parse_bytes("big", name="budget"), "budget", "256MiB")
     expect(lambda: parse_bytes(None), "memory_budget", types=TypeError)
+
+
+class WithLogits(nn.Module):
+    """Returns an output object holding ``.logits``, as transformers' models do."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return types.SimpleNamespace(logits=self.inner(x), hidden_states=None)
+
+
+def test_an_output_object_with_logits_is_attributed_through_its_logits(setup):
+    from integrad.explainers import IntegratedGradients as Explainer
+
+    model, ig, x = setup
+    wrapped = WithLogits(model)
+    t = torch.tensor([0, 1, 2])
+    expected = ig.attribute(x, target=t, n_steps=12)
+    torch.testing.assert_close(IntegratedGradients(wrapped).attribute(x, target=t, n_steps=12), expected, rtol=0, atol=0)
+    torch.testing.assert_close(Explainer(wrapped, n_steps=12).attribute(x, t), expected, rtol=0, atol=0)
+    layer = LayerIntegratedGradients(wrapped, model[0]).attribute(x, target=t, n_steps=12)
+    torch.testing.assert_close(layer, LayerIntegratedGradients(model, model[0]).attribute(x, target=t, n_steps=12))
+    # An output that is neither a tensor nor holds one under .logits is still an error naming what is accepted.
+    expect(lambda: IntegratedGradients(lambda z: {"scores": model(z)}).attribute(x, target=0), "forward_func",
+           "torch.Tensor", ".logits", types=TypeError)
+
+
+@pytest.mark.parametrize("noise_level", [0.0, 0.1])
+def test_the_explainer_rejects_an_empty_batch_by_name(setup, noise_level):
+    from integrad.explainers import IntegratedGradients as Explainer
+
+    model, _, x = setup
+    expect(lambda: Explainer(model, noise_level=noise_level).attribute(x[:0], 0), "inputs", "no examples")

@@ -179,6 +179,19 @@ def test_model_mode_is_left_as_the_user_set_it(trained, batch):
     assert not trained.model.training and not any(p.requires_grad for p in trained.model.parameters())
 
 
+def test_pnpxai_members_explainer_device_and_tunables(trained, batch):
+    x, y = batch
+    explainer = IntegratedGradients(trained.model, n_steps=4)
+    assert explainer.explainer is explainer.core
+    assert isinstance(explainer.explainer, integrad.IntegratedGradients)
+    layered = IntegratedGradients(trained.model, n_steps=4, layer=next(iter(trained.model.children())))
+    assert isinstance(layered.explainer, integrad.LayerIntegratedGradients)
+    assert explainer.device == next(trained.model.parameters()).device == torch.device("cpu")
+    assert IntegratedGradients(lambda z: z.sum(1)).device == torch.device("cpu")
+    assert IntegratedGradients.TUNABLES == {} and IntegratedGradients.EXPLANATION_TYPE == "attribution"
+    assert explainer.attribute(x, y).shape == x.shape
+
+
 def test_inputs_are_not_modified(trained, batch):
     x, y = batch
     x_copy, y_copy = x.clone(), y.clone()

@@ -503,6 +503,19 @@ def test_batch_size_bounds_rows_per_forward():
     assert max(model.rows) <= 3 and sum(model.rows) == 4 + 10 * 4
 
 
+def test_sensitivity_batch_size_below_the_batch_bounds_rows_per_explainer_call():
+    model = Linear(6)
+    x = data(4, 6)
+    t = torch.tensor([0, 1, 2, 0])
+    explainer = ConstantGradientExplainer(model)
+    phi = explainer.attribute(x, t)
+    whole = sensitivity_max(model, x, phi, t, explainer=explainer, n_perturbations=3, seed=0)
+    explainer.calls.clear()
+    split = sensitivity_max(model, x, phi, t, explainer=explainer, n_perturbations=3, batch_size=3, seed=0)
+    assert explainer.calls == [3, 1] * 3
+    torch.testing.assert_close(split, whole)
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -526,6 +539,38 @@ def test_model_and_tensors_left_unchanged():
     assert x.requires_grad and torch.equal(x.detach(), x_before) and torch.equal(phi, phi_before)
     for p, q in zip(model.parameters(), params_before):
         assert torch.equal(p.detach(), q)
+
+
+class NormalisedLinear(nn.Module):
+    """Linear -> BatchNorm1d -> Linear, in float64."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(3)
+            self.net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)).double()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_batch_norm_statistics_of_a_model_in_training_mode_are_put_back():
+    # Every forward in training mode moves the running statistics: each metric puts them back, and warns that the
+    # scores of a model in training mode depend on the batch.
+    model = NormalisedLinear().train()
+    x = data(4, 6)
+    t = torch.tensor([0, 1, 2, 1])
+    phi = exact_ig(Linear(6, scalar=False), x, t)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    for name, fn in METRICS.items():
+        if name in ("complexity", "sensitivity_max"):
+            continue  # these never run the model themselves
+        with pytest.warns(RuntimeWarning, match="model is in training mode, where BatchNorm1d"):
+            fn(model, x, phi, t, seed=0)
+        for n, b in model.named_buffers():
+            assert torch.equal(b, buffers[n]), (name, n)
+    model(x)
+    assert not torch.equal(model.net[1].running_mean, buffers["net.1.running_mean"])
 
 
 # --------------------------------------------------------------------------- multi-input and extractors

@@ -90,6 +90,8 @@ def normalize_inputs(inputs: Any, *, name: str = "inputs", need_grad: bool = Tru
     sizes = [t.shape[0] for t in tensors]
     if any(s != batch for s in sizes):
         raise ValueError(f"every tensor in {name} must have the same batch size (dim 0); got sizes {sizes}")
+    if batch == 0:
+        raise ValueError(f"{name} holds no examples (dim 0 has size 0); pass at least one example")
     return tuple(tensors), was_tuple
 
 
@@ -195,11 +197,21 @@ def select_rows(args: tuple[Any, ...], per_example: Sequence[bool], rows: Tensor
     return tuple(a.index_select(0, rows.to(a.device)) if flag else a for a, flag in zip(args, per_example))
 
 
+def model_output(output: Any) -> Any:
+    """The tensor a model's output stands for: the output itself, or the ``.logits`` tensor of an output object (as
+    transformers' models return); anything else unchanged."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) else output
+
+
 def check_output(output: Any, rows: int) -> Tensor:
+    output = model_output(output)
     if not isinstance(output, Tensor):
         raise TypeError(
-            f"forward_func must return a torch.Tensor (one row per example); it returned {_describe(output)}. "
-            "Wrap the model so that it returns the tensor to attribute (for example outputs.logits)"
+            f"forward_func must return a torch.Tensor (one row per example) or an object with a .logits tensor; it "
+            f"returned {_describe(output)}. Wrap the model so that it returns the tensor to attribute"
         )
     if output.dim() == 0 or output.shape[0] != rows:
         raise ValueError(

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .arguments import model_output
 from .explainers.baselines import BASELINES, get_baseline_fn
 from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
 
@@ -172,10 +173,9 @@ def make_baselines(
 
 
 def _unwrap(out: Any) -> torch.Tensor:
+    out = model_output(out)
     if isinstance(out, torch.Tensor):
         return out
-    if hasattr(out, "logits"):
-        return out.logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     if isinstance(out, dict) and "logits" in out:

@@ -47,7 +47,9 @@ batch_size
     perturbed evaluations; ``None`` evaluates all rows of a metric at once.
 
 All model forwards run under :func:`torch.no_grad`; neither the model (mode,
-parameters, ``requires_grad``) nor any input tensor is modified.  The options
+parameters, ``requires_grad``, batch-norm statistics) nor any input tensor is
+modified.  A model in training mode with dropout or batch norm gets a
+RuntimeWarning: its outputs, and so the scores, are random or depend on the batch.  The options
 ``baselines``, ``seed``, ``batch_size``, ``explainer`` and the two extractors are
 accepted by every metric (ignored where unused), so one option set can be passed
 to all metrics in :data:`METRICS`.
@@ -65,6 +67,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .arguments import model_output
+from .methods.base import restore_training_state, training_state_saved
 
 __all__ = [
     "METRICS",
@@ -118,8 +123,12 @@ def _metric(higher_is_better: bool, evaluates: str | None = "model"):
             common = {key: options.pop(key, None) for key in _COMMON_OPTIONS}
             if evaluates == "explainer":
                 _check_explainer(common["explainer"])
-            ctx = _prepare(name, model if evaluates == "model" else None, inputs, targets, **common)
-            return core(ctx, attributions, **options)
+            saved = training_state_saved(model if evaluates == "model" else None, "model", stacklevel=2)
+            try:
+                ctx = _prepare(name, model if evaluates == "model" else None, inputs, targets, **common)
+                return core(ctx, attributions, **options)
+            finally:
+                restore_training_state(saved)
 
         wrapper.__signature__ = inspect.Signature(
             [inspect.Parameter(p, _POS) for p in ("model", "inputs", "attributions")]
@@ -387,11 +396,9 @@ def _baselines(ctx: _Context) -> tuple[Tensor, ...]:
 
 
 def _output_tensor(metric: str, out: Any) -> Tensor:
+    out = model_output(out)
     if isinstance(out, Tensor):
         return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
     raise TypeError(f"{metric}: model must return a tensor (or an object with a .logits tensor); got {type(out).__name__}")
 
 
@@ -804,19 +811,26 @@ def sensitivity_max(ctx: _Context, attributions, *, radius=0.02, n_perturbations
         delta = _draw(ctx, k, lambda x: (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * radius)
         pert = tuple((x.unsqueeze(0) + d).reshape(k * ctx.n, *x.shape[1:]) for x, d in zip(ctx.xs, delta))
         rows = _tile_rows(ctx, k)
-        batch = _rebuild_batch(ctx, pert, rows)
-        tgt = None if ctx.targets is None else ctx.targets[rows]
-        with torch.enable_grad():
-            new = ctx.explainer.attribute(batch, tgt)
-        new_attrs = (new,) if isinstance(new, Tensor) else tuple(new) if isinstance(new, (tuple, list)) else None
-        expected = [(k * ctx.n, *a.shape[1:]) for a in attrs]
-        if new_attrs is None or [tuple(a.shape) for a in new_attrs] != expected:
-            got = type(new).__name__ if new_attrs is None else [tuple(a.shape) for a in new_attrs]
-            raise ValueError(
-                f"sensitivity_max: explainer.attribute on {k * ctx.n} perturbed rows must return attributions "
-                f"shaped like attributions with batch size {k * ctx.n}, {expected}; got {got}"
-            )
-        flat = torch.cat([a.detach().reshape(k, ctx.n, -1).to(ref.dtype) for a in new_attrs], dim=2)
+        # At most batch_size rows per explainer call: a perturbation of a batch larger than that is split too.
+        step = k * ctx.n if ctx.batch_size is None else min(k * ctx.n, ctx.batch_size)
+        parts = []
+        for lo in range(0, k * ctx.n, step):
+            sub_rows = rows[lo:lo + step]
+            batch = _rebuild_batch(ctx, tuple(p[lo:lo + step] for p in pert), sub_rows)
+            tgt = None if ctx.targets is None else ctx.targets[sub_rows]
+            with torch.enable_grad():
+                new = ctx.explainer.attribute(batch, tgt)
+            new_attrs = (new,) if isinstance(new, Tensor) else tuple(new) if isinstance(new, (tuple, list)) else None
+            expected = [(len(sub_rows), *a.shape[1:]) for a in attrs]
+            if new_attrs is None or [tuple(a.shape) for a in new_attrs] != expected:
+                got = type(new).__name__ if new_attrs is None else [tuple(a.shape) for a in new_attrs]
+                raise ValueError(
+                    f"sensitivity_max: explainer.attribute on {len(sub_rows)} perturbed rows must return attributions "
+                    f"shaped like attributions with batch size {len(sub_rows)}, {expected}; got {got}"
+                )
+            parts.append(new_attrs)
+        new_attrs = tuple(torch.cat([p[i].detach() for p in parts]) for i in range(len(attrs)))
+        flat = torch.cat([a.reshape(k, ctx.n, -1).to(ref.dtype) for a in new_attrs], dim=2)
         change = _norm(flat - ref.unsqueeze(0), norm)  # (k, N)
         infinite = torch.where(change > 0, torch.full_like(change, math.inf), torch.zeros_like(change))
         ratios.append(_safe_div(change, ref_norm, infinite))

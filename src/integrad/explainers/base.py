@@ -43,10 +43,14 @@ class Explainer(abc.ABC):
         What :meth:`attribute` returns; ``"attribution"``: one score per input element.
     SUPPORTED_MODULES : list
         Module categories (see :mod:`integrad.explainers.support`) the explainer is known to handle.
+    TUNABLES : dict
+        Tunable parameters fixed for the class (none: an explainer's search space depends on its configuration and
+        inputs, see ``get_tunables``).
     """
 
     EXPLANATION_TYPE: str = "attribution"
     SUPPORTED_MODULES: List[Any] = []
+    TUNABLES: Dict[str, Any] = {}
 
     def __init__(self, model: nn.Module, forward_arg_extractor: Optional[Extractor] = None,
                  additional_forward_arg_extractor: Optional[Extractor] = None) -> None:

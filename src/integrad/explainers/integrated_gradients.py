@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .. import arguments
 from .base import Explainer, Extractor, TensorOrTuple
 from .baselines import BASELINES, ConfiguredBaseline, baselines_for, get_baseline_fn, input_kind
 from .support import Attention, Convolution, Linear
@@ -143,6 +144,21 @@ class IntegratedGradients(Explainer):
             self._core = cached = (key, method)
         return cached[1]
 
+    @property
+    def explainer(self):
+        """:attr:`core`, under the name pnpxai gives it."""
+        return self.core
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter or buffer (the CPU for a model without either)."""
+        if isinstance(self.model, nn.Module):
+            for tensor in self.model.parameters():
+                return tensor.device
+            for tensor in self.model.buffers():
+                return tensor.device
+        return torch.device("cpu")
+
     def attribute(self, inputs: Any, targets: Optional[Union[torch.Tensor, int, Sequence[int]]] = None
                   ) -> TensorOrTuple:
         """Integrated gradients of the batch ``inputs`` at ``targets``.
@@ -162,8 +178,8 @@ class IntegratedGradients(Explainer):
             activations (a list for a list of layers).
         """
         forward, additional = self._extract_args(inputs)
-        tensors = forward if isinstance(forward, tuple) else (forward,)
-        target = _check_targets(targets, tensors[0].shape[0] if tensors[0].dim() else 1, self.n_classes)
+        tensors, _ = arguments.normalize_inputs(forward, need_grad=False)
+        target = _check_targets(targets, tensors[0].shape[0], self.n_classes)
         baselines = self._baselines(tensors)
         baselines = baselines if isinstance(forward, tuple) else baselines[0]
 

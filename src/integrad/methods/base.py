@@ -25,34 +25,43 @@ ROW_SHAPES_KEPT = 32
 TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
+def training_state_saved(model: Any, name: str, stacklevel: int) -> list | None:
+    """For a model in training mode with dropout or batch norm: warn (its outputs are random, or depend on which rows
+    run together) and return its batch-norm running statistics, which every forward in training mode updates, to be
+    put back by :func:`restore_training_state`. None for any other model."""
+    if not (isinstance(model, nn.Module) and model.training):
+        return None
+    sensitive = [m for m in model.modules() if m.training and isinstance(m, TRAINING_SENSITIVE)]
+    if not sensitive:
+        return None
+    names = ", ".join(sorted({type(m).__name__ for m in sensitive}))
+    warnings.warn(
+        f"{name} is in training mode, where {names} make a row's output random (dropout) or dependent on the other "
+        "rows evaluated with it (batch statistics): the results are not those of the model in use, and change with "
+        "the chunking. Call model.eval() first", RuntimeWarning, stacklevel=stacklevel + 1,
+    )
+    return [(b, b.clone()) for m in sensitive if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers(recurse=False)]
+
+
+def restore_training_state(saved: list | None) -> None:
+    if saved:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def keeps_model_state(attribute: Callable) -> Callable:
-    """Wrap a method that runs ``self.forward_func``: a model in training mode with dropout or batch norm gets a
-    warning (its attributions are random, or depend on how path rows are chunked), and its batch-norm running
-    statistics, which every forward in training mode updates, are put back afterwards."""
+    """Wrap a method that runs ``self.forward_func`` with :func:`training_state_saved`: a model in training mode
+    with dropout or batch norm gets a warning, and its batch-norm running statistics are put back afterwards."""
 
     @functools.wraps(attribute)
     def wrapper(self, *args, **kwargs):
-        model = self.forward_func
-        if not (isinstance(model, nn.Module) and model.training):
-            return attribute(self, *args, **kwargs)
-        sensitive = [m for m in model.modules() if m.training and isinstance(m, TRAINING_SENSITIVE)]
-        if not sensitive:
-            return attribute(self, *args, **kwargs)
-        names = ", ".join(sorted({type(m).__name__ for m in sensitive}))
-        warnings.warn(
-            f"forward_func is in training mode, where {names} make a path row's output random (dropout) or dependent "
-            "on the other rows evaluated with it (batch statistics): the attributions are not those of the model "
-            "in use, and change with the chunking. Call model.eval() before attributing", RuntimeWarning,
-            stacklevel=2,
-        )
-        saved = [(b, b.clone()) for m in sensitive if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 for b in m.buffers(recurse=False)]
+        saved = training_state_saved(self.forward_func, "forward_func", stacklevel=2)
         try:
             return attribute(self, *args, **kwargs)
         finally:
-            with torch.no_grad():
-                for buffer, value in saved:
-                    buffer.copy_(value)
+            restore_training_state(saved)
 
     return wrapper
 
