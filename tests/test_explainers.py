@@ -412,3 +412,38 @@ def test_repr_shows_the_configuration(trained):
     assert text == ("IntegratedGradients(n_steps=20, baseline_fn=gaussian_blur(sigma=2.0), layer='features.0', "
                     "noise_level=0.0, method='riemann_left')")
     assert isinstance(get_baseline_fn("zeros"), ConfiguredBaseline) and gaussian_blur.TUNABLES
+
+
+def test_a_baseline_parameter_alone_applies_to_the_current_baseline(trained):
+    blur = IntegratedGradients(trained.model, baseline_fn="gaussian_blur")
+    tuned = blur.apply_tunables({"baseline_fn.gaussian_blur.sigma": 3.0, "n_steps": 30})
+    assert tuned.baseline_fn == get_baseline_fn("gaussian_blur", sigma=3.0) and tuned.n_steps == 30
+    assert blur.baseline_fn == "gaussian_blur"
+    configured = IntegratedGradients(trained.model, baseline_fn=get_baseline_fn("gaussian_blur", kernel_size=3))
+    assert configured.apply_tunables({"baseline_fn.gaussian_blur.sigma": 2.0}).baseline_fn == get_baseline_fn(
+        "gaussian_blur", kernel_size=3, sigma=2.0)
+    with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*'zeros'"):
+        IntegratedGradients(trained.model).apply_tunables({"baseline_fn.gaussian_blur.sigma": 3.0})
+    with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'"):
+        IntegratedGradients(trained.model, baseline_fn=lambda x: x * 0).apply_tunables(
+            {"baseline_fn.gaussian_blur.sigma": 3.0})
+    with pytest.raises(ValueError, match=r"'baseline_fn\.sigma'.*baseline_fn\.<name>\.<parameter>"):
+        blur.apply_tunables({"baseline_fn.sigma": 3.0})
+    # With the baseline choice, parameters of the other baselines are ignored.
+    assert blur.apply_tunables({"baseline_fn": "zeros", "baseline_fn.gaussian_blur.sigma": 3.0}).baseline_fn == (
+        get_baseline_fn("zeros"))
+
+
+def test_current_tunables_include_the_baselines_default_parameters(trained):
+    blur = IntegratedGradients(trained.model, baseline_fn="gaussian_blur")
+    assert blur.current_tunables() == {"n_steps": 20, "noise_level": 0.0, "method": "gausslegendre",
+                                       "baseline_fn": "gaussian_blur", "baseline_fn.gaussian_blur.sigma": 1.0}
+    noisy = IntegratedGradients(trained.model, baseline_fn=get_baseline_fn("gaussian", seed=3))
+    point = noisy.current_tunables()
+    assert point["baseline_fn.gaussian.std"] == 0.1 and point["baseline_fn.gaussian.seed"] == 3
+    # The point rebuilds an explainer that attributes like this one.
+    x = torch.rand(2, 1, 8, 8)
+    y = torch.tensor([0, 1])
+    for explainer in (blur, noisy):
+        rebuilt = IntegratedGradients(trained.model).apply_tunables(explainer.current_tunables())
+        torch.testing.assert_close(rebuilt.attribute(x, y), explainer.attribute(x, y), rtol=0, atol=0)

@@ -10,6 +10,7 @@ import torch
 
 from integrad import metrics
 from integrad.explainers import IntegratedGradients
+from integrad.explainers.baselines import get_baseline_fn
 from integrad.tune import OptimizationResult, grid_values, optimize
 
 from _models import digits
@@ -190,3 +191,73 @@ def test_tuned_explainer_scores_at_least_as_well_on_held_out_examples(trained):
 
     assert result.value >= score(default, tune_x, tune_y) - 1e-9
     assert score(result.explainer, held_x, held_y) >= score(default, held_x, held_y) - 1e-6
+
+
+BLUR_SIGMA = "baseline_fn.gaussian_blur.sigma"
+
+
+def test_a_baseline_parameter_alone_tunes_the_explainers_own_baseline(trained, tuning_batch):
+    x, y = tuning_batch
+    explainer = IntegratedGradients(trained.model, n_steps=10, baseline_fn="gaussian_blur")
+    with_condition = {BLUR_SIGMA: explainer.get_tunables(x)[BLUR_SIGMA]}
+    without_condition = {BLUR_SIGMA: (float, {"low": 0.5, "high": 4.0})}
+    for space in (with_condition, without_condition):
+        result = optimize(explainer, x, y, _completeness, n_trials=3, sampler="random", seed=0, tunables=space)
+        sigmas = [t.params[BLUR_SIGMA] for t in result.study.trials]
+        values = [t.value for t in result.study.trials]
+        assert len(set(sigmas)) == 3 and len(set(values)) == 3, (sigmas, values)
+        assert sigmas[0] == 1.0  # the explainer's own (default) sigma first
+        assert result.explainer.baseline_fn == get_baseline_fn("gaussian_blur", sigma=result.params[BLUR_SIGMA])
+        again = _completeness(trained.model, x, result.explainer.attribute(x, y), y).mean().item()
+        assert math.isclose(again, result.value, rel_tol=1e-6, abs_tol=1e-9)
+    grid = optimize(explainer, x, y, _completeness, n_trials=10, sampler="grid", seed=0, tunables=with_condition)
+    assert len({t.params[BLUR_SIGMA] for t in grid.study.trials}) == 5
+
+
+def test_a_baseline_parameter_of_another_baseline_is_an_error(trained, tuning_batch):
+    x, y = tuning_batch
+    explainer = IntegratedGradients(trained.model, n_steps=10)
+    space = {BLUR_SIGMA: explainer.get_tunables(x)[BLUR_SIGMA]}
+    with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*'zeros'"):
+        optimize(explainer, x, y, _completeness, n_trials=2, sampler="random", seed=0, tunables=space)
+    # Sampled together with the baseline choice it is a dependent entry, as in the full space.
+    result = optimize(explainer, x, y, _completeness, n_trials=4, sampler="random", seed=0,
+                      tunables={"baseline_fn": (str, {"choices": ["zeros", "gaussian_blur"]}), **space})
+    for trial in result.study.trials:
+        assert (BLUR_SIGMA in trial.params) == (trial.params["baseline_fn"] == "gaussian_blur")
+
+
+@pytest.mark.parametrize("baseline", ["zeros", "gaussian_blur", "gaussian"])
+def test_the_first_trial_is_the_explainers_own_configuration(trained, tuning_batch, baseline):
+    x, y = tuning_batch
+    explainer = IntegratedGradients(trained.model, n_steps=10, baseline_fn=baseline)
+    own = metrics.abpc(trained.model, x, explainer.attribute(x, y), y, n_steps=10, seed=0)
+    own = own.to(torch.float64).mean().item()
+    for sampler in ("tpe", "random"):
+        result = optimize(explainer, x, y, metrics.abpc, n_trials=1, sampler=sampler, seed=0,
+                          metric_kwargs={"n_steps": 10})
+        current = explainer.current_tunables()
+        assert result.study.trials[0].params == {name: current[name] for name in result.study.trials[0].params}
+        assert set(result.study.trials[0].params) == set(current)
+        assert math.isclose(result.value, own, rel_tol=1e-9, abs_tol=1e-12)
+        assert torch.equal(result.explainer.attribute(x, y), explainer.attribute(x, y))
+
+
+def test_targets_may_be_an_int_a_sequence_or_a_tensor(trained, tuning_batch):
+    x, _ = tuning_batch
+    explainer = IntegratedGradients(trained.model, n_steps=10)
+    forms = [1, [1] * len(x), (1,) * len(x), torch.ones(len(x), dtype=torch.long), torch.tensor(1),
+             torch.tensor([1]), [1]]
+    results = [optimize(explainer, x, target, "completeness_error", n_trials=3, sampler="random", seed=0,
+                        tunables=SMALL_SPACE) for target in forms]
+    for result in results[1:]:
+        assert result.value == results[0].value and result.params == results[0].params
+        assert [t.value for t in result.study.trials] == [t.value for t in results[0].study.trials]
+    with pytest.raises(TypeError, match="targets must be"):
+        optimize(explainer, x, torch.ones(len(x)), "completeness_error", n_trials=1, tunables=SMALL_SPACE)
+    with pytest.raises(TypeError, match="targets must be"):
+        optimize(explainer, x, True, "completeness_error", n_trials=1, tunables=SMALL_SPACE)
+    with pytest.raises(TypeError, match="targets must be"):
+        optimize(explainer, x, [1.0] * len(x), "completeness_error", n_trials=1, tunables=SMALL_SPACE)
+    with pytest.raises(ValueError, match=r"targets must have shape \(N,\) = \(8,\)"):
+        optimize(explainer, x, [1, 2], "completeness_error", n_trials=1, tunables=SMALL_SPACE)

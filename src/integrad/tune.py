@@ -91,6 +91,68 @@ def _check_space(space: Dict[str, Tuple[type, Dict[str, Any]]]) -> None:
             raise ValueError(f"tunable {name!r} of type {getattr(kind, '__name__', kind)} needs non-empty 'choices'")
 
 
+def _fix_conditions(space: Dict[str, Tuple[type, Dict[str, Any]]],
+                    current: Dict[str, Any]) -> Dict[str, Tuple[type, Dict[str, Any]]]:
+    # A condition ("when") on a parameter that is not searched is decided by the explainer's own value of it: a
+    # baseline's parameter searched without the baseline choice tunes the explainer's own baseline, so it is
+    # searched unconditionally when that baseline is the one named, and is an error otherwise.
+    fixed: Dict[str, Tuple[type, Dict[str, Any]]] = {}
+    for name, (kind, spec) in space.items():
+        when = spec.get("when")
+        if when:
+            for key, value in when.items():
+                if key not in space and (key not in current or current[key] != value):
+                    own = repr(current[key]) if key in current else "not one of the tunable values"
+                    raise ValueError(
+                        f"tunable {name!r} applies only when {key} is {value!r}, but {key!r} is not in the search "
+                        f"space and the explainer's {key} is {own}; add {key!r} to tunables or tune an explainer "
+                        f"with {key}={value!r}"
+                    )
+            inside = {key: value for key, value in when.items() if key in space}
+            spec = {key: value for key, value in spec.items() if key != "when"}
+            if inside:
+                spec["when"] = inside
+        fixed[name] = (kind, spec)
+    return fixed
+
+
+def _batch_of(explainer: Any, inputs: Any) -> Tuple[Optional[int], Optional[torch.device]]:
+    # Number of examples and device of the first attributed tensor, as the explainer reads the batch.
+    extract = getattr(explainer, "_extract_args", None)
+    forward = extract(inputs)[0] if callable(extract) else inputs
+    first = forward[0] if isinstance(forward, (tuple, list)) and forward else forward
+    if not torch.is_tensor(first):
+        return None, None
+    return (int(first.shape[0]) if first.dim() > 0 else None), first.device
+
+
+def _check_targets(targets: Any, n: Optional[int], device: Optional[torch.device]) -> Optional[torch.Tensor]:
+    # One LongTensor of shape (N,), the form every metric takes, from the forms optimize accepts.
+    accepted = "a LongTensor of shape (N,), an int, a sequence of ints, or None"
+    if targets is None:
+        return None
+    if isinstance(targets, bool):
+        raise TypeError(f"targets must be {accepted}; got a bool")
+    if isinstance(targets, (int, np.integer)):
+        targets = torch.tensor(int(targets), device=device)
+    elif isinstance(targets, (list, tuple)):
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in targets):
+            raise TypeError(f"targets must be {accepted}; a sequence must hold ints, one per example")
+        targets = torch.tensor([int(t) for t in targets], dtype=torch.long, device=device)
+    elif not torch.is_tensor(targets):
+        raise TypeError(f"targets must be {accepted}; got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be {accepted}; got a tensor of dtype {targets.dtype}")
+    if n is None:
+        return targets.long()
+    if targets.dim() > 1 or (targets.dim() == 1 and targets.numel() not in (1, n)):
+        raise ValueError(
+            f"targets must have shape (N,) = ({n},), hold one index for every example, or be an int; "
+            f"got shape {tuple(targets.shape)}"
+        )
+    return targets.long().reshape(-1).expand(n).clone()
+
+
 def grid_values(kind: type, spec: Dict[str, Any], points: int = 5) -> List[Any]:
     """Finite values of one tunable, for grid search.
 
@@ -178,8 +240,9 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
         The explainer to tune; its ``get_tunables(inputs)`` is the search space.
     inputs : torch.Tensor or tuple
         A batch, as ``explainer.attribute`` takes it.
-    targets : torch.LongTensor of shape (N,), int, or None
-        Output index per example.
+    targets : torch.LongTensor of shape (N,), int, sequence of int, or None
+        Output index per example; an int (or a one-element sequence or tensor) is used for every example. The
+        metric receives them as a LongTensor of shape (N,).
     metric : callable or str
         ``metric(model, inputs, attributions, targets, **options) -> Tensor[N]`` with a bool attribute
         ``higher_is_better`` (which sets the direction), or the name of one in :mod:`integrad.metrics`.
@@ -195,7 +258,11 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
         Further options for the metric; they override the ones filled in here (the explainer's extractors and
         ``seed``, and ``explainer`` for metrics that take it).
     tunables : dict, optional
-        A search space replacing ``explainer.get_tunables(inputs)`` (e.g. a subset of it).
+        A search space replacing ``explainer.get_tunables(inputs)`` (e.g. a subset of it). An entry's ``"when"``
+        condition on a parameter outside the space is decided by the explainer's own value of it: a baseline's
+        parameter (``"baseline_fn.gaussian_blur.sigma"``) searched without ``"baseline_fn"`` tunes the explainer's
+        own baseline, so it is searched (on a grid too) when that baseline is the one named, and is an error when
+        the explainer has another baseline.
     verbose : bool
         Keep Optuna's per-trial log messages.
 
@@ -208,6 +275,11 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
     ------
     ImportError
         Optuna is not installed.
+    ValueError
+        An entry of the space applies only under a condition the explainer's own configuration does not meet (see
+        ``tunables``), or ``targets`` do not match the number of examples.
+    TypeError
+        ``targets`` of another form than the ones above.
     RuntimeError
         Every trial was pruned.
     """
@@ -221,6 +293,9 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
         raise TypeError(f"metric_kwargs must be a dict or None, got {type(metric_kwargs).__name__}")
     space = explainer.get_tunables(inputs) if tunables is None else dict(tunables)
     _check_space(space)
+    current = explainer.current_tunables() if hasattr(explainer, "current_tunables") else {}
+    space = _fix_conditions(space, current)
+    targets = _check_targets(targets, *_batch_of(explainer, inputs))
 
     grid = False
     if isinstance(sampler, str):
@@ -249,7 +324,7 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(direction=direction, sampler=sampler_object)
-        _run(optuna, study, explainer, inputs, targets, metric, space, grid, seed, metric_kwargs, n_trials)
+        _run(optuna, study, explainer, current, inputs, targets, metric, space, grid, seed, metric_kwargs, n_trials)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -263,11 +338,11 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
     return OptimizationResult(explainer.apply_tunables(dict(best.params)), float(best.value), dict(best.params), study)
 
 
-def _run(optuna: Any, study: Any, explainer: Any, inputs: Any, targets: Any, metric: Callable[..., Any],
-         space: Dict[str, Tuple[type, Dict[str, Any]]], grid: bool, seed: Optional[int],
+def _run(optuna: Any, study: Any, explainer: Any, current: Dict[str, Any], inputs: Any, targets: Any,
+         metric: Callable[..., Any], space: Dict[str, Tuple[type, Dict[str, Any]]], grid: bool, seed: Optional[int],
          metric_kwargs: Optional[Dict[str, Any]], n_trials: int) -> None:
-    if not grid and hasattr(explainer, "current_tunables"):
-        start = {name: value for name, value in explainer.current_tunables().items()
+    if not grid:
+        start = {name: value for name, value in current.items()
                  if name in space and _in_space(value, *space[name])}
         if start:
             study.enqueue_trial(start)

@@ -399,6 +399,21 @@ class ConfiguredBaseline:
         return f"{self.name}({args})"
 
 
+def _configured_params(baseline: ConfiguredBaseline) -> Dict[str, Any]:
+    """The parameters a configured baseline runs with: the bound ones, and for each of its ``TUNABLES`` that is not
+    bound, the function's default (``{"sigma": 1.0}`` for plain ``gaussian_blur``)."""
+    params = dict(baseline.params)
+    try:
+        signature = inspect.signature(baseline.fn).parameters
+    except (TypeError, ValueError):
+        return params
+    for name in baseline.TUNABLES:
+        parameter = signature.get(name)
+        if name not in params and parameter is not None and parameter.default is not parameter.empty:
+            params[name] = parameter.default
+    return params
+
+
 def _name_of(fn: Any) -> str:
     if isinstance(fn, ConfiguredBaseline):
         return fn.name

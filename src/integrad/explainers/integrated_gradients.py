@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .. import arguments
 from .base import Explainer, Extractor, TensorOrTuple
-from .baselines import BASELINES, ConfiguredBaseline, baselines_for, get_baseline_fn, input_kind
+from .baselines import BASELINES, ConfiguredBaseline, _configured_params, baselines_for, get_baseline_fn, input_kind
 from .support import Attention, Convolution, Linear
 
 __all__ = ["IntegratedGradients"]
@@ -281,34 +281,62 @@ class IntegratedGradients(Explainer):
         """A copy configured at a point of :meth:`get_tunables`'s space, e.g. from a tuner's trial.
 
         ``{"baseline_fn": "gaussian_blur", "baseline_fn.gaussian_blur.sigma": 2.0, "n_steps": 30}`` becomes
-        ``set_kwargs(baseline_fn=get_baseline_fn("gaussian_blur", sigma=2.0), n_steps=30)``. When the chosen
-        baseline is the one already configured (say ``token(103)``), its parameters are kept unless overridden.
+        ``set_kwargs(baseline_fn=get_baseline_fn("gaussian_blur", sigma=2.0), n_steps=30)``; parameters of the
+        baselines not chosen are ignored. When the chosen baseline is the one already configured (say
+        ``token(103)``), its parameters are kept unless overridden. Without ``"baseline_fn"``, a baseline's
+        parameter applies to this explainer's own baseline: ``{"baseline_fn.gaussian_blur.sigma": 3.0}``
+        re-configures a ``gaussian_blur`` baseline with ``sigma=3.0``.
+
+        Raises
+        ------
+        ValueError
+            A ``"baseline_fn.<name>.<parameter>"`` key without ``"baseline_fn"`` while this explainer's baseline is
+            not ``<name>``, or a ``"baseline_fn."`` key of another form.
         """
         kwargs: Dict[str, Any] = {}
-        baseline_params: Dict[str, Any] = {}
+        baseline_params: Dict[str, Dict[str, Any]] = {}
+        first_key: Dict[str, str] = {}
         for key, value in params.items():
             if key.startswith("baseline_fn."):
-                _, name, parameter = key.split(".", 2)
-                if params.get("baseline_fn") == name:
-                    baseline_params[parameter] = value
+                parts = key.split(".", 2)
+                if len(parts) != 3 or not parts[1] or not parts[2]:
+                    raise ValueError(
+                        f"tunable {key!r} is not a baseline parameter; those read 'baseline_fn.<name>.<parameter>'"
+                    )
+                baseline_params.setdefault(parts[1], {})[parts[2]] = value
+                first_key.setdefault(parts[1], key)
             else:
                 kwargs[key] = value
+        current = self.baseline_fn
+        if isinstance(current, str):
+            current = get_baseline_fn(current)
+        own = current.name if isinstance(current, ConfiguredBaseline) else None
         name = kwargs.get("baseline_fn")
         if isinstance(name, str):
-            current = self.baseline_fn
-            if isinstance(current, str):
-                current = get_baseline_fn(current)
-            if isinstance(current, ConfiguredBaseline) and current.name == name.strip().lower():
-                kwargs["baseline_fn"] = get_baseline_fn(current, **baseline_params)
+            name = name.strip().lower()
+            chosen = baseline_params.get(name, {})
+            if own == name:
+                kwargs["baseline_fn"] = get_baseline_fn(current, **chosen)
             else:
-                kwargs["baseline_fn"] = get_baseline_fn(name, **baseline_params)
+                kwargs["baseline_fn"] = get_baseline_fn(name, **chosen)
+        elif "baseline_fn" not in kwargs and baseline_params:
+            for baseline, key in first_key.items():
+                if baseline != own:
+                    raise ValueError(
+                        f"tunable {key!r} sets a parameter of the {baseline!r} baseline, but this explainer's "
+                        f"baseline_fn is {self.baseline_fn!r}; give 'baseline_fn': {baseline!r} with it to switch "
+                        "to that baseline"
+                    )
+            kwargs["baseline_fn"] = get_baseline_fn(current, **baseline_params[own])
         return self.set_kwargs(**kwargs)
 
     def current_tunables(self) -> Dict[str, Any]:
         """This explainer's configuration as a point of :meth:`get_tunables`'s space.
 
         ``method`` is the core's default when not set; the baseline appears by name with its parameters under
-        ``"baseline_fn.<name>.<parameter>"``; a custom callable baseline has no name in the space and is left out.
+        ``"baseline_fn.<name>.<parameter>"`` (the ones it was given, and the defaults of its tunable ones, e.g.
+        ``sigma=1.0`` for ``"gaussian_blur"``); a custom callable baseline has no name in the space and is left
+        out.
         """
         point: Dict[str, Any] = {"n_steps": self.n_steps, "noise_level": self.noise_level,
                                  "method": self.core_kwargs.get("method", _default_method())}
@@ -317,7 +345,7 @@ class IntegratedGradients(Explainer):
             spec = get_baseline_fn(spec)
         if isinstance(spec, ConfiguredBaseline) and spec.name in BASELINES:
             point["baseline_fn"] = spec.name
-            for parameter, value in spec.params.items():
+            for parameter, value in _configured_params(spec).items():
                 point[f"baseline_fn.{spec.name}.{parameter}"] = value
         return point
 
