@@ -376,3 +376,143 @@ def test_staged_output_is_all_or_nothing(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["digits-example-0.png", "notes.txt"]
     assert (out / "digits-example-0.png").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+# --------------------------------------------------------------------------- problems found past the first example
+
+
+def _help(command: str) -> str:
+    """The --help text of a subcommand, on one line."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return " ".join(sub.choices[command].format_help().split())
+
+
+def _one_line_error(capsys, code, argument, *words):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith(f"integrad: error: {argument}: ") and "\n" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+def test_token_id_outside_the_vocabulary_names_the_example(tmp_path, capsys):
+    import fixtures_cli_models as cm
+
+    ids = np.random.default_rng(6).integers(1, cm.VOCAB, (4, 6))
+    ids[2, 3] = cm.VOCAB + 70  # only row 2 is beyond the vocabulary; row 0 passes the first-example check
+    np.save(tmp_path / "ids.npy", ids)
+    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:token_ids", "--inputs", str(tmp_path / "ids.npy"))
+    _one_line_error(capsys, code, "--inputs", "example 2 (", "examples 0..3", "IndexError", "nothing was written")
+    assert not out.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_layer_the_core_cannot_interpolate_is_an_argument_error(tmp_path, capsys):
+    np.save(tmp_path / "seq.npy", np.random.default_rng(7).normal(size=(5, 10, 4)).astype(np.float32))
+    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:recurrent", "--inputs", str(tmp_path / "seq.npy"),
+                         "--layer", "lstm")
+    _one_line_error(capsys, code, "--layer", "'lstm'", "first example", "TypeError")
+    assert not out.exists()
+
+
+def test_options_the_core_refuses_are_named(tmp_path, features, capsys):
+    np.save(tmp_path / "x.npy", features)
+    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
+                         "--method", "riemann_trapezoid", "--n-steps", "1")
+    _one_line_error(capsys, code, "--n-steps", "n_steps must be")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("baseline", ["zeros", "uniform"])
+def test_seed_range_is_checked_up_front(tmp_path, features, capsys, baseline):
+    np.save(tmp_path / "x.npy", features)
+    for seed in ("100000000000000", "-1", "4294967296"):
+        code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
+                             "--baseline", baseline, "--seed", seed)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err, err
+        assert "--seed" in err and "0 to 4294967295" in err and "--baseline" not in err, err
+        assert not out.exists()
+    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
+                         "--baseline", baseline, "--seed", "4294967295")
+    assert code == 0
+    assert "0 to 4294967295" in _help("explain")
+
+
+# --------------------------------------------------------------------------- shapes, baselines, output folder
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_first_dimension_of_an_array_is_the_batch(tmp_path, n):
+    import fixtures_cli_models as cm
+
+    x = np.random.default_rng(8).normal(size=(n, 10, cm.SEQ_FEATURES)).astype(np.float32)
+    np.save(tmp_path / "seq.npy", x)
+    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:sequence", "--inputs", str(tmp_path / "seq.npy"))
+    assert code == 0
+    saved = load_file(str(out / "attributions.safetensors"))
+    assert torch.equal(saved["inputs"], torch.from_numpy(x))
+    assert saved["attributions"].shape == (n, 10, cm.SEQ_FEATURES)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input_shape"] == [n, 10, cm.SEQ_FEATURES] and summary["kind"] == "tensor"
+    assert len(summary["examples"]) == n
+    gap = _completeness(cm.sequence(), saved["inputs"], saved["attributions"], saved["targets"])
+    assert gap.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("baseline", ["mean", "invert"])
+def test_data_baselines_use_every_example_whatever_the_batches(tmp_path, features, baseline, capsys):
+    np.save(tmp_path / "x.npy", features)
+    results = {}
+    for bs in ("2", "5"):  # 5 examples in batches of 2 end with a batch of one
+        out = tmp_path / f"out{bs}"
+        assert main(["explain", "--model", "fixtures_models:linear", "--inputs", str(tmp_path / "x.npy"), "--target",
+                     "1", "--baseline", baseline, "--batch-size", bs, "--out", str(out), "--no-progress"]) == 0
+        results[bs] = load_file(str(out / "attributions.safetensors"))["attributions"]
+    assert "warning" not in capsys.readouterr().err
+    x = torch.from_numpy(features)
+    if baseline == "mean":
+        base = x.double().mean(0).float().expand_as(x)
+    else:
+        base = (x.double().amax(0) + x.double().amin(0)).float() - x
+    # A linear model: IG is exactly (x - x') * W[target] for any rule.
+    expected = (x - base) * fm.linear().weight.detach()[1]
+    for bs, attributions in results.items():
+        assert torch.allclose(attributions, expected, atol=1e-5), bs
+    assert results["2"][4].abs().sum() > 0  # the last example, alone in its batch, is not its own baseline
+
+
+def test_data_baseline_of_a_single_example_warns(tmp_path, features, capsys):
+    np.save(tmp_path / "x.npy", features[:1])
+    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
+                         "--baseline", "mean")
+    assert code == 0
+    assert "warning: --baseline mean" in capsys.readouterr().err
+    assert load_file(str(out / "attributions.safetensors"))["attributions"].abs().max() == 0
+
+
+def test_explain_removes_its_own_stale_files_only(tmp_path, features):
+    np.save(tmp_path / "x.npy", features)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "attributions.html").write_text("tokens of an earlier text run")
+    (out / "notes.txt").write_text("mine")
+    (out / "attributions-old.png").write_bytes(b"mine too")
+    assert main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
+                 str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["attributions-old.png", "attributions.png",
+                                                     "attributions.safetensors", "notes.txt", "summary.json",
+                                                     "summary.txt"]
+
+
+def test_target_help_agrees_with_one_score_models(tmp_path, features, capsys):
+    for command in ("explain", "attribute-dataset"):
+        assert "ignored for models with one output" not in _help(command)
+        assert "a class index is an error" in _help(command)
+    np.save(tmp_path / "x.npy", features)
+    for target, expected in (("1", 2), ("predicted", 0)):
+        code, _ = _explain(tmp_path, "--model", "fixtures_models:scalar_mlp", "--inputs", str(tmp_path / "x.npy"),
+                           "--target", target)
+        assert code == expected, target
+    assert "--target" in capsys.readouterr().err

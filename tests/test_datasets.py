@@ -320,3 +320,112 @@ def test_two_processes_equal_one(tmp_path, npz):
     (out / "shard-00004.safetensors").unlink()
     _attribute(npz, out, baseline="gaussian", seed=4)
     assert torch.allclose(load_attributions(out).attributions, a.attributions, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- problems found late, and resuming
+
+
+def _error_line(capsys, code, argument, *words):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    line = err[-1]
+    assert line.startswith(f"integrad: error: {argument}: "), err
+    assert not [e for e in err if "Traceback" in e], err
+    for w in words:
+        assert w in line, (w, line)
+    return line
+
+
+def test_baseline_that_does_not_fit_is_refused_before_writing(tmp_path, npz, capsys):
+    out = tmp_path / "run"
+    args = ["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out),
+            "--no-progress", "--n-steps", "8"]
+    code = main([*args, "--baseline", "gaussian_blur"])
+    _error_line(capsys, code, "--baseline", "gaussian_blur", "does not fit")
+    assert not out.exists()
+    # The corrected command is not refused as 'different parameters'.
+    assert main([*args, "--baseline", "zeros"]) == 0
+    assert load_attributions(out).attributions.shape == (23, fm.N_FEATURES)
+
+
+def test_label_out_of_range_part_way_keeps_finished_shards_and_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = ["attribute-dataset", "--model", "fixtures_models:mlp", "--data", "fixtures_cli_models:bad_last_label",
+            "--target", "label", "--batch-size", "4", "--n-steps", "8", "--out", str(out), "--no-progress"]
+    code = main(args)
+    _error_line(capsys, code, "--target", "batch 2", "shard-00002.safetensors", "label 7 (example 9)",
+                "2 finished shards are kept", "resumes")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.safetensors",
+                                                     "shard-00001.safetensors"]
+    # With the label mended the same command finishes the run, and gives what a clean run gives.
+    monkeypatch.setenv("FIXTURE_LAST_LABEL", "1")
+    assert main(args) == 0
+    assert "resuming: 2 of 3 batches already done" in capsys.readouterr().err
+    clean = tmp_path / "clean"
+    assert main([*args[:-3], "--out", str(clean), "--no-progress"]) == 0
+    a, b = load_attributions(out), load_attributions(clean)
+    assert torch.equal(a.attributions, b.attributions) and a.targets[9] == 1
+
+
+def test_value_the_model_refuses_part_way_names_the_example(tmp_path, capsys):
+    import fixtures_cli_models as cm
+
+    ids = np.random.default_rng(9).integers(1, cm.VOCAB, (8, 5))
+    ids[5, 0] = cm.VOCAB  # one past the vocabulary
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "run"
+    code = main(["attribute-dataset", "--model", "fixtures_cli_models:token_ids", "--data", str(tmp_path / "ids.npy"),
+                 "--batch-size", "2", "--n-steps", "8", "--out", str(out), "--no-progress"])
+    _error_line(capsys, code, "--data", "example 5 (batch 2, shard-00002.safetensors, examples 4..5)",
+                "IndexError", "2 finished shards are kept", "resumes")
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+
+
+def test_dataset_items_of_different_shapes(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", "fixtures_cli_models:Ragged",
+                 "--batch-size", "3", "--n-steps", "4", "--out", str(out), "--no-progress"])
+    _error_line(capsys, code, "--data", "batch 1", "item 4 has shape (5,)", "finished shard is kept")
+
+
+def test_seed_is_checked_before_writing(tmp_path, npz, capsys):
+    for seed in ("100000000000000", "-3"):
+        out = tmp_path / "run"
+        code = main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out),
+                     "--baseline", "uniform", "--seed", seed, "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "--seed" in err and "0 to 4294967295" in err and "\n" not in err, err
+        assert not out.exists()
+    with pytest.raises(InputError, match="--seed: expected an integer from 0 to 4294967295"):
+        _attribute(npz, tmp_path / "run", seed=2**40)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("baseline", ["mean", "invert"])
+def test_data_baselines_do_not_depend_on_batch_size(tmp_path, npz, baseline):
+    # 23 examples in batches of 11 end with a batch of one, which a per-batch statistic would give all zeros.
+    runs = {bs: load_attributions(attribute_dataset("fixtures_models:linear", str(npz), tmp_path / f"b{bs}",
+                                                    batch_size=bs, n_steps=4, target=2, baseline=baseline,
+                                                    progress=False))
+            for bs in (11, 23)}
+    x = torch.from_numpy(np.load(npz)["X"]).double()
+    base = x.mean(0).expand_as(x) if baseline == "mean" else x.amax(0) + x.amin(0) - x
+    expected = ((x - base) * fm.linear().weight.detach().double()[2]).float()
+    for bs, res in runs.items():
+        assert torch.allclose(res.attributions, expected, atol=1e-5), bs
+        assert res.manifest["parameters"]["baseline_statistics"] == "whole data set"
+    assert runs[11].attributions[22].abs().sum() > 0
+
+
+def test_data_named_another_way_resumes(tmp_path, npz, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = _attribute(npz.name, "run")
+    (out / "shard-00003.safetensors").unlink()
+    before = json.loads((out / "manifest.json").read_text())
+    for spelling in (f"./{npz.name}", str(npz), f"../{tmp_path.name}/{npz.name}"):
+        assert main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", spelling, "--out", "run",
+                     "--batch-size", "5", "--n-steps", "16", "--no-progress"]) == 0, spelling
+    assert "resuming: 4 of 5 batches already done" in capsys.readouterr().err
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["parameters"] == before["parameters"] and after["params_hash"] == before["params_hash"]
+    assert torch.equal(load_attributions(out).attributions, load_attributions(_attribute(npz, "ref")).attributions)

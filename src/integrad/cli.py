@@ -15,7 +15,10 @@ Subcommands
 
 Unusable arguments end the program with one line ``integrad: error:
 --ARGUMENT: what is wrong`` on standard error and exit status 2, before
-anything is written.
+anything is written. An example found unusable part-way (a token id outside
+the vocabulary, a label out of range) ends it the same way, naming the batch
+and the examples; ``explain`` then writes nothing, ``attribute-dataset``
+keeps the shards it finished, and the same command resumes after them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .datasets import BASELINE_NAMES as BASELINES
-from .datasets import _version
+from .datasets import SEED_MAX, _version
 
 __all__ = ["main", "build_parser"]
 
@@ -72,6 +75,16 @@ def _target(text: str):
         ) from None
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {text!r}")
+    return value
+
+
 def _tolerance(text: str) -> float:
     try:
         value = float(text)
@@ -98,16 +111,22 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
                         "program (.pt2, torch.export.load)")
     p.add_argument("--target", type=_target, default="predicted", metavar="INT|predicted|label",
                    help="output explained: a class index, 'predicted' (each example's arg-max, the default) or "
-                        "'label' (the labels 'y' stored with the data); ignored for models with one output")
+                        "'label' (the labels 'y' stored with the data). A model that returns one score per "
+                        "example has nothing to choose: 'predicted' and 'label' are ignored, a class index is "
+                        "an error")
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="attribute to this submodule's output (layer integrated gradients), named as in "
                         "model.named_modules(), e.g. 'embeddings' or 'features.3'. Integer inputs (token ids) "
                         "default to the first nn.Embedding")
     pad = "the tokenizer's pad id, special tokens kept" if not dataset else "id 0"
+    every = "--data (one pass over it before the first batch)" if dataset else "--inputs"
     p.add_argument("--baseline", default="zeros", choices=BASELINES, metavar="NAME",
                    help="reference input: " + ", ".join(BASELINES) + " (default zeros). Integer token ids always "
                         f"use 'token' ({pad}). uniform and gaussian are seeded (--seed), so results are "
-                        "reproducible")
+                        "reproducible. mean and invert (max + min - x) take the mean, max and min per "
+                        f"position/feature over all the examples of {every}, so results do not depend on "
+                        "--batch-size (a single example is its own mean: all attributions zero, with a warning); "
+                        "4-D images (N, C, H, W) use each image's own values per channel")
     p.add_argument("--method", default="gausslegendre", choices=METHODS, metavar="M",
                    help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre)")
     p.add_argument("--n-steps", type=_n_steps, default=50, metavar="N|auto",
@@ -120,8 +139,8 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
                         + " (default 32)")
     p.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
                    help="cap the memory used for path points, e.g. 512MiB (default: no cap)")
-    p.add_argument("--seed", type=int, default=0, metavar="INT",
-                   help="seed of random baselines (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="INT",
+                   help=f"seed of random baselines, an integer from 0 to {SEED_MAX} (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run (default auto: CUDA if available)")
 
@@ -169,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--tokenizer", default=None, metavar="DIR",
                          help="a transformers tokenizer folder for .txt inputs (loaded offline)")
     explain.add_argument("--out", default="integrad-explain", metavar="DIR",
-                         help="output folder (default integrad-explain)")
+                         help="output folder (default integrad-explain); the files explain writes there replace "
+                              "those of an earlier run, other files are left alone")
     explain.set_defaults(func=_cmd_explain)
 
     ds = sub.add_parser(
@@ -292,7 +312,7 @@ def _softmax_max(logits):
 def _cmd_explain(args) -> int:
     import torch
 
-    from .datasets import Attributor, save_tensors
+    from .datasets import BATCH_ERRORS, Attributor, save_tensors
     from .io import InputError, load_inputs, load_model
     from .report import plot_attributions, token_scores
 
@@ -314,9 +334,10 @@ def _cmd_explain(args) -> int:
     x, extra = loaded.inputs, loaded.extra
     if args.target == "label" and loaded.labels.shape[0] != x.shape[0]:
         raise InputError("--target", f"{loaded.labels.shape[0]} labels for {x.shape[0]} examples")
-
     n = x.shape[0]
     bs = args.batch_size
+    att.fit_baseline((x[start:start + bs] for start in range(0, n, bs)),
+                     log=lambda line: print(line, file=sys.stderr))
     parts = {"attributions": [], "deltas": [], "steps": [], "targets": [], "outputs": []}
     bar = None
     if not args.no_progress:
@@ -329,10 +350,18 @@ def _cmd_explain(args) -> int:
             sl = slice(start, min(n, start + bs))
             xb = x[sl]
             eb = tuple(e[sl] for e in extra)
-            logits = att.predict(xb, eb)
-            labels = loaded.labels[sl] if loaded.labels is not None else None
-            targets = att.targets_for(xb, eb, labels=labels, logits=logits)
-            res = att.attribute(xb, targets, eb, seed=args.seed * 1_000_003 + start // bs)
+            indices = range(sl.start, sl.stop)
+            try:
+                logits = att.predict(xb, eb)
+                labels = loaded.labels[sl] if loaded.labels is not None else None
+                targets = att.targets_for(xb, eb, labels=labels, logits=logits, indices=indices)
+                res = att.attribute(xb, targets, eb, seed=args.seed * 1_000_003 + start // bs)
+            except BATCH_ERRORS as exc:
+                span = f"examples {sl.start}..{sl.stop - 1}" if sl.stop - sl.start > 1 else f"example {sl.start}"
+                where = f"batch {start // bs + 1} of {(n + bs - 1) // bs}, {span}"
+                argument = exc.argument if isinstance(exc, InputError) else "--inputs"
+                what = att.describe_failure(exc, where, xb, eb, indices)
+                raise InputError(argument, f"{what}; nothing was written") from exc
             parts["attributions"].append(res.attributions)
             parts["deltas"].append(res.deltas)
             parts["steps"].append(res.steps)
@@ -395,7 +424,8 @@ def _cmd_explain(args) -> int:
     }
 
     out = Path(args.out)
-    with _staged(out) as stage:
+    # The files of an earlier run that this one does not write (attributions.html of a text run) go; others stay.
+    with _staged(out, prune=r"attributions\.(safetensors|png|html)|summary\.(json|txt)") as stage:
         tensors = {"attributions": attributions, "deltas": deltas, "steps": steps, "outputs": outputs,
                    "predictions": predictions}
         if targets is not None:
@@ -441,7 +471,9 @@ def _cmd_explain(args) -> int:
         print(line)
     if len(lines) > shown:
         print(f"... {len(lines) - shown} more examples in {out / 'summary.txt'}")
-    print(f"wrote {out}/attributions.safetensors, attributions.png, summary.json")
+    written = ", ".join(["attributions.safetensors", "attributions.png"]
+                        + (["attributions.html"] if loaded.kind == "text" else []) + ["summary.json"])
+    print(f"wrote {out}/{written}")
     return 0
 
 

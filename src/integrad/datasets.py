@@ -23,13 +23,14 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import operator
 import os
 import re
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ __all__ = [
     "load_attributions",
     "summarize",
     "make_baselines",
+    "check_seed",
     "atomic_write_bytes",
     "save_tensors",
 ]
@@ -54,6 +56,17 @@ MANIFEST = "manifest.json"
 FORMAT = "integrad-attributions/1"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
 BASELINE_NAMES = tuple(BASELINES)
+#: Baselines built from statistics of the data; the command line takes them over all the examples (see
+#: :meth:`Attributor.fit_baseline`), except for 4-D images, whose statistics are each image's own.
+DATA_BASELINES = ("mean", "invert")
+#: The largest ``--seed``: batch ``b`` is seeded with ``seed * 1_000_003 + b``, which must fit a 64-bit generator seed.
+SEED_MAX = 2**32 - 1
+# Errors of the data or the arguments that can surface while a batch is attributed (beyond the first example).
+BATCH_ERRORS = (ValueError, TypeError, IndexError)
+# Parameters of the core, as the first word of its error messages, and the options that set them.
+_CORE_PARAMETERS = {"n_steps": "--n-steps", "method": "--method", "memory_budget": "--memory-budget",
+                    "tolerance": "--tolerance", "target": "--target", "baselines": "--baseline",
+                    "layer": "--layer"}
 
 
 def _version() -> str:
@@ -129,6 +142,17 @@ def _write_json(path: Path, obj: dict) -> None:
 # --------------------------------------------------------------------------- baselines
 
 
+def check_seed(seed: Any, argument: str = "--seed") -> int:
+    """``seed`` as an int, or :class:`InputError` unless it is an integer from 0 to :data:`SEED_MAX`."""
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise InputError(argument, f"expected an integer from 0 to {SEED_MAX}, got {seed!r}")
+    return value
+
+
 def make_baselines(
     name: str,
     x: torch.Tensor,
@@ -154,6 +178,13 @@ def make_baselines(
     -------
     torch.Tensor
         Same shape and dtype as ``x``.
+
+    Notes
+    -----
+    ``mean`` and ``invert`` are computed from ``x`` alone: for inputs other
+    than 4-D images, from the examples of this batch (a batch of one example
+    is its own baseline). :class:`Attributor` takes them over all the data
+    instead (:meth:`Attributor.fit_baseline`).
     """
     if not x.is_floating_point():
         pad = 0 if pad_token_id is None else int(pad_token_id)
@@ -162,7 +193,11 @@ def make_baselines(
         raise InputError("--baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
     if name not in BASELINE_NAMES:
         raise InputError("--baseline", f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")
-    params = {"seed": int(seed)} if name in ("uniform", "gaussian") else {}
+    params = {}
+    if name in ("uniform", "gaussian"):
+        if not -(2**63) <= int(seed) < 2**64:
+            raise InputError("--seed", f"{seed} does not fit a 64-bit generator seed; use 0 to {SEED_MAX}")
+        params = {"seed": int(seed)}
     try:
         return get_baseline_fn(name, **params)(x)
     except (ValueError, TypeError) as exc:
@@ -227,7 +262,9 @@ class Attributor:
         Quadrature rule (see :mod:`integrad.rules`).
     n_steps : int or "auto"
     baseline : str
-        A name from :data:`BASELINE_NAMES`.
+        A name from :data:`BASELINE_NAMES`. ``mean`` and ``invert`` use the
+        statistics recorded by :meth:`fit_baseline` (all the data), if it
+        was called, and those of each batch otherwise.
     layer : str, optional
         Dotted submodule name for layer integrated gradients.
     target : "predicted", "label" or int
@@ -260,6 +297,8 @@ class Attributor:
         self.device = device or torch.device("cpu")
         self.layer = resolve_layer(model, layer) if layer else None
         self.n_outputs: Optional[int] = None
+        # mean: the data's mean per position/feature; invert: its max + min (see fit_baseline).
+        self._statistic: Optional[torch.Tensor] = None
         self._IG = IntegratedGradients
         self._LIG = LayerIntegratedGradients
 
@@ -321,6 +360,9 @@ class Attributor:
             ) from exc
         if self.layer is not None and not seen:
             raise InputError("--layer", f"layer {self.layer_name!r} is not used by the model's forward pass")
+        # The baseline must fit the inputs (e.g. gaussian_blur needs images): a batch of one has the shape of
+        # every batch but its length.
+        base = self.baselines_for(x[:1])
         if out.dim() == 0 or out.shape[0] != 1:
             raise InputError("--model", f"the model's output for one example has shape {tuple(out.shape)}; "
                              "expected (1,) or (1, outputs)")
@@ -344,18 +386,49 @@ class Attributor:
             ):
                 raise InputError("--target", f"labels range over {int(labels.min())}..{int(labels.max())}, "
                                  f"outside the model's {self.n_outputs} outputs")
+        # The first example attributed as every batch will be: what the core refuses about the options, the layer
+        # or the model (a layer whose output cannot be interpolated, say) is found here, not part-way through.
+        first_labels = labels[:1] if isinstance(labels, torch.Tensor) else None
+        targets = self.targets_for(one, extra_one, labels=first_labels, logits=out.detach().cpu())
+        try:
+            self._explain(one, base, targets, extra_one, seed=0, n_steps=self.n_steps)
+        except InputError:
+            raise
+        except BATCH_ERRORS as exc:
+            # The core's messages start with the parameter they concern.
+            words = str(exc).split()
+            argument = _CORE_PARAMETERS.get(words[0].strip(":,'\"") if words else "")
+            if argument is None:
+                argument = "--layer" if self.layer is not None else "--model"
+            what = f"to layer {self.layer_name!r}" if self.layer is not None else "the model's output"
+            raise InputError(argument, f"attributing {what} fails on the first example: {_describe(exc)}") from exc
 
     # -- the work
 
     def targets_for(self, x: torch.Tensor, extra: tuple = (), labels: Optional[torch.Tensor] = None,
-                    logits: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """Targets of a batch: the predicted class, a fixed class or the labels."""
+                    logits: Optional[torch.Tensor] = None,
+                    indices: Optional[Sequence[int]] = None) -> Optional[torch.Tensor]:
+        """Targets of a batch: the predicted class, a fixed class or the labels.
+
+        Labels outside the model's outputs raise :class:`InputError` naming the
+        example (its position in ``indices``, the batch's examples in the data).
+        """
         if self.n_outputs is None:
             return None
         if isinstance(self.target, int):
             return torch.full((x.shape[0],), self.target, dtype=torch.long)
         if self.target == "label":
-            return labels.to(torch.long).cpu()
+            if labels is None:
+                raise InputError("--target", "'label' needs labels in the data (array 'y')")
+            labels = labels.to(torch.long).cpu().reshape(-1)
+            bad = ((labels < 0) | (labels >= self.n_outputs)).nonzero().flatten().tolist()
+            if bad:
+                where = [int(indices[i]) if indices is not None else i for i in bad]
+                shown = ", ".join(f"{int(labels[i])} (example {w})" for i, w in zip(bad[:5], where[:5]))
+                raise InputError("--target", f"label{'s' if len(bad) > 1 else ''} {shown}"
+                                 f"{', ...' if len(bad) > 5 else ''} {'are' if len(bad) > 1 else 'is'} outside "
+                                 f"the model's {self.n_outputs} outputs (0..{self.n_outputs - 1})")
+            return labels
         if logits is None:
             logits = self.predict(x, extra)
         return logits.argmax(dim=1).cpu()
@@ -365,8 +438,81 @@ class Attributor:
             out = self.forward(x.to(self.device), *(e.to(self.device) for e in extra))
         return out.detach().cpu()
 
+    def fit_baseline(self, batches: Iterable[torch.Tensor],
+                     log: Optional[Callable[[str], None]] = None) -> Optional[int]:
+        """Take the statistics of ``mean`` and ``invert`` over all the examples in ``batches``.
+
+        The baseline of every example is then the mean (for ``invert``:
+        ``max + min − x``, max and min) per position/feature over the whole
+        data, so it does not depend on how the examples fall into batches.
+        Inputs that are 4-D images keep each image's own mean colour per
+        channel, and other baselines need nothing: then nothing is read.
+        With a single example the baseline is that example and every
+        attribution is zero; ``log`` is told so.
+
+        Returns
+        -------
+        int or None
+            The number of examples read, None when nothing was needed.
+        """
+        if self.baseline not in DATA_BASELINES:
+            return None
+        total = low = high = None
+        count = 0
+        for xb in batches:
+            if not xb.is_floating_point() or xb.dim() == 4:
+                return None
+            xb = xb.detach().to("cpu", torch.float64)
+            if self.baseline == "mean":
+                part = xb.sum(dim=0)
+                total = part if total is None else total + part
+            else:
+                lo, hi = xb.amin(dim=0), xb.amax(dim=0)
+                low = lo if low is None else torch.minimum(low, lo)
+                high = hi if high is None else torch.maximum(high, hi)
+            count += xb.shape[0]
+        if count == 0:
+            return 0
+        self._statistic = total / count if self.baseline == "mean" else high + low
+        if count == 1 and log is not None:
+            log(f"integrad: warning: --baseline {self.baseline} of a single example is the example itself, "
+                "so every attribution is zero; use zeros, uniform, ... or more examples")
+        return count
+
     def baselines_for(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        stat = self._statistic
+        if stat is not None and x.is_floating_point() and tuple(x.shape[1:]) == tuple(stat.shape):
+            stat = stat.to(x.dtype)
+            if self.baseline == "mean":
+                return stat.expand_as(x).clone()
+            return stat - x
         return make_baselines(self.baseline, x, seed, self.pad_token_id, self.special_ids)
+
+    def describe_failure(self, exc: BaseException, where: str, x: Optional[torch.Tensor] = None,
+                         extra: tuple = (), indices: Optional[Sequence[int]] = None) -> str:
+        """One line for ``exc`` raised by the batch ``x`` described by ``where``.
+
+        An :class:`InputError` already names what is wrong. For other errors
+        each example of the batch is run through the model alone, and those
+        it refuses with the same kind of error are named (``indices`` are
+        their places in the data); if none is, the batch as a whole is.
+        """
+        if isinstance(exc, InputError):
+            return f"{where}: {exc.message}"
+        culprits = []
+        if x is not None and x.shape[0] > 1:
+            indices = list(range(x.shape[0])) if indices is None else list(indices)
+            for i, place in enumerate(indices):
+                try:
+                    self.predict(x[i:i + 1], tuple(e[i:i + 1] for e in extra))
+                except type(exc):
+                    culprits.append(place)
+                except Exception:
+                    pass
+        if culprits:
+            shown = ", ".join(map(str, culprits[:10])) + (", ..." if len(culprits) > 10 else "")
+            where = f"example{'s' if len(culprits) > 1 else ''} {shown} ({where})"
+        return f"{where}: {_describe(exc)}"
 
     def attribute(self, x: torch.Tensor, targets: Optional[torch.Tensor], extra: tuple = (),
                   seed: int = 0) -> BatchResult:
@@ -375,7 +521,10 @@ class Attributor:
         Random baselines come from a generator seeded with ``seed``, so the
         same batch and seed give the same numbers in any process.
         """
-        base = self.baselines_for(x, seed)
+        return self._explain(x, self.baselines_for(x, seed), targets, extra, seed, self.n_steps)
+
+    def _explain(self, x: torch.Tensor, base: torch.Tensor, targets: Optional[torch.Tensor], extra: tuple,
+                 seed: int, n_steps: Any) -> BatchResult:
         x = x.to(self.device)
         base = base.to(self.device)
         extra = tuple(e.to(self.device) for e in extra)
@@ -387,24 +536,34 @@ class Attributor:
         kwargs = {}
         if self.memory_budget is not None:
             kwargs["memory_budget"] = self.memory_budget
-        if self.n_steps == "auto":
+        if n_steps == "auto":
             kwargs["tolerance"] = self.tolerance
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             attr, delta = explainer.attribute(
                 x, baselines=base, target=tgt, additional_forward_args=extra if extra else None,
-                n_steps=self.n_steps, method=self.method, return_convergence_delta=True, **kwargs,
+                n_steps=n_steps, method=self.method, return_convergence_delta=True, **kwargs,
             )
         if isinstance(attr, (tuple, list)):
             attr = attr[0]
         report = getattr(explainer, "last_report", None)
         steps = getattr(report, "steps", None)
         if steps is None:
-            n = self.n_steps if isinstance(self.n_steps, int) else 0
+            n = n_steps if isinstance(n_steps, int) else 0
             steps = torch.full((x.shape[0],), n, dtype=torch.long)
         return BatchResult(attr.detach().cpu(), delta.detach().reshape(-1).cpu(),
                            torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(),
                            None if targets is None else targets.cpu())
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line: its message for :class:`InputError`, ``Type: message`` otherwise."""
+    if isinstance(exc, InputError):
+        return f"{exc.argument}: {exc.message}"
+    msg = " ".join(str(exc).split())
+    if len(msg) > 300:
+        msg = msg[:300] + "..."
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- data-set runs
@@ -531,9 +690,13 @@ def attribute_dataset(
         Examples per batch and per shard.
     n_steps : int or "auto"
     method, baseline, layer
-        As for :class:`Attributor`.
+        As for :class:`Attributor`. ``mean`` and ``invert`` take their
+        statistics over the whole data set (one pass over the data before
+        the first batch), except for 4-D images, whose statistics are each
+        image's own, so the results do not depend on ``batch_size``.
     seed : int
-        Seed of random baselines; batch ``b`` uses ``seed * 1_000_003 + b``.
+        Seed of random baselines, 0 to :data:`SEED_MAX`; batch ``b`` uses
+        ``seed * 1_000_003 + b``.
     tolerance : float
         Relative error allowed with ``n_steps="auto"``.
     memory_budget : int, optional
@@ -550,10 +713,14 @@ def attribute_dataset(
     Raises
     ------
     InputError
-        For unusable arguments, before anything is written.
+        For unusable arguments, before anything is written; and for an
+        example that cannot be attributed (a label out of range, a value the
+        model refuses) found part-way, naming the batch and the examples. The
+        shards finished before it stay, and the same call resumes after them.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("--batch-size", f"must be a positive integer, got {batch_size!r}")
+    seed = check_seed(seed)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("--out", f"exists and is not a folder: {out}")
@@ -582,6 +749,13 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
     att.validate(first, argument="--data", labels=labels_known)
     n = len(source)
     n_batches = (n + batch_size - 1) // batch_size
+    try:
+        fitted = att.fit_baseline(
+            (source.batch(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in range(n_batches)),
+            log=log if dist_.rank == 0 else None,
+        )
+    except BATCH_ERRORS as exc:
+        raise InputError("--data", f"reading every example for --baseline {baseline} failed: {_describe(exc)}") from exc
     params = {
         "model": model_spec,
         "model_fingerprint": {**model_fingerprint(model_spec), "weights_sha256": _weights_hash(net)},
@@ -592,6 +766,7 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
         "n_steps": n_steps,
         "tolerance": tolerance if n_steps == "auto" else None,
         "baseline": baseline,
+        **({"baseline_statistics": "whole data set"} if fitted else {}),
         "layer": att.layer_name,
         "target": target,
         "batch_size": batch_size,
@@ -604,12 +779,13 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
     verdict = None
     if dist_.rank == 0:
         try:
-            _prepare_folder(out, params, phash, n_batches, dist_.world)
+            verdict = ("ok", _prepare_folder(out, params, phash, n_batches, dist_.world))
         except InputError as exc:
-            verdict = (exc.argument, exc.message)
+            verdict = ("error", exc.argument, exc.message)
     verdict = dist_.broadcast(verdict)
-    if verdict is not None:
-        raise InputError(*verdict)
+    if verdict[0] == "error":
+        raise InputError(*verdict[1:])
+    phash = verdict[1]
 
     done = {b for b in range(n_batches) if (out / _shard_name(b)).exists()}
     # Shards are whole by construction; a shard from another run is redone rather than mixed in.
@@ -631,9 +807,13 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
     try:
         for b in mine:
             idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
-            x, labels = source.batch_with_labels(idx)
-            targets = att.targets_for(x, labels=labels)
-            res = att.attribute(x, targets, seed=seed * 1_000_003 + b)
+            x = None
+            try:
+                x, labels = source.batch_with_labels(idx)
+                targets = att.targets_for(x, labels=labels, indices=idx)
+                res = att.attribute(x, targets, seed=seed * 1_000_003 + b)
+            except BATCH_ERRORS as exc:
+                raise _batch_failure(exc, att, x, idx, b, out, n_batches) from exc
             tensors = {
                 "attributions": res.attributions,
                 "deltas": res.deltas,
@@ -656,13 +836,40 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
     return out
 
 
-def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: int) -> None:
+def _batch_failure(exc: BaseException, att: Attributor, x: Optional[torch.Tensor], idx: list, b: int, out: Path,
+                   n_batches: int) -> InputError:
+    """The one-line error for batch ``b`` that could not be attributed, saying what was kept."""
+    span = f"examples {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"example {idx[0]}"
+    what = att.describe_failure(exc, f"batch {b}, {_shard_name(b)}, {span}", x, indices=idx)
+    argument = exc.argument if isinstance(exc, InputError) else "--data"
+    kept = sum(1 for k in range(n_batches) if (out / _shard_name(k)).exists())
+    shards = "the finished shard is kept" if kept == 1 else f"the {kept} finished shards are kept"
+    return InputError(argument, f"{what}; {shards} in {out}, and rerunning the same command resumes "
+                      f"after {'it' if kept == 1 else 'them'}")
+
+
+def _same_data_file(old: dict, new: dict) -> bool:
+    """Whether two runs name the same data file or image folder in two spellings ('./x.npz', 'x.npz', ...).
+
+    Their content fingerprints decide; ``module:factory`` data must be named the same.
+    """
+    fp_old, fp_new = old.get("data_fingerprint"), new.get("data_fingerprint")
+    return (isinstance(fp_new, dict) and fp_new.get("kind") in ("file", "image-folder") and fp_old == fp_new)
+
+
+def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: int) -> str:
+    """Check ``out`` against a run there, or start one; returns the parameter hash the shards carry."""
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError("--out", f"cannot read {manifest_path}: {exc}") from exc
+        old_params = old.get("parameters") or {}
+        if old_params.get("data") != params["data"] and _same_data_file(old_params, params):
+            # The same data under another path: keep the name the folder was made with.
+            params = {**params, "data": old_params["data"]}
+            phash = _params_hash(params)
         if old.get("format") != FORMAT or old.get("parameters") != params:
             diff = _describe_diff(old.get("parameters") or {}, params)
             if diff == "model_fingerprint differs":
@@ -677,7 +884,7 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
         for tmp in out.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        return
+        return phash
     if out.exists() and any(out.iterdir()):
         raise InputError("--out", f"{out} is not empty and has no {MANIFEST}; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -692,6 +899,7 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
         "world_size": world,
         "progress": {"batches_done": 0, "batches_total": n_batches, "complete": False, "updated": now},
     })
+    return phash
 
 
 def _update_progress(out: Path, n_batches: int) -> None:

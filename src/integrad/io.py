@@ -493,9 +493,12 @@ class LoadedInputs:
 
 
 def _kind_of(x: torch.Tensor) -> str:
+    """What a batch ``x`` holds; its first dimension is always the batch.
+
+    ``(N, C, H, W)`` floats with 1, 3 or 4 channels are images, ``(N, F)`` floats are feature rows, anything
+    else (sequences ``(N, L, D)``, token ids, ...) is a plain tensor.
+    """
     if x.dim() == 4 and x.shape[1] in (1, 3, 4) and x.is_floating_point():
-        return "image"
-    if x.dim() == 3 and x.shape[0] in (1, 3) and x.is_floating_point():
         return "image"
     if x.dim() == 2 and x.is_floating_point():
         return "features"
@@ -506,7 +509,9 @@ def load_inputs(path: str | Path, tokenizer_dir: Optional[str] = None, argument:
     """Load the ``--inputs`` file of ``integrad explain``.
 
     A single example without a batch dimension is not guessed at: arrays are
-    used as given, with the first dimension as the batch (images get one).
+    used as given, with the first dimension as the batch, whatever its size
+    (a ``(3, L, D)`` array is three sequences, not one 3-channel image).
+    Image files get a batch dimension of one.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -533,10 +538,7 @@ def load_inputs(path: str | Path, tokenizer_dir: Optional[str] = None, argument:
             raise InputError(argument, f"{path} holds a scalar; expected a batch of examples")
         if X.shape[0] == 0:
             raise InputError(argument, f"{path} holds no examples")
-        kind = _kind_of(X)
-        if kind == "image" and X.dim() == 3:
-            X = X[None]
-        return LoadedInputs(X, (), kind, labels=arrays.y, feature_names=arrays.feature_names)
+        return LoadedInputs(X, (), _kind_of(X), labels=arrays.y, feature_names=arrays.feature_names)
     _require_file(path, argument)
     raise InputError(
         argument,
@@ -638,7 +640,9 @@ def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
 def _factory_dataset(spec: str, argument: str) -> DataSource:
     factory = _import_attr(spec, argument)
     try:
-        ds = factory() if callable(factory) and not hasattr(factory, "__getitem__") else factory
+        # A Dataset class is a factory too (its instances, not the class, have items).
+        is_factory = callable(factory) and (isinstance(factory, type) or not hasattr(factory, "__getitem__"))
+        ds = factory() if is_factory else factory
     except Exception as exc:
         raise InputError(argument, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(ds, nn.Module) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
@@ -661,7 +665,14 @@ def _factory_dataset(spec: str, argument: str) -> DataSource:
 
     def get(idx):
         items = [ds[i] for i in idx]
-        x = torch.stack([x_of(i, item) for i, item in zip(idx, items)])
+        xs = [x_of(i, item) for i, item in zip(idx, items)]
+        for i, t in zip(idx, xs):
+            if t.shape != xs[0].shape:
+                raise InputError(
+                    argument, f"item {i} has shape {tuple(t.shape)} but item {idx[0]} has {tuple(xs[0].shape)}; "
+                    "every example must have the same shape"
+                )
+        x = torch.stack(xs)
         if not has_labels:
             return x, None
         try:
