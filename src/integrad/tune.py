@@ -250,7 +250,8 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
         Number of trials; for grid search, at most the grid's size.
     sampler : {"tpe", "random", "grid"} or optuna sampler
         ``"grid"`` enumerates :func:`grid_values` of every independent tunable in a seeded random order; a
-        baseline's own parameters (dependent entries) stay at their defaults on a grid.
+        baseline's own parameters (dependent entries) are not searched on a grid: the explainer's own baseline
+        keeps its parameters, another baseline gets its defaults.
     seed : int, optional
         Seeds the sampler, the global torch RNG during each trial (restored afterwards; every trial sees the same
         noise), and is passed to metrics that take ``seed``.
