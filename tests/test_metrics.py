@@ -382,12 +382,17 @@ class RandomExplainer:
         return torch.randn(inputs.shape, generator=self.gen, dtype=inputs.dtype)
 
 
-def test_sensitivity_zero_for_constant_gradient_explainer_positive_for_random():
+def _gradient_explainer_setup():
+    """A linear model, 4 examples, targets, a constant-gradient explainer and its attributions."""
     model = Linear(6)
     x = data(4, 6)
     t = torch.tensor([0, 1, 2, 0])
-    grad_explainer = ConstantGradientExplainer(model)
-    phi = grad_explainer.attribute(x, t)
+    explainer = ConstantGradientExplainer(model)
+    return model, x, t, explainer, explainer.attribute(x, t)
+
+
+def test_sensitivity_zero_for_constant_gradient_explainer_positive_for_random():
+    model, x, t, grad_explainer, phi = _gradient_explainer_setup()
     grad_explainer.calls.clear()
     score = sensitivity_max(model, x, phi, t, explainer=grad_explainer, n_perturbations=6, batch_size=8, seed=0)
     assert torch.equal(score, torch.zeros(4, dtype=DT))
@@ -504,11 +509,7 @@ def test_batch_size_bounds_rows_per_forward():
 
 
 def test_sensitivity_batch_size_below_the_batch_bounds_rows_per_explainer_call():
-    model = Linear(6)
-    x = data(4, 6)
-    t = torch.tensor([0, 1, 2, 0])
-    explainer = ConstantGradientExplainer(model)
-    phi = explainer.attribute(x, t)
+    model, x, t, explainer, phi = _gradient_explainer_setup()
     whole = sensitivity_max(model, x, phi, t, explainer=explainer, n_perturbations=3, seed=0)
     explainer.calls.clear()
     split = sensitivity_max(model, x, phi, t, explainer=explainer, n_perturbations=3, batch_size=3, seed=0)
