@@ -253,11 +253,11 @@ def test_targets_may_be_an_int_a_sequence_or_a_tensor(trained, tuning_batch):
     for result in results[1:]:
         assert result.value == results[0].value and result.params == results[0].params
         assert [t.value for t in result.study.trials] == [t.value for t in results[0].study.trials]
-    with pytest.raises(TypeError, match="targets must be"):
+    with pytest.raises(TypeError, match="targets must hold integer class indices"):
         optimize(explainer, x, torch.ones(len(x)), "completeness_error", n_trials=1, tunables=SMALL_SPACE)
     with pytest.raises(TypeError, match="targets must be"):
         optimize(explainer, x, True, "completeness_error", n_trials=1, tunables=SMALL_SPACE)
-    with pytest.raises(TypeError, match="targets must be"):
+    with pytest.raises(TypeError, match="targets must hold ints, one per example"):
         optimize(explainer, x, [1.0] * len(x), "completeness_error", n_trials=1, tunables=SMALL_SPACE)
     with pytest.raises(ValueError, match=r"targets must have shape \(N,\) = \(8,\)"):
         optimize(explainer, x, [1, 2], "completeness_error", n_trials=1, tunables=SMALL_SPACE)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .explainers.integrated_gradients import check_targets as check_explainer_targets
+
 __all__ = ["OptimizationResult", "grid_values", "optimize"]
 
 _SAMPLERS = ("tpe", "random", "grid")
@@ -126,31 +128,15 @@ def _batch_of(explainer: Any, inputs: Any) -> Tuple[Optional[int], Optional[torc
     return (int(first.shape[0]) if first.dim() > 0 else None), first.device
 
 
-def _check_targets(targets: Any, n: Optional[int], device: Optional[torch.device]) -> Optional[torch.Tensor]:
-    # One LongTensor of shape (N,), the form every metric takes, from the forms optimize accepts.
-    accepted = "a LongTensor of shape (N,), an int, a sequence of ints, or None"
+def _targets_tensor(targets: Any, n: Optional[int], device: Optional[torch.device]) -> Any:
+    # The forms the explainer accepts, checked as it checks them, as one LongTensor of shape (N,): the form every
+    # metric takes. Without a tensor batch to count examples, they go on unchanged (the explainer checks them).
+    if n is None:
+        return targets
+    targets = check_explainer_targets(targets, n, None)
     if targets is None:
         return None
-    if isinstance(targets, bool):
-        raise TypeError(f"targets must be {accepted}; got a bool")
-    if isinstance(targets, (int, np.integer)):
-        targets = torch.tensor(int(targets), device=device)
-    elif isinstance(targets, (list, tuple)):
-        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in targets):
-            raise TypeError(f"targets must be {accepted}; a sequence must hold ints, one per example")
-        targets = torch.tensor([int(t) for t in targets], dtype=torch.long, device=device)
-    elif not torch.is_tensor(targets):
-        raise TypeError(f"targets must be {accepted}; got {type(targets).__name__}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(f"targets must be {accepted}; got a tensor of dtype {targets.dtype}")
-    if n is None:
-        return targets.long()
-    if targets.dim() > 1 or (targets.dim() == 1 and targets.numel() not in (1, n)):
-        raise ValueError(
-            f"targets must have shape (N,) = ({n},), hold one index for every example, or be an int; "
-            f"got shape {tuple(targets.shape)}"
-        )
-    return targets.long().reshape(-1).expand(n).clone()
+    return torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1).expand(n).clone()
 
 
 def grid_values(kind: type, spec: Dict[str, Any], points: int = 5) -> List[Any]:
@@ -296,7 +282,7 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
     _check_space(space)
     current = explainer.current_tunables() if hasattr(explainer, "current_tunables") else {}
     space = _fix_conditions(space, current)
-    targets = _check_targets(targets, *_batch_of(explainer, inputs))
+    targets = _targets_tensor(targets, *_batch_of(explainer, inputs))
 
     grid = False
     if isinstance(sampler, str):

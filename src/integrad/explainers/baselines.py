@@ -399,7 +399,7 @@ class ConfiguredBaseline:
         return f"{self.name}({args})"
 
 
-def _configured_params(baseline: ConfiguredBaseline) -> Dict[str, Any]:
+def configured_params(baseline: ConfiguredBaseline) -> Dict[str, Any]:
     """The parameters a configured baseline runs with: the bound ones, and for each of its ``TUNABLES`` that is not
     bound, the function's default (``{"sigma": 1.0}`` for plain ``gaussian_blur``)."""
     params = dict(baseline.params)

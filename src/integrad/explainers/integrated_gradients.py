@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .. import arguments
 from .base import Explainer, Extractor, TensorOrTuple
-from .baselines import BASELINES, ConfiguredBaseline, _configured_params, baselines_for, get_baseline_fn, input_kind
+from .baselines import BASELINES, ConfiguredBaseline, baselines_for, configured_params, get_baseline_fn, input_kind
 from .support import Attention, Convolution, Linear
 
 __all__ = ["IntegratedGradients"]
@@ -179,7 +179,7 @@ class IntegratedGradients(Explainer):
         """
         forward, additional = self._extract_args(inputs)
         tensors, _ = arguments.normalize_inputs(forward, need_grad=False)
-        target = _check_targets(targets, tensors[0].shape[0], self.n_classes)
+        target = check_targets(targets, tensors[0].shape[0], self.n_classes)
         baselines = self._baselines(tensors)
         baselines = baselines if isinstance(forward, tuple) else baselines[0]
 
@@ -345,7 +345,7 @@ class IntegratedGradients(Explainer):
             spec = get_baseline_fn(spec)
         if isinstance(spec, ConfiguredBaseline) and spec.name in BASELINES:
             point["baseline_fn"] = spec.name
-            for parameter, value in _configured_params(spec).items():
+            for parameter, value in configured_params(spec).items():
                 point[f"baseline_fn.{spec.name}.{parameter}"] = value
         return point
 
@@ -473,7 +473,7 @@ def _resolve_layer(model: Any, layer: Any) -> nn.Module:
     )
 
 
-def _check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
+def check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
     if targets is None:
         return None
     if isinstance(targets, bool):
@@ -484,7 +484,7 @@ def _check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
     else:
         if isinstance(targets, (list, tuple)):
             if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in targets):
-                raise TypeError("targets given as a sequence must hold ints, one per example")
+                raise TypeError("targets must hold ints, one per example, when given as a sequence")
             targets = torch.tensor(list(targets), dtype=torch.long)
         if not torch.is_tensor(targets):
             raise TypeError(
