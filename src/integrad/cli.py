@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .datasets import BASELINE_NAMES as BASELINES
-from .datasets import SEED_MAX, _version
+from .datasets import SEED_MAX, _version, check_seed
 
 __all__ = ["main", "build_parser"]
 
@@ -77,12 +77,9 @@ def _target(text: str):
 
 def _seed(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {text!r}")
-    return value
+        return check_seed(int(text))
+    except ValueError:  # not an int, or out of range (an InputError)
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {text!r}") from None
 
 
 def _tolerance(text: str) -> float:

@@ -474,6 +474,8 @@ def _resolve_layer(model: Any, layer: Any) -> nn.Module:
 
 
 def check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
+    """Targets for ``n`` examples as the explainer takes them (None, an int, or an integer tensor of shape (N,),
+    (1,) or ()), with sequences of ints made tensors; TypeError/ValueError naming ``targets`` otherwise."""
     if targets is None:
         return None
     if isinstance(targets, bool):
