@@ -560,3 +560,18 @@ def test_convergence_delta_end_points_take_one_forward_pass(method):
     again = ig.compute_convergence_delta(attributions, torch.zeros_like(x), x, target=1)
     assert sizes == [10]
     torch.testing.assert_close(again, delta)
+
+
+def test_values_are_returned_only_when_asked_and_do_not_change_the_sums(data):
+    model, x, base = data
+    probe = lambda points, examples: model(points[0])[:, 1]  # noqa: E731
+    examples, alphas, weights = engine._fixed_layout("gausslegendre", STEPS, B)
+    delta = (x - base,)
+    args = (probe, (base.expand_as(x),), delta, examples, alphas, weights, examples, B)
+    kept, values = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B)
+    dropped, none = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B, keep_values=False)
+    assert none is None
+    torch.testing.assert_close(dropped[0], kept[0], rtol=0, atol=0)
+    with torch.no_grad():
+        points = base + alphas.float().view(-1, 1) * delta[0].repeat(STEPS, 1)
+        torch.testing.assert_close(values, model(points)[:, 1].double(), rtol=1e-6, atol=1e-7)

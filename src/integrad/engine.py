@@ -326,7 +326,8 @@ def accumulate(
     n_buckets: int,
     chunking: Chunking,
     tile: int | None = None,
-) -> tuple[list[Tensor], Tensor]:
+    keep_values: bool = True,
+) -> tuple[list[Tensor], Tensor | None]:
     """``Σ_rows weights[row, j] · ∇ probe`` per bucket, and the probe's value at every row.
 
     Parameters
@@ -345,28 +346,34 @@ def accumulate(
         Set when rows come in whole steps of the batch (``examples = buckets = arange(tile)`` repeated, as fixed
         rules lay them out): chunks of whole steps then build their points by broadcasting and reduce their
         gradients with one matrix product, instead of gathering and scattering rows.
+    keep_values : bool, default True
+        Return the probe's value at every row; False when the caller has no use for them.
 
     Returns
     -------
     sums : list of Tensor
         One ``(m, n_buckets, *per_example_shape)`` tensor per path tensor, in float32 or wider.
-    values : Tensor
-        The probe at every row, float64, on the CPU, detached.
+    values : Tensor or None
+        The probe at every row, float64, on the CPU, detached (None unless ``keep_values``).
     """
     device = start[0].device
     total = examples.shape[0]
     compute = _compute_dtype(start)
     acc_dtype = torch.promote_types(compute, torch.float32)
+    if tile:
+        # Per step of the batch, contiguous: a strided weight vector makes the reduction's matrix product several
+        # times slower.
+        step_alphas = _as(alphas[::tile], device, compute)
+        step_weights = _as(weights[::tile].t(), device, acc_dtype).contiguous()
     examples = _as(examples, device)
-    alphas = _as(alphas, device, compute)
-    weights = _as(weights, device, acc_dtype)
-    buckets = _as(buckets, device)
+    # Per row, on the device: made when a chunk that is not whole steps first needs them.
+    row_alphas = row_weights = row_buckets = None
     dtypes = [s.dtype for s in start]
     start_c = tuple(_as(s, device, compute) for s in start) if tile else ()
     delta_c = tuple(_as(d, device, compute) for d in delta) if tile else ()
     m = weights.shape[1]
     sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) for s in start]
-    values = torch.empty(total, dtype=torch.float64, device=device)
+    values = torch.empty(total, dtype=torch.float64, device=device) if keep_values else None
     row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
     # Budget-sized chunks are rounded to whole steps; an explicit internal_batch_size is kept exactly.
     step = tile if chunking.rows is None else None
@@ -385,10 +392,15 @@ def accumulate(
         began = time.perf_counter()
         try:
             if tiled:
-                points = _tiled_points(start_c, delta_c, alphas[pos:pos + n:tile], dtypes, chunking)
+                points = _tiled_points(start_c, delta_c, step_alphas[pos // tile:(pos + n) // tile], dtypes, chunking)
             else:
-                points = _point_rows(start, delta, examples[rows], alphas[rows])
-            grads, values[rows] = _gradients(probe, points, examples[rows], acc_dtype, meter, chunking.copy_points)
+                if row_alphas is None:
+                    row_alphas, row_weights = _as(alphas, device, compute), _as(weights, device, acc_dtype)
+                    row_buckets = _as(buckets, device)
+                points = _point_rows(start, delta, examples[rows], row_alphas[rows])
+            grads, out = _gradients(probe, points, examples[rows], acc_dtype, meter, chunking.copy_points)
+            if values is not None:
+                values[rows] = out
         except BudgetExceeded as over:
             if n == 1:
                 chunking.warn_single_row(over.used)
@@ -409,17 +421,17 @@ def accumulate(
             for j in range(m):
                 if tiled:
                     steps = n // tile
-                    acc[j].view(-1).addmv_(g.reshape(steps, -1).t(), weights[pos:pos + n:tile, j])
+                    acc[j].view(-1).addmv_(g.reshape(steps, -1).t(), step_weights[j, pos // tile:pos // tile + steps])
                 else:
                     shape = (n,) + (1,) * (g.dim() - 1)
-                    acc[j].index_add_(0, buckets[rows], g * weights[rows, j].view(shape))
+                    acc[j].index_add_(0, row_buckets[rows], g * row_weights[rows, j].view(shape))
         chunking.stats["seconds"] += time.perf_counter() - began
         chunking.stats["metered"] += meter is not None
         pos += n
         if chunking.budget is not None and pos < total:
             # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.
             size = chunking.spread(total - pos, chunking.fits() if chunking.row_cost else n, step)
-    return sums, values.cpu()
+    return sums, None if values is None else values.cpu()
 
 
 def _whole_steps(size: int, tile: int | None) -> int:
@@ -444,7 +456,7 @@ def _gradients(probe: Probe, points: tuple[Tensor, ...], examples: Tensor, acc_d
     grads = tuple(
         torch.zeros_like(z, dtype=acc_dtype) if g is None else _as(g, g.device, acc_dtype) for z, g in zip(points, grads)
     )
-    return grads, out.detach().to(torch.float64)
+    return grads, out.detach()
 
 
 def probe_values(probe: Probe, start, delta, examples: Tensor, alphas: Tensor, chunking: Chunking) -> Tensor:
@@ -488,7 +500,8 @@ def integrate(
     delta = tuple(e - s for s, e in zip(start, end))
     alphas_np, _ = alphas_and_weights(method, n_steps)
     examples, alphas, weights = _fixed_layout(method, n_steps, batch)
-    sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch)
+    sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch,
+                              keep_values=need_ends)
     f_start, f_end = (end_values(probe, start, delta, chunking, alphas_np, values.view(n_steps, batch))
                       if need_ends else (None, None))
     report = chunking.report(torch.full((batch,), n_steps, dtype=torch.long))

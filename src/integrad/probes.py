@@ -39,7 +39,8 @@ class TargetProbe:
 
     def __call__(self, output: Any, examples: Tensor) -> Tensor:
         output = check_output(output, examples.shape[0])
-        flat_output = output.reshape(output.shape[0], -1)
+        # (rows, classes) as it is: a reshape would add a step to every backward pass.
+        flat_output = output if output.dim() == 2 else output.reshape(output.shape[0], -1)
         if self._shape != tuple(output.shape[1:]):
             self._flat = self._flat_indices(tuple(output.shape[1:]))
             self._flat = None if self._flat is None else self._flat.to(output.device)
