@@ -434,6 +434,20 @@ def test_a_baseline_parameter_alone_applies_to_the_current_baseline(trained):
         get_baseline_fn("zeros"))
 
 
+def test_a_baseline_given_as_an_object_takes_its_own_parameters_and_a_callable_takes_none(trained):
+    explainer = IntegratedGradients(trained.model)
+    made = get_baseline_fn("gaussian_blur", kernel_size=3)
+    tuned = explainer.apply_tunables({"baseline_fn": made, "baseline_fn.gaussian_blur.sigma": 2.5,
+                                      "baseline_fn.uniform.low": 0.2})
+    assert tuned.baseline_fn == get_baseline_fn("gaussian_blur", kernel_size=3, sigma=2.5)
+    assert made == get_baseline_fn("gaussian_blur", kernel_size=3)
+    with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*function.*get_baseline_fn"):
+        explainer.apply_tunables({"baseline_fn": lambda x: x * 0, "baseline_fn.gaussian_blur.sigma": 2.0})
+    with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*Tensor"):
+        explainer.apply_tunables({"baseline_fn": torch.zeros(1), "baseline_fn.gaussian_blur.sigma": 2.0})
+    assert explainer.apply_tunables({"baseline_fn": 0.5}).baseline_fn == 0.5
+
+
 def test_current_tunables_include_the_baselines_default_parameters(trained):
     blur = IntegratedGradients(trained.model, baseline_fn="gaussian_blur")
     assert blur.current_tunables() == {"n_steps": 20, "noise_level": 0.0, "method": "gausslegendre",

@@ -287,11 +287,14 @@ class IntegratedGradients(Explainer):
         parameter applies to this explainer's own baseline: ``{"baseline_fn.gaussian_blur.sigma": 3.0}``
         re-configures a ``gaussian_blur`` baseline with ``sigma=3.0``.
 
+        ``"baseline_fn"`` may also be a baseline made by :func:`get_baseline_fn`, whose own parameters then apply.
+
         Raises
         ------
         ValueError
             A ``"baseline_fn.<name>.<parameter>"`` key without ``"baseline_fn"`` while this explainer's baseline is
-            not ``<name>``, or a ``"baseline_fn."`` key of another form.
+            not ``<name>``, or with ``"baseline_fn"`` given as a callable, tensor or tuple (which have no named
+            parameters), or a ``"baseline_fn."`` key of another form.
         """
         kwargs: Dict[str, Any] = {}
         baseline_params: Dict[str, Dict[str, Any]] = {}
@@ -319,6 +322,14 @@ class IntegratedGradients(Explainer):
                 kwargs["baseline_fn"] = get_baseline_fn(current, **chosen)
             else:
                 kwargs["baseline_fn"] = get_baseline_fn(name, **chosen)
+        elif isinstance(name, ConfiguredBaseline):
+            kwargs["baseline_fn"] = get_baseline_fn(name, **baseline_params.get(name.name, {}))
+        elif "baseline_fn" in kwargs and baseline_params:
+            raise ValueError(
+                f"tunable {next(iter(first_key.values()))!r} sets a parameter of a named baseline, but 'baseline_fn' "
+                f"is given as {type(name).__name__}, which has no such parameters; give 'baseline_fn' as a name "
+                "(e.g. 'gaussian_blur') or as get_baseline_fn(name, ...)"
+            )
         elif "baseline_fn" not in kwargs and baseline_params:
             for baseline, key in first_key.items():
                 if baseline != own:
