@@ -309,6 +309,48 @@ def test_layer_ig_on_an_embedding_with_token_ids_and_an_attention_mask():
     assert torch.equal(ours[mask == 0], torch.zeros(int((mask == 0).sum()), 6, dtype=torch.float64))
 
 
+def test_layer_ig_compute_convergence_delta_agrees_on_floats_and_token_ids():
+    model = seeded(TextModel, seed=33)
+    gen = torch.Generator().manual_seed(35)
+    ids = torch.randint(1, 20, (3, 7), generator=gen)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    ours_lig, theirs_lig = LayerIntegratedGradients(model, model.embed), CaptumLayerIG(model, model.embed)
+    attr, delta = ours_lig.attribute(ids, 0, target=[1, 0, 2], additional_forward_args=mask, n_steps=5,
+                                     return_convergence_delta=True)
+    ours = ours_lig.compute_convergence_delta(attr, 0, ids, target=[1, 0, 2], additional_forward_args=mask)
+    theirs = theirs_lig.compute_convergence_delta(attr, torch.zeros_like(ids), ids, target=[1, 0, 2],
+                                                  additional_forward_args=(mask,))
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours, delta, rtol=0, atol=0)
+    # Independent: Σ attributions − (F(x) − F(x′)), with the model run here.
+    with torch.no_grad():
+        out = lambda v: model(v, mask)[torch.arange(3), torch.tensor([1, 0, 2])]  # noqa: E731
+        expected = attr.sum((1, 2)) - (out(ids) - out(torch.zeros_like(ids))).double()
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+    cnn = seeded(SmallCNN, seed=30)
+    x, base = randn(3, 2, 6, 6, seed=31), randn(1, 2, 6, 6, seed=32)
+    attr = LayerIntegratedGradients(cnn, cnn.conv1).attribute(x, base, target=2, n_steps=4)
+    ours = LayerIntegratedGradients(cnn, cnn.conv1).compute_convergence_delta(attr, base, x, target=2)
+    theirs = CaptumLayerIG(cnn, cnn.conv1).compute_convergence_delta(attr, base, x, target=2)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=0, atol=1e-12)
+
+
+def test_layer_ig_compute_convergence_delta_refuses_what_it_cannot_sum():
+    model = mlp(hidden=7, seed=35)
+    x = randn(3, 5, seed=36)
+    lig = LayerIntegratedGradients(model, [model[0], model[2]])
+    attrs = lig.attribute(x, target=1, n_steps=4)
+    with pytest.raises(TypeError, match="one layer's attributions.*one element of the list"):
+        lig.compute_convergence_delta(attrs, 0.0, x, target=1)
+    delta = lig.compute_convergence_delta(attrs[1], 0.0, x, target=1)
+    assert delta.shape == (3,)
+    with pytest.raises(ValueError, match=r"one row per example of end_point \(3\).*attributions\[0\] has shape \(2, 7\)"):
+        lig.compute_convergence_delta(attrs[0][:2], 0.0, x, target=1)
+    assert not hasattr(NeuronIntegratedGradients(model, model[0]), "compute_convergence_delta")
+
+
 def test_layer_ig_attributes_to_a_layers_input():
     model = mlp(hidden=7, seed=35)
     x, base = randn(3, 5, seed=36), randn(3, 5, seed=37)

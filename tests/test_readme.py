@@ -161,6 +161,8 @@ def test_switching_from_captum():
         assert namespace[name] is getattr(integrad, name)
         assert callable(namespace[name].has_convergence_delta) and hasattr(namespace[name], "multiplies_by_inputs")
     assert callable(integrad.IntegratedGradients.compute_convergence_delta)
+    assert callable(integrad.LayerIntegratedGradients.compute_convergence_delta)
+    assert not hasattr(integrad.NeuronIntegratedGradients, "compute_convergence_delta")
 
     namespace = _run(toy, {})
     stated = _stated(toy.code, ("attributions", "delta"))

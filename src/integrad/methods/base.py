@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..adaptive import integrate_adaptive
-from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapeMemory, integrate
+from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapeMemory, integrate, run_chunked
 from ..probes import TargetProbe
 
 
@@ -186,6 +186,33 @@ def convergence_delta(attributions: tuple[Tensor, ...], f_start: Tensor, f_end: 
     total = sum(a.detach().to(torch.float64).reshape(a.shape[0], -1).sum(1).cpu() for a in attributions)
     dtype = torch.float64 if any(a.dtype == torch.float64 for a in attributions) else torch.float32
     return (total - (f_end - f_start)).to(device=attributions[0].device, dtype=dtype)
+
+
+def model_convergence_delta(forward_func: Callable, attributions: tuple[Tensor, ...], start_point: Any,
+                            end_point: Any, target: Any, additional_forward_args: Any, need_grad: bool = True) -> Tensor:
+    """``Σ attributions − (F(end_point) − F(start_point))`` per example, with the model run once on both ends
+    together (``need_grad=False`` lets the ends be token ids)."""
+    ends, was_tuple = arguments.normalize_inputs(end_point, name="end_point", need_grad=need_grad)
+    batch = ends[0].shape[0]
+    for i, a in enumerate(attributions):
+        if a.dim() == 0 or a.shape[0] != batch:
+            raise ValueError(
+                f"attributions must have one row per example of end_point ({batch}); attributions[{i}] has shape "
+                f"{tuple(a.shape)}"
+            )
+    starts = arguments.normalize_baselines(start_point, ends, was_tuple)
+    target_t = arguments.normalize_target(target, batch, ends[0].device)
+    args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
+    probe = output_probe(forward_func, lambda points, examples: points, target_t, args, per_example)
+    both = tuple(torch.cat([e.detach(), s]) for s, e in zip(starts, ends))
+    rows = torch.arange(batch).repeat(2)
+
+    def evaluate(part: slice) -> Tensor:
+        return probe(tuple(t[part] for t in both), rows[part]).to(torch.float64)
+
+    with torch.no_grad():  # one forward pass for both ends, halved on an allocation failure
+        values = torch.cat(run_chunked(evaluate, 2 * batch, Chunking(rows=2 * batch))).cpu()
+    return convergence_delta(attributions, values[batch:], values[:batch])
 
 
 def output_probe(forward_func: Callable, inputs_for_rows: Callable[[tuple[Tensor, ...], Tensor], tuple],

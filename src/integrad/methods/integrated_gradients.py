@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from .. import arguments
-from ..engine import Chunking, accumulate, end_values
-from .base import PathAttribution, convergence_delta, keeps_model_state, output_probe, restore_structure
+from ..engine import Chunking, accumulate
+from .base import PathAttribution, keeps_model_state, model_convergence_delta, output_probe, restore_structure
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -109,20 +109,15 @@ class IntegratedGradients(PathAttribution):
                                   target: Any = None, additional_forward_args: Any = None) -> Tensor:
         """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
 
-        ``start_point`` accepts every form ``baselines`` accepts.
+        ``attributions`` has the structure and shapes of ``end_point``; ``start_point`` accepts every form
+        ``baselines`` accepts.
         """
-        ends, was_tuple = arguments.normalize_inputs(end_point, name="end_point")
+        ends, _ = arguments.normalize_inputs(end_point, name="end_point")
         attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
         if len(attrs) != len(ends) or any(a.shape != e.shape for a, e in zip(attrs, ends)):
             raise ValueError("attributions must have the same structure and shapes as end_point")
-        starts = arguments.normalize_baselines(start_point, ends, was_tuple)
-        batch = ends[0].shape[0]
-        target_t = arguments.normalize_target(target, batch, ends[0].device)
-        args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
-        probe = output_probe(self.forward_func, lambda points, examples: points, target_t, args, per_example)
-        deltas = tuple(e.detach() - s for s, e in zip(starts, ends))
-        f_start, f_end = end_values(probe, starts, deltas, Chunking(rows=2 * batch))
-        return convergence_delta(attrs, f_start, f_end)
+        return model_convergence_delta(self.forward_func, attrs, start_point, end_point, target,
+                                       additional_forward_args)
 
     def integrand(self, inputs: TensorOrTuple, alphas: Any, baselines: Any = None, target: Any = None,
                   additional_forward_args: Any = None) -> Tensor:
