@@ -289,14 +289,16 @@ def test_layer_ig_on_a_conv_layer(method):
     _check_delta(delta, their_delta, ours, model, x, base, [0, 3, 1], method=method)
 
 
-def test_layer_ig_on_an_embedding_with_token_ids_and_an_attention_mask():
+def _text_batch(seed: int, lengths: list[int]):
+    """The text model, token ids of 3 sentences padded with id 0 after ``lengths`` tokens, and the attention mask."""
     model = seeded(TextModel, seed=33)
-    gen = torch.Generator().manual_seed(34)
-    ids = torch.randint(1, 20, (3, 7), generator=gen)
-    mask = torch.ones(3, 7, dtype=torch.long)
-    mask[0, 5:] = 0
-    mask[2, 3:] = 0
-    ids = ids * mask  # padding id 0 where masked
+    ids = torch.randint(1, 20, (3, 7), generator=torch.Generator().manual_seed(seed))
+    mask = (torch.arange(7) < torch.tensor(lengths).unsqueeze(1)).long()
+    return model, ids * mask, mask
+
+
+def test_layer_ig_on_an_embedding_with_token_ids_and_an_attention_mask():
+    model, ids, mask = _text_batch(34, [5, 7, 3])
     pad = torch.zeros_like(ids)
     ours, delta = LayerIntegratedGradients(model, model.embed).attribute(
         ids, pad, target=[0, 2, 1], additional_forward_args=mask, n_steps=20, return_convergence_delta=True)
@@ -310,11 +312,7 @@ def test_layer_ig_on_an_embedding_with_token_ids_and_an_attention_mask():
 
 
 def test_layer_ig_compute_convergence_delta_agrees_on_floats_and_token_ids():
-    model = seeded(TextModel, seed=33)
-    gen = torch.Generator().manual_seed(35)
-    ids = torch.randint(1, 20, (3, 7), generator=gen)
-    mask = torch.ones(3, 7, dtype=torch.long)
-    mask[1, 4:] = 0
+    model, ids, mask = _text_batch(35, [7, 4, 7])
     ours_lig, theirs_lig = LayerIntegratedGradients(model, model.embed), CaptumLayerIG(model, model.embed)
     attr, delta = ours_lig.attribute(ids, 0, target=[1, 0, 2], additional_forward_args=mask, n_steps=5,
                                      return_convergence_delta=True)
