@@ -7,11 +7,14 @@ one kink, so its results agree with the closed form to rounding, and its estimat
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from integrad import IntegratedGradients
+from integrad.adaptive import MAX_POINTS
 
 from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from test_adaptive import KINK_X, kinked, kinked_ig, reference_ig, relative_l1
@@ -205,3 +208,107 @@ def test_kept_gradients_beyond_the_memory_budget_go_on_with_panels(monkeypatch):
     again = roomy.attribute(x, n_steps="auto", tolerance=1e-3, memory_budget="256MiB")
     assert not calls
     assert bool((relative_l1(again, exact) <= 1e-3).all())
+
+
+# ------------------------------------------------------------------------ what the end values prove about misses
+def one_hidden_layer_ig(model: nn.Sequential, x: torch.Tensor, output: int = 0) -> torch.Tensor:
+    """Exact IG from a zero baseline of output ``output`` of ``Linear → ReLU → Linear``, in float64: unit j's
+    pre-activation along the path is ``α s_j + b_j`` (``s_j = w_j · x``), active on a known part ``L_j`` of [0, 1],
+    so ``A = x ⊙ Σ_j v_j L_j w_j``."""
+    w, b = model[0].weight.double(), model[0].bias.double()
+    v = model[2].weight.double()[output]
+    x = x.double()
+    s = x @ w.T
+    crossing = (-b / s).clamp(0.0, 1.0)
+    active = torch.where(s > 0, 1.0 - crossing, crossing)
+    active = torch.where(s == 0, (b > 0).double().expand_as(s), active)
+    return x * ((active * v) @ w)
+
+
+class _Bump(nn.Module):
+    """``slope·x + clamp(x − 0.30, 0, 0.15)``: both kinks inside the gap between the first panel's nodes 0.276 and
+    0.5, where every node sees the same gradient; exact IG at x = 1 from 0 is ``slope + 0.15``."""
+
+    def __init__(self, slope: float):
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x):
+        return (self.slope * x + torch.relu(x - 0.30) - torch.relu(x - 0.45)).sum(1)
+
+
+@pytest.mark.parametrize("slope", [0.1, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_bump_between_the_first_nodes_is_found_through_the_completeness_gap(slope, dtype):
+    ig = IntegratedGradients(_Bump(slope))
+    x = torch.ones(1, 1, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ig.attribute(x, n_steps="auto", tolerance=1e-3)
+    assert abs(float(got) - (slope + 0.15)) <= 2e-3 * (slope + 0.15)
+    assert ig.last_report.steps.item() > 7
+    assert float(ig.last_report.error_estimate) <= 1e-3
+
+
+def test_all_zero_gradients_at_the_nodes_of_a_steep_step_are_not_taken_for_zero_attributions():
+    # The step lies between two nodes, where float32 gradients underflow to exactly zero.
+    model = lambda z: torch.sigmoid(4000.0 * (z[:, 0] - 0.4))  # noqa: E731
+    x = torch.ones(1, 1)
+    ig = IntegratedGradients(model)
+    got = ig.attribute(x, n_steps="auto", tolerance=1e-3)
+    exact = float(model(x) - model(torch.zeros_like(x)))
+    assert abs(float(got) - exact) <= 2e-3 * exact
+    assert float(ig.last_report.error_estimate) <= 1e-3
+
+
+def test_an_infinite_gradient_at_the_baseline_is_reported_not_hidden():
+    model = lambda z: (torch.sqrt(z) * torch.tensor([1.0, -2.0])).sum(1)  # noqa: E731
+    ig = IntegratedGradients(model)
+    with pytest.warns(RuntimeWarning, match="gradient is not finite.*sqrt"):
+        got = ig.attribute(torch.tensor([[0.5, 2.0]]), n_steps="auto")
+    assert not bool(torch.isfinite(got).all())
+    assert ig.last_report.error_estimate.isinf().all()
+
+
+def test_rounding_of_a_large_output_is_not_counted_as_error():
+    """A float32 ReLU network whose output carries a +1000 offset: F's rounding (about 1e-4 absolute) is no error of
+    the attributions, and must not drive the examples to the point limit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+    with torch.no_grad():
+        model[2].bias += 1000.0
+    x = torch.randn(6, 8)
+    ig = IntegratedGradients(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ig.attribute(x, n_steps="auto", tolerance=1e-3)
+    assert int(ig.last_report.steps.max()) < 400
+    exact = one_hidden_layer_ig(model, x)
+    true = (got.double() - exact).abs().sum(1) / exact.abs().sum(1)
+    assert bool((true <= 2e-3).all()), true
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
+def test_half_precision_models_are_judged_by_their_own_rounding(dtype, tolerance):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    x = torch.randn(6, 8)
+    low = model.to(dtype)
+    ig = IntegratedGradients(low)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ig.attribute(x.to(dtype), target=1, n_steps="auto", tolerance=tolerance)
+    assert int(ig.last_report.steps.max()) < 200
+    # Exact for the weights as rounded to the model's dtype, and the inputs as given to it.
+    reference = one_hidden_layer_ig(low, x.to(dtype), output=1)
+    true = (got.double() - reference).abs().sum(1) / reference.abs().sum(1)
+    assert bool((true <= 2 * tolerance).all()), true
+
+
+def test_panels_never_pass_the_point_limit():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    ig = IntegratedGradients(model)
+    with pytest.warns(RuntimeWarning, match="limit of 4096 path points"):
+        ig.attribute(torch.randn(3, 8), n_steps="auto", tolerance=1e-10)
+    assert int(ig.last_report.steps.max()) <= MAX_POINTS

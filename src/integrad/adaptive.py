@@ -46,8 +46,20 @@ share ``tol · |A|₁ / √P`` (or half the example's worst) are bisected.
 Within each phase, all rows of a round (every example, segment and panel) are evaluated together, in
 memory-budgeted chunks. An example stops at ``MAX_POINTS`` path points, or when only segments narrower than
 ``MIN_WIDTH`` are left; a RuntimeWarning then says the tolerance was not reached. The estimate is reported per
-example in ``last_report.error_estimate`` and the points used in ``last_report.steps``. The completeness delta is
-not used as the error estimate: per-feature errors of opposite sign cancel in it.
+example in ``last_report.error_estimate`` and the points used in ``last_report.steps``.
+
+**What the end values prove.** The exact attributions add up to ``F(1) − F(0)``, so ``|Σ A − (F(1) − F(0))|``, the
+completeness gap, is a lower bound on ``|A − A*|₁``; beyond F's rounding (in the model's least precise dtype), it is
+a floor under every estimate, in the first two stages and in the result. A bump between nodes that all see the same
+gradient (a saturated unit, a narrow step) shows there, and the example goes on to be refined; each panel is held to
+its own gap in the same way. The gap alone is no estimate: per-feature errors of opposite sign cancel in it. An
+example whose gradient is not finite somewhere on the path (``sqrt`` at a zero baseline) gets an infinite estimate
+and a RuntimeWarning that says so. A model whose output jumps along the path (``sign``, a threshold) has integrated
+gradients that cannot add up to the jump: its estimate is the gap, and the warning that the tolerance was not met
+says so.
+
+Which examples go on with panels when the piecewise-linear phase would pass its share of the memory budget is
+decided for the batch: an example may then take another route, and other points, than it would alone.
 
 References
 ----------
@@ -148,7 +160,11 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
     per_example = G.view(batch, POINTS_PER_PANEL, -1)
     kron, lob = rule[0] @ per_example, rule[1] @ per_example
     attr_l1 = (kron * d).abs().sum(1).double().cpu()
-    error = ((kron - lob) * d).abs().sum(1).double().cpu()
+    # F at α = 0 and α = 1 (the first and last nodes): the attributions must add up to their difference, and by how
+    # much they miss it is a lower bound on their L1 error (a bump between nodes that all see the same gradient).
+    f_ends = F.view(batch, POINTS_PER_PANEL)[:, [0, -1]]
+    eps = _rounding(start, G.dtype)
+    error = torch.maximum(((kron - lob) * d).abs().sum(1).double().cpu(), _completeness_gap(kron, d, f_ends, eps))
     points_used = torch.full((batch,), POINTS_PER_PANEL, dtype=torch.long)
     integral = kron
     done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > MAX_POINTS)
@@ -166,7 +182,8 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
         ext_new = torch.from_numpy(EXTENDED_WEIGHTS_NEW / 2).to(G.device, G.dtype)
         k13 = ext @ per_example[idx_dev] + ext_new @ G2.to(G.dtype).view(idx.numel(), n_extra, -1)
         first_error = error.clone()
-        error[idx] = ((k13 - kron[idx_dev]) * d[idx_dev]).abs().sum(1).double().cpu()
+        error[idx] = torch.maximum(((k13 - kron[idx_dev]) * d[idx_dev]).abs().sum(1).double().cpu(),
+                                   _completeness_gap(k13, d[idx_dev], f_ends[idx], eps))
         attr_l1[idx] = (k13 * d[idx_dev]).abs().sum(1).double().cpu()
         integral[idx_dev] = k13  # (integral is kron: updated last)
         points_used[idx] += n_extra
@@ -180,21 +197,33 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
     if bool(pending.any()):
         keep = pending.repeat_interleave(POINTS_PER_PANEL)
         keep2 = pending.index_select(0, ex2)
-        smooth |= _piecewise_linear(probe, start, delta, chunking, tolerance, d,
+        smooth |= _piecewise_linear(probe, start, delta, chunking, tolerance, d, eps,
                                     torch.cat([examples[keep], ex2[keep2]]), torch.cat([alphas[keep], alpha2[keep2]]),
                                     torch.cat([F[keep], F2[keep2]]),
                                     torch.cat([G[keep.to(G.device)], G2.to(G.dtype)[keep2.to(G.device)]]),
                                     integral, error, attr_l1, points_used)
     if bool(smooth.any()):
         idx = torch.nonzero(smooth).flatten()
-        grads, err, l1, pts = _panels(probe, start, delta, idx, tolerance, chunking, MAX_POINTS - points_used)
+        grads, err, l1, pts = _panels(probe, start, delta, idx, tolerance, chunking, MAX_POINTS - points_used, eps)
         flat = torch.cat([g.reshape(batch, -1).to(integral.dtype) for g in grads], 1)
         integral[idx.to(integral.device)] = flat[idx.to(flat.device)]
         error[idx], attr_l1[idx] = err[idx], l1[idx]
         points_used += pts
+    # Whatever the phase found, the estimate is never below what the completeness gap proves.
+    error = torch.maximum(error, _completeness_gap(integral, d, f_ends, eps))
     estimate = torch.where(attr_l1 > 0, error / attr_l1.clamp_min(1e-300), error)
-    unmet = estimate > tolerance
-    if bool(unmet.any()):
+    finite = torch.isfinite(integral).all(1).cpu()
+    estimate = torch.where(finite, estimate, torch.full_like(estimate, float("inf")))
+    unmet = ~(estimate <= tolerance)
+    if bool((~finite).any()):
+        warnings.warn(
+            f"n_steps='auto': the gradient is not finite at some path points of {int((~finite).sum())} example(s), so "
+            "their attributions are not finite (error_estimate inf). This happens where the model's derivative is "
+            "infinite on the path, e.g. sqrt or x**p with p < 1 at a zero baseline: choose a baseline away from that "
+            "point, or a rule whose points avoid the ends (a fixed n_steps with method='gausslegendre')",
+            RuntimeWarning, stacklevel=4,
+        )
+    elif bool(unmet.any()):
         warnings.warn(
             f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or pieces of width {MIN_WIDTH:g}) for "
             f"{int(unmet.sum())} example(s) before the estimated error fell below tolerance={tolerance:g}; the "
@@ -219,6 +248,24 @@ def _row_gradients(probe: Probe, start, delta, examples: Tensor, alphas: Tensor,
     return torch.cat([s[0].reshape(n, -1) for s in sums], 1), values
 
 
+def _rounding(start: tuple[Tensor, ...], accumulated: torch.dtype) -> float:
+    """Relative rounding of the model's values and gradients: that of the path's least precise dtype (a float16
+    model rounds to float16 whatever the gradients are accumulated in)."""
+    return max([torch.finfo(accumulated).eps] + [torch.finfo(s.dtype).eps for s in start if s.is_floating_point()])
+
+
+def _completeness_gap(integral: Tensor, d: Tensor, f_ends: Tensor, eps: float) -> Tensor:
+    """``|Σ_i A_i − (F(1) − F(0))|`` beyond F's rounding, per example (float64, CPU).
+
+    Since the exact attributions add up to ``F(1) − F(0)``, this is a lower bound on ``|A − A*|₁``.
+    """
+    f_ends = f_ends.to(torch.float64).cpu()
+    total = (integral * d).sum(1).double().cpu()
+    gap = (total - (f_ends[:, 1] - f_ends[:, 0])).abs()
+    allowance = 8 * eps * (f_ends.abs().sum(1) + (integral * d).abs().sum(1).double().cpu())
+    return (gap - allowance).clamp_min(0.0)
+
+
 def _share(seg_error: Tensor, seg_ex: Tensor, batch: int, tolerance: float, attr_l1: Tensor,
            linear: bool = False) -> Tensor:
     """A piece is refined when its error exceeds its share ``tol · |A|₁ / √n`` of the tolerance (``/ n`` for errors
@@ -229,7 +276,8 @@ def _share(seg_error: Tensor, seg_ex: Tensor, batch: int, tolerance: float, attr
     return torch.minimum(share, worst / 2).index_select(0, seg_ex)
 
 
-def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance: float, d: Tensor, ex: Tensor,
+def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance: float, d: Tensor, f_eps: float,
+                      ex: Tensor,
                       alpha: Tensor, F: Tensor, G: Tensor, integral: Tensor, error: Tensor, attr_l1: Tensor,
                       points_used: Tensor) -> Tensor:
     """Refine the segments of the given examples' points; fills ``integral``, ``error`` and ``attr_l1`` (float64
@@ -246,7 +294,7 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
     first = True
     while True:
         a_idx, b_idx, seg_ex, seg_a, w, tau, dtau, linear, solved, seg_integral, bound = _segments(ex, alpha, F, G, d,
-                                                                                                  eps)
+                                                                                                  eps, f_eps)
         seg_dev = seg_ex.to(dev)
         total = torch.zeros((batch, d.shape[1]), dtype=G.dtype, device=dev).index_add_(0, seg_dev, seg_integral)
         # A segment with a solved kink is most likely exact, and the rare wrong ones err in random directions:
@@ -310,8 +358,11 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
             ex, alpha, F, G = ex[keep], alpha[keep], F[keep], G[keep.to(dev)]
 
 
-def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: float):
-    """Neighbouring points of every example: each segment's integral of the gradient and its error bound."""
+def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: float, f_eps: float):
+    """Neighbouring points of every example: each segment's integral of the gradient and its error bound.
+
+    Gradients count as equal to ``eps`` (that of the dtype they are accumulated in); F's values are known to
+    ``f_eps`` (that of the model's least precise dtype)."""
     order = torch.argsort(alpha, stable=True)
     order = order[torch.argsort(ex[order], stable=True)]
     a, b = order[:-1], order[1:]
@@ -330,11 +381,11 @@ def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: f
     scale = torch.maximum((ga * dd).abs().amax(1), (gb * dd).abs().amax(1))
     same_g = ((jump * dd).abs().amax(1) <= 64 * eps * scale).cpu()
     rise = F[b] - F[a]
-    ftol = 8 * eps * (F[a].abs() + F[b].abs() + (sa.abs() + sb.abs()) * w)
+    ftol = 8 * f_eps * (F[a].abs() + F[b].abs() + (sa.abs() + sb.abs()) * w)
     # Equal gradients with a non-linear F would mean the path left the region and came back. F carries the
     # rounding of its largest intermediate terms, which can exceed its own size: a relative √eps of the segment's
     # change is allowed besides.
-    linear = same_g & ((rise - sa * w).abs() <= ftol + eps**0.5 * sa.abs() * w)
+    linear = same_g & ((rise - sa * w).abs() <= ftol + f_eps**0.5 * sa.abs() * w)
     # One kink at a + τ: F(b) − F(a) = s_a τ + s_b (w − τ); rounding of F moves τ by up to ftol / |s_a − s_b|.
     ds = sa - sb
     tau = (rise - sb * w) / ds
@@ -350,17 +401,22 @@ def _segments(ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, d: Tensor, eps: f
     # The attributions of a segment sum to its integral of the slope; where that misses F(b) − F(a), the L1 error
     # is at least the difference (spread over the features in proportion to |x − x′|). This catches what the end
     # gradients cannot show, such as a bump between two points of equal (e.g. saturated, zero) gradient.
-    missed = (rise.to(dev) - (integral * dd).sum(1).double()).abs().to(G.dtype)
+    missed = ((rise - (integral * dd).sum(1).double().cpu()).abs() - ftol).clamp_min(0.0).to(dev, G.dtype)
     bound = bound + dd.abs() * (missed / dd.abs().sum(1).clamp_min(torch.finfo(G.dtype).tiny)).unsqueeze(1)
     return a, b, seg_ex, alpha[a], w, tau, dtau, linear, solved, integral, bound
 
 
 # ---------------------------------------------------------------------------------------------------- panels
 def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], examples: Tensor, tolerance: float,
-            chunking: Chunking, budget: Tensor, pieces: int = 2) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+            chunking: Chunking, budget: Tensor, eps: float, pieces: int = 2
+            ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
     """Adaptive Lobatto–Kronrod panels for the given examples, from ``pieces`` equal ones each, at most ``budget``
     points each. Returns, for the whole batch (zero for the other examples), the integrals of the gradient, the
-    error estimates and |A|₁ (absolute), and the points used."""
+    error estimates and |A|₁ (absolute), and the points used.
+
+    A panel's error is its Kronrod − Lobatto difference plus its completeness gap: the panel's nodes include its
+    ends, and its attributions must add up to ``F(hi) − F(lo)`` (which a bump between nodes of equal gradient
+    shows). The gaps are added up over an example's panels."""
     batch = start[0].shape[0]
     points_used = torch.zeros(batch, dtype=torch.long)
     # Leaf panels of every example: where they lie, and (per path tensor) their Kronrod integral of the gradient
@@ -370,6 +426,7 @@ def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], 
     panel_hi = panel_lo + 1.0 / pieces
     kron: list[Tensor] | None = None
     diff: list[Tensor] | None = None
+    gaps = torch.zeros(panel_example.numel(), dtype=torch.float64)
     new = torch.ones(panel_example.numel(), dtype=torch.bool)
     nodes = torch.from_numpy(NODES)
     rule = torch.from_numpy(np.stack([KRONROD_WEIGHTS, LOBATTO_WEIGHTS], axis=1))
@@ -384,11 +441,14 @@ def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], 
             weights = half.repeat_interleave(POINTS_PER_PANEL).unsqueeze(1) * rule.repeat(n_new, 1)
             rows_example = ex.repeat_interleave(POINTS_PER_PANEL)
             buckets = torch.arange(n_new).repeat_interleave(POINTS_PER_PANEL)
-            sums, _ = accumulate(probe, start, delta, rows_example, alphas, weights, buckets, n_new, chunking)
+            sums, values = accumulate(probe, start, delta, rows_example, alphas, weights, buckets, n_new, chunking)
             points_used += torch.bincount(rows_example, minlength=batch)
             scales = [d.index_select(0, ex.to(d.device)).to(s.dtype) for s, d in zip(sums, delta)]
             k_new = [s[0] for s in sums]
             d_new = [(s[0] - s[1]) * c for s, c in zip(sums, scales)]
+            contribution = torch.cat([(k * c).reshape(n_new, -1) for k, c in zip(k_new, scales)], 1)
+            gaps[idx] = _completeness_gap(contribution, torch.ones_like(contribution[:1]),
+                                          values.view(n_new, POINTS_PER_PANEL)[:, [0, -1]], eps)
             if kron is None:
                 kron, diff = k_new, d_new
             else:
@@ -404,11 +464,13 @@ def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], 
         # Panel errors of random sign add like a random walk: root-sum-square over panels, per feature, then L1.
         sq = [torch.zeros((batch,) + d.shape[1:], dtype=d.dtype, device=d.device).index_add_(0, e, d * d)
               for d, e in zip(diff, ex_dev)]
-        error = sum(q.sqrt().reshape(batch, -1).sum(1).double().cpu() for q in sq)
-        panel_error = sum(d.reshape(n_panels, -1).abs().sum(1).double().cpu() for d in diff)
+        panel_error = sum(d.reshape(n_panels, -1).abs().sum(1).double().cpu() for d in diff) + gaps
+        error = sum(q.sqrt().reshape(batch, -1).sum(1).double().cpu() for q in sq) + torch.zeros(
+            batch, dtype=torch.float64).index_add_(0, panel_example, gaps)
         done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > budget)
         allowed = _share(panel_error, panel_example, batch, tolerance, attr_l1)
         split = (panel_error > allowed) & ~done.index_select(0, panel_example) & (panel_hi - panel_lo > MIN_WIDTH)
+        split = _within_points(split, panel_error, panel_example, (budget - points_used) // (2 * POINTS_PER_PANEL))
         if not bool(split.any()):
             return grads, error, attr_l1, points_used
         # Bisect: the left half takes the panel's slot, the right half is appended.
@@ -419,6 +481,22 @@ def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], 
         panel_lo = torch.cat([panel_lo, right_lo])
         panel_hi = torch.cat([panel_hi, right_hi])
         n_right = right_ex.numel()
+        gaps = torch.cat([gaps, gaps.new_zeros(n_right)])
         kron = [torch.cat([k, k.new_zeros((n_right,) + k.shape[1:])]) for k in kron]
         diff = [torch.cat([d, d.new_zeros((n_right,) + d.shape[1:])]) for d in diff]
         new = torch.cat([split, torch.ones(n_right, dtype=torch.bool)])
+
+
+def _within_points(split: Tensor, panel_error: Tensor, panel_example: Tensor, room: Tensor) -> Tensor:
+    """At most ``room[e]`` of example ``e``'s panels marked in ``split`` (each split costs two new panels), those
+    with the largest errors, so that no example passes its points."""
+    marked = torch.nonzero(split).flatten()
+    if marked.numel() == 0:
+        return split
+    order = marked[torch.argsort(panel_error[marked], descending=True, stable=True)]
+    order = order[torch.argsort(panel_example[order], stable=True)]
+    owner = panel_example[order]
+    rank = torch.arange(order.numel()) - torch.searchsorted(owner, owner)
+    kept = torch.zeros_like(split)
+    kept[order[rank < room.clamp_min(0).index_select(0, owner)]] = True
+    return kept
