@@ -42,6 +42,10 @@ Probe = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 class IntegrationReport:
     """How an attribution was computed; available as ``method.last_report`` after each ``attribute`` call.
 
+    It describes the call's last integration: for ``NoiseTunnel``, the wrapped method's last call (the last
+    ``nt_samples_batch_size`` copies); for ``LayerIntegratedGradients`` on layers that feed each other and are
+    integrated one after the other, the last of them (while the delta ``attribute`` returns is the first's).
+
     Attributes
     ----------
     steps : Tensor
