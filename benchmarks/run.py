@@ -120,9 +120,10 @@ def make_timer(device: torch.device) -> Callable[[Callable[[], Any], int], tuple
     return timeit
 
 
-#: Untimed pairs of rounds after the warm-up: 24 calls each, enough for integrad's chunk-size tuning to settle
-#: (each halving takes four calls, alternating two sizes; five halvings take 400 rows down to 16).
-SETTLING_ROUNDS = 12
+#: Untimed pairs of rounds after the warm-up: 32 calls each, enough for integrad's chunk-size tuning to settle
+#: (after a metered call and one untimed call, each halving takes six calls, alternating two sizes three times each;
+#: five halvings take 400 rows down to 16).
+SETTLING_ROUNDS = 16
 
 
 def run_case(case: W.Case, device: torch.device, quick: bool) -> Dict[str, Any]:

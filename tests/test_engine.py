@@ -253,16 +253,17 @@ def _injected_clock(monkeypatch, seconds_per_row):
 
 def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypatch):
     # A clock of our own: a chunk of n rows takes n × per_row(n), faster per row down to 60 rows, and 30 rows gain
-    # less than SPEED_GAIN. Calls alternate between the best size so far and half of it until each has run twice
-    # (the first call, metered, does not count).
+    # less than SPEED_GAIN. Calls alternate between the best size so far and half of it until each has run three
+    # times (the first call, metered, and the second, still warming up, do not count).
     model, x = wide
     _injected_clock(monkeypatch, {240: 1.0, 120: 0.7, 60: 0.5, 30: 0.49}.__getitem__)
     ig = IntegratedGradients(model)
     sizes, results = [], []
-    for _ in range(15):
+    for _ in range(22):
         results.append(ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB"))
         sizes.append(ig.last_report.chunk_rows)
-    assert sizes == [240, 240, 120, 240, 120, 60, 120, 60, 120, 30, 60, 30, 60, 60, 60], sizes
+    assert sizes == [240, 240, 120, 240, 120, 240, 120, 240, 60, 120, 60, 120, 60, 120, 30, 60, 30, 60, 30, 60, 60,
+                     60], sizes
     for got in results[1:]:
         torch.testing.assert_close(got, results[0], rtol=1e-5, atol=1e-6)
     # An explicit internal_batch_size is never tuned.
@@ -273,19 +274,21 @@ def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypa
 
 
 def test_chunk_size_tuning_is_not_fooled_by_a_machine_getting_faster(wide, monkeypatch):
-    # The first two timed calls run 50% slower per row (a process warming up), whatever their size; halving the
-    # chunks changes nothing. Timed one size after the other, the half would look faster and be kept; alternating
-    # the two sizes, it is not.
+    # The first three unmetered calls run 50% slower per row (a process warming up), whatever their size; halving
+    # the chunks changes nothing. Timed one size after the other, or counting the first call of the process, the
+    # half would look faster and be kept; alternating the two sizes from the second, it is not.
     model, x = wide
     calls = [0]
-    _injected_clock(monkeypatch, lambda n: 1.5 if calls[0] in (1, 2) else 1.0)
+    _injected_clock(monkeypatch, lambda n: 1.5 if calls[0] in (1, 2, 3) else 1.0)
     ig = IntegratedGradients(model)
     sizes = []
-    for _ in range(8):
+    for _ in range(11):
         ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB")
         sizes.append(ig.last_report.chunk_rows)
         calls[0] += 1
     assert sizes[-3:] == [240, 240, 240], sizes
+    (memory,) = ig._row_shapes.values()
+    assert memory.settled and memory.cap == 240
 
 
 def test_chunk_size_tuning_settles_when_rows_are_spread_below_the_size_it_tries(wide, monkeypatch):
@@ -295,10 +298,10 @@ def test_chunk_size_tuning_settles_when_rows_are_spread_below_the_size_it_tries(
     _injected_clock(monkeypatch, lambda n: 1.0 if n > 100 else 0.7)
     ig = IntegratedGradients(model)
     sizes = []
-    for _ in range(12):
+    for _ in range(16):
         ig.attribute(x, target=1, n_steps=35, memory_budget="64MiB")
         sizes.append(ig.last_report.chunk_rows)
-    assert sizes == [210, 210, 72, 210, 72, 42, 72, 42, 72, 72, 72, 72], sizes
+    assert sizes == [210, 210, 72, 210, 72, 210, 72, 210, 42, 72, 42, 72, 42, 72, 72, 72], sizes
     (memory,) = ig._row_shapes.values()
     assert memory.settled
 
@@ -312,7 +315,7 @@ def test_chunk_size_tuning_ignores_calls_whose_budget_cuts_their_chunks(wide, mo
     ig = IntegratedGradients(model)
     tight = int(20 * row_activation_bytes(model, x))
     sizes = []
-    for _ in range(12):
+    for _ in range(18):
         ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB")
         sizes.append(ig.last_report.chunk_rows)
         ig.attribute(x, target=1, n_steps=40, memory_budget=tight)

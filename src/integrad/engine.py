@@ -27,7 +27,7 @@ from .rules import alphas_and_weights
 FIRST_CHUNK_SHARE = 64
 #: A smaller chunk size is kept when it runs at least this much faster per row, timed over this many calls.
 SPEED_GAIN = 0.05
-SPEED_TRIALS = 2
+SPEED_TRIALS = 3
 #: Chunks are not made smaller than this for speed (per-chunk overhead dominates below it).
 SPEED_MIN_ROWS = 16
 #: The memory of a fixed rule's chunk points is kept for the next call on rows of the same shapes up to this size
@@ -172,7 +172,8 @@ class RowShapeMemory:
 
     Past a size, bigger chunks run slower per row on a CPU: their activations no longer fit the caches, and large
     allocations cost page faults. Once calls run unmetered, the size they ran at is compared with half of it: calls
-    alternate between the two until each has run ``SPEED_TRIALS`` times, and the half is kept when its fastest call
+    alternate between the two until each has run ``SPEED_TRIALS`` times (the very first unmetered call, in a process
+    still warming up, is not compared), and the half is kept when its fastest call
     was at least ``SPEED_GAIN`` faster per row than the other's (alternating keeps a trend in the machine's speed,
     such as a process warming up, from favouring either). Halving goes on while it is, down to ``SPEED_MIN_ROWS``
     rows or one step of the batch; at the first size that is not, the best size is kept for good. Only CPU calls
@@ -214,12 +215,14 @@ class RowShapeMemory:
             return
         step = stats["step"] or 1
         if self.best_cap is None:
-            size = self.best_cap = stats["chunk_rows"]
+            # The size the budget gives is the first best. This call's time is not compared: the first calls of a
+            # process (new buffers, pages touched for the first time) are slower, which would favour the half.
+            self.best_cap = stats["chunk_rows"]
             self._propose(step)
-        else:
-            size = self.asked
-            if size not in (self.best_cap, self.candidate) or stats["rows"] < size:
-                return  # a call too small to use the size it was given says nothing about it
+            return
+        size = self.asked
+        if size not in (self.best_cap, self.candidate) or stats["rows"] < size:
+            return  # a call too small to use the size it was given says nothing about it
         self.rates.setdefault(size, []).append(stats["seconds"] / stats["rows"])
         best, half = self.rates.get(self.best_cap, []), self.rates.get(self.candidate, [])
         if len(best) >= SPEED_TRIALS and len(half) >= SPEED_TRIALS:
