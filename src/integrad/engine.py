@@ -334,6 +334,7 @@ def accumulate(
     chunking: Chunking,
     tile: int | None = None,
     keep_values: bool = True,
+    steps: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[list[Tensor], Tensor | None]:
     """``Σ_rows weights[row, j] · ∇ probe`` per bucket, and the probe's value at every row.
 
@@ -355,6 +356,8 @@ def accumulate(
         gradients with one matrix product, instead of gathering and scattering rows.
     keep_values : bool, default True
         Return the probe's value at every row; False when the caller has no use for them.
+    steps : (Tensor, Tensor), optional
+        With ``tile``: the rule per step of the batch, as :func:`step_rule` gives it (taken from the rows otherwise).
 
     Returns
     -------
@@ -370,8 +373,8 @@ def accumulate(
     if tile:
         # Per step of the batch, contiguous: a strided weight vector makes the reduction's matrix product several
         # times slower.
-        step_alphas = _as(alphas[::tile], device, compute)
-        step_weights = _as(weights[::tile].t(), device, acc_dtype).contiguous()
+        step_alphas, step_weights = steps or (_as(alphas[::tile], device, compute),
+                                              _as(weights[::tile].t(), device, acc_dtype).contiguous())
     examples = _as(examples, device)
     # Per row, on the device: made when a chunk that is not whole steps first needs them.
     row_alphas = row_weights = row_buckets = None
@@ -505,14 +508,25 @@ def integrate(
     """Integrate the probe's gradient along the straight path with a fixed rule (``n_steps`` points each)."""
     batch = start[0].shape[0]
     delta = tuple(e - s for s, e in zip(start, end))
-    alphas_np, _ = alphas_and_weights(method, n_steps)
     examples, alphas, weights = _fixed_layout(method, n_steps, batch)
+    compute = _compute_dtype(start)
+    steps = step_rule(method, n_steps, compute, torch.promote_types(compute, torch.float32), start[0].device)
     sums, values = accumulate(probe, start, delta, examples, alphas, weights, examples, batch, chunking, tile=batch,
-                              keep_values=need_ends)
-    f_start, f_end = (end_values(probe, start, delta, chunking, alphas_np, values.view(n_steps, batch))
-                      if need_ends else (None, None))
+                              keep_values=need_ends, steps=steps)
+    f_start, f_end = (end_values(probe, start, delta, chunking, alphas_and_weights(method, n_steps)[0],
+                                 values.view(n_steps, batch)) if need_ends else (None, None))
     report = chunking.report(torch.full((batch,), n_steps, dtype=torch.long))
     return PathIntegral([s[0] for s in sums], f_start, f_end, report, delta)
+
+
+@lru_cache(maxsize=32)
+def step_rule(method: str, n_steps: int, compute: torch.dtype, accumulate_in: torch.dtype, device: torch.device
+              ) -> tuple[Tensor, Tensor]:
+    """A fixed rule's points ``(n_steps,)`` in ``compute`` and weights ``(1, n_steps)`` in ``accumulate_in``, on
+    ``device``. Cached: repeated calls reuse them (never written)."""
+    alphas, weights = alphas_and_weights(method, n_steps)
+    return (torch.tensor(alphas, dtype=compute, device=device),
+            torch.tensor(weights, dtype=accumulate_in, device=device).unsqueeze(0))
 
 
 @lru_cache(maxsize=8)

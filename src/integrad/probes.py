@@ -48,7 +48,7 @@ class TargetProbe:
         if self._flat is None:
             return flat_output[:, 0]
         index = self._flat.index_select(0, examples.to(self._flat.device))
-        return flat_output.gather(1, index.unsqueeze(1)).squeeze(1)
+        return flat_output.gather(1, index).squeeze(1)
 
     def _flat_indices(self, per_example_shape: tuple[int, ...]) -> Tensor | None:
         if self.target is None:
@@ -64,8 +64,13 @@ class TargetProbe:
                 f"target has {k} index(es) per example, but the model output has {len(per_example_shape)} dimension(s) "
                 f"after the batch (shape per example {per_example_shape}); give one index per output dimension"
             )
-        # One synchronising read of the extremes per output dimension, then a single indexing tensor.
-        low, high = (v.tolist() for v in torch.aminmax(self.target, dim=0))
+        # One synchronising read of the extremes per output dimension (on the CPU, by numpy: no dispatch), then a
+        # single indexing tensor.
+        if self.target.device.type == "cpu":
+            held = self.target.numpy()
+            low, high = held.min(0).tolist(), held.max(0).tolist()
+        else:
+            low, high = (v.tolist() for v in torch.aminmax(self.target, dim=0))
         if any(lo < -n or hi >= n for lo, hi, n in zip(low, high, per_example_shape)):
             raise ValueError(
                 f"target holds indices from {low} to {high}, outside the model output's per-example shape "
@@ -76,9 +81,9 @@ class TargetProbe:
         if min(low) < 0:
             wrapped = torch.remainder(wrapped, torch.tensor(sizes, dtype=torch.long, device=wrapped.device))
         if k == 1:
-            return wrapped[:, 0]
+            return wrapped
         strides = [math.prod(sizes[i + 1:]) for i in range(k)]
-        return (wrapped * torch.tensor(strides, dtype=torch.long, device=wrapped.device)).sum(1)
+        return (wrapped * torch.tensor(strides, dtype=torch.long, device=wrapped.device)).sum(1, keepdim=True)
 
 
 class NeuronProbe:
