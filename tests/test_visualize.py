@@ -546,3 +546,232 @@ def test_missing_matplotlib_gives_install_hint(monkeypatch):
     # The pure functions need no matplotlib.
     assert "<span" in fresh.text_html(["a"], [1.0])
     assert fresh.normalize_attribution([2.0, -1.0], "all", 100).tolist() == [1.0, -0.5]
+
+
+# ---------------------------------------------------------------------------
+# layouts, labels, figures left open, argument checks
+# ---------------------------------------------------------------------------
+
+
+def test_channels_last_attribution_is_refused_naming_the_layout():
+    attr_hwc = np.random.default_rng(0).normal(size=(32, 24, 3))
+    for call in (
+        lambda: viz.image_heatmap(attr_hwc),
+        lambda: viz.image_heatmap(attr_hwc, np.random.default_rng(1).random((32, 24, 3))),
+        lambda: viz.image_heatmap(attr_hwc[None]),
+        lambda: viz.image_side_by_side(np.random.default_rng(1).random((32, 24)), [attr_hwc]),
+    ):
+        with pytest.raises(ValueError, match=r"attribution must have shape .*\(C, H, W\).*\(H, W, C\)"):
+            call()
+    assert plt.get_fignums() == []
+    # Channels first wins where both readings fit, as for images; other channel counts are fine.
+    square = np.random.default_rng(2).normal(size=(3, 8, 3))
+    np.testing.assert_allclose(_heatmap_data(viz.image_heatmap(square, sign="all", clip_percentile=100)),
+                               viz.normalize_attribution(square.sum(0), "all", 100))
+    assert _heatmap_data(viz.image_heatmap(np.ones((16, 4, 5)))).shape == (4, 5)
+
+
+def test_failed_drawing_leaves_no_figure_open():
+    with pytest.raises(ValueError):
+        viz.image_heatmap(np.random.default_rng(0).normal(size=(8, 8)), cmap="no-such-colour-map")
+    assert plt.get_fignums() == []
+    # A figure the caller owns stays theirs.
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError):
+        viz.image_heatmap(np.ones((4, 4)), ax=ax, cmap="no-such-colour-map")
+    assert plt.get_fignums() == [fig.number]
+
+
+def test_labels_and_titles_are_shown_literally(tmp_path):
+    names = ["price_$_usd_$", "a$^$b", "revenue ($M) - cost ($M)"]
+    ax = viz.feature_bars([3.0, -2.0, 1.0], names, title="total $x$")
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert ax.get_title() == "total $x$"
+    assert viz.save_figure(ax, tmp_path / "bars.png").read_bytes()[:8] == PNG_SIGNATURE
+
+    ax = viz.image_heatmap(np.ones((4, 4)), title="$^$")
+    assert ax.get_title() == "$^$"
+    viz.save_figure(ax, tmp_path / "heat.png")
+    fig = viz.image_side_by_side(np.ones((4, 4)), {"a$^$b": np.ones((4, 4))})
+    viz.save_figure(fig, tmp_path / "side.png")
+
+
+def test_iterables_of_labels_are_accepted():
+    ax = viz.feature_bars([1.0, -3.0], (f"f{i}" for i in range(2)))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["f1", "f0"]
+    fig = viz.image_side_by_side(np.ones((4, 4)), [np.ones((4, 4))], titles=(t for t in ["mine"]))
+    assert [a.get_title() for a in fig.axes if a.images] == ["input", "mine"]
+    with pytest.raises(ValueError, match="feature_names"):
+        viz.feature_bars([1.0, 2.0], "ab")
+
+
+def test_side_by_side_refuses_an_overlay_alpha_it_cannot_use():
+    with pytest.raises(TypeError, match="overlay_alpha"):
+        viz.image_side_by_side(np.ones((4, 4)), [np.ones((4, 4))], overlay_alpha=0.2)
+    assert plt.get_fignums() == []
+
+
+def test_text_html_errors_name_scores_and_always_check_clip_percentile():
+    with pytest.raises(ValueError, match="^scores contains NaN"):
+        viz.text_html(["a", "b"], [1.0, float("nan")])
+    with pytest.raises(ValueError, match="^scores contains NaN"):
+        viz.text_html(["a"], torch.tensor([float("inf")]))
+    for bad in (500, "x", 0):
+        with pytest.raises(ValueError, match="clip_percentile"):
+            viz.text_html([], [], clip_percentile=bad)
+    assert "<div" in viz.text_html([], [])
+
+
+# ---------------------------------------------------------------------------
+# path_integrand / integrand_profile: model outputs, caller's tensors, explainers
+# ---------------------------------------------------------------------------
+
+
+class _WritesIntoItsInput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x -= 0.5
+        return self.linear(x)
+
+
+def test_path_integrand_leaves_the_callers_tensors_alone():
+    ig = integrad.IntegratedGradients(_WritesIntoItsInput().eval())
+    for n in (2, 1):
+        x, b = torch.ones(n, 4), torch.zeros(n, 4)
+        viz.path_integrand(ig, x, baselines=b, target=0, n_dense=3, n_steps=2)
+        assert bool((x == 1).all()) and bool((b == 0).all()), (n, x, b)
+    x, b = torch.ones(2, 4), torch.zeros(1, 4)  # a baseline broadcast to the input
+    viz.path_integrand(ig, x, baselines=b, target=0, n_dense=3, n_steps=2, example=1)
+    assert bool((x == 1).all()) and bool((b == 0).all())
+
+
+class _LogitsOutput(torch.nn.Module):
+    """Returns an object with a .logits tensor, as transformers' models do."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.inner(x))
+
+
+def test_path_integrand_reads_logits_outputs():
+    torch.manual_seed(3)
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).eval()
+    x = torch.randn(2, 4)
+    plain = viz.path_integrand(integrad.IntegratedGradients(inner), x, target=1, n_dense=5, n_steps=4, example=1)
+    wrapped = viz.path_integrand(integrad.IntegratedGradients(_LogitsOutput(inner)), x, target=1, n_dense=5,
+                                 n_steps=4, example=1)
+    for prefix in ("F(x) − F(x′)", "Σ w·g(α)"):
+        assert _legend_number(wrapped, prefix) == pytest.approx(_legend_number(plain, prefix), rel=1e-6)
+    with torch.no_grad():
+        exact = float(inner(x[1:])[0, 1] - inner(torch.zeros(1, 4))[0, 1])
+    assert _legend_number(wrapped, "F(x) − F(x′)") == pytest.approx(exact, rel=1e-5)
+
+
+def test_integrand_profile_uses_the_explainers_baseline():
+    from integrad.explainers import IntegratedGradients as IGExplainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(5, 4) + 3
+    explainer = IGExplainer(model, n_steps=8, baseline_fn="mean")
+    got = viz.integrand_profile(explainer, x, [0.25, 0.5], target=0)
+    expected = viz.integrand_profile(explainer.core, x, [0.25, 0.5], target=0, baselines=x.mean(0, keepdim=True))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # g is the weight times (x - x'): with the mean baseline it differs from the zeros baseline.
+    zeros = viz.integrand_profile(explainer.core, x, [0.25, 0.5], target=0)
+    assert not np.allclose(got, zeros)
+    # Explicit baselines win over the explainer's.
+    np.testing.assert_allclose(viz.integrand_profile(explainer, x, [0.5], target=0, baselines=0.0), zeros[:, 1:])
+    with pytest.raises(ValueError, match=r"alphas must lie in \[0, 1\]"):
+        viz.integrand_profile(explainer, x, [0.5, 1.5], target=0)
+
+
+# ---------------------------------------------------------------------------
+# report: plot_attributions, HtmlReport, the backend
+# ---------------------------------------------------------------------------
+
+
+def test_plot_attributions_checks_first_and_leaves_no_figure_open(tmp_path):
+    from integrad.report import plot_attributions
+
+    nan = torch.full((2, 1, 8, 8), float("nan"))
+    with pytest.raises(ValueError, match="attributions contains NaN"):
+        plot_attributions(tmp_path / "a.png", "image", torch.rand(2, 1, 8, 8), nan)
+    with pytest.raises(ValueError, match="titles"):
+        plot_attributions(tmp_path / "b.png", "features", None, torch.randn(3, 4), titles=["only one"])
+    with pytest.raises(ValueError, match="attributions"):
+        plot_attributions(tmp_path / "c.png", "features", None, torch.zeros(0, 4))
+    assert plt.get_fignums() == []
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_attributions_labels_iterables_and_odd_images(tmp_path):
+    from integrad.report import plot_attributions
+
+    path = plot_attributions(tmp_path / "bars.png", "features", None, torch.randn(2, 3),
+                             titles=(f"$x_{i}$ at 5$" for i in range(2)),
+                             feature_names=(n for n in ["price_$_usd_$", "a$^$b", "c"]))
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    # Two channels cannot be drawn as an image: the heatmaps are drawn alone.
+    path = plot_attributions(tmp_path / "two.png", "image", torch.rand(2, 2, 6, 6), torch.randn(2, 2, 6, 6))
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    # Attributions of a layer whose width is 3 are (C, H, W), not (H, W, C).
+    path = plot_attributions(tmp_path / "layer.png", "image", None, torch.randn(1, 5, 4, 3))
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert plt.get_fignums() == []
+
+
+def test_html_report_creates_its_folder_and_encodes_file_names(tmp_path):
+    import html.parser
+    from urllib.parse import unquote, urlsplit
+
+    from integrad.report import HtmlReport
+
+    report = HtmlReport("Attributions")
+    report.image("digit #3.png", "a digit")
+    report.links([("results", "run 50%? #2.html"), ("nested", "sub dir/a&b.html")])
+    path = report.write(tmp_path / "new" / "deeper" / "index.html")
+    assert path.is_file()
+
+    class Refs(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs = []
+
+        def handle_starttag(self, tag, attrs):
+            self.refs += [v for k, v in attrs if k in ("src", "href")]
+
+    parser = Refs()
+    parser.feed(path.read_text(encoding="utf-8"))
+    assert [unquote(urlsplit(ref).path) for ref in parser.refs] == ["digit #3.png", "run 50%? #2.html",
+                                                                     "sub dir/a&b.html"]
+    assert all(not urlsplit(ref).scheme and not ref.startswith("/") for ref in parser.refs)
+
+
+def test_file_backend_is_not_forced_over_the_users_choice(monkeypatch):
+    from integrad import report
+
+    chosen = []
+    monkeypatch.setattr(matplotlib, "use", lambda name, *a, **k: chosen.append(name))
+    # As before pyplot's first import: the backend is still open.
+    monkeypatch.delitem(sys.modules, "matplotlib.pyplot")
+    monkeypatch.setattr(viz, "_import_matplotlib", lambda name: plt if name == "matplotlib.pyplot" else matplotlib)
+
+    monkeypatch.setenv("MPLBACKEND", "svg")
+    report._use_agg()
+    assert chosen == []
+
+    monkeypatch.delenv("MPLBACKEND")
+    monkeypatch.setenv("DISPLAY", ":0")
+    report._use_agg()  # writes files only: Agg even with a display
+    assert chosen == ["Agg"]
+    viz._pyplot()  # may show windows: the display's backend stays
+    assert chosen == ["Agg"]

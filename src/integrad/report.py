@@ -13,7 +13,8 @@ import datetime as _dt
 import html
 import math
 import os
-import sys
+import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,12 +27,15 @@ from .datasets import atomic_write_bytes
 __all__ = ["HtmlReport", "plot_attributions", "token_scores", "fmt"]
 
 
-def _use_agg() -> None:
-    # The command line never opens windows; choose the file backend before pyplot is imported.
-    import matplotlib
+def _use_agg():
+    """pyplot, with the file backend Agg unless the user chose a backend (``MPLBACKEND``, pyplot imported).
 
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
+    The pictures here are only written to files, never shown; the rule is the one of
+    :func:`integrad.visualize._pyplot`.
+    """
+    from .visualize import _pyplot
+
+    return _pyplot(files_only=True)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -89,49 +93,65 @@ def plot_attributions(
         ``"features"`` (bar chart per example), ``"text"`` (bar chart of token
         scores) or anything else (bar chart of the largest entries).
     inputs : torch.Tensor, optional
-        The inputs, for image overlays.
+        The inputs, for image overlays (drawn for ``(N, C, H, W)`` inputs with
+        1, 3 or 4 channels and the attributions' spatial size).
     attributions : torch.Tensor
-        ``(N, ...)``.
-    titles : sequence of str, optional
-        One title per example.
+        ``(N, ...)`` with ``N >= 1``, finite.
+    titles : iterable of str, optional
+        One title per example (at least one per example drawn).
     feature_names, tokens
-        Bar labels for features and tokens.
+        Bar labels for features and tokens. Labels and titles are shown
+        literally (``$`` does not start mathematics).
     masks : torch.Tensor, optional
         ``(N, L)`` attention masks: padding tokens are left out of the bars.
 
     Returns
     -------
     pathlib.Path
-    """
-    _use_agg()
-    import matplotlib.pyplot as plt
 
+    Raises
+    ------
+    ValueError
+        For attributions without examples or with NaN or infinite values, or
+        fewer ``titles`` than examples drawn. No figure is left open when an
+        error is raised.
+    """
+    plt = _use_agg()
     from . import visualize
 
+    if not isinstance(attributions, torch.Tensor):
+        raise TypeError(f"attributions must be a torch.Tensor; got {type(attributions).__name__}")
     attr = attributions.detach().float().cpu()
+    if attr.dim() == 0 or attr.shape[0] == 0 or attr.numel() == 0:
+        raise ValueError(f"attributions must hold at least one example; got shape {tuple(attr.shape)}")
+    if not bool(torch.isfinite(attr).all()):
+        raise ValueError("attributions contains NaN or infinite values; there is nothing to draw for them")
     n = min(int(attr.shape[0]), max_examples)
-    titles = list(titles) if titles is not None else [f"example {i}" for i in range(n)]
+    if titles is None:
+        titles = [f"example {i}" for i in range(n)]
+    else:
+        if isinstance(titles, (str, bytes)) or not isinstance(titles, Iterable):
+            raise ValueError(f"titles must be a sequence of strings, one per example; got {titles!r}")
+        titles = [str(t) for t in titles]
+        if len(titles) < n:
+            raise ValueError(
+                f"titles must have one entry per example drawn ({n}); got {len(titles)}: {titles!r}"
+            )
+    if feature_names is not None:
+        if isinstance(feature_names, (str, bytes)) or not isinstance(feature_names, Iterable):
+            raise ValueError(f"feature_names must be a sequence of strings; got {feature_names!r}")
+        feature_names = [str(name) for name in feature_names]
     if kind == "image" and attr.dim() == 4:
-        same_size = inputs is not None and inputs.dim() == 4 and tuple(inputs.shape[-2:]) == tuple(attr.shape[-2:])
+        same_size = (inputs is not None and inputs.dim() == 4 and inputs.shape[1] in (1, 3, 4)
+                     and tuple(inputs.shape[-2:]) == tuple(attr.shape[-2:]))
         cols = 2 if same_size else 1
         fig, axes = plt.subplots(n, cols, figsize=(3.6 * cols + 0.6, 3.2 * n), squeeze=False)
-        for i in range(n):
-            if same_size:
-                img = inputs[i].detach().float().cpu()
-                ax = axes[i][0]
-                shown = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
-                lo, hi = float(shown.min()), float(shown.max())
-                if lo < 0 or hi > 1:
-                    shown = (shown - lo) / (hi - lo) if hi > lo else shown * 0
-                ax.imshow(shown.numpy(), cmap="gray" if shown.dim() == 2 else None, vmin=0, vmax=1,
-                          interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(f"{titles[i]}: input")
-                visualize.image_heatmap(attr[i], img, ax=axes[i][1], title="attribution")
-            else:
-                visualize.image_heatmap(attr[i], ax=axes[i][0], title=f"{titles[i]}: attribution")
-        fig.tight_layout()
+        try:
+            _draw_images(visualize, axes, inputs, attr, titles, n, same_size)
+            fig.tight_layout()
+        except BaseException:
+            plt.close(fig)
+            raise
         return visualize.save_figure(fig, path)
     if kind == "text" or (tokens is not None):
         scores = token_scores(attr)
@@ -142,6 +162,17 @@ def plot_attributions(
     cols = 2 if n > 1 else 1
     rows = (n + cols - 1) // cols
     fig, grid = plt.subplots(rows, cols, figsize=(7.0 * cols, 0.9 + (0.28 * shown_k + 0.6) * rows), squeeze=False)
+    try:
+        _draw_bars(visualize, grid, scores, attr, titles, feature_names, tokens, masks, n, width, shown_k)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return visualize.save_figure(fig, path)
+
+
+def _draw_bars(visualize, grid, scores, attr, titles, feature_names, tokens, masks, n, width, shown_k) -> None:
+    """One bar chart per example, in the axes of ``grid``; the axes left over are hidden."""
     axes = [[ax] for ax in grid.reshape(-1)]
     for ax in grid.reshape(-1)[n:]:
         ax.set_visible(False)
@@ -160,8 +191,26 @@ def plot_attributions(
         else:
             names = None
         visualize.feature_bars(row, names, top_k=shown_k, ax=axes[i][0], title=titles[i])
-    fig.tight_layout()
-    return visualize.save_figure(fig, path)
+
+
+def _draw_images(visualize, axes, inputs, attr, titles, n, same_size) -> None:
+    """One row per example: the input (when ``same_size``) and the heatmap of the channel sum."""
+    for i in range(n):
+        if same_size:
+            img = inputs[i].detach().float().cpu()
+            ax = axes[i][0]
+            shown = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
+            lo, hi = float(shown.min()), float(shown.max())
+            if lo < 0 or hi > 1:
+                shown = (shown - lo) / (hi - lo) if hi > lo else shown * 0
+            ax.imshow(shown.numpy(), cmap="gray" if shown.dim() == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{titles[i]}: input", parse_math=False)
+            visualize.image_heatmap(attr[i].sum(dim=0), img, ax=axes[i][1], title="attribution")
+        else:
+            visualize.image_heatmap(attr[i].sum(dim=0), ax=axes[i][0], title=f"{titles[i]}: attribution")
 
 
 @dataclass
@@ -185,11 +234,13 @@ class HtmlReport:
     def paragraph(self, text: str, raw: bool = False) -> None:
         self.parts.append(f"<p>{text if raw else html.escape(text)}</p>")
 
-    def image(self, src: str, caption: str = "", width: Optional[int] = None) -> None:
+    def image(self, src: str | os.PathLike, caption: str = "", width: Optional[int] = None) -> None:
+        """A picture; ``src`` is its path relative to the page (any file name: it is percent-encoded here)."""
         style = f' style="max-width:{width}px"' if width else ""
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         self.parts.append(
-            f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption or src)}"{style}>{cap}</figure>'
+            f'<figure><img src="{_href(src, "src")}" alt="{html.escape(caption or os.fspath(src))}"{style}>{cap}'
+            "</figure>"
         )
 
     def raw(self, fragment: str) -> None:
@@ -203,8 +254,9 @@ class HtmlReport:
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
-    def links(self, items: Sequence[tuple[str, str]]) -> None:
-        lis = "".join(f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for t, h in items)
+    def links(self, items: Sequence[tuple[str, str | os.PathLike]]) -> None:
+        """A list of ``(text, path)`` links; each path is relative to the page and percent-encoded here."""
+        lis = "".join(f'<li><a href="{_href(h, "items")}">{html.escape(t)}</a></li>' for t, h in items)
         self.parts.append(f"<ul>{lis}</ul>")
 
     def render(self) -> str:
@@ -240,6 +292,24 @@ footer {{ margin-top: 3em; font-size: 0.8em; color: #777; }}
 """
 
     def write(self, path: str | os.PathLike) -> Path:
+        """Write the page to ``path`` (created with its missing parent folders, or replaced whole)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, self.render().encode("utf-8"))
         return path
+
+
+def _href(path: str | os.PathLike, name: str) -> str:
+    """A relative file path as the value of a ``src``/``href`` attribute.
+
+    Percent-encoded, so that ``#``, ``?``, ``%``, spaces and other characters that mean something
+    in a URL stay part of the file name; ``/`` still separates folders.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must give paths as str or os.PathLike; got {type(path).__name__}")
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        raise TypeError(f"{name} must give paths as str, not bytes")
+    if os.sep != "/":
+        text = text.replace(os.sep, "/")
+    return html.escape(urllib.parse.quote(text, safe="/"))

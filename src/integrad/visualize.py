@@ -22,13 +22,14 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import math
 import numbers
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -83,20 +84,49 @@ def _import_matplotlib(module: str):
         ) from exc
 
 
-def _pyplot():
-    """Import ``matplotlib.pyplot`` on demand, choosing Agg on headless Linux."""
+def _pyplot(files_only: bool = False):
+    """Import ``matplotlib.pyplot`` on demand, choosing the Agg backend where no one else has chosen.
+
+    Agg is chosen on headless Linux, or everywhere with ``files_only`` (callers that only write
+    files and never show a window). In either case the backend is left alone once pyplot is
+    imported or when the user set ``MPLBACKEND`` (notebooks do): the choice is theirs.
+    """
     matplotlib = _import_matplotlib("matplotlib")
-    # Only pick a backend if nobody has yet: once pyplot is imported, or the user
-    # set MPLBACKEND (notebooks do), the choice is theirs.
+    headless = (
+        sys.platform.startswith("linux")
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("WAYLAND_DISPLAY")
+    )
     if (
         "matplotlib.pyplot" not in sys.modules
         and not os.environ.get("MPLBACKEND")
-        and sys.platform.startswith("linux")
-        and not os.environ.get("DISPLAY")
-        and not os.environ.get("WAYLAND_DISPLAY")
+        and (files_only or headless)
     ):
         matplotlib.use("Agg")
     return _import_matplotlib("matplotlib.pyplot")
+
+
+@contextlib.contextmanager
+def _drawing(plt: Any, ax: Any, figsize: tuple[float, float]):
+    """Yield ``ax``, or the axes of a new figure, which is closed again if drawing fails."""
+    if ax is not None:
+        yield ax
+        return
+    fig, new_ax = plt.subplots(figsize=figsize)
+    try:
+        yield new_ax
+    except BaseException:
+        plt.close(fig)
+        raise
+
+
+def _as_list(value: Any, name: str, what: str) -> list | None:
+    """``value`` (None, or any iterable of labels but a single string) as a list."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a sequence of {what}; got {type(value).__name__} {value!r}")
+    return list(value)
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:
@@ -167,6 +197,15 @@ def _reduce_channels(arr: np.ndarray) -> np.ndarray:
             )
         arr = arr[0]
     if arr.ndim == 3:
+        # Channels come first. A last axis of 1, 3 or 4 behind a first axis that is no channel
+        # count is the (H, W, C) layout of PIL and numpy images: summing the first axis would
+        # silently sum the rows, so it is refused rather than guessed.
+        if arr.shape[2] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+            raise ValueError(
+                f"attribution must have shape {accepted} with the channels first; got "
+                f"{tuple(arr.shape)}, which looks like (H, W, C): move the channel axis first, "
+                "e.g. attribution.permute(2, 0, 1) or np.moveaxis(attribution, -1, 0)"
+            )
         arr = arr.sum(axis=0)
     if arr.ndim != 2:
         raise ValueError(f"attribution must have shape {accepted}; got {tuple(arr.shape)}")
@@ -332,7 +371,10 @@ def image_heatmap(
     attribution : torch.Tensor or numpy.ndarray
         Shape ``(H, W)``, ``(C, H, W)`` or ``(1, C, H, W)``; channels are
         reduced by summing (the sum of the channel attributions is the
-        pixel's share of ``F(x) - F(x')``). Not modified.
+        pixel's share of ``F(x) - F(x')``). The channels must come first: a
+        3-D attribution whose last axis has 1, 3 or 4 entries and whose first
+        axis has none of these is taken for ``(H, W, C)`` and refused. Not
+        modified.
     image : torch.Tensor or numpy.ndarray, optional
         The input drawn underneath: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` or
         ``(1, C, H, W)`` with ``C`` in {1, 3, 4} and the attribution's spatial
@@ -353,7 +395,7 @@ def image_heatmap(
     ax : matplotlib Axes, optional
         Where to draw; a new figure is created if omitted.
     title : str, optional
-        Axes title.
+        Axes title, shown literally (``$`` does not start mathematics).
     colorbar : bool, default True
         Add a colour bar of the normalised scale.
 
@@ -369,7 +411,7 @@ def image_heatmap(
     ValueError
         For an attribution or image of the wrong shape, an unknown ``sign``,
         ``clip_percentile`` outside (0, 100] or ``overlay_alpha`` outside
-        [0, 1].
+        [0, 1]. No figure is left open when an error is raised.
     ImportError
         If matplotlib is not installed.
     """
@@ -387,38 +429,37 @@ def image_heatmap(
         background = _prepare_image(image, tuple(attr2d.shape), _is_integer_data(image))
 
     plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.0, 4.0))
-    alpha = None
-    if background is not None:
-        ax.imshow(
-            background,
-            cmap="gray" if background.ndim == 2 else None,
-            vmin=0.0,
+    with _drawing(plt, ax, (4.0, 4.0)) as ax:
+        alpha = None
+        if background is not None:
+            ax.imshow(
+                background,
+                cmap="gray" if background.ndim == 2 else None,
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+            )
+            alpha = float(overlay_alpha)
+        vmin = -1.0 if sign == "all" else 0.0
+        heat_image = ax.imshow(
+            heat,
+            cmap=cmap if cmap is not None else _DEFAULT_CMAPS[sign],
+            vmin=vmin,
             vmax=1.0,
+            alpha=alpha,
             interpolation="nearest",
         )
-        alpha = float(overlay_alpha)
-    vmin = -1.0 if sign == "all" else 0.0
-    heat_image = ax.imshow(
-        heat,
-        cmap=cmap if cmap is not None else _DEFAULT_CMAPS[sign],
-        vmin=vmin,
-        vmax=1.0,
-        alpha=alpha,
-        interpolation="nearest",
-    )
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if colorbar:
-        from matplotlib.cm import ScalarMappable
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if colorbar:
+            from matplotlib.cm import ScalarMappable
 
-        # A separate opaque mappable: a bar drawn from the overlay would inherit its transparency.
-        scale = ScalarMappable(norm=heat_image.norm, cmap=heat_image.get_cmap())
-        bar = ax.figure.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
-        bar.set_label("attribution" if sign == "all" else f"{sign} attribution", fontsize="small")
-    if title is not None:
-        ax.set_title(str(title))
+            # A separate opaque mappable: a bar drawn from the overlay would inherit its transparency.
+            scale = ScalarMappable(norm=heat_image.norm, cmap=heat_image.get_cmap())
+            bar = ax.figure.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
+            bar.set_label("attribution" if sign == "all" else f"{sign} attribution", fontsize="small")
+        if title is not None:
+            ax.set_title(str(title), parse_math=False)
     return ax
 
 
@@ -440,13 +481,15 @@ def image_side_by_side(
         ``{name: attribution}`` (names become panel titles), a list/tuple of
         attributions, or a single tensor/array (one panel). Each is drawn with
         :func:`image_heatmap` and must match the image's spatial size.
-    titles : sequence of str, optional
+    titles : iterable of str, optional
         Panel titles for the attributions (not the image), overriding mapping
-        keys; must have one entry per attribution.
+        keys; must have one entry per attribution. Titles are shown
+        literally (``$`` does not start mathematics).
     **heatmap_kwargs
         Passed to :func:`image_heatmap` (``sign``, ``clip_percentile``,
         ``cmap``, ``colorbar``). ``ax``, ``title`` and ``image`` are set here
-        and may not be given.
+        and may not be given, nor ``overlay_alpha``: the heatmaps are drawn
+        beside the image, not over it.
 
     Returns
     -------
@@ -459,7 +502,8 @@ def image_side_by_side(
         For no attributions, a ``titles`` of the wrong length, or any error
         :func:`image_heatmap` raises.
     TypeError
-        For ``ax``, ``title`` or ``image`` in ``heatmap_kwargs``.
+        For ``ax``, ``title``, ``image`` or ``overlay_alpha`` in
+        ``heatmap_kwargs``.
     """
     for reserved in ("ax", "title", "image"):
         if reserved in heatmap_kwargs:
@@ -467,6 +511,12 @@ def image_side_by_side(
                 f"image_side_by_side() sets {reserved!r} itself; it cannot be passed "
                 "through heatmap_kwargs"
             )
+    if "overlay_alpha" in heatmap_kwargs:
+        raise TypeError(
+            "image_side_by_side() draws each heatmap beside the image, not over it, so "
+            "overlay_alpha has no effect; leave it out (image_heatmap(attribution, image, "
+            "overlay_alpha=...) draws an overlay)"
+        )
     if isinstance(attributions, Mapping):
         names = [str(k) for k in attributions.keys()]
         items = list(attributions.values())
@@ -484,12 +534,13 @@ def image_side_by_side(
     if not items:
         raise ValueError("attributions must contain at least one attribution")
     if titles is not None:
-        if isinstance(titles, (str, bytes)) or len(titles) != len(items):
+        given = _as_list(titles, "titles", f"{len(items)} strings, one per attribution")
+        if len(given) != len(items):
             raise ValueError(
                 f"titles must be a sequence of {len(items)} strings, one per attribution; "
-                f"got {titles!r}"
+                f"got {given!r}"
             )
-        names = [str(t) for t in titles]
+        names = [str(t) for t in given]
 
     # Validate every panel before drawing so that a bad one leaves no figure behind.
     first_hw = tuple(_reduce_channels(_as_array(items[0], "attribution")).shape)
@@ -575,6 +626,7 @@ def text_html(
         raise TypeError(
             f"tokens must be a sequence of strings (e.g. a list); got {type(tokens).__name__}"
         )
+    percentile = _check_percentile(clip_percentile)
     for token in tokens:
         if not isinstance(token, str):
             raise TypeError(
@@ -593,10 +645,12 @@ def text_html(
             f"tokens and scores must have the same length; got {len(tokens)} tokens "
             f"and {raw.shape[0]} scores"
         )
+    if not np.all(np.isfinite(raw)):
+        raise ValueError("scores contains NaN or infinite values")
     if len(tokens) == 0:
         normalised = raw
     else:
-        normalised = normalize_attribution(raw, "all", clip_percentile)
+        normalised = normalize_attribution(raw, "all", percentile)
 
     parts = ['<div class="integrad-text" style="font-family: sans-serif; line-height: 2;">']
     if title is not None:
@@ -637,8 +691,10 @@ def feature_bars(
     scores : torch.Tensor or numpy.ndarray
         One attribution per feature, shape ``(F,)`` or ``(1, F)``. Not
         modified.
-    feature_names : sequence of str, optional
+    feature_names : iterable of str, optional
         One name per feature; default ``"feature 0"``, ``"feature 1"``, ...
+        Names and title are shown literally (``$`` does not start
+        mathematics).
     top_k : int, optional
         Show only the ``top_k`` features with the largest ``|score|`` (all if
         omitted or larger than ``F``).
@@ -671,12 +727,13 @@ def feature_bars(
     if feature_names is None:
         names = [f"feature {i}" for i in range(n)]
     else:
-        if isinstance(feature_names, (str, bytes)) or len(feature_names) != n:
+        given = _as_list(feature_names, "feature_names", f"{n} names, one per score")
+        if len(given) != n:
             raise ValueError(
                 f"feature_names must be a sequence of {n} names, one per score; "
-                f"got {feature_names!r}"
+                f"got {given!r}"
             )
-        names = [str(name) for name in feature_names]
+        names = [str(name) for name in given]
     k = n if top_k is None else min(_check_int(top_k, "top_k", 1), n)
 
     order = np.argsort(-np.abs(values), kind="stable")[:k]
@@ -686,18 +743,17 @@ def feature_bars(
     colours = [positive if v >= 0 else negative for v in shown]
 
     plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.0, max(2.0, 0.35 * k + 1.0)))
-    positions = np.arange(k)
-    ax.barh(positions, shown, color=colours, height=0.7)
-    ax.set_yticks(positions)
-    ax.set_yticklabels([names[i] for i in order])
-    # Rank 0 (largest |score|) at the top.
-    ax.invert_yaxis()
-    ax.axvline(0.0, color="0.3", linewidth=0.8)
-    ax.set_xlabel("attribution")
-    if title is not None:
-        ax.set_title(str(title))
+    with _drawing(plt, ax, (6.0, max(2.0, 0.35 * k + 1.0))) as ax:
+        positions = np.arange(k)
+        ax.barh(positions, shown, color=colours, height=0.7)
+        ax.set_yticks(positions)
+        ax.set_yticklabels([names[i] for i in order], parse_math=False)
+        # Rank 0 (largest |score|) at the top.
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="0.3", linewidth=0.8)
+        ax.set_xlabel("attribution")
+        if title is not None:
+            ax.set_title(str(title), parse_math=False)
     return ax
 
 
@@ -825,8 +881,18 @@ def _baseline_tensors(baselines: Any, inputs: tuple[torch.Tensor, ...]) -> tuple
 
 def _target_value(output: Any, target: Any, which: str) -> float:
     """The target output of a single-example forward pass, as a float."""
+    from integrad.arguments import model_output
+
+    # The reader the attribution methods use: a tensor, or the .logits of an output object.
+    output = model_output(output)
     if not isinstance(output, torch.Tensor):
-        output = torch.as_tensor(output)
+        try:
+            output = torch.as_tensor(output)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                "forward_func must return a tensor or an object with a .logits tensor; "
+                f"at the {which} it returned {type(output).__name__}"
+            ) from exc
     if output.ndim == 0:
         if target is not None:
             raise ValueError(
@@ -861,6 +927,11 @@ def _check_alphas(alphas: Any) -> np.ndarray:
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"alphas must be a non-empty 1-D sequence; got shape {tuple(arr.shape)}")
     _check_finite(arr, "alphas")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise ValueError(
+            "alphas must lie in [0, 1] (0 is the baseline, 1 the input); got values from "
+            f"{arr.min():g} to {arr.max():g}"
+        )
     return arr
 
 
@@ -881,14 +952,19 @@ def integrand_profile(
 
     Parameters
     ----------
-    ig : integrad.IntegratedGradients
-        The attribution object; its ``integrand`` method does the work.
+    ig : integrad.IntegratedGradients or integrad.explainers.IntegratedGradients
+        The core attribution object, whose ``integrand`` method does the
+        work, or an input-space explainer (its ``core`` is used).
     inputs : torch.Tensor or tuple of torch.Tensor
-        As for ``ig.attribute``. Not modified.
+        As for the core's ``attribute`` (for an explainer: what its
+        ``forward_arg_extractor`` would return). Not modified.
     alphas : sequence of float, numpy.ndarray or torch.Tensor
-        Path positions, 1-D (normally in [0, 1]).
+        Path positions, 1-D, each in [0, 1] (0 is the baseline, 1 the
+        input).
     baselines, target, additional_forward_args
-        As for ``ig.attribute``.
+        As for the core's ``attribute``. With an explainer and
+        ``baselines=None``, the explainer's ``baseline_fn`` is applied to
+        ``inputs``, as :func:`path_integrand` does.
 
     Returns
     -------
@@ -901,10 +977,13 @@ def integrand_profile(
     TypeError
         If ``ig`` has no ``integrand`` method.
     ValueError
-        If ``alphas`` is not a non-empty finite 1-D sequence.
+        If ``alphas`` is not a non-empty 1-D sequence of numbers in [0, 1].
     """
-    core, _ = _resolve_ig(ig, "ig")
+    core, from_explainer = _resolve_ig(ig, "ig")
     grid = _check_alphas(alphas)
+    if baselines is None and from_explainer:
+        tensors, was_tuple = _as_input_tuple(inputs)
+        baselines = _explainer_baselines(ig, tensors, was_tuple)
     values = core.integrand(
         inputs,
         grid,
@@ -1045,14 +1124,22 @@ def path_integrand(
 
     extra = _additional_args_tuple(one_args)
     with torch.no_grad():
-        f_x = _target_value(core.forward_func(*one_inputs, *extra), one_target, "input")
-        start = _baseline_tensors(one_baselines, one_inputs)
+        # Copies: the slices are views of the caller's tensors, and a model may write into its input.
+        point = tuple(t.clone() for t in one_inputs)
+        f_x = _target_value(core.forward_func(*point, *extra), one_target, "input")
+        start = tuple(t.clone() for t in _baseline_tensors(one_baselines, one_inputs))
         f_base = _target_value(core.forward_func(*start, *extra), one_target, "baseline")
     exact = f_x - f_base
 
     plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4.0))
+    with _drawing(plt, ax, (6.5, 4.0)) as ax:
+        _draw_integrand(ax, dense_alphas, dense_g, rule_alphas, rule_weights, rule_g, method, n_steps,
+                        n_dense, exact, quadrature, example)
+    return ax
+
+
+def _draw_integrand(ax, dense_alphas, dense_g, rule_alphas, rule_weights, rule_g, method, n_steps,
+                    n_dense, exact, quadrature, example) -> None:
     ax.plot(dense_alphas, dense_g, color="C0", linewidth=1.5, gid="integrand-dense",
             label=f"g(α) = dF/dα ({n_dense} points)")
     w_abs = np.abs(rule_weights)
@@ -1069,7 +1156,6 @@ def path_integrand(
     ax.set_ylabel("dF/dα")
     ax.set_title(f"IG integrand, example {example}")
     ax.legend(fontsize="small", loc="best")
-    return ax
 
 
 # ---------------------------------------------------------------------------
