@@ -99,3 +99,28 @@ class Ragged(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return torch.ones(5 if i == 4 else 6) * i
+
+
+class RootFeatures(nn.Module):
+    """6 features -> 2 scores built from sqrt(|x|): a feature that is 0 gets a NaN attribution (0 * infinity)."""
+
+    def forward(self, x):
+        root = x.abs().sqrt().sum(1)
+        return torch.stack([root, -root], dim=1)
+
+
+def root_features() -> nn.Module:
+    return RootFeatures().eval()
+
+
+class NanItem(torch.utils.data.Dataset):
+    """6 rows of 6 features; item 4 holds a NaN."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        x = torch.ones(6) * i
+        if i == 4:
+            x[2] = float("nan")
+        return x

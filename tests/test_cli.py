@@ -516,3 +516,65 @@ def test_target_help_agrees_with_one_score_models(tmp_path, features, capsys):
                            "--target", target)
         assert code == expected, target
     assert "--target" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- non-finite values and pictures
+
+
+def test_non_finite_inputs_are_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "nan.csv").write_text(",".join(f"f{i}" for i in range(fm.N_FEATURES)) + "\n"
+                                      + ",".join(["1"] * fm.N_FEATURES) + "\n"
+                                      + ",".join(["nan"] + ["2"] * (fm.N_FEATURES - 1)) + "\n")
+    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "nan.csv"))
+    _one_line_error(capsys, code, "--inputs", "example 1 holds NaN or infinite values")
+    assert not out.exists()
+
+    images = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    images[1, 0, 3, 3] = np.inf
+    np.save(tmp_path / "img.npy", images)
+    code, out = _explain(tmp_path, "--model", "fixtures_models:small_cnn", "--inputs", str(tmp_path / "img.npy"))
+    _one_line_error(capsys, code, "--inputs", "example 1 holds NaN or infinite values")
+    assert not out.exists()
+
+    X = np.ones((4, fm.N_FEATURES), np.float32)
+    X[2, 0] = np.nan
+    np.savez(tmp_path / "d.npz", X=X)
+    out = tmp_path / "shards"
+    code = main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(tmp_path / "d.npz"), "--out",
+                 str(out), "--no-progress"])
+    _one_line_error(capsys, code, "--data", "example 2 holds NaN or infinite values")
+    assert not out.exists()
+
+
+def test_image_pillow_refuses_is_a_one_line_error(tmp_path, capsys):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(tmp_path / "one.png")
+    raw = bytearray((tmp_path / "one.png").read_bytes())
+    i = raw.index(b"IHDR")
+    raw[i + 4:i + 12] = struct.pack(">II", 20000, 20000)  # a header claiming 400 million pixels
+    raw[i + 17:i + 21] = struct.pack(">I", zlib.crc32(bytes(raw[i:i + 17])))
+    (tmp_path / "big.png").write_bytes(bytes(raw))
+    code, out = _explain(tmp_path, "--model", "fixtures_models:small_cnn", "--inputs", str(tmp_path / "big.png"))
+    _one_line_error(capsys, code, "--inputs", "cannot read image", "exceeds limit")
+    assert not out.exists()
+
+
+def test_a_picture_that_cannot_be_drawn_does_not_cost_the_attributions(tmp_path, capsys):
+    # sqrt(|x|) at a feature that is 0: the gradient is infinite, the attribution 0 * inf = NaN.
+    X = np.arange(2 * fm.N_FEATURES, dtype=np.float32).reshape(2, fm.N_FEATURES) + 1
+    X[0, 0] = 0.0
+    np.save(tmp_path / "x.npy", X)
+    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs",
+                         str(tmp_path / "x.npy"), "--n-steps", "8")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "integrad: warning: attributions.png not written: attributions contains NaN" in captured.err
+    assert "Traceback" not in captured.err
+    saved = load_file(str(out / "attributions.safetensors"))
+    assert bool(saved["attributions"][0, 0].isnan()) and bool(saved["attributions"][1].isfinite().all())
+    assert sorted(p.name for p in out.iterdir()) == ["attributions.safetensors", "summary.json", "summary.txt"]
+    assert "attributions.png" not in captured.out and "attributions.safetensors" in captured.out

@@ -19,6 +19,9 @@ anything is written. An example found unusable part-way (a token id outside
 the vocabulary, a label out of range) ends it the same way, naming the batch
 and the examples; ``explain`` then writes nothing, ``attribute-dataset``
 keeps the shards it finished, and the same command resumes after them.
+Inputs holding NaN or infinite values are unusable. A picture that
+``explain`` cannot draw is left out with a one-line warning; the
+attributions and summaries are written all the same.
 """
 
 from __future__ import annotations
@@ -179,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attribution_options(explain, dataset=False)
     explain.add_argument("--inputs", required=True, metavar="FILE",
                          help="examples: .pt (tensor, (X, y) or dict with 'X'), .npy, .npz (array 'X' or the only "
-                              "array; optional 'y'), .csv (numeric rows, optional header), .png/.jpg (one image, "
-                              "(1, C, H, W) in [0, 1]) or .txt (one text per line; needs --tokenizer, the model is "
-                              "called as model(input_ids, attention_mask))")
+                              "array; optional 'y'), .csv (numeric rows, optional header), .png/.jpg/.tif (one "
+                              "image, (1, C, H, W): 8-bit levels / 255, 16-bit / 65535, float as stored) or .txt "
+                              "(one text per line; needs --tokenizer, the model is called as "
+                              "model(input_ids, attention_mask))")
     explain.add_argument("--tokenizer", default=None, metavar="DIR",
                          help="a transformers tokenizer folder for .txt inputs (loaded offline)")
     explain.add_argument("--out", default="integrad-explain", metavar="DIR",
@@ -439,21 +443,30 @@ def _cmd_explain(args) -> int:
         kind = loaded.kind
         if att.layer is not None and kind == "image" and attributions.dim() != 4:
             kind = "tensor"
-        plot_attributions(stage / "attributions.png", kind, x if x.is_floating_point() else None, attributions,
-                          titles=titles, feature_names=loaded.feature_names, tokens=loaded.tokens,
-                          masks=extra[0] if loaded.kind == "text" else None)
+        pictures = []
+        # The attributions are written whatever happens to the pictures: a picture that cannot be drawn
+        # (non-finite attributions from the model's gradients, say) is left out with a warning.
+        if _picture(stage / "attributions.png", lambda png: plot_attributions(
+                png, kind, x if x.is_floating_point() else None, attributions, titles=titles,
+                feature_names=loaded.feature_names, tokens=loaded.tokens,
+                masks=extra[0] if loaded.kind == "text" else None)):
+            pictures.append("attributions.png")
         if loaded.kind == "text":
             from .visualize import text_html
 
-            scores = token_scores(attributions)
-            frags = []
-            for i in range(n):
-                mask = extra[0][i].bool() if extra else torch.ones(len(loaded.tokens[i]), dtype=torch.bool)
-                toks = [t for t, m in zip(loaded.tokens[i], mask.tolist()) if m]
-                frags.append(text_html(toks, scores[i][mask], title=titles[i]))
-            page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head><body>" \
-                   + "\n".join(frags) + "</body></html>\n"
-            (stage / "attributions.html").write_text(page, encoding="utf-8")
+            def token_page(page_path):
+                scores = token_scores(attributions)
+                frags = []
+                for i in range(n):
+                    mask = extra[0][i].bool() if extra else torch.ones(len(loaded.tokens[i]), dtype=torch.bool)
+                    toks = [t for t, m in zip(loaded.tokens[i], mask.tolist()) if m]
+                    frags.append(text_html(toks, scores[i][mask], title=titles[i]))
+                page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head>" \
+                       "<body>" + "\n".join(frags) + "</body></html>\n"
+                page_path.write_text(page, encoding="utf-8")
+
+            if _picture(stage / "attributions.html", token_page):
+                pictures.append("attributions.html")
         text = "\n".join([
             f"integrad explain: {args.model} on {args.inputs}",
             f"{n} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
@@ -468,10 +481,23 @@ def _cmd_explain(args) -> int:
         print(line)
     if len(lines) > shown:
         print(f"... {len(lines) - shown} more examples in {out / 'summary.txt'}")
-    written = ", ".join(["attributions.safetensors", "attributions.png"]
-                        + (["attributions.html"] if loaded.kind == "text" else []) + ["summary.json"])
+    written = ", ".join(["attributions.safetensors", *pictures, "summary.json"])
     print(f"wrote {out}/{written}")
     return 0
+
+
+def _picture(path: Path, draw) -> bool:
+    """Run ``draw(path)``; on failure remove what it left, warn on one line and return False."""
+    try:
+        draw(path)
+        return True
+    except Exception as exc:  # a picture is a convenience: its failure must not cost the attributions
+        with contextlib.suppress(OSError):
+            path.unlink()
+        lines = str(exc).strip().splitlines()
+        why = lines[0] if lines else type(exc).__name__
+        print(f"integrad: warning: {path.name} not written: {why}", file=sys.stderr)
+        return False
 
 
 def fmt_num(v: float) -> str:

@@ -22,7 +22,8 @@ Input files
 ``.npz`` (array ``X`` or the only array, optional ``y``), ``.csv`` (numeric
 rows, optional header; a ``y``/``label``/``target`` column is taken as labels),
 ``.png``/``.jpg``/``.jpeg``/``.bmp``/``.gif``/``.tif``/``.tiff``/``.webp``
-(one image as a float tensor ``(1, C, H, W)`` in ``[0, 1]``), ``.txt`` (one
+(one image as a float tensor ``(1, C, H, W)``: 8-bit levels divided by 255,
+16-bit by 65535, float images as stored; see :func:`load_image`), ``.txt`` (one
 text per line, tokenised with a ``transformers`` tokenizer folder), and for
 data sets also a folder of images or a ``module:factory`` returning a
 :class:`torch.utils.data.Dataset`.
@@ -271,7 +272,8 @@ class _Arrays:
 
 def _read_csv(path: Path, argument: str) -> _Arrays:
     try:
-        with open(path, newline="") as fh:
+        # utf-8-sig: spreadsheet programs start "CSV UTF-8" files with a byte-order mark.
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(argument, f"cannot read CSV file {path}: {_one_line(exc)}") from exc
@@ -375,6 +377,18 @@ def _pick_arrays(arrays: dict, argument: str, path: Path) -> _Arrays:
     return _Arrays(_as_tensor(X, argument, "X"), y)
 
 
+def _require_finite(x: torch.Tensor, argument: str, what: str) -> None:
+    """Refuse NaN and infinite values: their attributions are not numbers either."""
+    if not x.is_floating_point() or bool(torch.isfinite(x).all()):
+        return
+    if x.dim() == 0:
+        raise InputError(argument, f"{what} is NaN or infinite; every input must be finite")
+    bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1).nonzero().reshape(-1).tolist()
+    shown = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    which = f"example {shown} holds" if len(bad) == 1 else f"examples {shown} hold"
+    raise InputError(argument, f"{what}: {which} NaN or infinite values; every input must be finite")
+
+
 def _require_file(path: Path, argument: str) -> None:
     if not path.exists():
         raise InputError(argument, f"file not found: {path}")
@@ -386,37 +400,94 @@ def _require_file(path: Path, argument: str) -> None:
 
 
 def _open_image(path: Path, argument: str):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     _require_file(path, argument)
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # Pillow's decoders raise many kinds (DecompressionBombError, struct.error, ...)
         raise InputError(argument, f"cannot read image {path}: {_one_line(exc)}") from exc
     return img
 
 
-def _image_to_tensor(img, mode: str) -> torch.Tensor:
-    arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[None]
+_GREY_MODES = ("1", "L", "LA", "La", "I", "F")
+
+
+def _is_grey(img) -> bool:
+    return img.mode in _GREY_MODES or img.mode.startswith("I;16")
+
+
+def _bits_per_sample(img) -> int:
+    """Bits per sample in the file of a mode ``I`` image (its pixels are 32-bit integers whatever the file stores)."""
+    tags = getattr(img, "tag_v2", None)  # TIFF
+    if tags is not None:
+        bits = tags.get(258)
+        if isinstance(bits, tuple):
+            bits = bits[0] if bits else None
+        if isinstance(bits, int) and 0 < bits <= 32:
+            return bits
+    if img.format == "PNG":  # at most 16 bits per sample; older Pillow opens 16-bit grey PNGs as mode I
+        return 16
+    return 32
+
+
+def _image_to_tensor(img, channels: int) -> torch.Tensor:
+    """``(C, H, W)`` float32 with ``C = channels`` (1 or 3); levels scaled as :func:`load_image` documents."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode == "I":
+            bits = _bits_per_sample(img)
+            arr = arr / float(2**bits - 1 if bits < 32 else 2**31 - 1)
+        elif img.mode != "F":
+            arr = arr / 65535.0
+        arr = arr.astype(np.float32)[None]
+        if channels == 3:
+            arr = np.repeat(arr, 3, axis=0)
     else:
-        arr = arr.transpose(2, 0, 1)
+        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _image_mode(img) -> str:
-    return "L" if img.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
+def _channels(img) -> int:
+    return 1 if _is_grey(img) else 3
 
 
 def load_image(path: str | Path, argument: str = "--inputs", mode: Optional[str] = None) -> torch.Tensor:
-    """Read one image as a float tensor of shape ``(1, C, H, W)`` in ``[0, 1]``.
+    """Read one image as a float tensor of shape ``(1, C, H, W)``.
 
-    Grey-scale images give ``C = 1``, everything else ``C = 3`` (alpha dropped).
+    Grey-scale images give ``C = 1``, everything else ``C = 3`` (alpha dropped,
+    palette images expanded to RGB). The levels are scaled by the file's bit
+    depth, so that the full range of an integer image maps to ``[0, 1]``:
+
+    - 8-bit images (the usual PNG, JPEG, ...): divided by 255;
+    - 16-bit grey images (Pillow mode ``I;16``): divided by 65535;
+    - 32-bit integer images (mode ``I``): divided by ``2**b - 1``, ``b`` being
+      the bits per sample the file stores (16 for 16-bit PNG and TIFF files
+      that Pillow widens to 32 bits), or by ``2**31 - 1`` for 32-bit samples;
+      negative values stay negative;
+    - floating-point images (mode ``F``, e.g. a float TIFF): the values as
+      stored, not rescaled.
+
+    Parameters
+    ----------
+    path : path
+        The image file.
+    argument : str
+        Argument name used in error messages.
+    mode : {"L", "RGB"}, optional
+        Force one channel (``"L"``) or three (``"RGB"``); by default grey
+        images give one and all others three.
     """
     img = _open_image(Path(path), argument)
-    return _image_to_tensor(img, mode or _image_mode(img))[None]
+    if mode is None:
+        channels = _channels(img)
+    elif mode in ("L", "RGB"):
+        channels = 1 if mode == "L" else 3
+    else:
+        raise ValueError(f"mode must be None, 'L' or 'RGB'; got {mode!r}")
+    return _image_to_tensor(img, channels)[None]
 
 
 # --------------------------------------------------------------------------- text
@@ -530,7 +601,9 @@ def load_inputs(path: str | Path, tokenizer_dir: Optional[str] = None, argument:
             meta={"pad_token_id": tok.pad_token_id, "special_ids": sorted(set(tok.all_special_ids))},
         )
     if suffix in IMAGE_SUFFIXES:
-        return LoadedInputs(load_image(path, argument), (), "image")
+        image = load_image(path, argument)
+        _require_finite(image, argument, str(path))
+        return LoadedInputs(image, (), "image")
     if suffix in ARRAY_SUFFIXES:
         arrays = load_array_file(path, argument)
         X = arrays.X
@@ -538,6 +611,7 @@ def load_inputs(path: str | Path, tokenizer_dir: Optional[str] = None, argument:
             raise InputError(argument, f"{path} holds a scalar; expected a batch of examples")
         if X.shape[0] == 0:
             raise InputError(argument, f"{path} holds no examples")
+        _require_finite(X, argument, str(path))
         return LoadedInputs(X, (), _kind_of(X), labels=arrays.y, feature_names=arrays.feature_names)
     _require_file(path, argument)
     raise InputError(
@@ -606,6 +680,7 @@ def open_data(spec: str, argument: str = "--data") -> DataSource:
             raise InputError(argument, f"{spec} holds no examples")
         if arrays.y is not None and arrays.y.shape[0] != X.shape[0]:
             raise InputError(argument, f"{spec}: X has {X.shape[0]} rows but y has {arrays.y.shape[0]}")
+        _require_finite(X, argument, spec)
         fp = {"kind": "file", **file_fingerprint(path)}
         y = arrays.y
         return DataSource(spec, X.shape[0], lambda idx: (X[idx], None if y is None else y[idx]), fp, y, _kind_of(X))
@@ -617,22 +692,29 @@ def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
     if not files:
         raise InputError(argument, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}): {spec}")
     first = _open_image(files[0], argument)
-    mode = _image_mode(first)
+    channels = _channels(first)
     size = first.size
     # Check every image up front: a bad file must stop the run before anything is written.
     for f in files[1:]:
         img = _open_image(f, argument)
         if img.size != size:
             raise InputError(argument, f"images differ in size: {files[0].name} is {size}, {f.name} is {img.size}")
-        if _image_mode(img) != mode:
-            mode = "RGB"
+        if _channels(img) != channels:
+            channels = 3
     fp = {
         "kind": "image-folder",
         "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
     }
 
+    def image(i):
+        x = _image_to_tensor(_open_image(files[i], argument), channels)
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(argument,
+                             f"image {files[i].name} holds NaN or infinite values; every input must be finite")
+        return x
+
     def get(idx):
-        return torch.stack([_image_to_tensor(_open_image(files[i], argument), mode) for i in idx]), None
+        return torch.stack([image(i) for i in idx]), None
 
     return DataSource(spec, len(files), get, fp, None, "image")
 
@@ -658,7 +740,10 @@ def _factory_dataset(spec: str, argument: str) -> DataSource:
             item = item[0]
         if isinstance(item, dict):
             raise InputError(argument, "dataset items that are dicts are not supported; return x or (x, y)")
-        return _as_tensor(item, argument, f"item {i}")
+        x = _as_tensor(item, argument, f"item {i}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise InputError(argument, f"item {i} holds NaN or infinite values; every input must be finite")
+        return x
 
     first = ds[0]
     has_labels = isinstance(first, (tuple, list)) and len(first) >= 2
