@@ -707,6 +707,10 @@ def test_plot_attributions_checks_first_and_leaves_no_figure_open(tmp_path):
         plot_attributions(tmp_path / "a.png", "image", torch.rand(2, 1, 8, 8), nan)
     with pytest.raises(ValueError, match="titles"):
         plot_attributions(tmp_path / "b.png", "features", None, torch.randn(3, 4), titles=["only one"])
+    with pytest.raises(ValueError, match="titles must be a sequence of strings, one per example; got str"):
+        plot_attributions(tmp_path / "b.png", "features", None, torch.randn(3, 4), titles="abc")
+    with pytest.raises(ValueError, match="feature_names must be a sequence of strings; got int"):
+        plot_attributions(tmp_path / "b.png", "features", None, torch.randn(3, 4), feature_names=4)
     with pytest.raises(ValueError, match="attributions"):
         plot_attributions(tmp_path / "c.png", "features", None, torch.zeros(0, 4))
     assert plt.get_fignums() == []

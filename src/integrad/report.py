@@ -14,7 +14,6 @@ import html
 import math
 import os
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -130,17 +129,13 @@ def plot_attributions(
     if titles is None:
         titles = [f"example {i}" for i in range(n)]
     else:
-        if isinstance(titles, (str, bytes)) or not isinstance(titles, Iterable):
-            raise ValueError(f"titles must be a sequence of strings, one per example; got {titles!r}")
-        titles = [str(t) for t in titles]
+        titles = [str(t) for t in visualize._as_list(titles, "titles", "strings, one per example")]
         if len(titles) < n:
             raise ValueError(
                 f"titles must have one entry per example drawn ({n}); got {len(titles)}: {titles!r}"
             )
     if feature_names is not None:
-        if isinstance(feature_names, (str, bytes)) or not isinstance(feature_names, Iterable):
-            raise ValueError(f"feature_names must be a sequence of strings; got {feature_names!r}")
-        feature_names = [str(name) for name in feature_names]
+        feature_names = [str(name) for name in visualize._as_list(feature_names, "feature_names", "strings")]
     if kind == "image" and attr.dim() == 4:
         same_size = (inputs is not None and inputs.dim() == 4 and inputs.shape[1] in (1, 3, 4)
                      and tuple(inputs.shape[-2:]) == tuple(attr.shape[-2:]))
