@@ -571,8 +571,9 @@ def test_values_are_returned_only_when_asked_and_do_not_change_the_sums(data):
     examples, alphas, weights = engine._fixed_layout("gausslegendre", STEPS, B)
     delta = (x - base,)
     args = (probe, (base.expand_as(x),), delta, examples, alphas, weights, examples, B)
-    kept, values = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B)
-    dropped, none = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B, keep_values=False)
+    steps = engine.step_rule("gausslegendre", STEPS, torch.float32, torch.float32, x.device)
+    kept, values = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B, steps=steps)
+    dropped, none = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B, keep_values=False, steps=steps)
     assert none is None
     torch.testing.assert_close(dropped[0], kept[0], rtol=0, atol=0)
     with torch.no_grad():

@@ -164,7 +164,7 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
     # much they miss it is a lower bound on their L1 error (a bump between nodes that all see the same gradient).
     f_ends = F.view(batch, POINTS_PER_PANEL)[:, [0, -1]]
     eps = _rounding(start, G.dtype)
-    error = torch.maximum(((kron - lob) * d).abs().sum(1).double().cpu(), _completeness_gap(kron, d, f_ends, eps))
+    error = torch.maximum(((kron - lob) * d).abs().sum(1).double().cpu(), _completeness_gap(kron * d, f_ends, eps))
     points_used = torch.full((batch,), POINTS_PER_PANEL, dtype=torch.long)
     integral = kron
     done = (error <= tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > MAX_POINTS)
@@ -183,7 +183,7 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
         k13 = ext @ per_example[idx_dev] + ext_new @ G2.to(G.dtype).view(idx.numel(), n_extra, -1)
         first_error = error.clone()
         error[idx] = torch.maximum(((k13 - kron[idx_dev]) * d[idx_dev]).abs().sum(1).double().cpu(),
-                                   _completeness_gap(k13, d[idx_dev], f_ends[idx], eps))
+                                   _completeness_gap(k13 * d[idx_dev], f_ends[idx], eps))
         attr_l1[idx] = (k13 * d[idx_dev]).abs().sum(1).double().cpu()
         integral[idx_dev] = k13  # (integral is kron: updated last)
         points_used[idx] += n_extra
@@ -210,7 +210,7 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
         error[idx], attr_l1[idx] = err[idx], l1[idx]
         points_used += pts
     # Whatever the phase found, the estimate is never below what the completeness gap proves.
-    error = torch.maximum(error, _completeness_gap(integral, d, f_ends, eps))
+    error = torch.maximum(error, _completeness_gap(integral * d, f_ends, eps))
     estimate = torch.where(attr_l1 > 0, error / attr_l1.clamp_min(1e-300), error)
     finite = torch.isfinite(integral).all(1).cpu()
     estimate = torch.where(finite, estimate, torch.full_like(estimate, float("inf")))
@@ -254,15 +254,16 @@ def _rounding(start: tuple[Tensor, ...], accumulated: torch.dtype) -> float:
     return max([torch.finfo(accumulated).eps] + [torch.finfo(s.dtype).eps for s in start if s.is_floating_point()])
 
 
-def _completeness_gap(integral: Tensor, d: Tensor, f_ends: Tensor, eps: float) -> Tensor:
-    """``|Σ_i A_i − (F(1) − F(0))|`` beyond F's rounding, per example (float64, CPU).
+def _completeness_gap(attributions: Tensor, f_ends: Tensor, eps: float) -> Tensor:
+    """``|Σ_i A_i − (F(b) − F(a))|`` beyond F's rounding, per row of ``attributions`` (an example's, or a panel's
+    share of them) with ``f_ends`` the probe at the path's two ends (float64, CPU).
 
-    Since the exact attributions add up to ``F(1) − F(0)``, this is a lower bound on ``|A − A*|₁``.
+    Since the exact attributions add up to ``F(b) − F(a)``, this is a lower bound on ``|A − A*|₁``.
     """
     f_ends = f_ends.to(torch.float64).cpu()
-    total = (integral * d).sum(1).double().cpu()
+    total = attributions.sum(1).double().cpu()
     gap = (total - (f_ends[:, 1] - f_ends[:, 0])).abs()
-    allowance = 8 * eps * (f_ends.abs().sum(1) + (integral * d).abs().sum(1).double().cpu())
+    allowance = 8 * eps * (f_ends.abs().sum(1) + attributions.abs().sum(1).double().cpu())
     return (gap - allowance).clamp_min(0.0)
 
 
@@ -447,8 +448,7 @@ def _panels(probe: Probe, start: tuple[Tensor, ...], delta: tuple[Tensor, ...], 
             k_new = [s[0] for s in sums]
             d_new = [(s[0] - s[1]) * c for s, c in zip(sums, scales)]
             contribution = torch.cat([(k * c).reshape(n_new, -1) for k, c in zip(k_new, scales)], 1)
-            gaps[idx] = _completeness_gap(contribution, torch.ones_like(contribution[:1]),
-                                          values.view(n_new, POINTS_PER_PANEL)[:, [0, -1]], eps)
+            gaps[idx] = _completeness_gap(contribution, values.view(n_new, POINTS_PER_PANEL)[:, [0, -1]], eps)
             if kron is None:
                 kron, diff = k_new, d_new
             else:

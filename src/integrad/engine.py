@@ -357,7 +357,7 @@ def accumulate(
     keep_values : bool, default True
         Return the probe's value at every row; False when the caller has no use for them.
     steps : (Tensor, Tensor), optional
-        With ``tile``: the rule per step of the batch, as :func:`step_rule` gives it (taken from the rows otherwise).
+        Required with ``tile``: the rule per step of the batch, as :func:`step_rule` gives it.
 
     Returns
     -------
@@ -371,10 +371,7 @@ def accumulate(
     compute = _compute_dtype(start)
     acc_dtype = torch.promote_types(compute, torch.float32)
     if tile:
-        # Per step of the batch, contiguous: a strided weight vector makes the reduction's matrix product several
-        # times slower.
-        step_alphas, step_weights = steps or (_as(alphas[::tile], device, compute),
-                                              _as(weights[::tile].t(), device, acc_dtype).contiguous())
+        step_alphas, step_weights = steps
     examples = _as(examples, device)
     # Per row, on the device: made when a chunk that is not whole steps first needs them.
     row_alphas = row_weights = row_buckets = None
@@ -523,7 +520,8 @@ def integrate(
 def step_rule(method: str, n_steps: int, compute: torch.dtype, accumulate_in: torch.dtype, device: torch.device
               ) -> tuple[Tensor, Tensor]:
     """A fixed rule's points ``(n_steps,)`` in ``compute`` and weights ``(1, n_steps)`` in ``accumulate_in``, on
-    ``device``. Cached: repeated calls reuse them (never written)."""
+    ``device``: contiguous, as the reduction's matrix-vector product wants them (a strided weight vector makes it
+    several times slower). Cached: repeated calls reuse them (never written)."""
     alphas, weights = alphas_and_weights(method, n_steps)
     return (torch.tensor(alphas, dtype=compute, device=device),
             torch.tensor(weights, dtype=accumulate_in, device=device).unsqueeze(0))
