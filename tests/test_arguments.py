@@ -121,6 +121,21 @@ def test_an_empty_batch_is_an_error(setup, kwargs):
     expect(lambda: ig.attribute(x[:0], target=0, **kwargs), "inputs", "no examples", "at least one")
 
 
+def test_numpy_numbers_are_numbers(setup):
+    # Counts, indices and the tolerance often come out of numpy arithmetic; numpy bools stay refused as numbers.
+    _, ig, x = setup
+    plain = ig.attribute(x, target=1, n_steps=8, internal_batch_size=4)
+    same = ig.attribute(x, target=np.int64(1), n_steps=np.int32(8), internal_batch_size=np.int64(4))
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)
+    listed = ig.attribute(x, target=[np.int64(1)] * x.shape[0], n_steps=8, internal_batch_size=4)
+    torch.testing.assert_close(listed, plain, rtol=0, atol=0)
+    auto = ig.attribute(x, target=1, n_steps="auto", tolerance=1e-3)
+    torch.testing.assert_close(ig.attribute(x, target=1, n_steps="auto", tolerance=np.float32(1e-3)), auto,
+                               rtol=0, atol=0)
+    expect(lambda: ig.attribute(x, target=0, n_steps=np.bool_(True)), "n_steps", "int")
+    expect(lambda: ig.attribute(x, target=0, n_steps="auto", tolerance=np.bool_(True)), "tolerance", "(0, 1)")
+
+
 def test_numpy_bools_are_bools(setup):
     _, ig, x = setup
     got, delta = ig.attribute(x, target=0, return_convergence_delta=np.bool_(True))

@@ -25,6 +25,17 @@ _ACCEPTED_TARGETS = (
 )
 
 
+def is_int(value: Any) -> bool:
+    """An integer (Python's, numpy's or any ``numbers.Integral``) that is not a bool."""
+    # Exact types first: an abstract-base-class check costs more than the rest of a small call's validation.
+    return type(value) is int or (not isinstance(value, bool) and isinstance(value, numbers.Integral))
+
+
+def is_real(value: Any) -> bool:
+    """A real number (Python's, numpy's or any ``numbers.Real``) that is not a bool."""
+    return type(value) in (float, int) or (not isinstance(value, bool) and isinstance(value, numbers.Real))
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
@@ -41,7 +52,7 @@ def check_n_steps(n_steps: Any, method: str = "gausslegendre", allow_auto: bool 
     if allow_auto and n_steps == "auto":
         return "auto"
     smallest = 2 if method == "riemann_trapezoid" else 1
-    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < smallest:
+    if not is_int(n_steps) or n_steps < smallest:
         accepted = f"an int >= {smallest}" + (" or 'auto'" if allow_auto else "")
         suffix = " (the trapezoid rule needs both end points)" if smallest == 2 else ""
         raise ValueError(f"n_steps must be {accepted}{suffix}; got {_describe(n_steps)}")
@@ -51,7 +62,7 @@ def check_n_steps(n_steps: Any, method: str = "gausslegendre", allow_auto: bool 
 def check_positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}; got {_describe(value)}")
     return int(value)
 
@@ -64,7 +75,7 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_tolerance(tolerance: Any) -> float:
-    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 < float(tolerance) < 1:
+    if not is_real(tolerance) or not 0 < float(tolerance) < 1:
         raise ValueError(f"tolerance must be a number in (0, 1), the relative L1 error allowed; got {_describe(tolerance)}")
     return float(tolerance)
 
@@ -137,14 +148,12 @@ def normalize_target(target: Any, batch: int, device: torch.device) -> Tensor | 
     """Targets as a ``(batch, k)`` LongTensor of output indices (``k`` = output dims − 1), or None."""
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise TypeError(f"target must not be a bool. Accepted: {_ACCEPTED_TARGETS}")
-    if isinstance(target, numbers.Integral):
-        return torch.full((batch, 1), int(target), dtype=torch.long, device=device)
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target must hold integer indices; got a tensor of dtype {target.dtype}")
-        t = target.detach().to(device=device, dtype=torch.long)
+        t = target.detach()
+        if t.dtype != torch.long or t.device != device:
+            t = t.to(device=device, dtype=torch.long)
         if t.numel() == 1 and t.dim() <= 1:
             return t.reshape(1, 1).expand(batch, 1).clone()
         if t.dim() == 1 and t.shape[0] == batch:
@@ -154,14 +163,18 @@ def normalize_target(target: Any, batch: int, device: torch.device) -> Tensor | 
         raise ValueError(
             f"target is a tensor of shape {tuple(t.shape)}, but there are {batch} examples. Accepted: {_ACCEPTED_TARGETS}"
         )
+    if isinstance(target, bool):
+        raise TypeError(f"target must not be a bool. Accepted: {_ACCEPTED_TARGETS}")
+    if is_int(target):
+        return torch.full((batch, 1), int(target), dtype=torch.long, device=device)
     if isinstance(target, tuple):
-        if not target or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in target):
+        if not target or not all(is_int(v) for v in target):
             raise TypeError(f"target given as a tuple must hold ints (one index per output dim); got {target!r}")
         return torch.tensor(target, dtype=torch.long, device=device).reshape(1, -1).expand(batch, -1).clone()
     if isinstance(target, list):
         if len(target) != batch:
             raise ValueError(f"target is a list of length {len(target)}, but there are {batch} examples")
-        if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in target):
+        if all(is_int(v) for v in target):
             return torch.tensor(target, dtype=torch.long, device=device).reshape(batch, 1)
         if all(isinstance(v, tuple) for v in target):
             lengths = {len(v) for v in target}

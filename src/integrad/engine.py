@@ -9,7 +9,7 @@ chunk runs. An allocation failure halves the chunk and retries it. One forward a
 
 from __future__ import annotations
 
-import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -266,7 +266,7 @@ def run_chunked(fn: Callable[[slice], object], total: int, chunking: Chunking, s
     return results
 
 
-def _as(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+def moved(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
     """``t.to(device, dtype)``, skipping the call (and its argument parsing) when ``t`` already is."""
     if t.device == device and (dtype is None or t.dtype == dtype):
         return t
@@ -305,7 +305,7 @@ def _tiled_points(start_c: tuple[Tensor, ...], delta_c: tuple[Tensor, ...], alph
         a = alphas.view((-1, 1) + (1,) * (s.dim() - 1))
         rows = steps * s.shape[0]
         if s.dtype != dt:  # formed in a wider dtype than the input's, then cast: a new tensor anyway
-            z = torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0)).reshape((-1,) + s.shape[1:])
+            z = torch.addcmul(s, a, d).reshape((-1,) + s.shape[1:])
             points.append(z.to(dt))
             continue
         buf = buffers[j] if buffers is not None else None
@@ -316,8 +316,8 @@ def _tiled_points(start_c: tuple[Tensor, ...], delta_c: tuple[Tensor, ...], alph
                 buffers = chunking.point_buffers = [None] * len(start_c)
             buffers[j] = buf
         # A new tensor on the buffer's memory: a leaf of its own, whatever the buffer took part in before.
-        z = buf.detach()[:rows]
-        torch.addcmul(s.unsqueeze(0), a, d.unsqueeze(0), out=z.view((steps,) + s.shape))
+        z = _part(buf.detach(), 0, rows)
+        torch.addcmul(s, a, d, out=z.view((steps,) + s.shape))  # (B, ...) broadcast against (steps, 1, ...)
         points.append(z)
     return tuple(points)
 
@@ -372,16 +372,17 @@ def accumulate(
     acc_dtype = torch.promote_types(compute, torch.float32)
     if tile:
         step_alphas, step_weights = steps
-    examples = _as(examples, device)
+    examples = moved(examples, device)
     # Per row, on the device: made when a chunk that is not whole steps first needs them.
     row_alphas = row_weights = row_buckets = None
     dtypes = [s.dtype for s in start]
-    start_c = tuple(_as(s, device, compute) for s in start) if tile else ()
-    delta_c = tuple(_as(d, device, compute) for d in delta) if tile else ()
+    start_c = tuple(moved(s, device, compute) for s in start) if tile else ()
+    delta_c = tuple(moved(d, device, compute) for d in delta) if tile else ()
     m = weights.shape[1]
-    sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) for s in start]
+    # Made by the first chunk: a whole-steps chunk writes its product into new memory, which saves filling zeros.
+    sums: list[Tensor | None] = [None] * len(start)
     values = torch.empty(total, dtype=torch.float64, device=device) if keep_values else None
-    row_bytes = sum(s[:1].numel() * s.element_size() for s in start)
+    row_bytes = sum(math.prod(s.shape[1:]) * s.element_size() for s in start)
     # Budget-sized chunks are rounded to whole steps; an explicit internal_batch_size is kept exactly.
     step = tile if chunking.rows is None else None
     chunking.stats["step"] = step
@@ -399,13 +400,13 @@ def accumulate(
         began = time.perf_counter()
         try:
             if tiled:
-                points = _tiled_points(start_c, delta_c, step_alphas[pos // tile:(pos + n) // tile], dtypes, chunking)
+                points = _tiled_points(start_c, delta_c, _part(step_alphas, pos // tile, n // tile), dtypes, chunking)
             else:
                 if row_alphas is None:
-                    row_alphas, row_weights = _as(alphas, device, compute), _as(weights, device, acc_dtype)
-                    row_buckets = _as(buckets, device)
+                    row_alphas, row_weights = moved(alphas, device, compute), moved(weights, device, acc_dtype)
+                    row_buckets = moved(buckets, device)
                 points = _point_rows(start, delta, examples[rows], row_alphas[rows])
-            grads, out = _gradients(probe, points, examples[rows], acc_dtype, meter, chunking.copy_points)
+            grads, out = _gradients(probe, points, _part(examples, pos, n), acc_dtype, meter, chunking.copy_points)
             if values is not None:
                 values[rows] = out
         except BudgetExceeded as over:
@@ -424,21 +425,35 @@ def accumulate(
         chunking.record(n)
         if meter is not None:
             chunking.measured(n, meter.estimate)
-        for acc, g in zip(sums, grads):
-            for j in range(m):
-                if tiled:
-                    steps = n // tile
-                    acc[j].view(-1).addmv_(g.reshape(steps, -1).t(), step_weights[j, pos // tile:pos // tile + steps])
+        for i, g in enumerate(grads):
+            acc = sums[i]
+            if tiled:
+                # (m, steps) weights times (steps, rows of the batch): every weighting in one matrix product.
+                w, flat = _part(step_weights.t(), pos // tile, n // tile).t(), g.reshape(n // tile, -1)
+                if acc is None:
+                    sums[i] = torch.mm(w, flat).view((m, n_buckets) + g.shape[1:])
                 else:
-                    shape = (n,) + (1,) * (g.dim() - 1)
-                    acc[j].index_add_(0, row_buckets[rows], g * row_weights[rows, j].view(shape))
+                    acc.view(m, -1).addmm_(w, flat)
+                continue
+            if acc is None:
+                acc = sums[i] = torch.zeros((m, n_buckets) + g.shape[1:], dtype=acc_dtype, device=device)
+            for j in range(m):
+                shape = (n,) + (1,) * (g.dim() - 1)
+                acc[j].index_add_(0, row_buckets[rows], g * row_weights[rows, j].view(shape))
         chunking.stats["seconds"] += time.perf_counter() - began
         chunking.stats["metered"] += meter is not None
         pos += n
         if chunking.budget is not None and pos < total:
             # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.
             size = chunking.spread(total - pos, chunking.fits() if chunking.row_cost else n, step)
+    sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) if acc is None else acc
+            for acc, s in zip(sums, start)]
     return sums, None if values is None else values.cpu()
+
+
+def _part(t: Tensor, first: int, count: int) -> Tensor:
+    """``t[first:first + count]``; ``t`` itself when that is all of it (a call of one chunk makes no view)."""
+    return t if first == 0 and count == t.shape[0] else t[first:first + count]
 
 
 def _whole_steps(size: int, tile: int | None) -> int:
@@ -453,16 +468,22 @@ def writes_into_leaf(error: BaseException) -> bool:
 
 
 def _gradients(probe: Probe, points: tuple[Tensor, ...], examples: Tensor, acc_dtype: torch.dtype,
-               meter: ActivationMeter | None, copies: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
-    points = tuple(z.requires_grad_() for z in points)
-    with torch.enable_grad():
-        with meter if meter is not None else contextlib.nullcontext():
-            out = probe(tuple(z.clone() for z in points) if copies else points, examples)
-        # An output that does not depend on the points (a constant model) has zero gradient.
-        grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
-    grads = tuple(
-        torch.zeros_like(z, dtype=acc_dtype) if g is None else _as(g, g.device, acc_dtype) for z, g in zip(points, grads)
-    )
+               meter: ActivationMeter | None, copies: bool = False) -> tuple[list[Tensor], Tensor]:
+    if not torch.is_grad_enabled():  # under torch.no_grad(): the gradients are still what is asked for
+        with torch.enable_grad():
+            return _gradients(probe, points, examples, acc_dtype, meter, copies)
+    for z in points:
+        z.requires_grad_()
+    inputs = tuple(z.clone() for z in points) if copies else points
+    if meter is None:
+        out = probe(inputs, examples)
+    else:
+        with meter:
+            out = probe(inputs, examples)
+    # An output that does not depend on the points (a constant model) has zero gradient.
+    grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
+    grads = [torch.zeros_like(z, dtype=acc_dtype) if g is None else g if g.dtype == acc_dtype else g.to(acc_dtype)
+             for z, g in zip(points, grads)]
     return grads, out.detach()
 
 
@@ -520,7 +541,7 @@ def integrate(
 def step_rule(method: str, n_steps: int, compute: torch.dtype, accumulate_in: torch.dtype, device: torch.device
               ) -> tuple[Tensor, Tensor]:
     """A fixed rule's points ``(n_steps,)`` in ``compute`` and weights ``(1, n_steps)`` in ``accumulate_in``, on
-    ``device``: contiguous, as the reduction's matrix-vector product wants them (a strided weight vector makes it
+    ``device``: contiguous rows, as the reduction's matrix product wants them (a strided weight vector makes it
     several times slower). Cached: repeated calls reuse them (never written)."""
     alphas, weights = alphas_and_weights(method, n_steps)
     return (torch.tensor(alphas, dtype=compute, device=device),

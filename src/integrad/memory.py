@@ -45,25 +45,8 @@ def parse_bytes(value: int | str, name: str = "memory_budget") -> int:
     return amount
 
 
-def available_bytes(device: torch.device) -> int:
-    """Free memory of the device holding the inputs (CUDA: driver's free memory; CPU: MemAvailable).
-
-    Read at most once a second per device: calls in a loop must not pay for it each time.
-    """
-    key = str(device)
-    now = time.monotonic()
-    cached = _AVAILABLE.get(key)
-    if cached is not None and now - cached[0] < 1.0:
-        return cached[1]
-    value = _read_available(device)
-    _AVAILABLE[key] = (now, value)
-    return value
-
-
-_AVAILABLE: dict[str, tuple[float, int]] = {}
-
-
 def _read_available(device: torch.device) -> int:
+    """Free memory of the device holding the inputs (CUDA: driver's free memory; CPU: MemAvailable)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -78,9 +61,21 @@ def _read_available(device: torch.device) -> int:
 
 
 def default_budget(device: torch.device) -> int:
-    """A quarter of the free memory, capped where larger chunks no longer run faster."""
+    """A quarter of the free memory, capped where larger chunks no longer run faster.
+
+    The free memory is read at most once a second per device: calls in a loop must not pay for it each time.
+    """
+    now = time.monotonic()
+    cached = _DEFAULT_BUDGETS.get(device)
+    if cached is not None and now - cached[0] < 1.0:
+        return cached[1]
     cap = DEFAULT_CAP.get(device.type, DEFAULT_CAP["cpu"])
-    return max(16 * 2**20, min(available_bytes(device) // 4, cap))
+    budget = max(16 * 2**20, min(_read_available(device) // 4, cap))
+    _DEFAULT_BUDGETS[device] = (now, budget)
+    return budget
+
+
+_DEFAULT_BUDGETS: dict[torch.device, tuple[float, int]] = {}
 
 
 class BudgetExceeded(Exception):

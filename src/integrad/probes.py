@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .arguments import check_output
+from .engine import moved
 
 
 class StopForward(Exception):
@@ -47,7 +48,7 @@ class TargetProbe:
             self._shape = tuple(output.shape[1:])
         if self._flat is None:
             return flat_output[:, 0]
-        index = self._flat.index_select(0, examples.to(self._flat.device))
+        index = self._flat.index_select(0, moved(examples, self._flat.device))
         return flat_output.gather(1, index).squeeze(1)
 
     def _flat_indices(self, per_example_shape: tuple[int, ...]) -> Tensor | None:
@@ -64,11 +65,11 @@ class TargetProbe:
                 f"target has {k} index(es) per example, but the model output has {len(per_example_shape)} dimension(s) "
                 f"after the batch (shape per example {per_example_shape}); give one index per output dimension"
             )
-        # One synchronising read of the extremes per output dimension (on the CPU, by numpy: no dispatch), then a
-        # single indexing tensor.
+        # One synchronising read of the extremes per output dimension (on the CPU, of the values themselves: a
+        # batch's targets are few, and reductions cost more than reading them), then a single indexing tensor.
         if self.target.device.type == "cpu":
-            held = self.target.numpy()
-            low, high = held.min(0).tolist(), held.max(0).tolist()
+            columns = list(zip(*self.target.tolist()))
+            low, high = [min(c) for c in columns], [max(c) for c in columns]
         else:
             low, high = (v.tolist() for v in torch.aminmax(self.target, dim=0))
         if any(lo < -n or hi >= n for lo, hi, n in zip(low, high, per_example_shape)):

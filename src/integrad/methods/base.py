@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..adaptive import integrate_adaptive
-from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapeMemory, integrate, run_chunked
+from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapeMemory, integrate, moved, run_chunked
 from ..probes import TargetProbe
 
 
@@ -130,7 +130,7 @@ class PathAttribution:
         chunking = settings["chunking"].fresh()
         # What earlier calls on rows of the same shapes, under the same budget, measured sizes this call's chunks
         # (a call under another budget runs chunks of other sizes: its timings would not compare).
-        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), str(start[0].device), settings["budget_key"])
+        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), start[0].device, settings["budget_key"])
         memory = self._row_shapes.pop(key, None) or RowShapeMemory()
         memory.apply(chunking)
         if settings["n_steps"] == "auto":
@@ -147,12 +147,12 @@ class PathAttribution:
     def _finish(self, result: PathIntegral, start, end, out_dtypes) -> tuple[Tensor, ...]:
         """Attributions from integrated gradients, then the delta stored in the report."""
         if not self._multiply_by_inputs:
-            attributions = tuple(g.to(dt) for g, dt in zip(result.grads, out_dtypes))
+            attributions = tuple(moved(g, g.device, dt) for g, dt in zip(result.grads, out_dtypes))
         else:
             # x − x′ in the gradients' dtype: the integration's own difference where it is in that dtype already.
             known = result.delta or (None,) * len(start)
             attributions = tuple(
-                (g * (d if d is not None and d.dtype == g.dtype else e.to(g.dtype) - s.to(g.dtype))).to(dt)
+                moved(g * (d if d is not None and d.dtype == g.dtype else e.to(g.dtype) - s.to(g.dtype)), g.device, dt)
                 for g, d, s, e, dt in zip(result.grads, known, start, end, out_dtypes))
         if result.f_end is not None:
             result.report.delta = convergence_delta(attributions, result.f_start, result.f_end)
