@@ -578,3 +578,29 @@ def test_a_picture_that_cannot_be_drawn_does_not_cost_the_attributions(tmp_path,
     assert bool(saved["attributions"][0, 0].isnan()) and bool(saved["attributions"][1].isfinite().all())
     assert sorted(p.name for p in out.iterdir()) == ["attributions.safetensors", "summary.json", "summary.txt"]
     assert "attributions.png" not in captured.out and "attributions.safetensors" in captured.out
+
+
+def _refuse_constant(name):
+    raise AssertionError(f"summary.json holds {name}, which JSON does not have")
+
+
+def test_non_finite_deltas_are_null_in_summary_json_and_nan_in_dataset_summaries(tmp_path, capsys):
+    X = np.arange(2 * fm.N_FEATURES, dtype=np.float32).reshape(2, fm.N_FEATURES) + 1
+    X[0, 0] = 0.0  # an infinite gradient: the first example's delta is NaN
+    np.save(tmp_path / "x.npy", X)
+    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs",
+                         str(tmp_path / "x.npy"), "--n-steps", "8")
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=_refuse_constant)
+    assert summary["examples"][0]["delta"] is None and summary["max_abs_delta"] is None
+    assert isinstance(summary["examples"][1]["delta"], float)
+    assert "delta +nan" in (out / "summary.txt").read_text()
+    # A data set's summary keeps the NaN: the largest |delta| over shards must not skip it.
+    np.savez(tmp_path / "d.npz", x=np.concatenate([X[1:], X[:1]]))
+    code = main(["attribute-dataset", "--model", "fixtures_cli_models:root_features", "--data", str(tmp_path / "d.npz"),
+                 "--out", str(tmp_path / "ds"), "--batch-size", "1", "--n-steps", "8", "--no-progress"])
+    assert code == 0
+    from integrad.datasets import summarize
+
+    assert summarize(tmp_path / "ds")["max_abs_delta"] != summarize(tmp_path / "ds")["max_abs_delta"]  # NaN
+    assert "max |delta| nan" in capsys.readouterr().out

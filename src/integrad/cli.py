@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -301,6 +302,18 @@ def _cmd_demo(args) -> int:
 # --------------------------------------------------------------------------- explain
 
 
+def _json_safe(value):
+    """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers, and files holding them
+    (as Python writes them by default) are refused by other readers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _softmax_max(logits):
     import torch
 
@@ -475,7 +488,8 @@ def _cmd_explain(args) -> int:
             *lines,
         ]) + "\n"
         (stage / "summary.txt").write_text(text, encoding="utf-8")
-        (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (stage / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n",
+                                            encoding="utf-8")
     shown = 20
     for line in lines[:shown]:
         print(line)

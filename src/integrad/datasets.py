@@ -934,7 +934,8 @@ def summarize(folder: str | os.PathLike) -> dict:
         shards += 1
         examples += int(deltas.numel())
         if deltas.numel():
-            worst = max(worst, float(deltas.abs().max()))
+            # torch.maximum keeps a NaN delta (a model with non-finite gradients); Python's max would drop it.
+            worst = float(torch.maximum(torch.tensor(worst), deltas.abs().max().double()))
     return {"shards": shards, "n_batches": int(manifest["n_batches"]), "examples": examples,
             "max_abs_delta": worst}
 
