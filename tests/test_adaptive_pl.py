@@ -210,6 +210,48 @@ def test_kept_gradients_beyond_the_memory_budget_go_on_with_panels(monkeypatch):
     assert bool((relative_l1(again, exact) <= 1e-3).all())
 
 
+def test_a_finished_example_leaves_the_later_rounds(monkeypatch):
+    # An example whose estimate met the tolerance is done: its points must not be carried and segmented again in
+    # every round the other examples still need (with large batches, that made the phase quadratic in the rounds).
+    from integrad import adaptive
+
+    seen = []
+    real = adaptive._segments
+    monkeypatch.setattr(adaptive, "_segments", lambda ex, *rest: seen.append(set(ex.tolist())) or real(ex, *rest))
+    f, x, exact = relu_layer(7, units=64, features=16, spread=2.0)
+    easy = torch.cat([x[:1] * 0.05, x])  # a short path crosses few kinks
+    ig = IntegratedGradients(f)
+    got = ig.attribute(easy, n_steps="auto", tolerance=1e-6)
+    steps = ig.last_report.steps
+    rounds = [sum(i in held for held in seen) for i in range(easy.shape[0])]
+    assert int(steps[0]) < int(steps.max()) and rounds[0] < max(rounds), (steps, rounds)
+    assert bool((relative_l1(got[1:], exact) <= 1e-6).all())
+
+
+def test_an_example_gets_the_points_it_gets_alone_whatever_the_batch():
+    # 24 examples whose kept gradients together pass half of a 4 MiB budget, while each example's own fit: every
+    # example must still take the piecewise-linear route it takes alone (a few dozen points), not go on with panels
+    # because of the others (about ten times more points).
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 512, generator=g, dtype=DT)
+    c = 0.1 + 2.0 * torch.rand(16, generator=g, dtype=DT)
+    x = 2.0 * torch.randn(24, 512, generator=g, dtype=DT)
+
+    def f(z):
+        return torch.relu(z @ w.T - c).sum(1)
+
+    s = x @ w.T
+    exact = x * (torch.where(s > c, 1 - c / s, torch.zeros_like(s)) @ w)
+    ig = IntegratedGradients(f)
+    together = ig.attribute(x, n_steps="auto", tolerance=1e-3, memory_budget="4MiB")
+    steps = ig.last_report.steps
+    assert bool((relative_l1(together, exact) <= 1e-3).all())
+    for i in range(0, 24, 5):
+        alone = ig.attribute(x[i:i + 1], n_steps="auto", tolerance=1e-3, memory_budget="4MiB")
+        assert int(ig.last_report.steps[0]) == int(steps[i]) <= 60, (i, ig.last_report.steps, steps)
+        torch.testing.assert_close(alone[0], together[i], rtol=1e-9, atol=1e-12)
+
+
 # ------------------------------------------------------------------------ what the end values prove about misses
 def one_hidden_layer_ig(model: nn.Sequential, x: torch.Tensor, output: int = 0) -> torch.Tensor:
     """Exact IG from a zero baseline of output ``output`` of ``Linear → ReLU → Linear``, in float64: unit j's

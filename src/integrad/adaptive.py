@@ -58,8 +58,10 @@ and a RuntimeWarning that says so. A model whose output jumps along the path (``
 gradients that cannot add up to the jump: its estimate is the gap, and the warning that the tolerance was not met
 says so.
 
-Which examples go on with panels when the piecewise-linear phase would pass its share of the memory budget is
-decided for the batch: an example may then take another route, and other points, than it would alone.
+The piecewise-linear phase holds the gradients of its points within half the memory budget: it refines examples in
+groups of ``KEPT_GROUP``, each holding at most that fraction of the half (and at most ``MAX_POINTS`` rows). An example
+that would hold more goes on with panels, which keep no gradients. The quota does not depend on the batch, so every
+decision is taken per example: an example gets the points it would get alone.
 
 References
 ----------
@@ -142,6 +144,9 @@ MAX_POINTS = 4096
 BRACKET = 1e-3
 #: Share of the memory budget the piecewise-linear phase may hold in kept gradients (rows × features).
 KEPT_SHARE = 0.5
+#: Examples refined together in the piecewise-linear phase. Each may keep gradients for up to this fraction of the
+#: share (and at most MAX_POINTS rows), whatever the batch: an example's points never depend on the others.
+KEPT_GROUP = 8
 #: From 7 to 13 points, an error that falls by this factor or more marks an analytic (smooth) integrand.
 SMOOTH_GAIN = 0.1
 
@@ -195,13 +200,18 @@ def integrate_adaptive(probe: Probe, start: tuple[Tensor, ...], end: tuple[Tenso
     else:
         smooth = torch.zeros(batch, dtype=torch.bool)
     if bool(pending.any()):
-        keep = pending.repeat_interleave(POINTS_PER_PANEL)
-        keep2 = pending.index_select(0, ex2)
-        smooth |= _piecewise_linear(probe, start, delta, chunking, tolerance, d, eps,
-                                    torch.cat([examples[keep], ex2[keep2]]), torch.cat([alphas[keep], alpha2[keep2]]),
-                                    torch.cat([F[keep], F2[keep2]]),
-                                    torch.cat([G[keep.to(G.device)], G2.to(G.dtype)[keep2.to(G.device)]]),
-                                    integral, error, attr_l1, points_used)
+        share = KEPT_SHARE * (chunking.budget or default_budget(G.device))
+        quota = int(max(1, min(MAX_POINTS, share // (KEPT_GROUP * d.shape[1] * G.element_size()))))
+        for group in torch.nonzero(pending).flatten().split(KEPT_GROUP):
+            members = torch.zeros(batch, dtype=torch.bool)
+            members[group] = True
+            keep = members.repeat_interleave(POINTS_PER_PANEL)
+            keep2 = members.index_select(0, ex2)
+            smooth |= _piecewise_linear(probe, start, delta, chunking, tolerance, d, eps, quota,
+                                        torch.cat([examples[keep], ex2[keep2]]),
+                                        torch.cat([alphas[keep], alpha2[keep2]]), torch.cat([F[keep], F2[keep2]]),
+                                        torch.cat([G[keep.to(G.device)], G2.to(G.dtype)[keep2.to(G.device)]]),
+                                        integral, error, attr_l1, points_used)
     if bool(smooth.any()):
         idx = torch.nonzero(smooth).flatten()
         grads, err, l1, pts = _panels(probe, start, delta, idx, tolerance, chunking, MAX_POINTS - points_used, eps)
@@ -278,17 +288,14 @@ def _share(seg_error: Tensor, seg_ex: Tensor, batch: int, tolerance: float, attr
 
 
 def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance: float, d: Tensor, f_eps: float,
-                      ex: Tensor,
-                      alpha: Tensor, F: Tensor, G: Tensor, integral: Tensor, error: Tensor, attr_l1: Tensor,
-                      points_used: Tensor) -> Tensor:
+                      quota: int, ex: Tensor, alpha: Tensor, F: Tensor, G: Tensor, integral: Tensor, error: Tensor,
+                      attr_l1: Tensor, points_used: Tensor) -> Tensor:
     """Refine the segments of the given examples' points; fills ``integral``, ``error`` and ``attr_l1`` (float64
-    L1 norms) and ``points_used`` for them in place. Returns the examples found not to be piecewise linear."""
+    L1 norms) and ``points_used`` for them in place. Returns the examples found not to be piecewise linear, and those
+    that would keep the gradients of more than ``quota`` rows (they go on with panels)."""
     batch = d.shape[0]
     dev = G.device
     eps = torch.finfo(G.dtype).eps
-    # Kept gradients stay within a share of the memory budget; examples that would need more go on with panels.
-    row_bytes = d.shape[1] * G.element_size()
-    max_rows = int(KEPT_SHARE * (chunking.budget or default_budget(dev)) // max(row_bytes, 1))
     smooth = torch.zeros(batch, dtype=torch.bool)
     members = torch.zeros(batch, dtype=torch.bool)
     members[ex] = True
@@ -318,6 +325,9 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
             smooth |= leave
             members &= ~leave
         first = False
+        # A converged example is finished (its result is written above): its points are dropped below rather than
+        # carried, and segmented again, through every later round of the others.
+        members &= ~converged
         refine = seg_error > torch.where(solved, _share(seg_error, seg_ex, batch, tolerance, l1),
                                          _share(seg_error, seg_ex, batch, tolerance, l1, linear=True))
         refine &= (members & ~converged).index_select(0, seg_ex)
@@ -346,9 +356,17 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
         inner.index_add_(0, torch.cat([a_idx[linear], b_idx[linear]]), torch.ones(2 * int(linear.sum()),
                                                                                    dtype=torch.long))
         keep = members.index_select(0, ex) & (inner < 2)
-        if int(keep.sum()) + new_ex.numel() > max_rows:
-            smooth |= members
-            return smooth
+        # Kept gradients stay within a share of the memory budget: an example that would hold more than its quota
+        # of rows goes on with panels, which keep none.
+        full = members & (torch.bincount(ex[keep], minlength=batch) + wanted > quota)
+        if bool(full.any()):
+            smooth |= full
+            members &= ~full
+            keep &= ~full.index_select(0, ex)
+            fresh = ~full.index_select(0, new_ex)
+            new_alpha, new_ex = new_alpha[fresh], new_ex[fresh]
+            if new_ex.numel() == 0:
+                return smooth
         g_new, f_new = _row_gradients(probe, start, delta, new_ex, new_alpha, chunking)
         points_used += torch.bincount(new_ex, minlength=batch)
         keep_dev = keep.to(dev)
