@@ -22,13 +22,13 @@ from test_adaptive import KINK_X, kinked, kinked_ig, reference_ig, relative_l1
 DT = torch.float64
 
 
-def relu_layer(seed: int, units: int = 8, features: int = 5, spread: float = 0.5):
-    """F(x) = Σ_j relu(w_j · x − c_j) with c_j > 0, three inputs, and its integrated gradients in closed form:
+def relu_layer(seed: int, units: int = 8, features: int = 5, spread: float = 0.5, examples: int = 3):
+    """F(x) = Σ_j relu(w_j · x − c_j) with c_j > 0, a few inputs, and its integrated gradients in closed form:
     unit j is active on the path α x for α > c_j / s_j when s_j = w_j · x > c_j."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(units, features, generator=g, dtype=DT)
     c = 0.1 + spread * torch.rand(units, generator=g, dtype=DT)
-    x = 2.0 * torch.randn(3, features, generator=g, dtype=DT)
+    x = 2.0 * torch.randn(examples, features, generator=g, dtype=DT)
 
     def f(z):
         return torch.relu(z @ w.T - c).sum(1)
@@ -232,16 +232,7 @@ def test_an_example_gets_the_points_it_gets_alone_whatever_the_batch():
     # 24 examples whose kept gradients together pass half of a 4 MiB budget, while each example's own fit: every
     # example must still take the piecewise-linear route it takes alone (a few dozen points), not go on with panels
     # because of the others (about ten times more points).
-    g = torch.Generator().manual_seed(3)
-    w = torch.randn(16, 512, generator=g, dtype=DT)
-    c = 0.1 + 2.0 * torch.rand(16, generator=g, dtype=DT)
-    x = 2.0 * torch.randn(24, 512, generator=g, dtype=DT)
-
-    def f(z):
-        return torch.relu(z @ w.T - c).sum(1)
-
-    s = x @ w.T
-    exact = x * (torch.where(s > c, 1 - c / s, torch.zeros_like(s)) @ w)
+    f, x, exact = relu_layer(3, units=16, features=512, spread=2.0, examples=24)
     ig = IntegratedGradients(f)
     together = ig.attribute(x, n_steps="auto", tolerance=1e-3, memory_budget="4MiB")
     steps = ig.last_report.steps

@@ -330,7 +330,7 @@ def _piecewise_linear(probe: Probe, start, delta, chunking: Chunking, tolerance:
         members &= ~converged
         refine = seg_error > torch.where(solved, _share(seg_error, seg_ex, batch, tolerance, l1),
                                          _share(seg_error, seg_ex, batch, tolerance, l1, linear=True))
-        refine &= (members & ~converged).index_select(0, seg_ex)
+        refine &= members.index_select(0, seg_ex)
         # A solved kink is bracketed by two points just outside the uncertainty of τ. Where the bracket leaves no
         # room (τ too uncertain), and for segments without a solved kink, the segment is bisected, down to MIN_WIDTH.
         offset = torch.maximum(torch.maximum(BRACKET * w, 2 * dtau), torch.full_like(w, 16 * eps))
