@@ -387,7 +387,7 @@ class IntegratedGradients(Explainer):
 def _check_n_steps(n_steps: Any) -> Union[int, str]:
     if isinstance(n_steps, str) and n_steps == "auto":
         return n_steps
-    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
+    if not arguments.is_int(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int or 'auto', got {n_steps!r}")
     return int(n_steps)
 
@@ -395,13 +395,13 @@ def _check_n_steps(n_steps: Any) -> Union[int, str]:
 def _check_n_classes(n_classes: Any) -> Optional[int]:
     if n_classes is None:
         return None
-    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
+    if not arguments.is_int(n_classes) or n_classes < 1:
         raise ValueError(f"n_classes must be a positive int or None, got {n_classes!r}")
     return int(n_classes)
 
 
 def _check_noise_level(noise_level: Any) -> float:
-    if isinstance(noise_level, bool) or not isinstance(noise_level, numbers.Real):
+    if not arguments.is_real(noise_level):
         raise TypeError(f"noise_level must be a non-negative float (0 turns noise off), got {noise_level!r}")
     if not math.isfinite(noise_level) or noise_level < 0:
         raise ValueError(f"noise_level must be a non-negative finite float (0 turns noise off), got {noise_level!r}")
@@ -424,7 +424,7 @@ def _check_core_kwargs(core_kwargs: Dict[str, Any], layered: bool) -> Dict[str, 
     if "nt_type" in core_kwargs and core_kwargs["nt_type"] not in _NT_TYPES:
         raise ValueError(f"nt_type must be one of {list(_NT_TYPES)}, got {core_kwargs['nt_type']!r}")
     nt_samples = core_kwargs.get("nt_samples", _DEFAULT_NT_SAMPLES)
-    if isinstance(nt_samples, bool) or not isinstance(nt_samples, numbers.Integral) or nt_samples < 1:
+    if not arguments.is_int(nt_samples) or nt_samples < 1:
         raise ValueError(f"nt_samples must be a positive int, got {nt_samples!r}")
     return dict(core_kwargs)
 
@@ -491,12 +491,12 @@ def check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
         return None
     if isinstance(targets, bool):
         raise TypeError("targets must be a LongTensor of shape (N,), an int, a sequence of ints, or None; got a bool")
-    if isinstance(targets, numbers.Integral):
+    if arguments.is_int(targets):
         values = torch.tensor([int(targets)])
         result: Any = int(targets)
     else:
         if isinstance(targets, (list, tuple)):
-            if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in targets):
+            if not all(arguments.is_int(t) for t in targets):
                 raise TypeError("targets must hold ints, one per example, when given as a sequence")
             targets = torch.tensor(list(targets), dtype=torch.long)
         if not torch.is_tensor(targets):

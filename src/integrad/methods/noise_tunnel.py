@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
@@ -157,7 +156,7 @@ def _accepted(method: PathAttribution) -> set[str]:
 def _check_stdevs(stdevs: Any, n_inputs: int) -> tuple[float, ...]:
     values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * n_inputs
     if len(values) != n_inputs or not all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0 for v in values
+        arguments.is_real(v) and v >= 0 for v in values
     ):
         raise ValueError(
             f"stdevs must be a non-negative number or a tuple of {n_inputs} non-negative numbers (one per input); "
