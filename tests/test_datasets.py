@@ -429,3 +429,19 @@ def test_data_named_another_way_resumes(tmp_path, npz, monkeypatch, capsys):
     after = json.loads((out / "manifest.json").read_text())
     assert after["parameters"] == before["parameters"] and after["params_hash"] == before["params_hash"]
     assert torch.equal(load_attributions(out).attributions, load_attributions(_attribute(npz, "ref")).attributions)
+
+
+@pytest.mark.parametrize("largest", [0.1, 1e39, 1.0000001, float("nan")])
+def test_summary_keeps_the_largest_delta_exactly(tmp_path, largest):
+    # float64 deltas over two shards, the largest |delta| in the first: it must come back as it is (not rounded to
+    # float32, not overflowing to inf), and a NaN must not be dropped for the finite value after it.
+    from safetensors.torch import save_file
+
+    from integrad import datasets
+
+    (tmp_path / datasets.MANIFEST).write_text(json.dumps({"n_batches": 2}))
+    save_file({"deltas": torch.tensor([largest, -0.001], dtype=torch.float64)}, str(tmp_path / datasets._shard_name(0)))
+    save_file({"deltas": torch.tensor([0.001], dtype=torch.float64)}, str(tmp_path / datasets._shard_name(1)))
+    got = datasets.summarize(tmp_path)
+    assert got["examples"] == 3 and got["shards"] == 2
+    assert got["max_abs_delta"] == largest or (largest != largest and got["max_abs_delta"] != got["max_abs_delta"])

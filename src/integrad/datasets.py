@@ -23,6 +23,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import operator
 import os
 import re
@@ -934,8 +935,9 @@ def summarize(folder: str | os.PathLike) -> dict:
         shards += 1
         examples += int(deltas.numel())
         if deltas.numel():
-            # torch.maximum keeps a NaN delta (a model with non-finite gradients); Python's max would drop it.
-            worst = float(torch.maximum(torch.tensor(worst), deltas.abs().max().double()))
+            largest = float(deltas.abs().max())  # NaN when a delta is (a model with non-finite gradients)
+            if largest > worst or math.isnan(largest):  # once NaN, worst stays NaN: nothing compares greater
+                worst = largest
     return {"shards": shards, "n_batches": int(manifest["n_batches"]), "examples": examples,
             "max_abs_delta": worst}
 
