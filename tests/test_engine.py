@@ -579,3 +579,16 @@ def test_values_are_returned_only_when_asked_and_do_not_change_the_sums(data):
     with torch.no_grad():
         points = base + alphas.float().view(-1, 1) * delta[0].repeat(STEPS, 1)
         torch.testing.assert_close(values, model(points)[:, 1].double(), rtol=1e-6, atol=1e-7)
+
+
+def test_no_rows_give_zero_sums_without_running_the_model(data):
+    model, x, base = data
+
+    def probe(points, examples):
+        raise AssertionError("the model must not run for no rows")
+
+    empty = torch.zeros(0, dtype=torch.long)
+    sums, values = engine.accumulate(probe, (base.expand_as(x),), (x - base,), empty, torch.zeros(0, dtype=torch.float64),
+                                     torch.zeros(0, 2, dtype=torch.float64), empty, 3, engine.Chunking(rows=4))
+    assert len(sums) == 1 and sums[0].shape == (2, 3) + x.shape[1:] and not bool(sums[0].any())
+    assert values.shape == (0,)

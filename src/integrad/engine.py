@@ -381,6 +381,10 @@ def accumulate(
     m = weights.shape[1]
     # Made by the first chunk: a whole-steps chunk writes its product into new memory, which saves filling zeros.
     sums: list[Tensor | None] = [None] * len(start)
+
+    def zero_sum(per_example_shape: torch.Size) -> Tensor:
+        return torch.zeros((m, n_buckets) + per_example_shape, dtype=acc_dtype, device=device)
+
     values = torch.empty(total, dtype=torch.float64, device=device) if keep_values else None
     row_bytes = sum(math.prod(s.shape[1:]) * s.element_size() for s in start)
     # Budget-sized chunks are rounded to whole steps; an explicit internal_batch_size is kept exactly.
@@ -436,7 +440,7 @@ def accumulate(
                     acc.view(m, -1).addmm_(w, flat)
                 continue
             if acc is None:
-                acc = sums[i] = torch.zeros((m, n_buckets) + g.shape[1:], dtype=acc_dtype, device=device)
+                acc = sums[i] = zero_sum(g.shape[1:])
             for j in range(m):
                 shape = (n,) + (1,) * (g.dim() - 1)
                 acc[j].index_add_(0, row_buckets[rows], g * row_weights[rows, j].view(shape))
@@ -446,8 +450,7 @@ def accumulate(
         if chunking.budget is not None and pos < total:
             # Spread the remaining rows evenly over as many chunks as the measured cost per row requires.
             size = chunking.spread(total - pos, chunking.fits() if chunking.row_cost else n, step)
-    sums = [torch.zeros((m, n_buckets) + s.shape[1:], dtype=acc_dtype, device=device) if acc is None else acc
-            for acc, s in zip(sums, start)]
+    sums = [zero_sum(s.shape[1:]) if acc is None else acc for acc, s in zip(sums, start)]  # a call with no rows
     return sums, None if values is None else values.cpu()
 
 
