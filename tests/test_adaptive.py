@@ -90,7 +90,7 @@ def test_tanh_net_error_is_controlled(tanh_net, tolerance):
 
 
 def test_the_13_point_extension_is_exact_to_degree_19():
-    from integrad import adaptive
+    from integrad.engine import adaptive
 
     old, new = adaptive.NODES, adaptive.EXTRA_NODES
     nodes = torch.from_numpy(np.concatenate([old, new]))

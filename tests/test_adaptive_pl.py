@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from integrad import IntegratedGradients
-from integrad.adaptive import MAX_POINTS
+from integrad.engine.adaptive import MAX_POINTS
 
 from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from test_adaptive import KINK_X, kinked, kinked_ig, reference_ig, relative_l1
@@ -178,12 +178,12 @@ def test_mixed_batch_of_linear_kinked_and_smooth_examples():
 def test_points_between_linear_pieces_are_not_kept(monkeypatch):
     # Each kink leaves linear pieces on both sides once bracketed; the points between two of them carry nothing the
     # next round needs, so the rows held stay below the rows evaluated.
-    from integrad import adaptive
+    from integrad.engine import adaptive
 
     f, x, exact = relu_layer(3, units=24)
     held = []
     real = adaptive._segments
-    monkeypatch.setattr(adaptive, "_segments", lambda ex, *rest: held.append(ex.numel()) or real(ex, *rest))
+    monkeypatch.setattr(adaptive, "_segments", lambda rows, *rest: held.append(rows.ex.numel()) or real(rows, *rest))
     ig = IntegratedGradients(f)
     got = ig.attribute(x, n_steps="auto", tolerance=1e-6)
     assert bool((relative_l1(got, exact) <= ig.last_report.error_estimate.double() + 1e-12).all())
@@ -193,12 +193,12 @@ def test_points_between_linear_pieces_are_not_kept(monkeypatch):
 def test_kept_gradients_beyond_the_memory_budget_go_on_with_panels(monkeypatch):
     # 4096 features: a budget of 2 MiB holds half of it in 256 kept rows of float64 gradients, fewer than the kinks
     # of this layer need, so its examples continue with Lobatto–Kronrod panels and still meet the tolerance.
-    from integrad import adaptive
+    from integrad.engine import adaptive
 
     f, x, exact = relu_layer(5, units=64, features=4096, spread=2.0)
     calls = []
     real = adaptive._panels
-    monkeypatch.setattr(adaptive, "_panels", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(adaptive, "_panels", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     ig = IntegratedGradients(f)
     got = ig.attribute(x, n_steps="auto", tolerance=1e-3, memory_budget="2MiB")
     assert calls and len(calls[0]) == x.shape[0]
@@ -213,11 +213,11 @@ def test_kept_gradients_beyond_the_memory_budget_go_on_with_panels(monkeypatch):
 def test_a_finished_example_leaves_the_later_rounds(monkeypatch):
     # An example whose estimate met the tolerance is done: its points must not be carried and segmented again in
     # every round the other examples still need (with large batches, that made the phase quadratic in the rounds).
-    from integrad import adaptive
+    from integrad.engine import adaptive
 
     seen = []
     real = adaptive._segments
-    monkeypatch.setattr(adaptive, "_segments", lambda ex, *rest: seen.append(set(ex.tolist())) or real(ex, *rest))
+    monkeypatch.setattr(adaptive, "_segments", lambda rows, *rest: seen.append(set(rows.ex.tolist())) or real(rows, *rest))
     f, x, exact = relu_layer(7, units=64, features=16, spread=2.0)
     easy = torch.cat([x[:1] * 0.05, x])  # a short path crosses few kinks
     ig = IntegratedGradients(f)

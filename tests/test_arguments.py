@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
-from integrad.memory import parse_bytes
+from integrad.engine import parse_bytes
 
 from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from _behaviour_models import Body, TextClassifier, TwoInputs, mlp

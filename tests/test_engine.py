@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
-from integrad import engine
-from integrad.memory import parse_bytes
+from integrad.engine import chunking, tuning
+from integrad.engine import evaluate as engine
+from integrad.paths import StraightLine
+from integrad.engine import parse_bytes
 
 from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from _behaviour_models import (
@@ -190,11 +192,11 @@ def test_the_points_memory_is_reused_by_later_calls_and_never_returned(data):
 
 def test_the_points_memory_is_not_kept_when_large(data, monkeypatch):
     model, x, base = data
-    monkeypatch.setattr(engine, "POINTS_KEPT_BYTES", B * STEPS * 6 * 4 - 1)  # one byte less than the points
+    monkeypatch.setattr(tuning, "POINTS_KEPT_BYTES", B * STEPS * 6 * 4 - 1)  # one byte less than the points
     ig = IntegratedGradients(model)
     ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
     assert _point_buffers(ig) == [None]
-    monkeypatch.setattr(engine, "POINTS_KEPT_BYTES", B * STEPS * 6 * 4)
+    monkeypatch.setattr(tuning, "POINTS_KEPT_BYTES", B * STEPS * 6 * 4)
     ig.attribute(x, baselines=base, target=1, n_steps=STEPS)
     assert _point_buffers(ig)[0] is not None
 
@@ -227,7 +229,7 @@ def test_what_chunks_learn_survives_a_default_budget_that_follows_the_free_memor
     # by the first call still sizes the next, which needs no meter.
     model, x = wide
     budgets = iter([2**24 + k * 4096 for k in range(10)])
-    monkeypatch.setattr(engine, "default_budget", lambda device: next(budgets))
+    monkeypatch.setattr(chunking, "default_budget", lambda device: next(budgets))
     meters = []
     real = engine.ActivationMeter
     monkeypatch.setattr(engine, "ActivationMeter", lambda *a, **k: meters.append(real(*a, **k)) or meters[-1])
@@ -568,16 +570,15 @@ def test_convergence_delta_end_points_take_one_forward_pass(method):
 def test_values_are_returned_only_when_asked_and_do_not_change_the_sums(data):
     model, x, base = data
     probe = lambda points, examples: model(points[0])[:, 1]  # noqa: E731
-    examples, alphas, weights = engine._fixed_layout("gausslegendre", STEPS, B)
-    delta = (x - base,)
-    args = (probe, (base.expand_as(x),), delta, examples, alphas, weights, examples, B)
-    steps = engine.step_rule("gausslegendre", STEPS, torch.float32, torch.float32, x.device)
-    kept, values = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B, steps=steps)
-    dropped, none = engine.accumulate(*args, engine.Chunking(rows=3 * B), tile=B, keep_values=False, steps=steps)
+    path = StraightLine((base.expand_as(x),), (x,))
+    rows = engine.method_rows(path, "gausslegendre", STEPS)
+    kept_sum, dropped_sum = engine.WeightedSum(rows, path), engine.WeightedSum(rows, path)
+    values = engine.evaluate_rows(probe, path, rows, kept_sum, engine.Chunking(rows=3 * B))
+    none = engine.evaluate_rows(probe, path, rows, dropped_sum, engine.Chunking(rows=3 * B), keep_values=False)
     assert none is None
-    torch.testing.assert_close(dropped[0], kept[0], rtol=0, atol=0)
+    torch.testing.assert_close(dropped_sum.sums[0], kept_sum.sums[0], rtol=0, atol=0)
     with torch.no_grad():
-        points = base + alphas.float().view(-1, 1) * delta[0].repeat(STEPS, 1)
+        points = base + rows.alphas.float().view(-1, 1) * (x - base).repeat(STEPS, 1)
         torch.testing.assert_close(values, model(points)[:, 1].double(), rtol=1e-6, atol=1e-7)
 
 
@@ -588,7 +589,10 @@ def test_no_rows_give_zero_sums_without_running_the_model(data):
         raise AssertionError("the model must not run for no rows")
 
     empty = torch.zeros(0, dtype=torch.long)
-    sums, values = engine.accumulate(probe, (base.expand_as(x),), (x - base,), empty, torch.zeros(0, dtype=torch.float64),
-                                     torch.zeros(0, 2, dtype=torch.float64), empty, 3, engine.Chunking(rows=4))
+    path = StraightLine((base.expand_as(x),), (x,))
+    rows = engine.Rows(empty, torch.zeros(0, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64), empty, 3)
+    reduction = engine.WeightedSum(rows, path)
+    values = engine.evaluate_rows(probe, path, rows, reduction, engine.Chunking(rows=4))
+    sums = reduction.sums
     assert len(sums) == 1 and sums[0].shape == (2, 3) + x.shape[1:] and not bool(sums[0].any())
     assert values.shape == (0,)

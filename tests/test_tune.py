@@ -240,7 +240,9 @@ def test_the_first_trial_is_the_explainers_own_configuration(trained, tuning_bat
         assert result.study.trials[0].params == {name: current[name] for name in result.study.trials[0].params}
         assert set(result.study.trials[0].params) == set(current)
         assert math.isclose(result.value, own, rel_tol=1e-9, abs_tol=1e-12)
-        assert torch.equal(result.explainer.attribute(x, y), explainer.attribute(x, y))
+        # The same configuration: equal up to float32 rounding, which depends on the chunk sizes each object's
+        # speed tuning has reached (a fresh object runs one chunk; the used one may split the rows).
+        torch.testing.assert_close(result.explainer.attribute(x, y), explainer.attribute(x, y), rtol=1e-5, atol=1e-7)
 
 
 def test_targets_may_be_an_int_a_sequence_or_a_tensor(trained, tuning_batch):

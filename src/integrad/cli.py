@@ -97,7 +97,7 @@ def _tolerance(text: str) -> float:
 
 
 def _bytes(text: str) -> int:
-    from .memory import parse_bytes
+    from .engine import parse_bytes
 
     try:
         return int(parse_bytes(text))

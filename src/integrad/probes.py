@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .arguments import check_output
-from .engine import moved
+from .paths import moved
 
 
 class StopForward(Exception):

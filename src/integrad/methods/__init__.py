@@ -4,5 +4,7 @@ from .integrated_gradients import IntegratedGradients
 from .layer import LayerIntegratedGradients
 from .neuron import NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
+from .path import PathIntegratedGradients, gradients_and_outputs
 
-__all__ = ["IntegratedGradients", "LayerIntegratedGradients", "NeuronIntegratedGradients", "NoiseTunnel"]
+__all__ = ["IntegratedGradients", "LayerIntegratedGradients", "NeuronIntegratedGradients", "NoiseTunnel",
+           "PathIntegratedGradients", "gradients_and_outputs"]

@@ -12,13 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..adaptive import integrate_adaptive
-from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapeMemory, integrate, moved, run_chunked
+from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapes, integrate, integrate_adaptive, run_chunked
+from ..paths import Path, moved
 from ..probes import TargetProbe
-
-
-#: Row shapes whose measured cost and chunk size an attribution object remembers (the most recent ones).
-ROW_SHAPES_KEPT = 32
 
 
 #: Modules whose forward in training mode makes a row's output random, or dependent on the other rows run with it.
@@ -84,7 +80,7 @@ class PathAttribution:
         self.forward_func = forward_func
         self._multiply_by_inputs = arguments.check_bool("multiply_by_inputs", multiply_by_inputs)
         self.last_report: IntegrationReport | None = None
-        self._row_shapes: dict[tuple, RowShapeMemory] = {}
+        self._row_shapes = RowShapes()
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -125,38 +121,52 @@ class PathAttribution:
         args, per_example = arguments.normalize_additional_args(additional_forward_args, inputs_t[0].shape[0])
         return InputPath(inputs_t, was_tuple, start, tuple(x.detach() for x in inputs_t), args, per_example, settings)
 
-    def _integrate(self, probe: Probe, start: tuple[Tensor, ...], end: tuple[Tensor, ...], settings: dict,
-                   need_ends: bool) -> PathIntegral:
+    def _integrate(self, probe: Probe, path: Path, settings: dict, need_ends: bool) -> PathIntegral:
+        if settings["n_steps"] == "auto" and not path.smooth:
+            raise ValueError(
+                f"n_steps='auto' needs a smooth path, and {type(path).__name__} is not one (a path given as points, or "
+                "one declared not smooth, has no integrand between its points to estimate an error from); give an int "
+                "n_steps"
+            )
         chunking = settings["chunking"].fresh()
         # What earlier calls on rows of the same shapes, under the same budget, measured sizes this call's chunks
         # (a call under another budget runs chunks of other sizes: its timings would not compare).
-        key = (tuple((tuple(s.shape[1:]), s.dtype) for s in start), start[0].device, settings["budget_key"])
-        memory = self._row_shapes.pop(key, None) or RowShapeMemory()
+        key = (tuple((tuple(x.shape[1:]), x.dtype) for x in path.like), path.device, settings["budget_key"])
+        memory = self._row_shapes.checkout(key)
         memory.apply(chunking)
         if settings["n_steps"] == "auto":
-            result = integrate_adaptive(probe, start, end, settings["tolerance"], chunking, need_ends)
+            result = integrate_adaptive(probe, path, settings["tolerance"], chunking, need_ends)
         else:
-            result = integrate(probe, start, end, settings["method"], settings["n_steps"], chunking, need_ends)
-        memory.learn(chunking, start[0].device)
-        self._row_shapes[key] = memory
-        while len(self._row_shapes) > ROW_SHAPES_KEPT:
-            self._row_shapes.pop(next(iter(self._row_shapes)))
+            result = integrate(probe, path, settings["method"], settings["n_steps"], chunking, need_ends)
+        memory.learn(chunking, path.device)
+        self._row_shapes.checkin(key, memory)
         self.last_report = result.report
         return result
 
-    def _finish(self, result: PathIntegral, start, end, out_dtypes) -> tuple[Tensor, ...]:
-        """Attributions from integrated gradients, then the delta stored in the report."""
-        if not self._multiply_by_inputs:
-            attributions = tuple(moved(g, g.device, dt) for g, dt in zip(result.grads, out_dtypes))
+    def _finish(self, result: PathIntegral, out_dtypes) -> tuple[Tensor, ...]:
+        """Attributions from the integral, then the delta stored in the report.
+
+        Along a path that factors its velocity out (the straight line) the integral is that of the gradient alone:
+        it is multiplied by ``x − x′`` (in the gradients' dtype) unless the method returns the local attribution.
+        """
+        path = result.path
+        if path.velocity_factored and self._multiply_by_inputs:
+            attributions = tuple(moved(g * _velocity_in(path, i, g.dtype), g.device, dt)
+                                 for i, (g, dt) in enumerate(zip(result.grads, out_dtypes)))
         else:
-            # x − x′ in the gradients' dtype: the integration's own difference where it is in that dtype already.
-            known = result.delta or (None,) * len(start)
-            attributions = tuple(
-                moved(g * (d if d is not None and d.dtype == g.dtype else e.to(g.dtype) - s.to(g.dtype)), g.device, dt)
-                for g, d, s, e, dt in zip(result.grads, known, start, end, out_dtypes))
+            attributions = tuple(moved(g, g.device, dt) for g, dt in zip(result.grads, out_dtypes))
         if result.f_end is not None:
             result.report.delta = convergence_delta(attributions, result.f_start, result.f_end)
         return attributions
+
+
+def _velocity_in(path, i: int, dtype: torch.dtype) -> Tensor:
+    """``x − x′`` of path tensor ``i`` in ``dtype``: the path's own where it is in that dtype already, else formed in
+    ``dtype`` (more accurate for half-precision inputs than the difference rounded to their dtype)."""
+    velocity = path.velocity[i]
+    if velocity.dtype == dtype:
+        return velocity
+    return path.end[i].to(dtype) - path.start[i].to(dtype)
 
 
 @dataclass

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from .. import arguments
-from ..engine import Chunking, accumulate
+from ..engine import Chunking, RowGradients, Rows, evaluate_rows
+from ..paths import StraightLine
 from .base import PathAttribution, keeps_model_state, model_convergence_delta, output_probe, restore_structure
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
@@ -98,8 +99,9 @@ class IntegratedGradients(PathAttribution):
                                 tolerance=tolerance)
         target_t = arguments.normalize_target(target, path.batch, path.inputs[0].device)
         probe = output_probe(self.forward_func, lambda points, examples: points, target_t, path.args, path.per_example)
-        result = self._integrate(probe, path.start, path.end, path.settings, need_ends=return_convergence_delta)
-        attributions = restore_structure(self._finish(result, path.start, path.end, path.dtypes), path.was_tuple)
+        result = self._integrate(probe, StraightLine(path.start, path.end), path.settings,
+                                 need_ends=return_convergence_delta)
+        attributions = restore_structure(self._finish(result, path.dtypes), path.was_tuple)
         if return_convergence_delta:
             return attributions, self.last_report.delta
         return attributions
@@ -140,13 +142,13 @@ class IntegratedGradients(PathAttribution):
         if alphas_t.numel() == 0 or bool(((alphas_t < 0) | (alphas_t > 1)).any()):
             raise ValueError("alphas must be a non-empty sequence of path positions in [0, 1]")
         k = alphas_t.numel()
-        delta = tuple(x.detach() - s for x, s in zip(inputs_t, start))
+        path = StraightLine(start, tuple(x.detach() for x in inputs_t))
         probe = output_probe(self.forward_func, lambda points, examples: points, target_t, args, per_example)
-        examples = torch.arange(batch).repeat(k)
-        rows = torch.arange(batch * k)
-        sums, _ = accumulate(probe, start, delta, examples, alphas_t.repeat_interleave(batch),
-                             torch.ones(batch * k, 1, dtype=torch.float64), rows, batch * k,
-                             Chunking.make(None, None, inputs_t[0].device))
-        total = sum((g[0] * d.index_select(0, examples.to(d.device)).to(g.dtype)).reshape(batch * k, -1).sum(1)
-                    for g, d in zip(sums, delta))
-        return total.double().cpu().view(k, batch).T.contiguous()
+        n = batch * k
+        rows = Rows(torch.arange(batch).repeat(k), alphas_t.repeat_interleave(batch),
+                    torch.ones(n, 1, dtype=torch.float64), torch.arange(n), n)
+        kept = RowGradients(rows, path)
+        evaluate_rows(probe, path, rows, kept, Chunking.make(None, None, inputs_t[0].device), keep_values=False)
+        velocity = torch.cat([d.reshape(batch, -1) for d in path.velocity], 1).to(kept.gradients.dtype)
+        total = (kept.gradients.view(k, batch, -1) * velocity).sum(2)
+        return total.double().cpu().T.contiguous()

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..engine import run_chunked, writes_into_leaf
-from ..memory import is_out_of_memory
+from ..engine import is_out_of_memory, run_chunked, writes_into_leaf
+from ..paths import StraightLine
 from ..probes import RepeatedLayerCall, TargetProbe, check_layer, replaced, run_until
 from .base import PathAttribution, keeps_model_state, model_convergence_delta, output_probe
 
@@ -147,8 +147,8 @@ class LayerIntegratedGradients(PathAttribution):
 
             probe = _layer_probe(self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args,
                                  per_example, self._expand)
-            result = self._integrate(probe, start, end, settings, need_ends=return_convergence_delta)
-            attributions = self._finish(result, start, end, [p.dtype for p in end])
+            result = self._integrate(probe, StraightLine(start, end), settings, need_ends=return_convergence_delta)
+            attributions = self._finish(result, [p.dtype for p in end])
             if first_delta is None:
                 first_delta = self.last_report.delta
             for i, value in zip(group, to_values(attributions)):

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .. import arguments
+from ..paths import StraightLine
 from ..probes import NeuronProbe, check_layer, check_neuron_selector, run_until
 from .base import PathAttribution, keeps_model_state, restore_structure
 
@@ -73,5 +74,5 @@ class NeuronIntegratedGradients(PathAttribution):
             value = run_until(self.forward_func, [self.layer], use_input, points + extra)[0]
             return selector(value, examples.shape[0])
 
-        result = self._integrate(probe, path.start, path.end, path.settings, need_ends=False)
-        return restore_structure(self._finish(result, path.start, path.end, path.dtypes), path.was_tuple)
+        result = self._integrate(probe, StraightLine(path.start, path.end), path.settings, need_ends=False)
+        return restore_structure(self._finish(result, path.dtypes), path.was_tuple)
