@@ -16,7 +16,8 @@ from __future__ import annotations
 import gc
 import os
 import re
-from typing import Any, Callable, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ def _allocation_events(prof) -> list[tuple[int, int]]:
     return events
 
 
-def _cpu_peak(fn: Callable[[], Any]) -> Tuple[Any, int]:
+def _cpu_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
@@ -69,7 +70,7 @@ def _cpu_peak(fn: Callable[[], Any]) -> Tuple[Any, int]:
     return result, peak
 
 
-def _cuda_peak(fn: Callable[[], Any], device: torch.device) -> Tuple[Any, int]:
+def _cuda_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int]:
     gc.collect()
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
@@ -81,7 +82,7 @@ def _cuda_peak(fn: Callable[[], Any], device: torch.device) -> Tuple[Any, int]:
     return result, int(peak)
 
 
-def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> Tuple[Any, int]:
+def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> tuple[Any, int]:
     """Run ``fn()`` once and return ``(result, peak_bytes)``.
 
     ``peak_bytes`` is the maximum, over the call, of live tensor bytes above the
@@ -117,7 +118,7 @@ def _read_hwm() -> int:
     return kb * 1024, rss * 1024
 
 
-def peak_rss_delta(fn: Callable[[], Any]) -> Tuple[Any, int | None]:
+def peak_rss_delta(fn: Callable[[], Any]) -> tuple[Any, int | None]:
     """Independent cross-check: growth of the resident-set high-water mark.
 
     Resets the kernel's high-water mark (``/proc/self/clear_refs``, value 5)
@@ -170,8 +171,10 @@ def self_check(verbose: bool = True) -> bool:
         good = abs(peak - expected) <= 0.01 * expected + 64 * 1024
         ok &= good
         if verbose:
-            print(f"[memory self-check] {name}: measured {peak / mb:.2f} MB, expected {expected / mb:.0f} MB"
-                  f" -> {'ok' if good else 'MISMATCH'}")
+            print(
+                f"[memory self-check] {name}: measured {peak / mb:.2f} MB, expected {expected / mb:.0f} MB"
+                f" -> {'ok' if good else 'MISMATCH'}"
+            )
     # Conv forward/backward: peak from the profiler vs peak resident growth.
     _, peak = peak_memory(model_step)
     _, rss = peak_rss_delta(model_step)
@@ -179,8 +182,10 @@ def self_check(verbose: bool = True) -> bool:
         good = abs(peak - rss) <= 0.15 * max(peak, rss)
         ok &= good
         if verbose:
-            print(f"[memory self-check] conv fwd+bwd: profiler {peak / mb:.1f} MB, RSS high-water {rss / mb:.1f} MB"
-                  f" -> {'ok' if good else 'MISMATCH'}")
+            print(
+                f"[memory self-check] conv fwd+bwd: profiler {peak / mb:.1f} MB, RSS high-water {rss / mb:.1f} MB"
+                f" -> {'ok' if good else 'MISMATCH'}"
+            )
     return ok
 
 

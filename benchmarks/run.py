@@ -20,7 +20,8 @@ import platform
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def _source_digest() -> str | None:
     return h.hexdigest()[:12]
 
 
-def machine_info(threads: int, device: str) -> Dict[str, Any]:
+def machine_info(threads: int, device: str) -> dict[str, Any]:
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -66,7 +67,7 @@ def machine_info(threads: int, device: str) -> Dict[str, Any]:
                     break
     except OSError:
         pass
-    info: Dict[str, Any] = {
+    info: dict[str, Any] = {
         "cpu_model": cpu,
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -126,18 +127,18 @@ def make_timer(device: torch.device) -> Callable[[Callable[[], Any], int], tuple
 SETTLING_ROUNDS = 16
 
 
-def run_case(case: W.Case, device: torch.device, quick: bool) -> Dict[str, Any]:
+def run_case(case: W.Case, device: torch.device, quick: bool) -> dict[str, Any]:
     timeit = make_timer(device)
-    variants: Dict[str, Callable[[], Any]] = {"captum": case.captum}
+    variants: dict[str, Callable[[], Any]] = {"captum": case.captum}
     if case.integrad is not None:
         variants["integrad"] = case.integrad
         variants.update(case.extra)
     variants["floor"] = case.floor
-    res: Dict[str, Any] = {"description": case.description, "rows": case.rows, **case.info}
+    res: dict[str, Any] = {"description": case.description, "rows": case.rows, **case.info}
 
     # Warm-up, keeping the first results for the agreement check.
-    first: Dict[str, Any] = {}
-    peaks: Dict[str, int] = {}
+    first: dict[str, Any] = {}
+    peaks: dict[str, int] = {}
     profile_now = quick and case.quick_profile_warmup
     for name, fn in variants.items():
         for i in range(case.warmup):
@@ -167,8 +168,8 @@ def run_case(case: W.Case, device: torch.device, quick: bool) -> Dict[str, Any]:
     budget = case.quick_budget_s if quick else case.budget_s
     min_rounds = 2 if quick else case.min_rounds
     max_rounds = 400
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    cpu: Dict[str, List[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     res["loadavg_before"] = loadavg()
     t_begin = time.perf_counter()
     rounds = 0
@@ -191,13 +192,17 @@ def run_case(case: W.Case, device: torch.device, quick: bool) -> Dict[str, Any]:
     res["min_s"] = {n: float(np.min(v)) for n, v in t.items()}
     res["median_cpu_s"] = {n: float(np.median(v)) for n, v in c.items()}
 
-    def med_ratio(a: str, b: str) -> Dict[str, float]:
+    def med_ratio(a: str, b: str) -> dict[str, float]:
         r = t[a] / t[b]
         rc = c[a] / np.maximum(c[b], 1e-12)
         # best_ratio: ratio of the fastest calls, the estimate least affected by other load on the machine.
-        return {"median": float(np.median(r)), "q25": float(np.quantile(r, 0.25)),
-                "q75": float(np.quantile(r, 0.75)), "cpu_time_median": float(np.median(rc)),
-                "best_ratio": float(t[a].min() / t[b].min())}
+        return {
+            "median": float(np.median(r)),
+            "q25": float(np.quantile(r, 0.25)),
+            "q75": float(np.quantile(r, 0.75)),
+            "cpu_time_median": float(np.median(rc)),
+            "best_ratio": float(t[a].min() / t[b].min()),
+        }
 
     res["captum_floor_ratio"] = med_ratio("captum", "floor")
     if "integrad" in t:
@@ -216,26 +221,34 @@ def run_case(case: W.Case, device: torch.device, quick: bool) -> Dict[str, Any]:
     return res
 
 
-def evaluate_targets(name: str, res: Dict[str, Any]) -> List[Dict[str, Any]]:
+def evaluate_targets(name: str, res: dict[str, Any]) -> list[dict[str, Any]]:
     """Targets for one workload as rows: label, value, threshold, pass."""
-    checks: List[Dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
 
     def add(label, value, thr):
-        checks.append({"target": label, "value": value, "threshold": thr,
-                       "pass": (value is not None and value <= thr)})
+        checks.append({"target": label, "value": value, "threshold": thr, "pass": (value is not None and value <= thr)})
 
     if name == "auto":
         for key, e in res.get("models", {}).items():
-            add(f"{key}: true rel. L1 error / tolerance", (e["auto_true_error_max"] / res["tolerance"])
-                if "auto_true_error_max" in e else None, 2.0)
+            add(
+                f"{key}: true rel. L1 error / tolerance",
+                (e["auto_true_error_max"] / res["tolerance"]) if "auto_true_error_max" in e else None,
+                2.0,
+            )
             if "rows_ratio" in e or "rows_ratio_upper_bound" not in e:
                 add(f"{key}: auto rows / fixed-GL rows at same error", e.get("rows_ratio"), 0.5)
             else:
                 # Fixed GL never reached auto's error within the search range: only an upper bound
                 # is known, which decides the target only when it is already below the threshold.
                 bound = e["rows_ratio_upper_bound"]
-                checks.append({"target": f"{key}: auto rows / fixed-GL rows at same error (upper bound)",
-                               "value": bound, "threshold": 0.5, "pass": True if bound <= 0.5 else None})
+                checks.append(
+                    {
+                        "target": f"{key}: auto rows / fixed-GL rows at same error (upper bound)",
+                        "value": bound,
+                        "threshold": 0.5,
+                        "pass": True if bound <= 0.5 else None,
+                    }
+                )
         return checks
     peaks = res.get("peak_bytes", {})
     metrics = {
@@ -251,12 +264,18 @@ def evaluate_targets(name: str, res: Dict[str, Any]) -> List[Dict[str, Any]]:
         add(label, metrics.get(key), thr)
     agree = [v for k, v in res.items() if k.startswith("agreement")]
     if agree:
-        checks.append({"target": "attributions allclose to captum", "value": all(a["allclose"] for a in agree),
-                       "threshold": True, "pass": all(a["allclose"] for a in agree)})
+        checks.append(
+            {
+                "target": "attributions allclose to captum",
+                "value": all(a["allclose"] for a in agree),
+                "threshold": True,
+                "pass": all(a["allclose"] for a in agree),
+            }
+        )
     return checks
 
 
-def print_case(name: str, res: Dict[str, Any]) -> None:
+def print_case(name: str, res: dict[str, Any]) -> None:
     if "error" in res:
         log(f"  ERROR: {res['error']}")
         return
@@ -267,24 +286,30 @@ def print_case(name: str, res: Dict[str, Any]) -> None:
     log("  median time: " + ", ".join(f"{k} {unit(v)}" for k, v in ms.items()) + f"  ({res['rounds']} rounds)")
     line = f"  captum/floor {res['captum_floor_ratio']['median']:.3f}"
     if "ratio" in res:
-        line += (f", integrad/captum {res['ratio']['median']:.3f} "
-                 f"[{res['ratio']['q25']:.3f}-{res['ratio']['q75']:.3f}], "
-                 f"integrad/floor {res['floor_ratio']['median']:.3f}")
+        line += (
+            f", integrad/captum {res['ratio']['median']:.3f} "
+            f"[{res['ratio']['q25']:.3f}-{res['ratio']['q75']:.3f}], "
+            f"integrad/floor {res['floor_ratio']['median']:.3f}"
+        )
     for k in res:
         if k.endswith("_ratio") and k not in ("ratio", "floor_ratio", "captum_floor_ratio"):
             line += f", {k} {res[k]['median']:.3f}"
     log(line)
     if "ratio" in res:
-        log(f"  (best-time ratios: integrad/captum {res['ratio']['best_ratio']:.3f}, "
+        log(
+            f"  (best-time ratios: integrad/captum {res['ratio']['best_ratio']:.3f}, "
             f"integrad/floor {res['floor_ratio']['best_ratio']:.3f}; "
             f"process CPU-time ratios: integrad/captum {res['ratio']['cpu_time_median']:.3f}, "
             f"integrad/floor {res['floor_ratio']['cpu_time_median']:.3f}; "
-            f"load average {res['loadavg_before']} -> {res['loadavg_after']})")
+            f"load average {res['loadavg_before']} -> {res['loadavg_after']})"
+        )
     log("  peak memory: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in res["peak_bytes"].items()))
     for k, v in res.items():
         if k.startswith("agreement"):
-            log(f"  {k} with captum: allclose={v['allclose']} max|diff|={v['max_abs_diff']:.3g} "
-                f"(relative to max|captum| {v['max_rel_diff']:.3g})")
+            log(
+                f"  {k} with captum: allclose={v['allclose']} max|diff|={v['max_abs_diff']:.3g} "
+                f"(relative to max|captum| {v['max_rel_diff']:.3g})"
+            )
 
 
 # --------------------------------------------------------------------------- markdown
@@ -298,16 +323,19 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}f}"
 
 
-def _load_line(report: Dict[str, Any]) -> str:
-    loads = [v for res in report["workloads"].values() for k, v in res.items()
-             if k.startswith("loadavg") and v is not None]
+def _load_line(report: dict[str, Any]) -> str:
+    loads = [
+        v for res in report["workloads"].values() for k, v in res.items() if k.startswith("loadavg") and v is not None
+    ]
     if not loads:
         return ""
     threads = report["machine"]["torch_threads"]
-    return (f"1-minute load average during the timed rounds: {min(loads):.1f} to {max(loads):.1f} on "
-            f"{report['machine']['logical_cpus']} logical CPUs. The benchmark itself accounts for about {threads}; "
-            f"anything above that is other processes sharing the machine, which alternating rounds and per-round "
-            f"ratios are meant to cancel, though short calls stay noisy.")
+    return (
+        f"1-minute load average during the timed rounds: {min(loads):.1f} to {max(loads):.1f} on "
+        f"{report['machine']['logical_cpus']} logical CPUs. The benchmark itself accounts for about {threads}; "
+        f"anything above that is other processes sharing the machine, which alternating rounds and per-round "
+        f"ratios are meant to cancel, though short calls stay noisy."
+    )
 
 
 def _verdict(p) -> str:
@@ -318,7 +346,7 @@ def _sci(v):
     return "n/a" if v is None else f"{v:.2e}"
 
 
-def markdown(report: Dict[str, Any]) -> str:
+def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         "# Benchmarks: integrad vs captum",
@@ -330,18 +358,20 @@ def markdown(report: Dict[str, Any]) -> str:
         f"Machine: {m['cpu_model']} ({m['logical_cpus']} logical CPUs), torch threads {m['torch_threads']}, "
         f"torch {m['torch']}, captum {m['captum']}, integrad {m['integrad']} "
         f"(source digest {m.get('integrad_source_digest')}), Python {m['python']}"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".",
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + ".",
         "",
         _load_line(report),
         "",
         "Method: both libraries get the same model, inputs, baselines, targets, `n_steps` and "
-        "`method=\"gausslegendre\"`, and are warmed up first, then run untimed rounds in which integrad's "
+        '`method="gausslegendre"`, and are warmed up first, then run untimed rounds in which integrad\'s '
         "chunk-size tuning settles (an attribution object halves its chunks on a CPU while that makes them faster "
         "per row). Timings alternate in rounds "
         "(captum, integrad, floor, then the reverse order); each ratio is the median of the per-round ratios "
         "(interquartile range in brackets); targets are judged on it. The best-time ratio (fastest integrad call / "
         "fastest captum call) is shown beside it because it is the least affected by other load on the machine; "
-        "the load average during each workload is in the JSON output. The *floor* is one forward + backward over the already-built "
+        "the load average during each workload is in the JSON output. The *floor* is one forward + backward over the "
+        "already-built "
         "expanded batch (`n_steps x batch` rows, gradient of the selected outputs' sum): the least work any "
         "Integrated Gradients implementation has to do (for layer methods, with the forward up to the layer on "
         "inputs and baselines that gives the path's ends; the toy workload measures per-call latency and its "
@@ -374,60 +404,82 @@ def markdown(report: Dict[str, Any]) -> str:
             f"| {_fmt(r['best_ratio'] if r else None)} "
             f"| {format_bytes(pk.get('captum'))} | {format_bytes(pk.get('integrad'))} "
             f"| {format_bytes(pk.get('floor'))} | {_fmt(all(agree)) if agree else 'n/a'} | {tg} "
-            f"| {'pass' if ok else 'FAIL'} |")
+            f"| {'pass' if ok else 'FAIL'} |"
+        )
     lines += ["", "## Targets", "", "| workload | target | value | threshold | result |", "|---|---|---|---|---|"]
     for name, res in report["workloads"].items():
         for c in res.get("checks", []):
-            lines.append(f"| {name} | {c['target']} | {_fmt(c['value'])} | "
-                          f"{_fmt(c['threshold']) if not isinstance(c['threshold'], bool) else 'yes'} "
-                          f"| {_verdict(c['pass'])} |")
+            lines.append(
+                f"| {name} | {c['target']} | {_fmt(c['value'])} | "
+                f"{_fmt(c['threshold']) if not isinstance(c['threshold'], bool) else 'yes'} "
+                f"| {_verdict(c['pass'])} |"
+            )
     if "memory" in report["workloads"] and "peak_bytes" in report["workloads"]["memory"]:
         mres = report["workloads"]["memory"]
         pk = mres["peak_bytes"]
-        lines += ["", "## memory workload", "",
-                  f"{mres['description']}.", "",
-                  "| variant | median time | time / captum (median of per-round ratios) | peak memory "
-                  "| peak / captum's |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## memory workload",
+            "",
+            f"{mres['description']}.",
+            "",
+            "| variant | median time | time / captum (median of per-round ratios) | peak memory | peak / captum's |",
+            "|---|---|---|---|---|",
+        ]
         cap_floor = mres["captum_floor_ratio"]["median"]
-        rel = {"captum": 1.0, "floor": 1.0 / cap_floor if cap_floor else None,
-               "integrad": mres.get("ratio", {}).get("median"),
-               "integrad_budget": mres.get("integrad_budget_ratio", {}).get("median")}
+        rel = {
+            "captum": 1.0,
+            "floor": 1.0 / cap_floor if cap_floor else None,
+            "integrad": mres.get("ratio", {}).get("median"),
+            "integrad_budget": mres.get("integrad_budget_ratio", {}).get("median"),
+        }
         for k in pk:
-            lines.append(f"| {k} | {mres['median_s'][k]:.3f} s | {_fmt(rel.get(k))} "
-                         f"| {format_bytes(pk[k])} | {_fmt(pk[k] / pk['captum'] if pk.get('captum') else None)} |")
+            lines.append(
+                f"| {k} | {mres['median_s'][k]:.3f} s | {_fmt(rel.get(k))} "
+                f"| {format_bytes(pk[k])} | {_fmt(pk[k] / pk['captum'] if pk.get('captum') else None)} |"
+            )
     if "auto" in report["workloads"] and "models" in report["workloads"]["auto"]:
         a = report["workloads"]["auto"]
         ref_n, n_max = a["reference_points"], a["fixed_gl_search_max"]
-        lines += ["", "## auto workload (error control)", "",
-                  f"`n_steps=\"auto\", tolerance={a['tolerance']:g}`. Two errors per model, each the worst "
-                  f"per-example relative L1 error: against a {ref_n}-point Gauss-Legendre reference (the target's "
-                  f"wording: within 2 x tolerance), and against an accurate reference (for the ReLU networks an exact "
-                  f"walk through the linear regions of the path, for the smooth networks the GL reference itself), both "
-                  f"computed by independent code in `benchmarks/workloads.py`. For ReLU networks the integrand is "
-                  f"discontinuous and GL converges like 1/n, so the GL reference is only good to the 'reference "
-                  f"uncertainty' shown (its error against the exact walk). Fixed GL = smallest `n_steps` (doubling, "
-                  f"then bisection, up to {n_max}) whose error against the accurate reference is no larger than "
-                  f"auto's; '> {n_max}' means it was not reached, and the row ratio is then an upper bound. "
-                  f"'Per-example GL / fixed' is the rows of GL with each example's own smallest n for that error, "
-                  f"as if it were known in advance, over fixed GL's: the most a per-example choice of n can save "
-                  f"when each example is integrated by GL's points.", "",
-                  "| model | auto rows | auto error vs GL reference | auto error vs accurate reference "
-                  "| auto estimate | fixed-GL n (rows) at same error | rows auto / fixed | per-example GL / fixed "
-                  "| fixed-GL n at tolerance | reference uncertainty | best time auto | best time fixed GL |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for key, e in a["models"].items():
+        lines += [
+            "",
+            "## auto workload (error control)",
+            "",
+            f'`n_steps="auto", tolerance={a["tolerance"]:g}`. Two errors per model, each the worst '
+            f"per-example relative L1 error: against a {ref_n}-point Gauss-Legendre reference (the target's "
+            f"wording: within 2 x tolerance), and against an accurate reference (for the ReLU networks an exact "
+            f"walk through the linear regions of the path, for the smooth networks the GL reference itself), both "
+            f"computed by independent code in `benchmarks/workloads.py`. For ReLU networks the integrand is "
+            f"discontinuous and GL converges like 1/n, so the GL reference is only good to the 'reference "
+            f"uncertainty' shown (its error against the exact walk). Fixed GL = smallest `n_steps` (doubling, "
+            f"then bisection, up to {n_max}) whose error against the accurate reference is no larger than "
+            f"auto's; '> {n_max}' means it was not reached, and the row ratio is then an upper bound. "
+            f"'Per-example GL / fixed' is the rows of GL with each example's own smallest n for that error, "
+            f"as if it were known in advance, over fixed GL's: the most a per-example choice of n can save "
+            f"when each example is integrated by GL's points.",
+            "",
+            "| model | auto rows | auto error vs GL reference | auto error vs accurate reference "
+            "| auto estimate | fixed-GL n (rows) at same error | rows auto / fixed | per-example GL / fixed "
+            "| fixed-GL n at tolerance | reference uncertainty | best time auto | best time fixed GL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for e in a["models"].values():
             if e.get("fixed_gl_n"):
                 fixed = f"{e['fixed_gl_n']} ({e['fixed_gl_rows']})"
             else:
                 fixed = f"> {n_max} (> {e.get('fixed_gl_rows_lower_bound')})"
-            ratio = _fmt(e.get("rows_ratio")) if "rows_ratio" in e else (
-                f"< {_fmt(e['rows_ratio_upper_bound'])}" if "rows_ratio_upper_bound" in e else "n/a")
+            ratio = (
+                _fmt(e.get("rows_ratio"))
+                if "rows_ratio" in e
+                else (f"< {_fmt(e['rows_ratio_upper_bound'])}" if "rows_ratio_upper_bound" in e else "n/a")
+            )
             lines.append(
                 f"| {e['description']} | {e.get('auto_rows', 'n/a')} | {_sci(e.get('auto_true_error_max'))} "
                 f"| {_sci(e.get('auto_true_error_accurate_max'))} "
                 f"| {_sci(e.get('auto_error_estimate_max'))} | {fixed} | {ratio} | {_fmt(e.get('oracle_rows_ratio'))} "
                 f"| {e.get('fixed_gl_n_at_tolerance') or f'> {n_max}'} | {_sci(e.get('reference_uncertainty'))} "
-                f"| {_fmt(e.get('auto_time_s'))} s | {_fmt(e.get('fixed_gl_time_s'))} s |")
+                f"| {_fmt(e.get('auto_time_s'))} s | {_fmt(e.get('fixed_gl_time_s'))} s |"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -443,8 +495,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--out", default=None, help="write the full results as JSON here")
     p.add_argument("--markdown", default=None, help="write the results table (e.g. BENCHMARKS.md)")
-    p.add_argument("--render", default=None, metavar="JSON",
-                   help="run nothing: write --markdown from a results file saved earlier with --out")
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="run nothing: write --markdown from a results file saved earlier with --out",
+    )
     args = p.parse_args(argv)
     if args.render:
         if not args.markdown:
@@ -473,8 +529,7 @@ def main(argv=None) -> int:
         pass
     device = torch.device(args.device)
 
-    report: Dict[str, Any] = {"quick": args.quick, "machine": machine_info(args.threads, args.device),
-                              "workloads": {}}
+    report: dict[str, Any] = {"quick": args.quick, "machine": machine_info(args.threads, args.device), "workloads": {}}
     log(f"machine: {json.dumps(report['machine'])}")
     if device.type == "cpu":
         report["memory_self_check"] = self_check(verbose=True)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,12 +44,12 @@ def expand_path(x: torch.Tensor, base: torch.Tensor, alphas: np.ndarray) -> torc
     return pts.reshape(-1, *x.shape[1:]).contiguous()
 
 
-def flatten_tensors(obj: Any) -> List[torch.Tensor]:
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
     """All tensors inside a (nested) tuple/list, in order."""
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, (tuple, list)):
-        out: List[torch.Tensor] = []
+        out: list[torch.Tensor] = []
         for o in obj:
             out.extend(flatten_tensors(o))
         return out
@@ -60,19 +61,22 @@ def attributions_only(obj: Any, with_delta: bool) -> Any:
     return obj[0] if with_delta else obj
 
 
-def compare(ours: Any, ref: Any, rtol: float = 1e-4, atol_rel: float = 1e-5) -> Dict[str, Any]:
+def compare(ours: Any, ref: Any, rtol: float = 1e-4, atol_rel: float = 1e-5) -> dict[str, Any]:
     """allclose of two attribution results; ``atol`` is relative to max |ref| per tensor."""
     a, b = flatten_tensors(ours), flatten_tensors(ref)
     if len(a) != len(b):
-        return {"allclose": False, "max_abs_diff": None, "max_rel_diff": None,
-                "note": f"{len(a)} tensors vs {len(b)}"}
+        return {"allclose": False, "max_abs_diff": None, "max_rel_diff": None, "note": f"{len(a)} tensors vs {len(b)}"}
     ok = True
     max_abs = 0.0
     max_rel = 0.0
     for x, y in zip(a, b):
         if x.shape != y.shape:
-            return {"allclose": False, "max_abs_diff": None, "max_rel_diff": None,
-                    "note": f"shape {tuple(x.shape)} vs {tuple(y.shape)}"}
+            return {
+                "allclose": False,
+                "max_abs_diff": None,
+                "max_rel_diff": None,
+                "note": f"shape {tuple(x.shape)} vs {tuple(y.shape)}",
+            }
         x = x.detach().double().cpu()
         y = y.detach().double().cpu()
         scale = float(y.abs().max()) if y.numel() else 0.0
@@ -81,8 +85,13 @@ def compare(ours: Any, ref: Any, rtol: float = 1e-4, atol_rel: float = 1e-5) -> 
         d = float((x - y).abs().max()) if x.numel() else 0.0
         max_abs = max(max_abs, d)
         max_rel = max(max_rel, d / scale if scale > 0 else d)
-    return {"allclose": ok, "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-            "rtol": rtol, "atol": f"{atol_rel:g} * max|captum|"}
+    return {
+        "allclose": ok,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "rtol": rtol,
+        "atol": f"{atol_rel:g} * max|captum|",
+    }
 
 
 def load_integrad():
@@ -94,6 +103,7 @@ def load_integrad():
             LayerIntegratedGradients,
             NeuronIntegratedGradients,
         )
+
         return integrad, None
     except Exception as exc:  # import errors of any kind while the core is in flux
         return None, f"{type(exc).__name__}: {exc}"
@@ -110,7 +120,7 @@ class ToyModel(nn.Module):
 
 
 def make_mlp(sizes=(784, 512, 512, 10), act=nn.ReLU) -> nn.Sequential:
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
@@ -120,7 +130,7 @@ def make_mlp(sizes=(784, 512, 512, 10), act=nn.ReLU) -> nn.Sequential:
 
 def make_cnn3(in_hw: int = 32, channels=(16, 32, 64), n_classes: int = 10) -> nn.Sequential:
     """Three conv blocks (conv 3x3 -> ReLU -> max-pool 2) and a linear head."""
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     c_in = 3
     for c in channels:
         layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
@@ -133,7 +143,7 @@ def make_cnn3(in_hw: int = 32, channels=(16, 32, 64), n_classes: int = 10) -> nn
 def make_cnn6(in_hw: int = 32, n_classes: int = 10) -> nn.Sequential:
     """Six 3x3 convs (16,16 | 32,32 | 64,64 channels), ReLU after each, max-pool after each pair."""
     chans = [16, 16, 32, 32, 64, 64]
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     c_in = 3
     for i, c in enumerate(chans):
         layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
@@ -153,9 +163,9 @@ class Case:
     name: str
     description: str
     captum: Callable[[], Any]
-    integrad: Optional[Callable[[], Any]]
+    integrad: Callable[[], Any] | None
     floor: Callable[[], Any]
-    extra: Dict[str, Callable[[], Any]] = field(default_factory=dict)
+    extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
     # Result -> attributions (drops the convergence delta where one is returned).
     strip: Callable[[Any], Any] = lambda r: r
     inner: int = 1  # calls per timed sample (for per-call latency of tiny workloads)
@@ -167,11 +177,11 @@ class Case:
     # afterwards (saves one call of a slow workload; the full run measures after warm-up).
     quick_profile_warmup: bool = False
     rows: int = 0  # model rows of one forward over the expanded batch
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
     atol_rel: float = 1e-5
     # The integrad object's last report (chunk sizes after the timed calls), for the JSON output.
-    integrad_report: Optional[Callable[[], Any]] = None
+    integrad_report: Callable[[], Any] | None = None
 
 
 def _targets(n: int, classes: int = 10, device="cpu") -> torch.Tensor:
@@ -221,15 +231,27 @@ def build_toy(ig_mod, device, quick: bool) -> Case:
     def floor():
         return torch.autograd.grad(model(e1, e2).sum(), (e1, e2))
 
-    return Case("toy", "ToyModel f(x1,x2)=ReLU(ReLU(x1)-1-ReLU(x2)), two 1-element inputs, "
-                "gausslegendre n_steps=50, return_convergence_delta=True (per-call latency)",
-                captum_call, integrad_call, floor, strip=lambda r: r[0], inner=25,
-                integrad_report=(lambda: i_ig.last_report) if ig_mod is not None else None,
-                budget_s=15.0, quick_budget_s=4.0, warmup=20, rows=n_steps, atol_rel=1e-5)
+    return Case(
+        "toy",
+        "ToyModel f(x1,x2)=ReLU(ReLU(x1)-1-ReLU(x2)), two 1-element inputs, "
+        "gausslegendre n_steps=50, return_convergence_delta=True (per-call latency)",
+        captum_call,
+        integrad_call,
+        floor,
+        strip=lambda r: r[0],
+        inner=25,
+        integrad_report=(lambda: i_ig.last_report) if ig_mod is not None else None,
+        budget_s=15.0,
+        quick_budget_s=4.0,
+        warmup=20,
+        rows=n_steps,
+        atol_rel=1e-5,
+    )
 
 
-def _classifier_case(name: str, description: str, model: nn.Module, x: torch.Tensor, ig_mod, device,
-                     **case_options) -> Case:
+def _classifier_case(
+    name: str, description: str, model: nn.Module, x: torch.Tensor, ig_mod, device, **case_options
+) -> Case:
     """Input IG of a classifier at one target per example, n_steps=50, the same call for both libraries."""
     import captum.attr as ca
 
@@ -248,24 +270,50 @@ def _classifier_case(name: str, description: str, model: nn.Module, x: torch.Ten
             return i_ig.attribute(x, target=t, n_steps=n_steps, method="gausslegendre")
 
     floor, rows = _floor_classifier(model, x, torch.zeros_like(x), t, n_steps)
-    return Case(name, description, captum_call, integrad_call, floor, rows=rows,
-                integrad_report=(lambda: i_ig.last_report) if ig_mod is not None else None, **case_options)
+    return Case(
+        name,
+        description,
+        captum_call,
+        integrad_call,
+        floor,
+        rows=rows,
+        integrad_report=(lambda: i_ig.last_report) if ig_mod is not None else None,
+        **case_options,
+    )
 
 
 def build_mlp(ig_mod, device, quick: bool) -> Case:
     torch.manual_seed(1)
     model = make_mlp().to(device).eval()
     x = torch.rand(8, 784, device=device)
-    return _classifier_case("mlp", "MLP 784-512-512-10 (ReLU), batch 8, target class per example, n_steps=50",
-                            model, x, ig_mod, device, budget_s=35.0, quick_budget_s=5.0, warmup=3)
+    return _classifier_case(
+        "mlp",
+        "MLP 784-512-512-10 (ReLU), batch 8, target class per example, n_steps=50",
+        model,
+        x,
+        ig_mod,
+        device,
+        budget_s=35.0,
+        quick_budget_s=5.0,
+        warmup=3,
+    )
 
 
 def build_cnn(ig_mod, device, quick: bool) -> Case:
     torch.manual_seed(2)
     model = make_cnn3(32).to(device).eval()
     x = torch.randn(8, 3, 32, 32, device=device)
-    return _classifier_case("cnn", "3-conv CNN (16/32/64 ch, ReLU, max-pool, linear head) on 8x3x32x32, n_steps=50",
-                            model, x, ig_mod, device, budget_s=50.0, quick_budget_s=6.0, warmup=2)
+    return _classifier_case(
+        "cnn",
+        "3-conv CNN (16/32/64 ch, ReLU, max-pool, linear head) on 8x3x32x32, n_steps=50",
+        model,
+        x,
+        ig_mod,
+        device,
+        budget_s=50.0,
+        quick_budget_s=6.0,
+        warmup=2,
+    )
 
 
 # ---- MiniLM
@@ -338,16 +386,18 @@ def build_minilm_layer(ig_mod, device, quick: bool) -> Case:
     c_lig = ca.LayerIntegratedGradients(model, layer)
 
     def captum_call():
-        return c_lig.attribute(ids, baselines=base_ids, additional_forward_args=(mask,), n_steps=n_steps,
-                               method="gausslegendre")
+        return c_lig.attribute(
+            ids, baselines=base_ids, additional_forward_args=(mask,), n_steps=n_steps, method="gausslegendre"
+        )
 
     integrad_call = None
     if ig_mod is not None:
         i_lig = ig_mod.LayerIntegratedGradients(model, layer)
 
         def integrad_call():
-            return i_lig.attribute(ids, baselines=base_ids, additional_forward_args=(mask,), n_steps=n_steps,
-                                   method="gausslegendre")
+            return i_lig.attribute(
+                ids, baselines=base_ids, additional_forward_args=(mask,), n_steps=n_steps, method="gausslegendre"
+            )
 
     # Floor: the embeddings of inputs and baselines (the path's ends, which any layer IG has to compute), then,
     # with the interpolated word embeddings pre-built, the embedding lookup's output replaced by them and the rest
@@ -372,13 +422,24 @@ def build_minilm_layer(ig_mod, device, quick: bool) -> Case:
         (g,) = torch.autograd.grad(out.sum(), emb_e)
         return g
 
-    return Case("minilm_layer",
-                f"LayerIG on word embeddings of all-MiniLM-L6-v2: cosine(mean-pool(s), fixed ref), "
-                f"{ids.shape[0]} sentences x {ids.shape[1]} tokens, attention mask as additional arg, "
-                f"pad baseline, n_steps=50",
-                captum_call, integrad_call, floor, budget_s=45.0, quick_budget_s=8.0, warmup=1, min_rounds=4,
-                rows=ids_e.shape[0], info={"tokens": list(ids.shape)}, rtol=1e-3, atol_rel=1e-4,
-                integrad_report=(lambda: i_lig.last_report) if ig_mod is not None else None)
+    return Case(
+        "minilm_layer",
+        f"LayerIG on word embeddings of all-MiniLM-L6-v2: cosine(mean-pool(s), fixed ref), "
+        f"{ids.shape[0]} sentences x {ids.shape[1]} tokens, attention mask as additional arg, "
+        f"pad baseline, n_steps=50",
+        captum_call,
+        integrad_call,
+        floor,
+        budget_s=45.0,
+        quick_budget_s=8.0,
+        warmup=1,
+        min_rounds=4,
+        rows=ids_e.shape[0],
+        info={"tokens": list(ids.shape)},
+        rtol=1e-3,
+        atol_rel=1e-4,
+        integrad_report=(lambda: i_lig.last_report) if ig_mod is not None else None,
+    )
 
 
 # ---- 6-conv CNN workloads
@@ -420,10 +481,19 @@ def build_neuron_early(ig_mod, device, quick: bool) -> Case:
         (g,) = torch.autograd.grad(layer(xe)[:, c, h, w].sum(), xe)
         return g
 
-    return Case("neuron_early", f"NeuronIG on the first conv of a 6-conv CNN, neuron (c,h,w)={NEURON}, "
-                "8x3x32x32, n_steps=50; floor = that conv alone over the expanded batch",
-                captum_call, integrad_call, floor, budget_s=30.0, quick_budget_s=4.0, warmup=2,
-                rows=xe.shape[0], integrad_report=(lambda: i_nig.last_report) if ig_mod is not None else None)
+    return Case(
+        "neuron_early",
+        f"NeuronIG on the first conv of a 6-conv CNN, neuron (c,h,w)={NEURON}, "
+        "8x3x32x32, n_steps=50; floor = that conv alone over the expanded batch",
+        captum_call,
+        integrad_call,
+        floor,
+        budget_s=30.0,
+        quick_budget_s=4.0,
+        warmup=2,
+        rows=xe.shape[0],
+        integrad_report=(lambda: i_nig.last_report) if ig_mod is not None else None,
+    )
 
 
 def build_layer_mid(ig_mod, device, quick: bool) -> Case:
@@ -449,7 +519,7 @@ def build_layer_mid(ig_mod, device, quick: bool) -> Case:
     # Floor: the layer's activations at the input and the (zero) baseline, which give the path's ends and which any
     # layer IG has to compute (one forward up to the layer over 2 x batch rows); then, with the interpolated
     # activations pre-built, the part of the network after the layer forward + backward over the expanded rows.
-    head, tail = model[: mid + 1], model[mid + 1:]
+    head, tail = model[: mid + 1], model[mid + 1 :]
     alphas, _ = gl_alphas_weights(n_steps)
     both = torch.cat([x, torch.zeros_like(x)])
     with torch.no_grad():
@@ -463,11 +533,20 @@ def build_layer_mid(ig_mod, device, quick: bool) -> Case:
         (g,) = torch.autograd.grad(tail(ae).gather(1, te[:, None]).sum(), ae)
         return g
 
-    return Case("layer_mid", "LayerIG on the 3rd of 6 convs (16,16|32,32|64,64 ch), 8x3x32x32, target per "
-                "example, n_steps=50; floor = layers up to it on inputs and baselines, then the layers after it over the "
-                "expanded activations",
-                captum_call, integrad_call, floor, budget_s=40.0, quick_budget_s=5.0, warmup=2,
-                rows=ae.shape[0], integrad_report=(lambda: i_lig.last_report) if ig_mod is not None else None)
+    return Case(
+        "layer_mid",
+        "LayerIG on the 3rd of 6 convs (16,16|32,32|64,64 ch), 8x3x32x32, target per "
+        "example, n_steps=50; floor = layers up to it on inputs and baselines, then the layers after it over the "
+        "expanded activations",
+        captum_call,
+        integrad_call,
+        floor,
+        budget_s=40.0,
+        quick_budget_s=5.0,
+        warmup=2,
+        rows=ae.shape[0],
+        integrad_report=(lambda: i_lig.last_report) if ig_mod is not None else None,
+    )
 
 
 def build_memory(ig_mod, device, quick: bool) -> Case:
@@ -498,14 +577,24 @@ def build_memory(ig_mod, device, quick: bool) -> Case:
         extra["integrad_budget"] = integrad_budget
 
     floor, rows = _floor_classifier(model, x, torch.zeros_like(x), t, n_steps)
-    return Case("memory", f"3-conv CNN on 8x3x64x64, n_steps=100: defaults, and integrad with "
-                f"memory_budget={budget!r}",
-                captum_call, integrad_call, floor, extra=extra, budget_s=40.0, quick_budget_s=8.0, warmup=1,
-                min_rounds=2, quick_profile_warmup=True,
-                rows=rows, info={"memory_budget": budget, "memory_budget_bytes": 256 * 1024**2})
+    return Case(
+        "memory",
+        f"3-conv CNN on 8x3x64x64, n_steps=100: defaults, and integrad with memory_budget={budget!r}",
+        captum_call,
+        integrad_call,
+        floor,
+        extra=extra,
+        budget_s=40.0,
+        quick_budget_s=8.0,
+        warmup=1,
+        min_rounds=2,
+        quick_profile_warmup=True,
+        rows=rows,
+        info={"memory_budget": budget, "memory_budget_bytes": 256 * 1024**2},
+    )
 
 
-BUILDERS: Dict[str, Callable[..., Case]] = {
+BUILDERS: dict[str, Callable[..., Case]] = {
     "toy": build_toy,
     "mlp": build_mlp,
     "cnn": build_cnn,
@@ -516,16 +605,18 @@ BUILDERS: Dict[str, Callable[..., Case]] = {
 }
 
 # Targets per workload: (label, metric key, threshold); the metric must be <= threshold.
-TARGETS: Dict[str, List[tuple]] = {
+TARGETS: dict[str, list[tuple]] = {
     "toy": [("time integrad/captum", "ratio", 0.25)],
     "mlp": [("time integrad/captum", "ratio", 0.85), ("time integrad/floor", "floor_ratio", 1.10)],
     "cnn": [("time integrad/captum", "ratio", 0.95), ("time integrad/floor", "floor_ratio", 1.10)],
     "minilm_layer": [("time integrad/captum", "ratio", 0.95), ("time integrad/floor", "floor_ratio", 1.10)],
     "neuron_early": [("time integrad/captum", "ratio", 0.5), ("time integrad/floor", "floor_ratio", 1.10)],
     "layer_mid": [("time integrad/captum", "ratio", 0.95), ("time integrad/floor", "floor_ratio", 1.10)],
-    "memory": [("peak integrad/captum (defaults)", "mem_ratio", 0.5),
-               ("peak with budget / 256MiB", "budget_peak_ratio", 1.15),
-               ("time budgeted integrad/captum", "budget_time_ratio", 1.1)],
+    "memory": [
+        ("peak integrad/captum (defaults)", "mem_ratio", 0.5),
+        ("peak with budget / 256MiB", "budget_peak_ratio", 1.15),
+        ("time budgeted integrad/captum", "budget_time_ratio", 1.1),
+    ],
     "auto": [],  # per model, see run_auto
 }
 
@@ -539,7 +630,7 @@ def gl_attribution(model, x, base, target, n: int, chunk_rows: int = 16384) -> t
     acc = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     per = max(1, chunk_rows // x.shape[0])
     for s in range(0, n, per):
-        a, w = alphas[s:s + per], weights[s:s + per]
+        a, w = alphas[s : s + per], weights[s : s + per]
         pts = expand_path(x, base, a).requires_grad_(True)
         out = model(pts)
         sel = out.gather(1, target.repeat(len(a))[:, None]).sum()
@@ -555,12 +646,13 @@ def _next_kink(model: nn.Module, z: torch.Tensor, dz: torch.Tensor) -> torch.Ten
     maximum along ``z + t dz``, from one forward-mode pass (values and directional derivatives at every layer)."""
     from torch.autograd import forward_ad
 
-    seen: List[tuple] = []
+    seen: list[tuple] = []
 
     def grab(kind):
         def hook(module, inputs, output):
             value, tangent = forward_ad.unpack_dual(inputs[0])
             seen.append((kind, value.detach(), tangent.detach()))
+
         return hook
 
     handles = []
@@ -589,9 +681,11 @@ def _next_kink(model: nn.Module, z: torch.Tensor, dz: torch.Tensor) -> torch.Ten
             t = torch.where(torch.isfinite(t) & (t > 1e-15), t, none)
         else:
             n, c, h, w = value.shape
+
             def windows(v):
-                v = v[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+                v = v[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
                 return v.permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+
             v, s = windows(value), windows(tangent)
             top = v.argmax(-1, keepdim=True)
             gap, rate = v.gather(-1, top) - v, s - s.gather(-1, top)
@@ -646,14 +740,14 @@ def rel_l1(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (a - ref).abs().sum(1) / ref.abs().sum(1).clamp_min(1e-300)
 
 
-def smallest_n(error_of: Callable[[int], float], goal: float, n_max: int) -> tuple[Optional[int], list]:
+def smallest_n(error_of: Callable[[int], float], goal: float, n_max: int) -> tuple[int | None, list]:
     """Smallest n with ``error_of(n) <= goal``: doubling from 2 to bracket it, then bisection.
 
     Bisection assumes the error is monotone inside the final bracket [n/2, n]; Gauss-Legendre
     errors are close to monotone there (the curve is returned for inspection).
     Returns ``(None, curve)`` when even ``n_max`` does not reach the goal.
     """
-    cache: Dict[int, float] = {}
+    cache: dict[int, float] = {}
 
     def err(n: int) -> float:
         if n not in cache:
@@ -714,8 +808,15 @@ def auto_models(device):
     # Random weights leave tanh nearly linear along the path; trained ones do not.
     for key, act in (("tanh_mlp_digits", nn.Tanh), ("gelu_mlp_digits", nn.GELU)):
         model, X, y = trained_digits_mlp(act)
-        models.append((key, f"{act.__name__} MLP 64-64-64-10 trained on digits, 8 held-out digits (own class)",
-                       model.to(device), X[:8].to(device), y[:8].to(device)))
+        models.append(
+            (
+                key,
+                f"{act.__name__} MLP 64-64-64-10 trained on digits, 8 held-out digits (own class)",
+                model.to(device),
+                X[:8].to(device),
+                y[:8].to(device),
+            )
+        )
     return models
 
 
@@ -734,7 +835,7 @@ def _timed(fn, reps: int = 3, budget_s: float = 1.0, max_reps: int = 50) -> tupl
     return out, float(np.min(times))
 
 
-def run_auto(ig_mod, device, quick: bool, tolerance: float = 1e-3, log=print) -> Dict[str, Any]:
+def run_auto(ig_mod, device, quick: bool, tolerance: float = 1e-3, log=print) -> dict[str, Any]:
     """Error-control workload: true error of ``n_steps="auto"`` and the fixed-GL rows for the same error.
 
     Target (a) measures auto's error against the ``ref_n``-point Gauss-Legendre reference. For the row ratio
@@ -747,14 +848,18 @@ def run_auto(ig_mod, device, quick: bool, tolerance: float = 1e-3, log=print) ->
     # Quick runs use a coarser GL reference (2048 points) to stay within their time budget.
     ref_n = 2048 if quick else 4096
     n_max = ref_n  # fixed-GL search limit
-    results: Dict[str, Any] = {"tolerance": tolerance, "reference_points": ref_n, "fixed_gl_search_max": n_max,
-                               "models": {}}
+    results: dict[str, Any] = {
+        "tolerance": tolerance,
+        "reference_points": ref_n,
+        "fixed_gl_search_max": n_max,
+        "models": {},
+    }
     for key, desc, model, x, t in auto_models(device):
         base = torch.zeros_like(x)
         B = x.shape[0]
         t0 = time.perf_counter()
         ref = gl_attribution(model, x, base, t, ref_n)
-        entry: Dict[str, Any] = {"description": desc, "reference_s": time.perf_counter() - t0}
+        entry: dict[str, Any] = {"description": desc, "reference_s": time.perf_counter() - t0}
         # The reference code itself agrees with captum's GL at a fixed n.
         c50 = ca.IntegratedGradients(model).attribute(x, target=t, n_steps=50, method="gausslegendre")
         entry["reference_code_vs_captum_n50"] = compare(gl_attribution(model, x, base, t, 50), c50)
@@ -777,32 +882,37 @@ def run_auto(ig_mod, device, quick: bool, tolerance: float = 1e-3, log=print) ->
             try:
                 if not quick:
                     ig.attribute(x, target=t, n_steps="auto", tolerance=tolerance)  # warm-up
-                attr, auto_s = _timed(lambda: ig.attribute(x, target=t, n_steps="auto", tolerance=tolerance),
-                                      1 if quick else 3)
+                attr, auto_s = _timed(
+                    lambda: ig.attribute(x, target=t, n_steps="auto", tolerance=tolerance), 1 if quick else 3
+                )
                 rep = ig.last_report
                 err = rel_l1(attr, ref)
                 exact_err = rel_l1(attr, accurate)
-                entry.update({
-                    "auto_rows": int(rep.rows),
-                    "auto_chunks": int(getattr(rep, "chunks", 0) or 0),
-                    "auto_steps": [int(s) for s in rep.steps.tolist()] if rep.steps is not None else None,
-                    "auto_error_estimate_max": (float(rep.error_estimate.max())
-                                                if rep.error_estimate is not None else None),
-                    "auto_error_estimates": ([float(e) for e in rep.error_estimate.tolist()]
-                                             if rep.error_estimate is not None else None),
-                    "auto_true_error_max": float(err.max()),
-                    "auto_true_error_mean": float(err.mean()),
-                    "auto_true_error_accurate_max": float(exact_err.max()),
-                    "auto_true_errors_accurate": [float(e) for e in exact_err.tolist()],
-                    "auto_time_s": auto_s,
-                })
+                entry.update(
+                    {
+                        "auto_rows": int(rep.rows),
+                        "auto_chunks": int(getattr(rep, "chunks", 0) or 0),
+                        "auto_steps": [int(s) for s in rep.steps.tolist()] if rep.steps is not None else None,
+                        "auto_error_estimate_max": (
+                            float(rep.error_estimate.max()) if rep.error_estimate is not None else None
+                        ),
+                        "auto_error_estimates": (
+                            [float(e) for e in rep.error_estimate.tolist()] if rep.error_estimate is not None else None
+                        ),
+                        "auto_true_error_max": float(err.max()),
+                        "auto_true_error_mean": float(err.mean()),
+                        "auto_true_error_accurate_max": float(exact_err.max()),
+                        "auto_true_errors_accurate": [float(e) for e in exact_err.tolist()],
+                        "auto_time_s": auto_s,
+                    }
+                )
                 target_err = float(exact_err.max())
             except Exception as exc:
                 entry["auto_error"] = f"{type(exc).__name__}: {exc}"
         # Fixed Gauss-Legendre: smallest n whose worst per-example error against the accurate reference is no
         # larger than auto's (or than the tolerance when auto did not run).
         goal = target_err if target_err is not None else tolerance
-        cache: Dict[int, torch.Tensor] = {ref_n: rel_l1(ref, accurate)}
+        cache: dict[int, torch.Tensor] = {ref_n: rel_l1(ref, accurate)}
 
         def gl_errors(n: int) -> torch.Tensor:
             if n not in cache:
@@ -831,8 +941,9 @@ def run_auto(ig_mod, device, quick: bool, tolerance: float = 1e-3, log=print) ->
         if found is not None and ig_mod is not None and "auto_rows" in entry:
             ig = ig_mod.IntegratedGradients(model)
             ig.attribute(x, target=t, n_steps=found, method="gausslegendre")
-            _, fixed_s = _timed(lambda: ig.attribute(x, target=t, n_steps=found, method="gausslegendre"),
-                                1 if quick else 3)
+            _, fixed_s = _timed(
+                lambda: ig.attribute(x, target=t, n_steps=found, method="gausslegendre"), 1 if quick else 3
+            )
             entry["fixed_gl_time_s"] = fixed_s
         if "auto_rows" in entry and entry["fixed_gl_rows"]:
             entry["rows_ratio"] = entry["auto_rows"] / entry["fixed_gl_rows"]
@@ -840,11 +951,29 @@ def run_auto(ig_mod, device, quick: bool, tolerance: float = 1e-3, log=print) ->
             # Fixed GL did not get there within n_max: the true ratio is below this bound.
             entry["rows_ratio_upper_bound"] = entry["auto_rows"] / entry["fixed_gl_rows_lower_bound"]
         results["models"][key] = entry
-        log(f"  auto/{key}: " + ", ".join(
-            f"{k}={v}" for k, v in entry.items()
-            if k in ("auto_rows", "auto_true_error_max", "auto_true_error_accurate_max", "auto_error_estimate_max",
-                     "fixed_gl_n", "fixed_gl_rows", "rows_ratio", "rows_ratio_upper_bound", "oracle_rows_ratio",
-                     "auto_error",
-                     "auto_time_s", "fixed_gl_time_s", "fixed_gl_n_at_tolerance", "reference_uncertainty",
-                     "exact_walk_completeness_residual_max")))
+        log(
+            f"  auto/{key}: "
+            + ", ".join(
+                f"{k}={v}"
+                for k, v in entry.items()
+                if k
+                in (
+                    "auto_rows",
+                    "auto_true_error_max",
+                    "auto_true_error_accurate_max",
+                    "auto_error_estimate_max",
+                    "fixed_gl_n",
+                    "fixed_gl_rows",
+                    "rows_ratio",
+                    "rows_ratio_upper_bound",
+                    "oracle_rows_ratio",
+                    "auto_error",
+                    "auto_time_s",
+                    "fixed_gl_time_s",
+                    "fixed_gl_n_at_tolerance",
+                    "reference_uncertainty",
+                    "exact_walk_completeness_residual_max",
+                )
+            )
+        )
     return results

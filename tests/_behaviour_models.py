@@ -31,8 +31,14 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def mlp(in_dim: int = 6, hidden: int = 16, out: int = 4, seed: int = 0, act: type[nn.Module] = nn.Tanh,
-        dtype: torch.dtype = torch.float32) -> nn.Sequential:
+def mlp(
+    in_dim: int = 6,
+    hidden: int = 16,
+    out: int = 4,
+    seed: int = 0,
+    act: type[nn.Module] = nn.Tanh,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Sequential:
     """``Linear → act → Linear``; indices 0, 1, 2 name the layers."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -44,8 +50,9 @@ def deep_mlp(in_dim: int = 6, hidden: int = 16, out: int = 4, seed: int = 0) -> 
     """``Linear → Tanh → Linear → Tanh → Linear``: layers 0 and 2 feed each other's path."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                             nn.Linear(hidden, out))
+        return nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out)
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -270,12 +277,15 @@ def layer_values(model: Callable, layers: Sequence[nn.Module], args: tuple, use_
 
     def fn_for(i):
         if use_input:
+
             def pre(module, a):
                 values[i] = a[0]
+
             return pre
 
         def post(module, a, out):
             values[i] = out
+
         return post
 
     with torch.no_grad(), _hooks(layers, fn_for, use_input):
@@ -283,8 +293,15 @@ def layer_values(model: Callable, layers: Sequence[nn.Module], args: tuple, use_
     return values
 
 
-def manual_layer_ig(model: Callable, layers: Sequence[nn.Module], args: tuple, base_args: tuple,
-                    target: Tensor, n: int = 64, use_input: bool = False) -> list:
+def manual_layer_ig(
+    model: Callable,
+    layers: Sequence[nn.Module],
+    args: tuple,
+    base_args: tuple,
+    target: Tensor,
+    n: int = 64,
+    use_input: bool = False,
+) -> list:
     """Joint layer IG of ``model(*args)[i, target[i]]``: every listed layer's value replaced at once by its point on
     the straight path between its values at ``base_args`` and at ``args``. Values may be tensors or tuples."""
     ends = layer_values(model, layers, args, use_input)
@@ -295,10 +312,12 @@ def manual_layer_ig(model: Callable, layers: Sequence[nn.Module], args: tuple, b
     sums = [[torch.zeros_like(p, dtype=torch.float64) for p in parts] for parts in ends]
     alphas, weights = gl_rule(n)
     for a, w in zip(alphas, weights):
-        points = [[(s.double() + float(a) * (e.double() - s.double())).float().requires_grad_()
-                   for s, e in zip(ss, es)] for ss, es in zip(starts, ends)]
+        points = [
+            [(s.double() + float(a) * (e.double() - s.double())).float().requires_grad_() for s, e in zip(ss, es)]
+            for ss, es in zip(starts, ends)
+        ]
 
-        def fn_for(i):
+        def fn_for(i, points=points):
             value = tuple(points[i]) if as_tuple[i] else points[i][0]
             if use_input:
                 return lambda module, inp: (value,)
@@ -347,8 +366,7 @@ def row_activation_bytes(model: Callable, x: Tensor) -> float:
 
 
 def no_hooks_left(model: nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-               for m in model.modules())
+    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
 
 
 def saved_tensor_hooks_left() -> bool:

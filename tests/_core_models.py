@@ -32,7 +32,9 @@ def assert_close_scaled(actual, expected, rtol: float = 1e-7, what: str = "") ->
     do not demand more than the precision of the whole attribution map.
     """
     if isinstance(expected, (tuple, list)):
-        assert isinstance(actual, type(expected)), f"{what}: got {type(actual).__name__}, expected {type(expected).__name__}"
+        assert isinstance(actual, type(expected)), (
+            f"{what}: got {type(actual).__name__}, expected {type(expected).__name__}"
+        )
         assert len(actual) == len(expected), f"{what}: lengths {len(actual)} != {len(expected)}"
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert_close_scaled(a, e, rtol, f"{what}[{i}]")
@@ -63,8 +65,9 @@ class PolynomialPath(nn.Module):
         return terms.sum(-1).reshape(z.shape[0], -1).sum(1)
 
 
-def mlp(n_in: int = 5, hidden: int = 8, n_out: int = 3, act=nn.Tanh, seed: int = 0,
-        dtype: torch.dtype = torch.float64) -> nn.Sequential:
+def mlp(
+    n_in: int = 5, hidden: int = 8, n_out: int = 3, act=nn.Tanh, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> nn.Sequential:
     return seeded(lambda: nn.Sequential(nn.Linear(n_in, hidden), act(), nn.Linear(hidden, n_out)), seed, dtype)
 
 

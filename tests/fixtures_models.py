@@ -51,15 +51,20 @@ def scalar_mlp() -> nn.Module:
 
 def small_cnn() -> nn.Module:
     """Images (N, 1, 8, 8) -> 3 classes."""
-    return _seeded(lambda: nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, N_CLASSES)), seed=3)
+    return _seeded(
+        lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, N_CLASSES)),
+        seed=3,
+    )
 
 
 def rgb_cnn() -> nn.Module:
     """RGB images of any size (N, 3, H, W) -> 3 classes."""
-    return _seeded(lambda: nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-        nn.Linear(16, N_CLASSES)), seed=4)
+    return _seeded(
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, N_CLASSES)
+        ),
+        seed=4,
+    )
 
 
 class TextClassifier(nn.Module):

@@ -14,8 +14,10 @@ from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
-from _behaviour_models import gl_rule
+from _behaviour_models import (
+    gl_rule,
+    one_thread,  # noqa: F401  (autouse fixture)
+)
 
 DT = torch.float64
 
@@ -158,9 +160,13 @@ def kinked_ig(x):
     return torch.relu(x - C) + SLOPE * x
 
 
-KINK_X = torch.tensor([[1.0, 2.0, 0.8, 3.0, 1.5, 0.15],    # five kinks inside the path
-                       [0.1, 0.2, 0.3, 0.4, 0.5, 0.1]],    # no kink: F is linear along this path
-                      dtype=DT)
+KINK_X = torch.tensor(
+    [
+        [1.0, 2.0, 0.8, 3.0, 1.5, 0.15],  # five kinks inside the path
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.1],
+    ],  # no kink: F is linear along this path
+    dtype=DT,
+)
 
 
 @pytest.mark.parametrize("tolerance", [1e-2, 1e-3, 1e-4])
@@ -188,7 +194,7 @@ def test_steps_are_those_of_each_example_alone():
     ig.attribute(KINK_X, n_steps="auto", tolerance=1e-3)
     together = ig.last_report.steps.clone()
     for i in range(len(KINK_X)):
-        ig.attribute(KINK_X[i:i + 1], n_steps="auto", tolerance=1e-3)
+        ig.attribute(KINK_X[i : i + 1], n_steps="auto", tolerance=1e-3)
         assert int(ig.last_report.steps[0]) == int(together[i])
 
 

@@ -120,8 +120,9 @@ def test_max_pool_network_in_float32_meets_the_tolerance():
     # A ReLU/max-pool network in float32: rounding limits where kinks can be located; the estimate accounts for it.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                            nn.Linear(4 * 4 * 4, 2))
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+        )
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(8))
     exact = reference_ig(lambda z: net.double()(z)[:, 1], x.double(), torch.zeros_like(x, dtype=DT), n=4096)
     net.float()
@@ -136,8 +137,12 @@ def test_refined_smooth_examples_keep_their_own_targets(tanh_net):
     # Examples refined by panels after the first phases are evaluated with their own target and inputs.
     net, x, _ = tanh_net
     targets = torch.tensor([0, 1, 2, 1, 0])
-    exact = torch.cat([reference_ig(lambda z, c=int(c): net(z)[:, c], x[i:i + 1], torch.zeros_like(x[i:i + 1]))
-                       for i, c in enumerate(targets)])
+    exact = torch.cat(
+        [
+            reference_ig(lambda z, c=int(c): net(z)[:, c], x[i : i + 1], torch.zeros_like(x[i : i + 1]))
+            for i, c in enumerate(targets)
+        ]
+    )
     ig = IntegratedGradients(net)
     got = ig.attribute(x, target=targets, n_steps="auto", tolerance=1e-9)
     assert int(ig.last_report.steps.min()) > 13  # every example went on past the 13-point rule, to the panels
@@ -217,7 +222,9 @@ def test_a_finished_example_leaves_the_later_rounds(monkeypatch):
 
     seen = []
     real = adaptive._segments
-    monkeypatch.setattr(adaptive, "_segments", lambda rows, *rest: seen.append(set(rows.ex.tolist())) or real(rows, *rest))
+    monkeypatch.setattr(
+        adaptive, "_segments", lambda rows, *rest: seen.append(set(rows.ex.tolist())) or real(rows, *rest)
+    )
     f, x, exact = relu_layer(7, units=64, features=16, spread=2.0)
     easy = torch.cat([x[:1] * 0.05, x])  # a short path crosses few kinks
     ig = IntegratedGradients(f)
@@ -238,7 +245,7 @@ def test_an_example_gets_the_points_it_gets_alone_whatever_the_batch():
     steps = ig.last_report.steps
     assert bool((relative_l1(together, exact) <= 1e-3).all())
     for i in range(0, 24, 5):
-        alone = ig.attribute(x[i:i + 1], n_steps="auto", tolerance=1e-3, memory_budget="4MiB")
+        alone = ig.attribute(x[i : i + 1], n_steps="auto", tolerance=1e-3, memory_budget="4MiB")
         assert int(ig.last_report.steps[0]) == int(steps[i]) <= 60, (i, ig.last_report.steps, steps)
         torch.testing.assert_close(alone[0], together[i], rtol=1e-9, atol=1e-12)
 

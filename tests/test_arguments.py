@@ -14,8 +14,13 @@ from torch import nn
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
 from integrad.engine import parse_bytes
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
-from _behaviour_models import Body, TextClassifier, TwoInputs, mlp
+from _behaviour_models import (
+    Body,
+    TextClassifier,
+    TwoInputs,
+    mlp,
+    one_thread,  # noqa: F401  (autouse fixture)
+)
 
 BAD = (ValueError, TypeError)
 
@@ -88,8 +93,12 @@ def test_memory_budget_of_wrong_type(setup, budget):
 
 def test_internal_batch_size_and_memory_budget_together(setup):
     _, ig, x = setup
-    expect(lambda: ig.attribute(x, target=0, internal_batch_size=4, memory_budget="1MiB"),
-           "internal_batch_size", "memory_budget", "not both")
+    expect(
+        lambda: ig.attribute(x, target=0, internal_batch_size=4, memory_budget="1MiB"),
+        "internal_batch_size",
+        "memory_budget",
+        "not both",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- tolerance
@@ -111,8 +120,13 @@ def test_bad_tolerance_with_fixed_steps(setup, tolerance):
 @pytest.mark.parametrize("flag", [1, 0, "yes", None])
 def test_return_convergence_delta_must_be_bool(setup, flag):
     _, ig, x = setup
-    expect(lambda: ig.attribute(x, target=0, return_convergence_delta=flag), "return_convergence_delta", "True",
-           "False", types=TypeError)
+    expect(
+        lambda: ig.attribute(x, target=0, return_convergence_delta=flag),
+        "return_convergence_delta",
+        "True",
+        "False",
+        types=TypeError,
+    )
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"return_convergence_delta": True}, {"n_steps": "auto"}])
@@ -130,8 +144,9 @@ def test_numpy_numbers_are_numbers(setup):
     listed = ig.attribute(x, target=[np.int64(1)] * x.shape[0], n_steps=8, internal_batch_size=4)
     torch.testing.assert_close(listed, plain, rtol=0, atol=0)
     auto = ig.attribute(x, target=1, n_steps="auto", tolerance=1e-3)
-    torch.testing.assert_close(ig.attribute(x, target=1, n_steps="auto", tolerance=np.float32(1e-3)), auto,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        ig.attribute(x, target=1, n_steps="auto", tolerance=np.float32(1e-3)), auto, rtol=0, atol=0
+    )
     expect(lambda: ig.attribute(x, target=0, n_steps=np.bool_(True)), "n_steps", "int")
     expect(lambda: ig.attribute(x, target=0, n_steps="auto", tolerance=np.bool_(True)), "tolerance", "(0, 1)")
 
@@ -176,8 +191,13 @@ def test_baseline_tuple_of_wrong_length():
     model = TwoInputs()
     x1, x2 = torch.randn(2, 4), torch.randn(2, 2, 3)
     ig = IntegratedGradients(model)
-    expect(lambda: ig.attribute((x1, x2), baselines=(torch.zeros(2, 4),), target=0), "baselines", "length 1",
-           "2 inputs", "tuple with one of these per input")
+    expect(
+        lambda: ig.attribute((x1, x2), baselines=(torch.zeros(2, 4),), target=0),
+        "baselines",
+        "length 1",
+        "2 inputs",
+        "tuple with one of these per input",
+    )
     expect(lambda: ig.attribute((x1, x2), baselines=torch.zeros(2, 4), target=0), "baselines", "one baseline per input")
 
 
@@ -190,8 +210,13 @@ def test_baseline_that_is_not_a_tensor_or_number(setup, baseline):
 def test_baseline_shape_error_inside_tuple():
     model = TwoInputs()
     ig = IntegratedGradients(model)
-    expect(lambda: ig.attribute((torch.randn(2, 4), torch.randn(2, 2, 3)),
-                                baselines=(0.0, torch.zeros(2, 3, 2)), target=0), "baselines[1]", "(2, 3, 2)")
+    expect(
+        lambda: ig.attribute(
+            (torch.randn(2, 4), torch.randn(2, 2, 3)), baselines=(0.0, torch.zeros(2, 3, 2)), target=0
+        ),
+        "baselines[1]",
+        "(2, 3, 2)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- target
@@ -243,8 +268,9 @@ def test_target_missing_is_fine_for_scalar_output(setup):
     torch.testing.assert_close(ig.attribute(x, n_steps=8), IntegratedGradients(model).attribute(x, target=2, n_steps=8))
 
 
-@pytest.mark.parametrize("target", [torch.tensor([0.0, 1.0, 2.0]), torch.tensor(1.0),
-                                    torch.tensor([True, False, True])])
+@pytest.mark.parametrize(
+    "target", [torch.tensor([0.0, 1.0, 2.0]), torch.tensor(1.0), torch.tensor([True, False, True])]
+)
 def test_float_or_bool_tensor_target(setup, target):
     _, ig, x = setup
     expect(lambda: ig.attribute(x, target=target), "target", "integer", types=TypeError)
@@ -279,8 +305,9 @@ def test_integer_inputs_for_input_ig(setup):
 
 def test_inputs_with_different_batch_sizes():
     ig = IntegratedGradients(TwoInputs())
-    expect(lambda: ig.attribute((torch.randn(2, 4), torch.randn(3, 2, 3)), target=0), "inputs", "same batch size",
-           "[2, 3]")
+    expect(
+        lambda: ig.attribute((torch.randn(2, 4), torch.randn(3, 2, 3)), target=0), "inputs", "same batch size", "[2, 3]"
+    )
 
 
 def test_empty_inputs_tuple(setup):
@@ -298,8 +325,13 @@ def test_additional_forward_args_with_wrong_batch():
     # captum 0.9: a RuntimeError from inside the model ("The size of tensor a (150) must match ...").
     ig = IntegratedGradients(TwoInputs())
     x1, x2 = torch.randn(3, 4), torch.randn(3, 2, 3)
-    expect(lambda: ig.attribute((x1, x2), target=0, additional_forward_args=torch.ones(2)),
-           "additional_forward_args[0]", "(2,)", "one row per example", "dim 0 = 3")
+    expect(
+        lambda: ig.attribute((x1, x2), target=0, additional_forward_args=torch.ones(2)),
+        "additional_forward_args[0]",
+        "(2,)",
+        "one row per example",
+        "dim 0 = 3",
+    )
 
 
 def test_additional_forward_args_constant_forms_are_passed_through():
@@ -317,8 +349,14 @@ def test_additional_forward_args_constant_forms_are_passed_through():
 def test_neuron_selector_of_bad_type(selector):
     model = Body(armed=False)
     nig = NeuronIntegratedGradients(model, model.mid)
-    expect(lambda: nig.attribute(torch.randn(2, 5), selector), "neuron_selector", "int", "tuple", "callable",
-           types=TypeError)
+    expect(
+        lambda: nig.attribute(torch.randn(2, 5), selector),
+        "neuron_selector",
+        "int",
+        "tuple",
+        "callable",
+        types=TypeError,
+    )
 
 
 def test_neuron_selector_with_wrong_number_of_indices():
@@ -369,8 +407,11 @@ def test_layer_that_never_runs():
     model = _WithUnused()
     x = torch.randn(2, 6)
     expect(lambda: LayerIntegratedGradients(model, model.unused).attribute(x, target=0), "layer", "did not run")
-    expect(lambda: LayerIntegratedGradients(model, [model.used, model.unused]).attribute(x, target=0),
-           "layer", "did not run")
+    expect(
+        lambda: LayerIntegratedGradients(model, [model.used, model.unused]).attribute(x, target=0),
+        "layer",
+        "did not run",
+    )
     expect(lambda: NeuronIntegratedGradients(model, model.unused).attribute(x, 0), "layer", "did not run")
 
 
@@ -389,10 +430,19 @@ def test_model_output_that_is_not_a_tensor(wrap):
 
     wrapped = Wrapped()
     x = torch.randn(2, 6)
-    expect(lambda: IntegratedGradients(wrapped).attribute(x, target=0), "forward_func", "torch.Tensor", "logits",
-           types=TypeError)
-    expect(lambda: LayerIntegratedGradients(wrapped, model[0]).attribute(x, target=0), "forward_func", "torch.Tensor",
-           types=TypeError)
+    expect(
+        lambda: IntegratedGradients(wrapped).attribute(x, target=0),
+        "forward_func",
+        "torch.Tensor",
+        "logits",
+        types=TypeError,
+    )
+    expect(
+        lambda: LayerIntegratedGradients(wrapped, model[0]).attribute(x, target=0),
+        "forward_func",
+        "torch.Tensor",
+        types=TypeError,
+    )
 
 
 def test_model_output_without_batch_dimension():
@@ -410,8 +460,11 @@ def test_layer_ig_flag_errors():
     model = TextClassifier()
     lig = LayerIntegratedGradients(model, model.embed)
     ids, mask = torch.randint(1, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long)
-    expect(lambda: lig.attribute(ids, target=0, additional_forward_args=(mask,), attribute_to_layer_input="yes"),
-           "attribute_to_layer_input", types=TypeError)
+    expect(
+        lambda: lig.attribute(ids, target=0, additional_forward_args=(mask,), attribute_to_layer_input="yes"),
+        "attribute_to_layer_input",
+        types=TypeError,
+    )
     expect(lambda: lig.attribute(ids, target=0, additional_forward_args=(mask[:1],)), "additional_forward_args[0]")
     expect(lambda: lig.attribute(ids, target=3, additional_forward_args=(mask,)), "target", "outside")
 
@@ -440,13 +493,20 @@ def test_an_output_object_with_logits_is_attributed_through_its_logits(setup):
     wrapped = WithLogits(model)
     t = torch.tensor([0, 1, 2])
     expected = ig.attribute(x, target=t, n_steps=12)
-    torch.testing.assert_close(IntegratedGradients(wrapped).attribute(x, target=t, n_steps=12), expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        IntegratedGradients(wrapped).attribute(x, target=t, n_steps=12), expected, rtol=0, atol=0
+    )
     torch.testing.assert_close(Explainer(wrapped, n_steps=12).attribute(x, t), expected, rtol=0, atol=0)
     layer = LayerIntegratedGradients(wrapped, model[0]).attribute(x, target=t, n_steps=12)
     torch.testing.assert_close(layer, LayerIntegratedGradients(model, model[0]).attribute(x, target=t, n_steps=12))
     # An output that is neither a tensor nor holds one under .logits is still an error naming what is accepted.
-    expect(lambda: IntegratedGradients(lambda z: {"scores": model(z)}).attribute(x, target=0), "forward_func",
-           "torch.Tensor", ".logits", types=TypeError)
+    expect(
+        lambda: IntegratedGradients(lambda z: {"scores": model(z)}).attribute(x, target=0),
+        "forward_func",
+        "torch.Tensor",
+        ".logits",
+        types=TypeError,
+    )
 
 
 @pytest.mark.parametrize("noise_level", [0.0, 0.1])

@@ -17,10 +17,22 @@ from captum.attr import NeuronIntegratedGradients as CaptumNeuronIG
 from captum.attr import NoiseTunnel as CaptumNoiseTunnel
 from torch import nn
 
+from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
+
 from _behaviour_models import deadline
-from _core_models import (METHODS, GridOutput, SmallCNN, TextModel, ThreeInputs, TwoBranches, WithExtras,
-                          assert_close_scaled, mlp, randn, seeded)
-from integrad import (IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel)
+from _core_models import (
+    METHODS,
+    GridOutput,
+    SmallCNN,
+    TextModel,
+    ThreeInputs,
+    TwoBranches,
+    WithExtras,
+    assert_close_scaled,
+    mlp,
+    randn,
+    seeded,
+)
 
 RTOL = 1e-7
 
@@ -45,8 +57,7 @@ def _gap(f, inputs, baselines, target=None, extra=()):
     """``F(x) − F(x′)`` at the target, computed directly (independent of both libraries)."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     baselines = baselines if isinstance(baselines, tuple) else (baselines,)
-    base = tuple(b if isinstance(b, torch.Tensor) else torch.full_like(x, float(b))
-                 for x, b in zip(inputs, baselines))
+    base = tuple(b if isinstance(b, torch.Tensor) else torch.full_like(x, float(b)) for x, b in zip(inputs, baselines))
     base = tuple(b.expand_as(x) for x, b in zip(inputs, base))
     with torch.no_grad():
         out = f(*inputs, *extra) - f(*base, *extra)
@@ -87,10 +98,12 @@ def test_mlp_with_per_example_targets(method, target_form):
     model = mlp(seed=1)
     x, base = randn(4, 5, seed=2), randn(4, 5, seed=3)
     target = [0, 2, 1, 2] if target_form == "list" else torch.tensor([0, 2, 1, 2])
-    ours, delta = IntegratedGradients(model).attribute(x, base, target=target, method=method, n_steps=17,
-                                                       return_convergence_delta=True)
-    theirs, their_delta = CaptumIG(model).attribute(x, base, target=target, method=method, n_steps=17,
-                                                    return_convergence_delta=True)
+    ours, delta = IntegratedGradients(model).attribute(
+        x, base, target=target, method=method, n_steps=17, return_convergence_delta=True
+    )
+    theirs, their_delta = CaptumIG(model).attribute(
+        x, base, target=target, method=method, n_steps=17, return_convergence_delta=True
+    )
     assert ours.dtype == torch.float64 and delta.shape == (4,)
     assert_close_scaled(ours, _rescale(theirs, method, 17), RTOL)
     _check_delta(delta, their_delta, ours, model, x, base, list(target), method=method)
@@ -100,10 +113,12 @@ def test_mlp_with_per_example_targets(method, target_form):
 def test_cnn_with_a_shared_int_target(method):
     model = seeded(SmallCNN, seed=4)
     x = randn(3, 2, 6, 6, seed=5)
-    ours, delta = IntegratedGradients(model).attribute(x, target=3, method=method, n_steps=9,
-                                                       return_convergence_delta=True)
-    theirs, their_delta = CaptumIG(model).attribute(x, target=3, method=method, n_steps=9,
-                                                    return_convergence_delta=True)
+    ours, delta = IntegratedGradients(model).attribute(
+        x, target=3, method=method, n_steps=9, return_convergence_delta=True
+    )
+    theirs, their_delta = CaptumIG(model).attribute(
+        x, target=3, method=method, n_steps=9, return_convergence_delta=True
+    )
     assert ours.shape == x.shape
     assert_close_scaled(ours, _rescale(theirs, method, 9), RTOL)
     _check_delta(delta, their_delta, ours, model, x, torch.zeros_like(x), 3, method=method)
@@ -114,10 +129,12 @@ def test_tuple_inputs_with_scalar_broadcast_and_full_baselines(method):
     model = seeded(ThreeInputs, seed=6)
     inputs = (randn(3, 4, seed=7), randn(3, 2, 3, seed=8), randn(3, 5, seed=9))
     baselines = (0.25, randn(1, 2, 3, seed=10), randn(3, 5, seed=11))
-    ours, delta = IntegratedGradients(model).attribute(inputs, baselines, target=1, method=method, n_steps=8,
-                                                       return_convergence_delta=True)
-    theirs, their_delta = CaptumIG(model).attribute(inputs, baselines, target=1, method=method, n_steps=8,
-                                                    return_convergence_delta=True)
+    ours, delta = IntegratedGradients(model).attribute(
+        inputs, baselines, target=1, method=method, n_steps=8, return_convergence_delta=True
+    )
+    theirs, their_delta = CaptumIG(model).attribute(
+        inputs, baselines, target=1, method=method, n_steps=8, return_convergence_delta=True
+    )
     assert isinstance(ours, tuple) and [a.shape for a in ours] == [x.shape for x in inputs]
     assert_close_scaled(ours, _rescale(_detach(theirs), method, 8), RTOL)
     _check_delta(delta, their_delta, ours, model, inputs, baselines, 1, method=method)
@@ -142,8 +159,9 @@ def test_baselines_with_dimensions_of_size_one_broadcast_as_in_captum(shape):
 def test_tuple_targets_on_a_three_dimensional_output(target):
     model = seeded(GridOutput, seed=12)
     x, base = randn(3, 6, seed=13), randn(1, 6, seed=14)
-    ours, delta = IntegratedGradients(model).attribute(x, base, target=target, n_steps=12,
-                                                       return_convergence_delta=True)
+    ours, delta = IntegratedGradients(model).attribute(
+        x, base, target=target, n_steps=12, return_convergence_delta=True
+    )
     theirs, their_delta = CaptumIG(model).attribute(x, base, target=target, n_steps=12, return_convergence_delta=True)
     assert_close_scaled(ours, theirs, RTOL)
     _check_delta(delta, their_delta, ours, model, x, base, target)
@@ -155,17 +173,20 @@ def test_additional_forward_args_tensor_per_example_and_non_tensor(method):
     x = randn(4, 5, seed=16)
     mask = (randn(4, 5, seed=17) > -0.3).to(torch.float64)
     extra = (mask, "double")
-    ours, delta = IntegratedGradients(model).attribute(x, target=[2, 0, 1, 1], additional_forward_args=extra,
-                                                       method=method, n_steps=10, return_convergence_delta=True)
-    theirs, their_delta = CaptumIG(model).attribute(x, target=[2, 0, 1, 1], additional_forward_args=extra,
-                                                    method=method, n_steps=10, return_convergence_delta=True)
+    ours, delta = IntegratedGradients(model).attribute(
+        x, target=[2, 0, 1, 1], additional_forward_args=extra, method=method, n_steps=10, return_convergence_delta=True
+    )
+    theirs, their_delta = CaptumIG(model).attribute(
+        x, target=[2, 0, 1, 1], additional_forward_args=extra, method=method, n_steps=10, return_convergence_delta=True
+    )
     assert_close_scaled(ours, _rescale(theirs, method, 10), RTOL)
     _check_delta(delta, their_delta, ours, model, x, torch.zeros_like(x), [2, 0, 1, 1], extra, method=method)
     # The mask really is per example: masked features get exactly zero attribution.
     assert torch.equal(ours[mask == 0], torch.zeros(int((mask == 0).sum()), dtype=torch.float64))
     # The non-tensor argument really reaches the model.
-    single = IntegratedGradients(model).attribute(x, target=[2, 0, 1, 1], additional_forward_args=(mask, "single"),
-                                                  method=method, n_steps=10)
+    single = IntegratedGradients(model).attribute(
+        x, target=[2, 0, 1, 1], additional_forward_args=(mask, "single"), method=method, n_steps=10
+    )
     torch.testing.assert_close(ours, 2 * single, rtol=1e-13, atol=1e-15)
 
 
@@ -175,15 +196,21 @@ def test_internal_batch_size_chunks_give_the_same_result(internal_batch_size):
     x, base = randn(4, 5, seed=19), randn(4, 5, seed=20)
     ig = IntegratedGradients(model)
     whole = ig.attribute(x, base, target=[1, 0, 2, 1], n_steps=11)
-    ours, delta = ig.attribute(x, base, target=[1, 0, 2, 1], n_steps=11, internal_batch_size=internal_batch_size,
-                               return_convergence_delta=True)
+    ours, delta = ig.attribute(
+        x, base, target=[1, 0, 2, 1], n_steps=11, internal_batch_size=internal_batch_size, return_convergence_delta=True
+    )
     report = ig.last_report
     assert report.chunk_rows <= internal_batch_size
     assert report.rows == 4 * 11
     assert report.chunks == -(-44 // min(internal_batch_size, 44))
-    theirs, their_delta = CaptumIG(model).attribute(x, base, target=[1, 0, 2, 1], n_steps=11,
-                                                    internal_batch_size=max(internal_batch_size, 4),
-                                                    return_convergence_delta=True)
+    theirs, their_delta = CaptumIG(model).attribute(
+        x,
+        base,
+        target=[1, 0, 2, 1],
+        n_steps=11,
+        internal_batch_size=max(internal_batch_size, 4),
+        return_convergence_delta=True,
+    )
     torch.testing.assert_close(ours, whole, rtol=0, atol=1e-15)
     assert_close_scaled(ours, theirs, RTOL)
     _check_delta(delta, their_delta, ours, model, x, base, [1, 0, 2, 1])
@@ -281,9 +308,11 @@ def test_layer_ig_on_a_conv_layer(method):
     model = seeded(SmallCNN, seed=30)
     x, base = randn(3, 2, 6, 6, seed=31), randn(3, 2, 6, 6, seed=32)
     ours, delta = LayerIntegratedGradients(model, model.conv1).attribute(
-        x, base, target=[0, 3, 1], method=method, n_steps=10, return_convergence_delta=True)
+        x, base, target=[0, 3, 1], method=method, n_steps=10, return_convergence_delta=True
+    )
     theirs, their_delta = CaptumLayerIG(model, model.conv1).attribute(
-        x, base, target=[0, 3, 1], method=method, n_steps=10, return_convergence_delta=True)
+        x, base, target=[0, 3, 1], method=method, n_steps=10, return_convergence_delta=True
+    )
     assert ours.shape == (3, 3, 6, 6)
     assert_close_scaled(ours, _rescale(theirs.detach(), method, 10), RTOL)
     _check_delta(delta, their_delta, ours, model, x, base, [0, 3, 1], method=method)
@@ -301,9 +330,11 @@ def test_layer_ig_on_an_embedding_with_token_ids_and_an_attention_mask():
     model, ids, mask = _text_batch(34, [5, 7, 3])
     pad = torch.zeros_like(ids)
     ours, delta = LayerIntegratedGradients(model, model.embed).attribute(
-        ids, pad, target=[0, 2, 1], additional_forward_args=mask, n_steps=20, return_convergence_delta=True)
+        ids, pad, target=[0, 2, 1], additional_forward_args=mask, n_steps=20, return_convergence_delta=True
+    )
     theirs, their_delta = CaptumLayerIG(model, model.embed).attribute(
-        ids, pad, target=[0, 2, 1], additional_forward_args=(mask,), n_steps=20, return_convergence_delta=True)
+        ids, pad, target=[0, 2, 1], additional_forward_args=(mask,), n_steps=20, return_convergence_delta=True
+    )
     assert ours.shape == (3, 7, 6) and ours.dtype == torch.float64
     assert_close_scaled(ours, theirs.detach(), RTOL)
     _check_delta(delta, their_delta, ours, model, ids, pad, [0, 2, 1], (mask,))
@@ -314,11 +345,13 @@ def test_layer_ig_on_an_embedding_with_token_ids_and_an_attention_mask():
 def test_layer_ig_compute_convergence_delta_agrees_on_floats_and_token_ids():
     model, ids, mask = _text_batch(35, [7, 4, 7])
     ours_lig, theirs_lig = LayerIntegratedGradients(model, model.embed), CaptumLayerIG(model, model.embed)
-    attr, delta = ours_lig.attribute(ids, 0, target=[1, 0, 2], additional_forward_args=mask, n_steps=5,
-                                     return_convergence_delta=True)
+    attr, delta = ours_lig.attribute(
+        ids, 0, target=[1, 0, 2], additional_forward_args=mask, n_steps=5, return_convergence_delta=True
+    )
     ours = ours_lig.compute_convergence_delta(attr, 0, ids, target=[1, 0, 2], additional_forward_args=mask)
-    theirs = theirs_lig.compute_convergence_delta(attr, torch.zeros_like(ids), ids, target=[1, 0, 2],
-                                                  additional_forward_args=(mask,))
+    theirs = theirs_lig.compute_convergence_delta(
+        attr, torch.zeros_like(ids), ids, target=[1, 0, 2], additional_forward_args=(mask,)
+    )
     torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=0, atol=1e-12)
     torch.testing.assert_close(ours, delta, rtol=0, atol=0)
     # Independent: Σ attributions − (F(x) − F(x′)), with the model run here.
@@ -344,7 +377,9 @@ def test_layer_ig_compute_convergence_delta_refuses_what_it_cannot_sum():
         lig.compute_convergence_delta(attrs, 0.0, x, target=1)
     delta = lig.compute_convergence_delta(attrs[1], 0.0, x, target=1)
     assert delta.shape == (3,)
-    with pytest.raises(ValueError, match=r"one row per example of end_point \(3\).*attributions\[0\] has shape \(2, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"one row per example of end_point \(3\).*attributions\[0\] has shape \(2, 7\)"
+    ):
         lig.compute_convergence_delta(attrs[0][:2], 0.0, x, target=1)
     assert not hasattr(NeuronIntegratedGradients(model, model[0]), "compute_convergence_delta")
 
@@ -353,9 +388,11 @@ def test_layer_ig_attributes_to_a_layers_input():
     model = mlp(hidden=7, seed=35)
     x, base = randn(3, 5, seed=36), randn(3, 5, seed=37)
     ours, delta = LayerIntegratedGradients(model, model[2]).attribute(
-        x, base, target=1, attribute_to_layer_input=True, n_steps=15, return_convergence_delta=True)
+        x, base, target=1, attribute_to_layer_input=True, n_steps=15, return_convergence_delta=True
+    )
     theirs, their_delta = CaptumLayerIG(model, model[2]).attribute(
-        x, base, target=1, attribute_to_layer_input=True, n_steps=15, return_convergence_delta=True)
+        x, base, target=1, attribute_to_layer_input=True, n_steps=15, return_convergence_delta=True
+    )
     assert ours.shape == (3, 7)
     assert_close_scaled(ours, theirs.detach(), RTOL)
     _check_delta(delta, their_delta, ours, model, x, base, 1)
@@ -372,9 +409,11 @@ def test_layer_ig_on_a_list_of_independent_layers_matches_captums_joint_result()
     inputs = (randn(3, 4, seed=39), randn(3, 3, seed=40))
     baselines = (randn(3, 4, seed=41), 0.1)
     ours, delta = LayerIntegratedGradients(model, [model.left, model.right]).attribute(
-        inputs, baselines, target=[1, 0, 1], n_steps=14, return_convergence_delta=True)
+        inputs, baselines, target=[1, 0, 1], n_steps=14, return_convergence_delta=True
+    )
     theirs, their_delta = CaptumLayerIG(model, [model.left, model.right]).attribute(
-        inputs, baselines, target=[1, 0, 1], n_steps=14, return_convergence_delta=True)
+        inputs, baselines, target=[1, 0, 1], n_steps=14, return_convergence_delta=True
+    )
     assert isinstance(ours, list) and len(ours) == 2
     assert ours[0].shape == (3, 5) and ours[1].shape == (3, 5)
     assert_close_scaled(ours, [t.detach() for t in theirs], RTOL)
@@ -389,8 +428,9 @@ def test_layer_ig_internal_batch_size(internal_batch_size):
     lig = LayerIntegratedGradients(model, model.conv2)
     ours = lig.attribute(x, target=2, n_steps=7, internal_batch_size=internal_batch_size)
     assert lig.last_report.chunk_rows <= internal_batch_size
-    theirs = CaptumLayerIG(model, model.conv2).attribute(x, target=2, n_steps=7,
-                                                         internal_batch_size=internal_batch_size)
+    theirs = CaptumLayerIG(model, model.conv2).attribute(
+        x, target=2, n_steps=7, internal_batch_size=internal_batch_size
+    )
     assert_close_scaled(ours, theirs.detach(), RTOL)
 
 
@@ -436,8 +476,11 @@ def test_neuron_ig_slice_selector_sums_the_selected_neurons():
     ours, theirs = _neuron_pair(model, model.act, x, selector, n_steps=10)
     assert_close_scaled(ours, theirs, RTOL)
     # A slice is the sum of its neurons, and IG is linear in the output.
-    parts = sum(NeuronIntegratedGradients(model, model.act).attribute(x, (c, 1, w), n_steps=10)
-                for c in (1, 2) for w in (0, 1, 2))
+    parts = sum(
+        NeuronIntegratedGradients(model, model.act).attribute(x, (c, 1, w), n_steps=10)
+        for c in (1, 2)
+        for w in (0, 1, 2)
+    )
     torch.testing.assert_close(ours, parts, rtol=0, atol=1e-13)
 
 
@@ -473,8 +516,9 @@ def test_neuron_ig_of_a_neuron_that_sees_one_input_gives_the_others_exact_zeros(
     model = seeded(ThreeInputs, seed=58)
     inputs = (randn(3, 4, seed=59), randn(3, 2, 3, seed=60), randn(3, 5, seed=61))
     baselines = (0.0, randn(1, 2, 3, seed=62), 0.3)
-    ours = NeuronIntegratedGradients(model, model.c).attribute(inputs, 2, baselines=baselines, n_steps=8,
-                                                               internal_batch_size=6)
+    ours = NeuronIntegratedGradients(model, model.c).attribute(
+        inputs, 2, baselines=baselines, n_steps=8, internal_batch_size=6
+    )
     assert torch.equal(ours[0], torch.zeros_like(ours[0])) and torch.equal(ours[1], torch.zeros_like(ours[1]))
     # model.c is linear: its neuron 2 has IG W[2] ⊙ (x3 − 0.3).
     torch.testing.assert_close(ours[2], model.c.weight.detach()[2] * (inputs[2] - 0.3), rtol=0, atol=1e-14)
@@ -489,19 +533,29 @@ def test_noise_tunnel_with_zero_noise_equals_the_wrapped_method():
     ig = IntegratedGradients(model)
     plain, plain_delta = ig.attribute(x, base, target=[0, 1, 2], n_steps=10, return_convergence_delta=True)
     nt = NoiseTunnel(ig)
-    smooth, deltas = nt.attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.0, baselines=base,
-                                  target=[0, 1, 2], n_steps=10, return_convergence_delta=True)
+    smooth, deltas = nt.attribute(
+        x,
+        nt_type="smoothgrad",
+        nt_samples=4,
+        stdevs=0.0,
+        baselines=base,
+        target=[0, 1, 2],
+        n_steps=10,
+        return_convergence_delta=True,
+    )
     torch.testing.assert_close(smooth, plain, rtol=1e-14, atol=1e-15)
     assert deltas.shape == (12,)
     # Copies are stacked example-major, as captum stacks them: the 4 copies of example 0 first.
     torch.testing.assert_close(deltas, plain_delta.repeat_interleave(4), rtol=0, atol=1e-14)
-    square = nt.attribute(x, nt_type="smoothgrad_sq", nt_samples=3, stdevs=0.0, baselines=base, target=[0, 1, 2],
-                          n_steps=10)
+    square = nt.attribute(
+        x, nt_type="smoothgrad_sq", nt_samples=3, stdevs=0.0, baselines=base, target=[0, 1, 2], n_steps=10
+    )
     torch.testing.assert_close(square, plain**2, rtol=1e-13, atol=1e-16)
     var = nt.attribute(x, nt_type="vargrad", nt_samples=3, stdevs=0.0, baselines=base, target=[0, 1, 2], n_steps=10)
     torch.testing.assert_close(var, torch.zeros_like(x), rtol=0, atol=1e-14)
-    theirs = CaptumNoiseTunnel(CaptumIG(model)).attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.0,
-                                                          baselines=base, target=[0, 1, 2], n_steps=10)
+    theirs = CaptumNoiseTunnel(CaptumIG(model)).attribute(
+        x, nt_type="smoothgrad", nt_samples=4, stdevs=0.0, baselines=base, target=[0, 1, 2], n_steps=10
+    )
     assert_close_scaled(smooth, theirs.detach(), RTOL)
 
 
@@ -527,10 +581,12 @@ def test_noise_tunnel_shapes_and_statistics():
     for nt_type in ("smoothgrad", "smoothgrad_sq", "vargrad"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            results[nt_type] = nt.attribute(inputs, nt_type=nt_type, nt_samples=5, stdevs=(0.1, 0.2, 0.3),
-                                            target=0, n_steps=6)
-        theirs = CaptumNoiseTunnel(CaptumIG(model)).attribute(inputs, nt_type=nt_type, nt_samples=5,
-                                                              stdevs=(0.1, 0.2, 0.3), target=0, n_steps=6)
+            results[nt_type] = nt.attribute(
+                inputs, nt_type=nt_type, nt_samples=5, stdevs=(0.1, 0.2, 0.3), target=0, n_steps=6
+            )
+        theirs = CaptumNoiseTunnel(CaptumIG(model)).attribute(
+            inputs, nt_type=nt_type, nt_samples=5, stdevs=(0.1, 0.2, 0.3), target=0, n_steps=6
+        )
         out = results[nt_type]
         assert isinstance(out, tuple) and len(out) == 3
         for o, t, x in zip(out, theirs, inputs):
@@ -566,22 +622,40 @@ def test_noise_tunnel_draws_what_captum_draws(case):
         model = mlp(seed=72, dtype=torch.float32)
         inputs = randn(4, 5, seed=73, dtype=torch.float32)
         ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
-        kwargs.update(nt_type="smoothgrad", nt_samples=3, stdevs=0.5, target=[0, 1, 2, 0], baselines=0.1,
-                      return_convergence_delta=True)
+        kwargs.update(
+            nt_type="smoothgrad",
+            nt_samples=3,
+            stdevs=0.5,
+            target=[0, 1, 2, 0],
+            baselines=0.1,
+            return_convergence_delta=True,
+        )
         rtol = 1e-5
     elif case == "float64_tuple_calls":
         model = seeded(ThreeInputs, seed=74)
         inputs = (randn(3, 4, seed=75), randn(3, 2, 3, seed=76), randn(3, 5, seed=77))
         ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
-        kwargs.update(nt_type="vargrad", nt_samples=5, nt_samples_batch_size=2, stdevs=(0.1, 0.2, 0.3), target=1,
-                      baselines=(randn(3, 4, seed=78), 0.0, randn(1, 5, seed=79)))
+        kwargs.update(
+            nt_type="vargrad",
+            nt_samples=5,
+            nt_samples_batch_size=2,
+            stdevs=(0.1, 0.2, 0.3),
+            target=1,
+            baselines=(randn(3, 4, seed=78), 0.0, randn(1, 5, seed=79)),
+        )
         rtol = 1e-7
     elif case == "drawn_baselines":
         model = mlp(seed=80)
         inputs = randn(3, 5, seed=81)
         ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
-        kwargs.update(nt_type="smoothgrad_sq", nt_samples=4, stdevs=0.2, target=2, baselines=randn(6, 5, seed=82),
-                      draw_baseline_from_distrib=True)
+        kwargs.update(
+            nt_type="smoothgrad_sq",
+            nt_samples=4,
+            stdevs=0.2,
+            target=2,
+            baselines=randn(6, 5, seed=82),
+            draw_baseline_from_distrib=True,
+        )
         rtol = 1e-7
     else:
         model = seeded(SmallCNN, seed=83)
@@ -613,8 +687,9 @@ def _all_methods(model, x):
         "ig": lambda: IntegratedGradients(model).attribute(x, target=1, n_steps=8),
         "layer": lambda: LayerIntegratedGradients(model, model[0]).attribute(x, target=1, n_steps=8),
         "neuron": lambda: NeuronIntegratedGradients(model, model[0]).attribute(x, 1, n_steps=8),
-        "noise_tunnel": lambda: NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=2, stdevs=0.0,
-                                                                                 target=1, n_steps=8),
+        "noise_tunnel": lambda: NoiseTunnel(IntegratedGradients(model)).attribute(
+            x, nt_samples=2, stdevs=0.0, target=1, n_steps=8
+        ),
         "auto": lambda: IntegratedGradients(model).attribute(x, target=1, n_steps="auto"),
     }
 

@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fixtures_models as fm
 from integrad.cli import build_parser, main
+
+import fixtures_models as fm
 
 TESTS = Path(__file__).resolve().parent
 
@@ -31,8 +32,9 @@ def _env():
 
 
 def _run(*args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "integrad", *args], env=_env(), cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "integrad", *args], env=_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -139,8 +141,9 @@ def test_explain_csv_with_header_matches_linear_closed_form(tmp_path, features):
     path = tmp_path / "x.csv"
     lines = [",".join(f"f{i}" for i in range(fm.N_FEATURES))] + [",".join(f"{v:.9g}" for v in r) for r in features]
     path.write_text("\n".join(lines) + "\n")
-    code, out = _explain(tmp_path, "--model", "fixtures_models:linear", "--inputs", str(path), "--target", "2",
-                         "--n-steps", "3")
+    code, out = _explain(
+        tmp_path, "--model", "fixtures_models:linear", "--inputs", str(path), "--target", "2", "--n-steps", "3"
+    )
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
     x = torch.tensor([[float(v) for v in r.split(",")] for r in lines[1:]])
@@ -155,8 +158,25 @@ def test_explain_auto_steps_follow_the_tolerance(tmp_path, features):
     steps = {}
     for tol in ("0.05", "1e-7"):
         out = tmp_path / f"out{tol}"
-        assert main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--n-steps",
-                     "auto", "--tolerance", tol, "--out", str(out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "explain",
+                    "--model",
+                    "fixtures_models:mlp",
+                    "--inputs",
+                    str(tmp_path / "x.npy"),
+                    "--n-steps",
+                    "auto",
+                    "--tolerance",
+                    tol,
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         saved = load_file(str(out / "attributions.safetensors"))
         steps[tol] = saved["steps"]
         assert json.loads((out / "summary.json").read_text())["tolerance"] == float(tol)
@@ -214,8 +234,17 @@ def test_explain_text_with_minilm_tokenizer(tmp_path, capsys):
     lines = ["the film was wonderful", "a dull and far too long story"]
     path = tmp_path / "t.txt"
     path.write_text("\n".join(lines) + "\n\n")
-    code, out = _explain(tmp_path, "--model", "fixtures_models:text_classifier", "--inputs", str(path),
-                         "--tokenizer", tok_dir, "--n-steps", "32")
+    code, out = _explain(
+        tmp_path,
+        "--model",
+        "fixtures_models:text_classifier",
+        "--inputs",
+        str(path),
+        "--tokenizer",
+        tok_dir,
+        "--n-steps",
+        "32",
+    )
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -226,8 +255,9 @@ def test_explain_text_with_minilm_tokenizer(tmp_path, capsys):
     assert summary["layer"] == "embed" and summary["baseline"] == "token"
     # Baseline: pad id everywhere except the special tokens; completeness holds against it.
     special = torch.tensor(sorted(set(tok.all_special_ids)))
-    base = torch.where(torch.isin(enc["input_ids"], special), enc["input_ids"], torch.full_like(enc["input_ids"],
-                                                                                               tok.pad_token_id))
+    base = torch.where(
+        torch.isin(enc["input_ids"], special), enc["input_ids"], torch.full_like(enc["input_ids"], tok.pad_token_id)
+    )
     model = fm.text_classifier()
     with torch.no_grad():
         fx = model(enc["input_ids"], enc["attention_mask"]).gather(1, saved["targets"].view(-1, 1)).squeeze(1)
@@ -245,14 +275,25 @@ def test_explain_torchscript_and_export_match_factory(tmp_path, features):
     ts = tmp_path / "model.pt"
     torch.jit.script(fm.mlp()).save(str(ts))
     ep = tmp_path / "model.pt2"
-    program = torch.export.export(fm.mlp(), (torch.zeros(2, fm.N_FEATURES),),
-                                  dynamic_shapes=({0: Dim("batch")},))
+    program = torch.export.export(fm.mlp(), (torch.zeros(2, fm.N_FEATURES),), dynamic_shapes=({0: Dim("batch")},))
     torch.export.save(program, str(ep))
     results = {}
     for spec in ("fixtures_models:mlp", str(ts), str(ep)):
         out = tmp_path / f"out-{Path(spec).suffix or 'factory'}"
-        code = main(["explain", "--model", spec, "--inputs", str(tmp_path / "x.npy"), "--out", str(out),
-                     "--n-steps", "16", "--no-progress"])
+        code = main(
+            [
+                "explain",
+                "--model",
+                spec,
+                "--inputs",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+                "--n-steps",
+                "16",
+                "--no-progress",
+            ]
+        )
         assert code == 0, spec
         results[spec] = load_file(str(out / "attributions.safetensors"))
     ref = results["fixtures_models:mlp"]
@@ -276,8 +317,21 @@ def test_explain_into_existing_folder_replaces_its_files(tmp_path, features):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
-                 str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                "fixtures_models:mlp",
+                "--inputs",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "keep.txt").read_text() == "mine"
     assert (out / "attributions.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
@@ -285,12 +339,29 @@ def test_explain_into_existing_folder_replaces_its_files(tmp_path, features):
 
 def test_progress_bar_on_stderr_and_no_progress(tmp_path, features):
     np.save(tmp_path / "x.npy", features)
-    res = _run("explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
-               str(tmp_path / "a"), cwd=tmp_path)
+    res = _run(
+        "explain",
+        "--model",
+        "fixtures_models:mlp",
+        "--inputs",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "a"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "ex/s" in res.stderr and "prediction" in res.stdout
-    res = _run("explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
-               str(tmp_path / "b"), "--no-progress", cwd=tmp_path)
+    res = _run(
+        "explain",
+        "--model",
+        "fixtures_models:mlp",
+        "--inputs",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "b"),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0 and "ex/s" not in res.stderr
 
 
@@ -304,8 +375,11 @@ def _bad_cases(tmp_path, features):
     x = str(tmp_path / "x.npy")
     return [
         (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "missing.npy")], "--inputs", "file not found"),
-        (["--model", "fixtures_models:rgb_cnn", "--inputs", str(tmp_path / "broken.png")], "--inputs",
-         "cannot read image"),
+        (
+            ["--model", "fixtures_models:rgb_cnn", "--inputs", str(tmp_path / "broken.png")],
+            "--inputs",
+            "cannot read image",
+        ),
         (["--model", "no_such_package.models:make", "--inputs", x], "--model", "cannot import"),
         (["--model", "fixtures_models:no_such_factory", "--inputs", x], "--model", "no attribute"),
         (["--model", "fixtures_models:not_a_module", "--inputs", x], "--model", "expected a torch.nn.Module"),
@@ -316,8 +390,18 @@ def _bad_cases(tmp_path, features):
         (["--model", "fixtures_models:mlp", "--inputs", x, "--layer", "decoder"], "--layer", "no layer named"),
         (["--model", "fixtures_models:small_cnn", "--inputs", x], "--inputs", "rejected an input of shape (1, 6)"),
         (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "t.txt")], "--tokenizer", "needs --tokenizer"),
-        (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "t.txt"), "--tokenizer",
-          str(tmp_path / "nowhere")], "--tokenizer", "not found"),
+        (
+            [
+                "--model",
+                "fixtures_models:mlp",
+                "--inputs",
+                str(tmp_path / "t.txt"),
+                "--tokenizer",
+                str(tmp_path / "nowhere"),
+            ],
+            "--tokenizer",
+            "not found",
+        ),
         (["--model", "fixtures_models:mlp", "--inputs", x, "--n-steps", "0"], "--n-steps", "positive integer"),
         (["--model", "fixtures_models:mlp", "--inputs", x, "--method", "simpson"], "--method", "invalid choice"),
         (["--model", "fixtures_models:mlp", "--inputs", x, "--tolerance", "2"], "--tolerance", "between 0 and 1"),
@@ -342,8 +426,19 @@ def test_bad_input_leaves_existing_folder_unchanged(tmp_path, features, capsys):
     out.mkdir()
     (out / "earlier.txt").write_text("earlier")
     np.save(tmp_path / "x.npy", features)
-    code = main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--target", "9",
-                 "--out", str(out)])
+    code = main(
+        [
+            "explain",
+            "--model",
+            "fixtures_models:mlp",
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--target",
+            "9",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "--target" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
 
@@ -410,16 +505,26 @@ def test_token_id_outside_the_vocabulary_names_the_example(tmp_path, capsys):
 
 def test_layer_the_core_cannot_interpolate_is_an_argument_error(tmp_path, capsys):
     np.save(tmp_path / "seq.npy", np.random.default_rng(7).normal(size=(5, 10, 4)).astype(np.float32))
-    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:recurrent", "--inputs", str(tmp_path / "seq.npy"),
-                         "--layer", "lstm")
+    code, out = _explain(
+        tmp_path, "--model", "fixtures_cli_models:recurrent", "--inputs", str(tmp_path / "seq.npy"), "--layer", "lstm"
+    )
     _one_line_error(capsys, code, "--layer", "'lstm'", "first example", "TypeError")
     assert not out.exists()
 
 
 def test_options_the_core_refuses_are_named(tmp_path, features, capsys):
     np.save(tmp_path / "x.npy", features)
-    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
-                         "--method", "riemann_trapezoid", "--n-steps", "1")
+    code, out = _explain(
+        tmp_path,
+        "--model",
+        "fixtures_models:mlp",
+        "--inputs",
+        str(tmp_path / "x.npy"),
+        "--method",
+        "riemann_trapezoid",
+        "--n-steps",
+        "1",
+    )
     _one_line_error(capsys, code, "--n-steps", "n_steps must be")
     assert not out.exists()
 
@@ -428,14 +533,32 @@ def test_options_the_core_refuses_are_named(tmp_path, features, capsys):
 def test_seed_range_is_checked_up_front(tmp_path, features, capsys, baseline):
     np.save(tmp_path / "x.npy", features)
     for seed in ("100000000000000", "-1", "4294967296"):
-        code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
-                             "--baseline", baseline, "--seed", seed)
+        code, out = _explain(
+            tmp_path,
+            "--model",
+            "fixtures_models:mlp",
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--baseline",
+            baseline,
+            "--seed",
+            seed,
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and "\n" not in err, err
         assert "--seed" in err and "0 to 4294967295" in err and "--baseline" not in err, err
         assert not out.exists()
-    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
-                         "--baseline", baseline, "--seed", "4294967295")
+    code, out = _explain(
+        tmp_path,
+        "--model",
+        "fixtures_models:mlp",
+        "--inputs",
+        str(tmp_path / "x.npy"),
+        "--baseline",
+        baseline,
+        "--seed",
+        "4294967295",
+    )
     assert code == 0
     assert "0 to 4294967295" in _help("explain")
 
@@ -467,8 +590,27 @@ def test_data_baselines_use_every_example_whatever_the_batches(tmp_path, feature
     results = {}
     for bs in ("2", "5"):  # 5 examples in batches of 2 end with a batch of one
         out = tmp_path / f"out{bs}"
-        assert main(["explain", "--model", "fixtures_models:linear", "--inputs", str(tmp_path / "x.npy"), "--target",
-                     "1", "--baseline", baseline, "--batch-size", bs, "--out", str(out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "explain",
+                    "--model",
+                    "fixtures_models:linear",
+                    "--inputs",
+                    str(tmp_path / "x.npy"),
+                    "--target",
+                    "1",
+                    "--baseline",
+                    baseline,
+                    "--batch-size",
+                    bs,
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         results[bs] = load_file(str(out / "attributions.safetensors"))["attributions"]
     assert "warning" not in capsys.readouterr().err
     x = torch.from_numpy(features)
@@ -485,8 +627,9 @@ def test_data_baselines_use_every_example_whatever_the_batches(tmp_path, feature
 
 def test_data_baseline_of_a_single_example_warns(tmp_path, features, capsys):
     np.save(tmp_path / "x.npy", features[:1])
-    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"),
-                         "--baseline", "mean")
+    code, out = _explain(
+        tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--baseline", "mean"
+    )
     assert code == 0
     assert "warning: --baseline mean" in capsys.readouterr().err
     assert load_file(str(out / "attributions.safetensors"))["attributions"].abs().max() == 0
@@ -499,11 +642,29 @@ def test_explain_removes_its_own_stale_files_only(tmp_path, features):
     (out / "attributions.html").write_text("tokens of an earlier text run")
     (out / "notes.txt").write_text("mine")
     (out / "attributions-old.png").write_bytes(b"mine too")
-    assert main(["explain", "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--out",
-                 str(out), "--no-progress"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["attributions-old.png", "attributions.png",
-                                                     "attributions.safetensors", "notes.txt", "summary.json",
-                                                     "summary.txt"]
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                "fixtures_models:mlp",
+                "--inputs",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attributions-old.png",
+        "attributions.png",
+        "attributions.safetensors",
+        "notes.txt",
+        "summary.json",
+        "summary.txt",
+    ]
 
 
 def test_target_help_agrees_with_one_score_models(tmp_path, features, capsys):
@@ -512,8 +673,9 @@ def test_target_help_agrees_with_one_score_models(tmp_path, features, capsys):
         assert "a class index is an error" in _help(command)
     np.save(tmp_path / "x.npy", features)
     for target, expected in (("1", 2), ("predicted", 0)):
-        code, _ = _explain(tmp_path, "--model", "fixtures_models:scalar_mlp", "--inputs", str(tmp_path / "x.npy"),
-                           "--target", target)
+        code, _ = _explain(
+            tmp_path, "--model", "fixtures_models:scalar_mlp", "--inputs", str(tmp_path / "x.npy"), "--target", target
+        )
         assert code == expected, target
     assert "--target" in capsys.readouterr().err
 
@@ -522,9 +684,14 @@ def test_target_help_agrees_with_one_score_models(tmp_path, features, capsys):
 
 
 def test_non_finite_inputs_are_a_one_line_error(tmp_path, capsys):
-    (tmp_path / "nan.csv").write_text(",".join(f"f{i}" for i in range(fm.N_FEATURES)) + "\n"
-                                      + ",".join(["1"] * fm.N_FEATURES) + "\n"
-                                      + ",".join(["nan"] + ["2"] * (fm.N_FEATURES - 1)) + "\n")
+    (tmp_path / "nan.csv").write_text(
+        ",".join(f"f{i}" for i in range(fm.N_FEATURES))
+        + "\n"
+        + ",".join(["1"] * fm.N_FEATURES)
+        + "\n"
+        + ",".join(["nan"] + ["2"] * (fm.N_FEATURES - 1))
+        + "\n"
+    )
     code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "nan.csv"))
     _one_line_error(capsys, code, "--inputs", "example 1 holds NaN or infinite values")
     assert not out.exists()
@@ -540,8 +707,18 @@ def test_non_finite_inputs_are_a_one_line_error(tmp_path, capsys):
     X[2, 0] = np.nan
     np.savez(tmp_path / "d.npz", X=X)
     out = tmp_path / "shards"
-    code = main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(tmp_path / "d.npz"), "--out",
-                 str(out), "--no-progress"])
+    code = main(
+        [
+            "attribute-dataset",
+            "--model",
+            "fixtures_models:mlp",
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     _one_line_error(capsys, code, "--data", "example 2 holds NaN or infinite values")
     assert not out.exists()
 
@@ -555,8 +732,8 @@ def test_image_pillow_refuses_is_a_one_line_error(tmp_path, capsys):
     Image.new("L", (1, 1)).save(tmp_path / "one.png")
     raw = bytearray((tmp_path / "one.png").read_bytes())
     i = raw.index(b"IHDR")
-    raw[i + 4:i + 12] = struct.pack(">II", 20000, 20000)  # a header claiming 400 million pixels
-    raw[i + 17:i + 21] = struct.pack(">I", zlib.crc32(bytes(raw[i:i + 17])))
+    raw[i + 4 : i + 12] = struct.pack(">II", 20000, 20000)  # a header claiming 400 million pixels
+    raw[i + 17 : i + 21] = struct.pack(">I", zlib.crc32(bytes(raw[i : i + 17])))
     (tmp_path / "big.png").write_bytes(bytes(raw))
     code, out = _explain(tmp_path, "--model", "fixtures_models:small_cnn", "--inputs", str(tmp_path / "big.png"))
     _one_line_error(capsys, code, "--inputs", "cannot read image", "exceeds limit")
@@ -568,8 +745,9 @@ def test_a_picture_that_cannot_be_drawn_does_not_cost_the_attributions(tmp_path,
     X = np.arange(2 * fm.N_FEATURES, dtype=np.float32).reshape(2, fm.N_FEATURES) + 1
     X[0, 0] = 0.0
     np.save(tmp_path / "x.npy", X)
-    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs",
-                         str(tmp_path / "x.npy"), "--n-steps", "8")
+    code, out = _explain(
+        tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs", str(tmp_path / "x.npy"), "--n-steps", "8"
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "integrad: warning: attributions.png not written: attributions contains NaN" in captured.err
@@ -588,8 +766,9 @@ def test_non_finite_deltas_are_null_in_summary_json_and_nan_in_dataset_summaries
     X = np.arange(2 * fm.N_FEATURES, dtype=np.float32).reshape(2, fm.N_FEATURES) + 1
     X[0, 0] = 0.0  # an infinite gradient: the first example's delta is NaN
     np.save(tmp_path / "x.npy", X)
-    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs",
-                         str(tmp_path / "x.npy"), "--n-steps", "8")
+    code, out = _explain(
+        tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs", str(tmp_path / "x.npy"), "--n-steps", "8"
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text(), parse_constant=_refuse_constant)
     assert summary["examples"][0]["delta"] is None and summary["max_abs_delta"] is None
@@ -597,8 +776,22 @@ def test_non_finite_deltas_are_null_in_summary_json_and_nan_in_dataset_summaries
     assert "delta +nan" in (out / "summary.txt").read_text()
     # A data set's summary keeps the NaN: the largest |delta| over shards must not skip it.
     np.savez(tmp_path / "d.npz", x=np.concatenate([X[1:], X[:1]]))
-    code = main(["attribute-dataset", "--model", "fixtures_cli_models:root_features", "--data", str(tmp_path / "d.npz"),
-                 "--out", str(tmp_path / "ds"), "--batch-size", "1", "--n-steps", "8", "--no-progress"])
+    code = main(
+        [
+            "attribute-dataset",
+            "--model",
+            "fixtures_cli_models:root_features",
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--out",
+            str(tmp_path / "ds"),
+            "--batch-size",
+            "1",
+            "--n-steps",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     from integrad.datasets import summarize
 

@@ -20,10 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fixtures_models as fm
 from integrad.cli import main
 from integrad.datasets import atomic_write_bytes, attribute_dataset, load_attributions
 from integrad.io import InputError, open_data
+
+import fixtures_models as fm
 
 TESTS = Path(__file__).resolve().parent
 
@@ -67,8 +68,18 @@ def test_shards_manifest_and_completeness(tmp_path, npz):
     assert files == ["manifest.json"] + [f"shard-{b:05d}.safetensors" for b in range(5)]
     manifest = json.loads((out / "manifest.json").read_text())
     params = manifest["parameters"]
-    for key in ("model", "data", "data_fingerprint", "method", "n_steps", "baseline", "layer", "target",
-                "batch_size", "integrad_version"):
+    for key in (
+        "model",
+        "data",
+        "data_fingerprint",
+        "method",
+        "n_steps",
+        "baseline",
+        "layer",
+        "target",
+        "batch_size",
+        "integrad_version",
+    ):
         assert key in params
     assert params["batch_size"] == 5 and params["target"] == "label" and params["n_steps"] == 16
     assert manifest["progress"]["complete"] and manifest["progress"]["batches_done"] == 5
@@ -100,8 +111,9 @@ def test_predicted_target_and_other_data_kinds(tmp_path):
     pixels = (rng.random((4, 5, 5, 3)) * 255).astype(np.uint8)
     for i, p in enumerate(pixels):
         Image.fromarray(p).save(folder / f"img{i}.png")
-    out = attribute_dataset("fixtures_models:rgb_cnn", str(folder), tmp_path / "a", batch_size=3, n_steps=16,
-                            progress=False)
+    out = attribute_dataset(
+        "fixtures_models:rgb_cnn", str(folder), tmp_path / "a", batch_size=3, n_steps=16, progress=False
+    )
     res = load_attributions(out)
     x = torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
     with torch.no_grad():
@@ -114,10 +126,19 @@ def test_predicted_target_and_other_data_kinds(tmp_path):
     X = torch.stack([ds[i][0] for i in range(len(ds))])
     csv = tmp_path / "d.csv"
     csv.write_text("\n".join(",".join(repr(float(v)) for v in row) for row in X.tolist()) + "\n")
-    a = load_attributions(attribute_dataset("fixtures_models:mlp", "fixtures_models:tensor_dataset",
-                                            tmp_path / "b", batch_size=4, n_steps=8, progress=False))
-    b = load_attributions(attribute_dataset("fixtures_models:mlp", str(csv), tmp_path / "c", batch_size=4,
-                                            n_steps=8, progress=False))
+    a = load_attributions(
+        attribute_dataset(
+            "fixtures_models:mlp",
+            "fixtures_models:tensor_dataset",
+            tmp_path / "b",
+            batch_size=4,
+            n_steps=8,
+            progress=False,
+        )
+    )
+    b = load_attributions(
+        attribute_dataset("fixtures_models:mlp", str(csv), tmp_path / "c", batch_size=4, n_steps=8, progress=False)
+    )
     assert torch.allclose(a.attributions, b.attributions, atol=1e-6)
 
 
@@ -169,8 +190,13 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 def test_different_parameters_refused_folder_unchanged(tmp_path, npz, capsys):
     out = _attribute(npz, tmp_path / "run")
     before = _snapshot(out)
-    for extra in (["--n-steps", "17"], ["--batch-size", "4"], ["--baseline", "mean"], ["--target", "1"],
-                  ["--method", "riemann_middle"]):
+    for extra in (
+        ["--n-steps", "17"],
+        ["--batch-size", "4"],
+        ["--baseline", "mean"],
+        ["--target", "1"],
+        ["--method", "riemann_middle"],
+    ):
         args = ["--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out), "--no-progress"]
         defaults = {"--n-steps": "16", "--batch-size": "5"}
         for k, v in defaults.items():
@@ -185,8 +211,25 @@ def test_different_parameters_refused_folder_unchanged(tmp_path, npz, capsys):
     data = dict(np.load(npz))
     data["X"][0, 0] += 1.0
     np.savez(npz, **data)
-    assert main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out),
-                 "--n-steps", "16", "--batch-size", "5", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "attribute-dataset",
+                "--model",
+                "fixtures_models:mlp",
+                "--data",
+                str(npz),
+                "--out",
+                str(out),
+                "--n-steps",
+                "16",
+                "--batch-size",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "data_fingerprint" in capsys.readouterr().err
     assert _snapshot(out) == before
 
@@ -251,11 +294,25 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     rng = np.random.default_rng(5)
     data = tmp_path / "data.npz"
     np.savez(data, X=rng.normal(size=(40, fm.N_FEATURES)).astype(np.float32))
-    args = ["--model", "fixtures_models:slow_mlp", "--data", str(data), "--batch-size", "2", "--n-steps", "8",
-            "--baseline", "uniform", "--seed", "3", "--no-progress"]
+    args = [
+        "--model",
+        "fixtures_models:slow_mlp",
+        "--data",
+        str(data),
+        "--batch-size",
+        "2",
+        "--n-steps",
+        "8",
+        "--baseline",
+        "uniform",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*args, "--out", str(killed)), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(*args, "--out", str(killed)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 90
     try:
         while _count_shards(killed) < 2:
@@ -271,12 +328,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert 2 <= done_at_kill < 20  # killed part-way
     assert not json.loads((killed / "manifest.json").read_text())["progress"]["complete"]
 
-    resumed = subprocess.run(_cli(*args, "--out", str(killed)), env=_env(), capture_output=True, text=True,
-                             timeout=120)
+    resumed = subprocess.run(_cli(*args, "--out", str(killed)), env=_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
-    fresh = subprocess.run(_cli(*args, "--out", str(tmp_path / "fresh")), env=_env(), capture_output=True,
-                           text=True, timeout=120)
+    fresh = subprocess.run(
+        _cli(*args, "--out", str(tmp_path / "fresh")), env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert fresh.returncode == 0, fresh.stderr
     a, b = load_attributions(killed), load_attributions(tmp_path / "fresh")
     assert torch.equal(a.attributions, b.attributions)
@@ -293,10 +350,34 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 def test_two_processes_equal_one(tmp_path, npz):
     single = _attribute(npz, tmp_path / "single", baseline="gaussian", seed=4)
     out = tmp_path / "dist"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "integrad",
-           "attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out),
-           "--batch-size", "5", "--n-steps", "16", "--baseline", "gaussian", "--seed", "4", "--no-progress",
-           "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "integrad",
+        "attribute-dataset",
+        "--model",
+        "fixtures_models:mlp",
+        "--data",
+        str(npz),
+        "--out",
+        str(out),
+        "--batch-size",
+        "5",
+        "--n-steps",
+        "16",
+        "--baseline",
+        "gaussian",
+        "--seed",
+        "4",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = load_attributions(single), load_attributions(out)
@@ -338,8 +419,18 @@ def _error_line(capsys, code, argument, *words):
 
 def test_baseline_that_does_not_fit_is_refused_before_writing(tmp_path, npz, capsys):
     out = tmp_path / "run"
-    args = ["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out),
-            "--no-progress", "--n-steps", "8"]
+    args = [
+        "attribute-dataset",
+        "--model",
+        "fixtures_models:mlp",
+        "--data",
+        str(npz),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--n-steps",
+        "8",
+    ]
     code = main([*args, "--baseline", "gaussian_blur"])
     _error_line(capsys, code, "--baseline", "gaussian_blur", "does not fit")
     assert not out.exists()
@@ -350,13 +441,38 @@ def test_baseline_that_does_not_fit_is_refused_before_writing(tmp_path, npz, cap
 
 def test_label_out_of_range_part_way_keeps_finished_shards_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    args = ["attribute-dataset", "--model", "fixtures_models:mlp", "--data", "fixtures_cli_models:bad_last_label",
-            "--target", "label", "--batch-size", "4", "--n-steps", "8", "--out", str(out), "--no-progress"]
+    args = [
+        "attribute-dataset",
+        "--model",
+        "fixtures_models:mlp",
+        "--data",
+        "fixtures_cli_models:bad_last_label",
+        "--target",
+        "label",
+        "--batch-size",
+        "4",
+        "--n-steps",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     code = main(args)
-    _error_line(capsys, code, "--target", "batch 2", "shard-00002.safetensors", "label 7 (example 9)",
-                "2 finished shards are kept", "resumes")
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.safetensors",
-                                                     "shard-00001.safetensors"]
+    _error_line(
+        capsys,
+        code,
+        "--target",
+        "batch 2",
+        "shard-00002.safetensors",
+        "label 7 (example 9)",
+        "2 finished shards are kept",
+        "resumes",
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     # With the label mended the same command finishes the run, and gives what a clean run gives.
     monkeypatch.setenv("FIXTURE_LAST_LABEL", "1")
     assert main(args) == 0
@@ -374,25 +490,74 @@ def test_value_the_model_refuses_part_way_names_the_example(tmp_path, capsys):
     ids[5, 0] = cm.VOCAB  # one past the vocabulary
     np.save(tmp_path / "ids.npy", ids)
     out = tmp_path / "run"
-    code = main(["attribute-dataset", "--model", "fixtures_cli_models:token_ids", "--data", str(tmp_path / "ids.npy"),
-                 "--batch-size", "2", "--n-steps", "8", "--out", str(out), "--no-progress"])
-    _error_line(capsys, code, "--data", "example 5 (batch 2, shard-00002.safetensors, examples 4..5)",
-                "IndexError", "2 finished shards are kept", "resumes")
+    code = main(
+        [
+            "attribute-dataset",
+            "--model",
+            "fixtures_cli_models:token_ids",
+            "--data",
+            str(tmp_path / "ids.npy"),
+            "--batch-size",
+            "2",
+            "--n-steps",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    _error_line(
+        capsys,
+        code,
+        "--data",
+        "example 5 (batch 2, shard-00002.safetensors, examples 4..5)",
+        "IndexError",
+        "2 finished shards are kept",
+        "resumes",
+    )
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
 
 
 def test_dataset_items_of_different_shapes(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", "fixtures_cli_models:Ragged",
-                 "--batch-size", "3", "--n-steps", "4", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "attribute-dataset",
+            "--model",
+            "fixtures_models:mlp",
+            "--data",
+            "fixtures_cli_models:Ragged",
+            "--batch-size",
+            "3",
+            "--n-steps",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     _error_line(capsys, code, "--data", "batch 1", "item 4 has shape (5,)", "finished shard is kept")
 
 
 def test_seed_is_checked_before_writing(tmp_path, npz, capsys):
     for seed in ("100000000000000", "-3"):
         out = tmp_path / "run"
-        code = main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out),
-                     "--baseline", "uniform", "--seed", seed, "--no-progress"])
+        code = main(
+            [
+                "attribute-dataset",
+                "--model",
+                "fixtures_models:mlp",
+                "--data",
+                str(npz),
+                "--out",
+                str(out),
+                "--baseline",
+                "uniform",
+                "--seed",
+                seed,
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and "--seed" in err and "0 to 4294967295" in err and "\n" not in err, err
         assert not out.exists()
@@ -404,10 +569,21 @@ def test_seed_is_checked_before_writing(tmp_path, npz, capsys):
 @pytest.mark.parametrize("baseline", ["mean", "invert"])
 def test_data_baselines_do_not_depend_on_batch_size(tmp_path, npz, baseline):
     # 23 examples in batches of 11 end with a batch of one, which a per-batch statistic would give all zeros.
-    runs = {bs: load_attributions(attribute_dataset("fixtures_models:linear", str(npz), tmp_path / f"b{bs}",
-                                                    batch_size=bs, n_steps=4, target=2, baseline=baseline,
-                                                    progress=False))
-            for bs in (11, 23)}
+    runs = {
+        bs: load_attributions(
+            attribute_dataset(
+                "fixtures_models:linear",
+                str(npz),
+                tmp_path / f"b{bs}",
+                batch_size=bs,
+                n_steps=4,
+                target=2,
+                baseline=baseline,
+                progress=False,
+            )
+        )
+        for bs in (11, 23)
+    }
     x = torch.from_numpy(np.load(npz)["X"]).double()
     base = x.mean(0).expand_as(x) if baseline == "mean" else x.amax(0) + x.amin(0) - x
     expected = ((x - base) * fm.linear().weight.detach().double()[2]).float()
@@ -423,8 +599,25 @@ def test_data_named_another_way_resumes(tmp_path, npz, monkeypatch, capsys):
     (out / "shard-00003.safetensors").unlink()
     before = json.loads((out / "manifest.json").read_text())
     for spelling in (f"./{npz.name}", str(npz), f"../{tmp_path.name}/{npz.name}"):
-        assert main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", spelling, "--out", "run",
-                     "--batch-size", "5", "--n-steps", "16", "--no-progress"]) == 0, spelling
+        assert (
+            main(
+                [
+                    "attribute-dataset",
+                    "--model",
+                    "fixtures_models:mlp",
+                    "--data",
+                    spelling,
+                    "--out",
+                    "run",
+                    "--batch-size",
+                    "5",
+                    "--n-steps",
+                    "16",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        ), spelling
     assert "resuming: 4 of 5 batches already done" in capsys.readouterr().err
     after = json.loads((out / "manifest.json").read_text())
     assert after["parameters"] == before["parameters"] and after["params_hash"] == before["params_hash"]

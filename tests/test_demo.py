@@ -69,7 +69,8 @@ def test_report_files(report, capsys):
         assert (report / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{p}"' in html
     assert {"digits-attributions.safetensors", "cancer-attributions.safetensors"} <= {
-        p.name for p in report.glob("*.safetensors")}
+        p.name for p in report.glob("*.safetensors")
+    }
     for header in ("delta", "steps", "abpc", "infidelity", "complexity", "label"):
         assert any(header in h for h in parser.headers), header
     assert parser.tables >= 2

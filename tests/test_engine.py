@@ -12,14 +12,21 @@ import torch
 from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
-from integrad.engine import chunking, tuning
+from integrad.engine import chunking, parse_bytes, tuning
 from integrad.engine import evaluate as engine
 from integrad.paths import StraightLine
-from integrad.engine import parse_bytes
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from _behaviour_models import (
-    Counting, RowLimited, TwoInputs, deadline, deep_mlp, manual_ig, mlp, row_activation_bytes, saved_tensor_hooks_left,
+    Counting,
+    RowLimited,
+    TwoInputs,
+    deadline,
+    deep_mlp,
+    manual_ig,
+    mlp,
+    one_thread,  # noqa: F401  (autouse fixture)
+    row_activation_bytes,
+    saved_tensor_hooks_left,
 )
 
 B, STEPS = 4, 10  # 40 path rows per call
@@ -34,15 +41,26 @@ def data():
 def _methods(model):
     """kind -> (method object, call(method, x, base, **chunking))."""
     return {
-        "ig": (IntegratedGradients(model), lambda m, x, base, **kw: m.attribute(
-            x, baselines=base, target=torch.tensor([0, 1, 2, 3]), n_steps=STEPS, return_convergence_delta=True,
-            **kw)),
-        "layer": (LayerIntegratedGradients(model, model[2]), lambda m, x, base, **kw: m.attribute(
-            x, baselines=base, target=3, n_steps=STEPS, return_convergence_delta=True, **kw)),
-        "layer_list": (LayerIntegratedGradients(model, [model[0], model[2]]), lambda m, x, base, **kw: m.attribute(
-            x, baselines=base, target=1, n_steps=STEPS, **kw)),
-        "neuron": (NeuronIntegratedGradients(model, model[2]), lambda m, x, base, **kw: m.attribute(
-            x, (slice(0, 5),), baselines=base, n_steps=STEPS, **kw)),
+        "ig": (
+            IntegratedGradients(model),
+            lambda m, x, base, **kw: m.attribute(
+                x, baselines=base, target=torch.tensor([0, 1, 2, 3]), n_steps=STEPS, return_convergence_delta=True, **kw
+            ),
+        ),
+        "layer": (
+            LayerIntegratedGradients(model, model[2]),
+            lambda m, x, base, **kw: m.attribute(
+                x, baselines=base, target=3, n_steps=STEPS, return_convergence_delta=True, **kw
+            ),
+        ),
+        "layer_list": (
+            LayerIntegratedGradients(model, [model[0], model[2]]),
+            lambda m, x, base, **kw: m.attribute(x, baselines=base, target=1, n_steps=STEPS, **kw),
+        ),
+        "neuron": (
+            NeuronIntegratedGradients(model, model[2]),
+            lambda m, x, base, **kw: m.attribute(x, (slice(0, 5),), baselines=base, n_steps=STEPS, **kw),
+        ),
     }
 
 
@@ -53,8 +71,14 @@ def _flat(result):
     return out
 
 
-CHUNKINGS = [dict(internal_batch_size=1), dict(internal_batch_size=7), dict(internal_batch_size=B),
-             dict(internal_batch_size=10_000), dict(memory_budget="4KiB"), dict(memory_budget="4GiB")]
+CHUNKINGS = [
+    dict(internal_batch_size=1),
+    dict(internal_batch_size=7),
+    dict(internal_batch_size=B),
+    dict(internal_batch_size=10_000),
+    dict(memory_budget="4KiB"),
+    dict(memory_budget="4GiB"),
+]
 
 
 @pytest.mark.parametrize("kind", ["ig", "layer", "layer_list", "neuron"])
@@ -95,8 +119,9 @@ def test_chunked_equals_reference_and_report_counts_rows(data):
 def test_internal_batch_size_bounds_every_forward_pass():
     model = Counting(mlp())
     x = torch.randn(B, 6)
-    IntegratedGradients(model).attribute(x, target=0, n_steps=STEPS, internal_batch_size=7,
-                                         return_convergence_delta=True)
+    IntegratedGradients(model).attribute(
+        x, target=0, n_steps=STEPS, internal_batch_size=7, return_convergence_delta=True
+    )
     assert max(model.sizes) <= 7
     assert sum(model.sizes[: -(-B * STEPS // 7)]) == B * STEPS
 
@@ -131,8 +156,9 @@ def test_memory_budget_bounds_the_activations_of_a_chunk(wide, budget):
     report = ig.last_report
     assert report.chunk_rows * per_row <= parse_bytes(budget)
     assert report.rows == 40 * x.shape[0]
-    torch.testing.assert_close(got, ig.attribute(x, target=1, n_steps=40, internal_batch_size=240),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        got, ig.attribute(x, target=1, n_steps=40, internal_batch_size=240), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_later_calls_size_their_first_chunk_from_what_earlier_calls_measured(wide, monkeypatch):
@@ -219,9 +245,12 @@ def test_a_model_that_raises_leaves_no_points_memory_in_use(data):
     finally:
         handle.remove()
     # The next call works and agrees with a fresh object.
-    torch.testing.assert_close(ig.attribute(x, baselines=base, target=1, n_steps=STEPS),
-                               IntegratedGradients(model).attribute(x, baselines=base, target=1, n_steps=STEPS),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        ig.attribute(x, baselines=base, target=1, n_steps=STEPS),
+        IntegratedGradients(model).attribute(x, baselines=base, target=1, n_steps=STEPS),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_what_chunks_learn_survives_a_default_budget_that_follows_the_free_memory(wide, monkeypatch):
@@ -264,8 +293,30 @@ def test_chunk_size_tuning_halves_while_faster_and_keeps_the_best(wide, monkeypa
     for _ in range(22):
         results.append(ig.attribute(x, target=1, n_steps=40, memory_budget="64MiB"))
         sizes.append(ig.last_report.chunk_rows)
-    assert sizes == [240, 240, 120, 240, 120, 240, 120, 240, 60, 120, 60, 120, 60, 120, 30, 60, 30, 60, 30, 60, 60,
-                     60], sizes
+    assert sizes == [
+        240,
+        240,
+        120,
+        240,
+        120,
+        240,
+        120,
+        240,
+        60,
+        120,
+        60,
+        120,
+        60,
+        120,
+        30,
+        60,
+        30,
+        60,
+        30,
+        60,
+        60,
+        60,
+    ], sizes
     for got in results[1:]:
         torch.testing.assert_close(got, results[0], rtol=1e-5, atol=1e-6)
     # An explicit internal_batch_size is never tuned.
@@ -343,8 +394,10 @@ def test_memory_budget_with_layer_and_neuron(wide):
     model, x = wide
     per_row = row_activation_bytes(model, x)
     for method, call in [
-        (LayerIntegratedGradients(model, model[1]), lambda m: m.attribute(x, target=0, n_steps=30,
-                                                                           memory_budget="128KiB")),
+        (
+            LayerIntegratedGradients(model, model[1]),
+            lambda m: m.attribute(x, target=0, n_steps=30, memory_budget="128KiB"),
+        ),
         (NeuronIntegratedGradients(model, model[1]), lambda m: m.attribute(x, 4, n_steps=30, memory_budget="128KiB")),
     ]:
         with deadline(6, "attribute(memory_budget='128KiB')"):
@@ -408,8 +461,9 @@ def test_out_of_memory_shrinks_the_chunk_and_retries(error, limit):
     assert ig.last_report.chunk_rows <= limit
     assert ig.last_report.rows == B * STEPS
     ref_ig = IntegratedGradients(inner)
-    ref, ref_delta = ref_ig.attribute(x, target=2, n_steps=STEPS, return_convergence_delta=True,
-                                      internal_batch_size=B * STEPS)
+    ref, ref_delta = ref_ig.attribute(
+        x, target=2, n_steps=STEPS, return_convergence_delta=True, internal_batch_size=B * STEPS
+    )
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(delta, ref_delta, rtol=1e-4, atol=1e-5)
     assert not saved_tensor_hooks_left()
@@ -423,8 +477,7 @@ def test_out_of_memory_with_auto_steps():
     got = ig.attribute(x, target=0, n_steps="auto", tolerance=1e-4)
     assert ig.last_report.chunk_rows <= 10 and model.failures > 0
     ref_ig = IntegratedGradients(inner)
-    torch.testing.assert_close(got, ref_ig.attribute(x, target=0, n_steps="auto", tolerance=1e-4),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, ref_ig.attribute(x, target=0, n_steps="auto", tolerance=1e-4), rtol=1e-5, atol=1e-6)
     assert torch.equal(ig.last_report.steps, ref_ig.last_report.steps)
 
 
@@ -464,9 +517,15 @@ def test_out_of_memory_for_a_single_row_is_raised(error):
     assert not saved_tensor_hooks_left()
 
 
-@pytest.mark.parametrize("error", [ValueError("bad value inside forward"),
-                                   RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
-                                   KeyError("missing"), TypeError("forward() got an unexpected keyword")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("bad value inside forward"),
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+        KeyError("missing"),
+        TypeError("forward() got an unexpected keyword"),
+    ],
+)
 def test_ordinary_model_errors_are_never_retried(error):
     calls = []
 
@@ -488,8 +547,7 @@ def test_budget_and_oom_together_never_exceed_the_failing_size(wide):
     with deadline(6, "attribute(memory_budget='2MiB')"):
         got = ig.attribute(x, target=0, n_steps=10, memory_budget="2MiB")
     assert ig.last_report.chunk_rows <= 9
-    torch.testing.assert_close(got, IntegratedGradients(model).attribute(x, target=0, n_steps=10),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, IntegratedGradients(model).attribute(x, target=0, n_steps=10), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------- dtypes
@@ -508,8 +566,9 @@ def test_multiple_inputs_with_per_example_argument_chunked():
     x1, x2, scale = torch.randn(4, 4, generator=g), torch.randn(4, 2, 3, generator=g), torch.rand(4, generator=g) + 0.5
     ig = IntegratedGradients(model)
     whole = ig.attribute((x1, x2), target=[0, 1, 2, 0], additional_forward_args=(scale,), n_steps=16)
-    parts = ig.attribute((x1, x2), target=[0, 1, 2, 0], additional_forward_args=(scale,), n_steps=16,
-                         internal_batch_size=3)
+    parts = ig.attribute(
+        (x1, x2), target=[0, 1, 2, 0], additional_forward_args=(scale,), n_steps=16, internal_batch_size=3
+    )
     for a, b in zip(whole, parts):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # Example 2 alone (scale and target taken from its row) gives the same attributions: rows are not mixed up.
@@ -519,11 +578,25 @@ def test_multiple_inputs_with_per_example_argument_chunked():
 
 
 # ---------------------------------------------------------------------------------------------------- parse_bytes
-@pytest.mark.parametrize("text,expected", [
-    ("256MiB", 256 * 2**20), ("1.5GB", 1_500_000_000), ("512k", 512 * 1024), ("512K", 512 * 1024),
-    ("2 GiB", 2 * 2**30), ("10kb", 10_000), ("3M", 3 * 2**20), ("1g", 2**30), ("100", 100), ("100B", 100),
-    (" 64 MB ", 64_000_000), (".5KiB", 512), (4096, 4096), (1, 1),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("256MiB", 256 * 2**20),
+        ("1.5GB", 1_500_000_000),
+        ("512k", 512 * 1024),
+        ("512K", 512 * 1024),
+        ("2 GiB", 2 * 2**30),
+        ("10kb", 10_000),
+        ("3M", 3 * 2**20),
+        ("1g", 2**30),
+        ("100", 100),
+        ("100B", 100),
+        (" 64 MB ", 64_000_000),
+        (".5KiB", 512),
+        (4096, 4096),
+        (1, 1),
+    ],
+)
 def test_parse_bytes(text, expected):
     got = parse_bytes(text)
     assert got == expected and isinstance(got, int)
@@ -544,8 +617,7 @@ def test_parse_bytes_rejects():
 def test_an_input_the_output_does_not_depend_on_gets_zeros():
     model = mlp()
     x, unused = torch.randn(3, 6), torch.randn(3, 2)
-    a, b = IntegratedGradients(lambda z, u: model(z)).attribute((x, unused), target=1, n_steps=8,
-                                                                internal_batch_size=5)
+    a, b = IntegratedGradients(lambda z, u: model(z)).attribute((x, unused), target=1, n_steps=8, internal_batch_size=5)
     assert torch.equal(b, torch.zeros_like(unused))
     torch.testing.assert_close(a, IntegratedGradients(model).attribute(x, target=1, n_steps=8))
 

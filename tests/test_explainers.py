@@ -6,8 +6,15 @@ import torch
 import torch.nn as nn
 
 import integrad
-from integrad.explainers import (SUPPORTED_MODULES, Attention, Convolution, Explainer, IntegratedGradients, Linear,
-                                 check_support)
+from integrad.explainers import (
+    SUPPORTED_MODULES,
+    Attention,
+    Convolution,
+    Explainer,
+    IntegratedGradients,
+    Linear,
+    check_support,
+)
 from integrad.explainers.baselines import ConfiguredBaseline, gaussian_blur, get_baseline_fn, invert, mean, token
 from integrad.rules import METHODS
 
@@ -33,8 +40,9 @@ def test_input_ig_equals_the_core(trained, batch):
     explainer = IntegratedGradients(trained.model, n_steps=24, baseline_fn="mean", method="riemann_trapezoid")
     got = explainer.attribute(x, y)
     core = integrad.IntegratedGradients(trained.model)
-    expected, delta = core.attribute(x, baselines=mean(x), target=y, n_steps=24, method="riemann_trapezoid",
-                                     return_convergence_delta=True)
+    expected, delta = core.attribute(
+        x, baselines=mean(x), target=y, n_steps=24, method="riemann_trapezoid", return_convergence_delta=True
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     torch.testing.assert_close(explainer.last_delta, delta)
     assert isinstance(explainer.last_report, integrad.IntegrationReport)
@@ -44,8 +52,9 @@ def test_input_ig_equals_the_core(trained, batch):
 def test_default_explainer_is_zero_baseline_twenty_steps(trained, batch):
     x, y = batch
     got = IntegratedGradients(trained.model).attribute(x, y)
-    expected = integrad.IntegratedGradients(trained.model).attribute(x, baselines=torch.zeros_like(x), target=y,
-                                                                      n_steps=20)
+    expected = integrad.IntegratedGradients(trained.model).attribute(
+        x, baselines=torch.zeros_like(x), target=y, n_steps=20
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -64,7 +73,8 @@ def test_layer_ig_by_name_equals_the_core(trained, batch):
     explainer = IntegratedGradients(trained.model, n_steps=16, layer="features.2")
     got = explainer.attribute(x, y)
     expected = integrad.LayerIntegratedGradients(trained.model, trained.model.features[2]).attribute(
-        x, baselines=torch.zeros_like(x), target=y, n_steps=16)
+        x, baselines=torch.zeros_like(x), target=y, n_steps=16
+    )
     assert got.shape == (len(y), 16, 8, 8)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -74,7 +84,8 @@ def test_layer_list_and_module_forms_equal_the_core(trained, batch):
     model = trained.model
     got = IntegratedGradients(model, n_steps=8, layer=["features.0", model.classifier[1]]).attribute(x, y)
     expected = integrad.LayerIntegratedGradients(model, [model.features[0], model.classifier[1]]).attribute(
-        x, baselines=torch.zeros_like(x), target=y, n_steps=8)
+        x, baselines=torch.zeros_like(x), target=y, n_steps=8
+    )
     assert len(got) == 2
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -84,11 +95,13 @@ def test_extractors_read_an_x_mask_label_batch(trained, batch):
     x, y = batch
     model = MaskedDigits(trained.model)
     mask = (torch.arange(64).reshape(1, 1, 8, 8) % 3 != 0).float().expand_as(x)
-    explainer = IntegratedGradients(model, n_steps=12, forward_arg_extractor=lambda b: b[0],
-                                    additional_forward_arg_extractor=lambda b: b[1])
+    explainer = IntegratedGradients(
+        model, n_steps=12, forward_arg_extractor=lambda b: b[0], additional_forward_arg_extractor=lambda b: b[1]
+    )
     got = explainer.attribute((x, mask, y), y)
     expected = integrad.IntegratedGradients(model).attribute(
-        x, baselines=torch.zeros_like(x), target=y, additional_forward_args=(mask,), n_steps=12)
+        x, baselines=torch.zeros_like(x), target=y, additional_forward_args=(mask,), n_steps=12
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # Masked pixels do not reach the model, so they get no attribution.
     assert torch.all(got[mask == 0] == 0) and got[mask == 1].abs().sum() > 0
@@ -109,8 +122,9 @@ def test_tuple_inputs_take_one_baseline_per_input(trained, batch):
     other = x.flip(0)
     explainer = IntegratedGradients(model, n_steps=10, baseline_fn=("zeros", mean))
     got = explainer.attribute((x, other), y)
-    expected = integrad.IntegratedGradients(model).attribute((x, other), baselines=(torch.zeros_like(x), mean(other)),
-                                                             target=y, n_steps=10)
+    expected = integrad.IntegratedGradients(model).attribute(
+        (x, other), baselines=(torch.zeros_like(x), mean(other)), target=y, n_steps=10
+    )
     assert isinstance(got, tuple) and len(got) == 2
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -126,8 +140,15 @@ def test_noise_level_is_smoothgrad_with_range_scaled_stdevs(trained, batch):
         got = explainer.attribute(x, y)
         torch.manual_seed(11)
         expected, deltas = integrad.NoiseTunnel(integrad.IntegratedGradients(trained.model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=3, stdevs=0.2 * float(x.max() - x.min()),
-            baselines=torch.zeros_like(x), target=y, n_steps=8, return_convergence_delta=True)
+            x,
+            nt_type="smoothgrad",
+            nt_samples=3,
+            stdevs=0.2 * float(x.max() - x.min()),
+            baselines=torch.zeros_like(x),
+            target=y,
+            n_steps=8,
+            return_convergence_delta=True,
+        )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # One call of 3 copies, stacked example-major: each example's 3 deltas are next to each other.
     torch.testing.assert_close(explainer.last_delta, deltas.reshape(len(y), 3).mean(1))
@@ -151,8 +172,10 @@ def test_noise_level_delta_is_each_examples_mean_over_its_copies(trained, batch)
             copies.append(x.repeat_interleave(s, 0) + sigma * torch.randn((s * 3,) + x.shape[1:]))
             examples += [i for i in range(3) for _ in range(s)]
     ig = integrad.IntegratedGradients(trained.model)
-    per_copy = [ig.attribute(c[None], target=int(y[i]), n_steps=8, return_convergence_delta=True)[1]
-                for c, i in zip(torch.cat(copies), examples)]
+    per_copy = [
+        ig.attribute(c[None], target=int(y[i]), n_steps=8, return_convergence_delta=True)[1]
+        for c, i in zip(torch.cat(copies), examples)
+    ]
     expected = torch.stack([sum(d for d, i in zip(per_copy, examples) if i == e) / 5 for e in range(3)]).reshape(3)
     torch.testing.assert_close(explainer.last_delta, expected, rtol=1e-4, atol=1e-6)
 
@@ -221,7 +244,8 @@ def test_core_kwargs_reach_the_core(trained, batch):
     explainer = IntegratedGradients(trained.model, n_steps=12, internal_batch_size=5, multiply_by_inputs=False)
     got = explainer.attribute(x, y)
     expected = integrad.IntegratedGradients(trained.model, multiply_by_inputs=False).attribute(
-        x, baselines=torch.zeros_like(x), target=y, n_steps=12, internal_batch_size=5)
+        x, baselines=torch.zeros_like(x), target=y, n_steps=12, internal_batch_size=5
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert explainer.last_report.chunk_rows <= 5 < explainer.last_report.rows
     budgeted = IntegratedGradients(trained.model, n_steps=12, memory_budget="64MiB", tolerance=1e-2)
@@ -245,8 +269,9 @@ def test_auto_steps_pass_the_tolerance_to_the_core(trained, batch):
     x, y = x[:3], y[:3]
     explainer = IntegratedGradients(trained.model, n_steps="auto", tolerance=5e-2)
     got = explainer.attribute(x, y)
-    expected = integrad.IntegratedGradients(trained.model).attribute(x, baselines=torch.zeros_like(x), target=y,
-                                                                      n_steps="auto", tolerance=5e-2)
+    expected = integrad.IntegratedGradients(trained.model).attribute(
+        x, baselines=torch.zeros_like(x), target=y, n_steps="auto", tolerance=5e-2
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     report = explainer.last_report
     assert report.error_estimate is not None and report.steps.shape == (3,)
@@ -284,14 +309,24 @@ def test_get_tunables_fit_the_input_kind():
 
 def test_apply_tunables_builds_baselines_and_keeps_configured_ones(trained):
     explainer = IntegratedGradients(trained.model)
-    tuned = explainer.apply_tunables({"n_steps": 30, "baseline_fn": "gaussian_blur",
-                                      "baseline_fn.gaussian_blur.sigma": 2.0, "baseline_fn.gaussian.std": 9.0})
+    tuned = explainer.apply_tunables(
+        {
+            "n_steps": 30,
+            "baseline_fn": "gaussian_blur",
+            "baseline_fn.gaussian_blur.sigma": 2.0,
+            "baseline_fn.gaussian.std": 9.0,
+        }
+    )
     assert tuned.n_steps == 30 and tuned.baseline_fn == get_baseline_fn("gaussian_blur", sigma=2.0)
     text = IntegratedGradients(nn.Sequential(nn.Embedding(200, 4)), layer="0", baseline_fn=token(103))
     assert text.apply_tunables({"baseline_fn": "token"}).baseline_fn == token(103)
     assert text.current_tunables()["baseline_fn.token.token_id"] == 103
-    assert explainer.current_tunables() == {"n_steps": 20, "noise_level": 0.0, "method": "gausslegendre",
-                                            "baseline_fn": "zeros"}
+    assert explainer.current_tunables() == {
+        "n_steps": 20,
+        "noise_level": 0.0,
+        "method": "gausslegendre",
+        "baseline_fn": "zeros",
+    }
 
 
 def test_bad_arguments_name_the_parameter(trained, batch):
@@ -336,8 +371,7 @@ def test_targets_accept_ints_and_sequences(trained, batch):
     x, y = batch
     explainer = IntegratedGradients(trained.model, n_steps=4)
     torch.testing.assert_close(explainer.attribute(x, y.tolist()), explainer.attribute(x, y), rtol=0, atol=0)
-    torch.testing.assert_close(explainer.attribute(x, 3), explainer.attribute(x, torch.full_like(y, 3)),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(explainer.attribute(x, 3), explainer.attribute(x, torch.full_like(y, 3)), rtol=0, atol=0)
 
 
 def test_explainer_base_contract():
@@ -407,10 +441,18 @@ def test_support_report_on_an_unsupported_model():
 
 
 def test_repr_shows_the_configuration(trained):
-    text = repr(IntegratedGradients(trained.model, baseline_fn=get_baseline_fn("gaussian_blur", sigma=2.0),
-                                    layer="features.0", method="riemann_left"))
-    assert text == ("IntegratedGradients(n_steps=20, baseline_fn=gaussian_blur(sigma=2.0), layer='features.0', "
-                    "noise_level=0.0, method='riemann_left')")
+    text = repr(
+        IntegratedGradients(
+            trained.model,
+            baseline_fn=get_baseline_fn("gaussian_blur", sigma=2.0),
+            layer="features.0",
+            method="riemann_left",
+        )
+    )
+    assert text == (
+        "IntegratedGradients(n_steps=20, baseline_fn=gaussian_blur(sigma=2.0), layer='features.0', "
+        "noise_level=0.0, method='riemann_left')"
+    )
     assert isinstance(get_baseline_fn("zeros"), ConfiguredBaseline) and gaussian_blur.TUNABLES
 
 
@@ -421,24 +463,28 @@ def test_a_baseline_parameter_alone_applies_to_the_current_baseline(trained):
     assert blur.baseline_fn == "gaussian_blur"
     configured = IntegratedGradients(trained.model, baseline_fn=get_baseline_fn("gaussian_blur", kernel_size=3))
     assert configured.apply_tunables({"baseline_fn.gaussian_blur.sigma": 2.0}).baseline_fn == get_baseline_fn(
-        "gaussian_blur", kernel_size=3, sigma=2.0)
+        "gaussian_blur", kernel_size=3, sigma=2.0
+    )
     with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*'zeros'"):
         IntegratedGradients(trained.model).apply_tunables({"baseline_fn.gaussian_blur.sigma": 3.0})
     with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'"):
         IntegratedGradients(trained.model, baseline_fn=lambda x: x * 0).apply_tunables(
-            {"baseline_fn.gaussian_blur.sigma": 3.0})
+            {"baseline_fn.gaussian_blur.sigma": 3.0}
+        )
     with pytest.raises(ValueError, match=r"'baseline_fn\.sigma'.*baseline_fn\.<name>\.<parameter>"):
         blur.apply_tunables({"baseline_fn.sigma": 3.0})
     # With the baseline choice, parameters of the other baselines are ignored.
     assert blur.apply_tunables({"baseline_fn": "zeros", "baseline_fn.gaussian_blur.sigma": 3.0}).baseline_fn == (
-        get_baseline_fn("zeros"))
+        get_baseline_fn("zeros")
+    )
 
 
 def test_a_baseline_given_as_an_object_takes_its_own_parameters_and_a_callable_takes_none(trained):
     explainer = IntegratedGradients(trained.model)
     made = get_baseline_fn("gaussian_blur", kernel_size=3)
-    tuned = explainer.apply_tunables({"baseline_fn": made, "baseline_fn.gaussian_blur.sigma": 2.5,
-                                      "baseline_fn.uniform.low": 0.2})
+    tuned = explainer.apply_tunables(
+        {"baseline_fn": made, "baseline_fn.gaussian_blur.sigma": 2.5, "baseline_fn.uniform.low": 0.2}
+    )
     assert tuned.baseline_fn == get_baseline_fn("gaussian_blur", kernel_size=3, sigma=2.5)
     assert made == get_baseline_fn("gaussian_blur", kernel_size=3)
     with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*function.*get_baseline_fn"):
@@ -450,8 +496,13 @@ def test_a_baseline_given_as_an_object_takes_its_own_parameters_and_a_callable_t
 
 def test_current_tunables_include_the_baselines_default_parameters(trained):
     blur = IntegratedGradients(trained.model, baseline_fn="gaussian_blur")
-    assert blur.current_tunables() == {"n_steps": 20, "noise_level": 0.0, "method": "gausslegendre",
-                                       "baseline_fn": "gaussian_blur", "baseline_fn.gaussian_blur.sigma": 1.0}
+    assert blur.current_tunables() == {
+        "n_steps": 20,
+        "noise_level": 0.0,
+        "method": "gausslegendre",
+        "baseline_fn": "gaussian_blur",
+        "baseline_fn.gaussian_blur.sigma": 1.0,
+    }
     noisy = IntegratedGradients(trained.model, baseline_fn=get_baseline_fn("gaussian", seed=3))
     point = noisy.current_tunables()
     assert point["baseline_fn.gaussian.std"] == 0.1 and point["baseline_fn.gaussian.seed"] == 3

@@ -16,7 +16,7 @@ from integrad.io import InputError, load_image, load_inputs, open_data
 
 
 def _ramp16() -> np.ndarray:
-    return (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63000 of 65535
+    return np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 0 .. 63000 of 65535
 
 
 def test_16_bit_grey_png_keeps_its_levels(tmp_path):
@@ -53,7 +53,7 @@ def test_32_bit_integer_image_is_scaled_by_its_bit_depth(tmp_path):
 
 
 def test_8_bit_images_are_divided_by_255(tmp_path):
-    grey = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     rgb = np.stack([grey, 255 - grey, grey // 2], axis=-1)
     Image.fromarray(grey).save(tmp_path / "g.png")
     Image.fromarray(rgb).save(tmp_path / "c.png")
@@ -89,8 +89,8 @@ def _bomb_png(tmp_path):
     Image.new("L", (1, 1)).save(small)
     raw = bytearray(small.read_bytes())
     i = raw.index(b"IHDR")
-    raw[i + 4:i + 12] = struct.pack(">II", 20000, 20000)
-    raw[i + 17:i + 21] = struct.pack(">I", zlib.crc32(bytes(raw[i:i + 17])))
+    raw[i + 4 : i + 12] = struct.pack(">II", 20000, 20000)
+    raw[i + 17 : i + 21] = struct.pack(">I", zlib.crc32(bytes(raw[i : i + 17])))
     big = tmp_path / "big.png"
     big.write_bytes(bytes(raw))
     return big

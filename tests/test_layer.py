@@ -9,9 +9,15 @@ from torch import nn
 
 from integrad import LayerIntegratedGradients
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from _behaviour_models import (
-    TextClassifier, TupleLayerModel, TwoBranch, deep_mlp, layer_values, manual_layer_ig, no_hooks_left,
+    TextClassifier,
+    TupleLayerModel,
+    TwoBranch,
+    deep_mlp,
+    layer_values,
+    manual_layer_ig,
+    no_hooks_left,
+    one_thread,  # noqa: F401  (autouse fixture)
 )
 
 N = 32  # points of both the library's and the reference Gauss–Legendre rule
@@ -34,8 +40,9 @@ def test_token_ids_into_embedding_with_attention_mask(text):
     model, ids, mask, pad = text
     target = torch.tensor([0, 2, 1])
     lig = LayerIntegratedGradients(model, model.embed)
-    got, delta = lig.attribute(ids, baselines=pad, target=target, additional_forward_args=(mask,), n_steps=N,
-                               return_convergence_delta=True)
+    got, delta = lig.attribute(
+        ids, baselines=pad, target=target, additional_forward_args=(mask,), n_steps=N, return_convergence_delta=True
+    )
     assert got.shape == (3, 6, 8) and got.dtype == torch.float32
     ref = manual_layer_ig(model, [model.embed], (ids, mask), (pad, mask), target, n=N)[0]
     close(got, ref)
@@ -96,8 +103,7 @@ def test_attribute_to_layer_input():
     ref = manual_layer_ig(model, [model[2]], (x,), (torch.zeros_like(x),), target, n=N, use_input=True)[0]
     close(got, ref)
     # The input of layer 2 is the output of layer 1: the same attributions either way.
-    close(LayerIntegratedGradients(model, model[1]).attribute(x, target=target, n_steps=N), got, rtol=1e-5,
-          atol=1e-7)
+    close(LayerIntegratedGradients(model, model[1]).attribute(x, target=target, n_steps=N), got, rtol=1e-5, atol=1e-7)
     # ... and not what the layer's output gives: the flag selects a different space.
     output_side = LayerIntegratedGradients(model, model[2]).attribute(x, target=target, n_steps=N)
     assert float((output_side - got).abs().max()) > 1e-3
@@ -185,16 +191,18 @@ def test_return_convergence_delta_matches_definition():
     base = 0.5 * torch.ones(1, 6)
     lig = LayerIntegratedGradients(model, model[1])
     for method, steps in [("gausslegendre", 4), ("riemann_trapezoid", 5), ("riemann_left", 7)]:
-        got, delta = lig.attribute(x, baselines=base, target=3, n_steps=steps, method=method,
-                                   return_convergence_delta=True)
+        got, delta = lig.attribute(
+            x, baselines=base, target=3, n_steps=steps, method=method, return_convergence_delta=True
+        )
         with torch.no_grad():
             diff = model(x)[:, 3] - model(base.expand_as(x))[:, 3]
         assert delta.shape == (5,)
         close(delta, got.sum(1) - diff, rtol=1e-5, atol=1e-6)
         assert torch.equal(lig.last_report.delta, delta)
     # Few steps give a visibly nonzero delta, many steps a tiny one: the delta measures the quadrature error.
-    _, rough = lig.attribute(x, baselines=base, target=3, n_steps=2, method="riemann_left",
-                             return_convergence_delta=True)
+    _, rough = lig.attribute(
+        x, baselines=base, target=3, n_steps=2, method="riemann_left", return_convergence_delta=True
+    )
     _, fine = lig.attribute(x, baselines=base, target=3, n_steps=64, return_convergence_delta=True)
     assert float(fine.abs().max()) < 1e-3 * float(rough.abs().max())
 
@@ -216,10 +224,17 @@ def test_layer_ig_with_multiple_inputs_and_function_forward():
 
     a, b = torch.randn(3, 6), torch.randn(3, 6)
     scale = torch.tensor([1.0, 2.0, -1.0])
-    got = LayerIntegratedGradients(forward, model[2]).attribute((a, b), target=1, additional_forward_args=(scale,),
-                                                                n_steps=N)
-    ref = manual_layer_ig(forward, [model[2]], (a, b, scale), (torch.zeros_like(a), torch.zeros_like(b), scale),
-                          torch.ones(3, dtype=torch.long), n=N)[0]
+    got = LayerIntegratedGradients(forward, model[2]).attribute(
+        (a, b), target=1, additional_forward_args=(scale,), n_steps=N
+    )
+    ref = manual_layer_ig(
+        forward,
+        [model[2]],
+        (a, b, scale),
+        (torch.zeros_like(a), torch.zeros_like(b), scale),
+        torch.ones(3, dtype=torch.long),
+        n=N,
+    )[0]
     close(got, ref)
 
 
@@ -228,8 +243,9 @@ def test_token_ids_chunked(text):
     lig = LayerIntegratedGradients(model, model.embed)
     target = torch.tensor([1, 0, 2])
     whole = lig.attribute(ids, baselines=pad, target=target, additional_forward_args=(mask,), n_steps=N)
-    parts = lig.attribute(ids, baselines=pad, target=target, additional_forward_args=(mask,), n_steps=N,
-                          internal_batch_size=5)
+    parts = lig.attribute(
+        ids, baselines=pad, target=target, additional_forward_args=(mask,), n_steps=N, internal_batch_size=5
+    )
     assert lig.last_report.chunk_rows == 5
     close(parts, whole, rtol=1e-5, atol=1e-7)
 
@@ -287,7 +303,11 @@ def test_a_layer_run_twice_in_a_forward_pass_is_an_error(use_input, batch):
     x = torch.randn(batch, 5)
     x_before = x.clone()
     lig = LayerIntegratedGradients(model, model.shared)
-    with pytest.raises(ValueError, match=r"layer Linear runs more than once in one forward pass of forward_func, on different inputs.*module that runs once"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer Linear runs more than once in one forward pass of forward_func, on different inputs"
+        r".*module that runs once",
+    ):
         lig.attribute(x, target=1, n_steps=8, attribute_to_layer_input=use_input)
     assert no_hooks_left(model)
     assert torch.equal(x, x_before)
@@ -301,8 +321,14 @@ def test_a_layer_run_twice_in_a_forward_pass_is_an_error(use_input, batch):
 def _conv_net(inplace: bool) -> nn.Sequential:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(11)
-        return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(4, 4, 3),
-                             nn.ReLU(inplace=inplace), nn.Flatten(), nn.Linear(64, 3)).eval()
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.Conv2d(4, 4, 3),
+            nn.ReLU(inplace=inplace),
+            nn.Flatten(),
+            nn.Linear(64, 3),
+        ).eval()
 
 
 @pytest.mark.parametrize("expand", [True, False])
@@ -317,8 +343,9 @@ def test_a_model_writing_into_the_layers_value_gets_copies(layer, use_input, exp
     got = lig.attribute(x, target=1, n_steps=8, attribute_to_layer_input=use_input)
     assert lig._expand["enabled"] == expand  # not taken for a shape mismatch of the batch-wide forward
     twin = _conv_net(inplace=False)
-    expected = LayerIntegratedGradients(twin, twin[layer]).attribute(x, target=1, n_steps=8,
-                                                                     attribute_to_layer_input=use_input)
+    expected = LayerIntegratedGradients(twin, twin[layer]).attribute(
+        x, target=1, n_steps=8, attribute_to_layer_input=use_input
+    )
     close(got, expected, rtol=1e-5, atol=1e-6)
     assert float(expected.abs().max()) > 1e-3
     # The object keeps handing copies: a second call gives the same result.

@@ -12,8 +12,10 @@ from torch import nn
 
 from integrad import LayerIntegratedGradients
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
-from _behaviour_models import manual_layer_ig
+from _behaviour_models import (
+    manual_layer_ig,
+    one_thread,  # noqa: F401  (autouse fixture)
+)
 
 N = 16
 

@@ -116,8 +116,14 @@ def test_common_options_accepted_by_every_metric():
         def attribute(self, inputs, targets):
             return model.weight.detach()[0].expand(inputs.shape[0], -1).clone()
 
-    common = dict(baselines=0.0, seed=0, batch_size=4, explainer=ConstExplainer(),
-                  forward_arg_extractor=None, additional_forward_arg_extractor=None)
+    common = dict(
+        baselines=0.0,
+        seed=0,
+        batch_size=4,
+        explainer=ConstExplainer(),
+        forward_arg_extractor=None,
+        additional_forward_arg_extractor=None,
+    )
     for name, fn in METRICS.items():
         score = fn(model, x, phi, None, **common)
         assert score.shape == (3,), name
@@ -417,8 +423,16 @@ def test_sensitivity_of_linear_ig_matches_radius_bound():
 
     model1 = Linear(1, scalar=True)
     x1 = torch.tensor([[2.0], [-0.5]], dtype=DT)
-    one = sensitivity_max(model1, x1, exact_ig(model1, x1), None, explainer=LinearIGExplainer(model1),
-                          radius=r, n_perturbations=400, seed=3)
+    one = sensitivity_max(
+        model1,
+        x1,
+        exact_ig(model1, x1),
+        None,
+        explainer=LinearIGExplainer(model1),
+        radius=r,
+        n_perturbations=400,
+        seed=3,
+    )
     expected = r / x1.abs()[:, 0]
     assert (one <= expected + 1e-12).all() and (one >= 0.98 * expected).all()
     linf = sensitivity_max(model, x, phi, None, explainer=explainer, radius=r, seed=0, norm="linf")
@@ -450,8 +464,9 @@ def _rng_metrics(model, x, phi):
     return {
         "infidelity": lambda **kw: infidelity(model, x, phi, None, n_perturbations=7, **kw),
         "mu_fidelity": lambda **kw: mu_fidelity(model, x, phi + rand_like(phi), None, n_subsets=7, **kw),
-        "sensitivity_max": lambda **kw: sensitivity_max(model, x, phi, None, explainer=LinearIGExplainer(model),
-                                                        n_perturbations=7, **kw),
+        "sensitivity_max": lambda **kw: sensitivity_max(
+            model, x, phi, None, explainer=LinearIGExplainer(model), n_perturbations=7, **kw
+        ),
     }
 
 
@@ -669,8 +684,9 @@ def test_extractor_path_on_batch_with_label():
     assert explainer.seen == [(20, 20, 20)]
 
     with pytest.raises(ValueError, match="forward_arg_extractor"):
-        sensitivity_max(model, batch, grad, label, explainer=explainer, seed=0,
-                        forward_arg_extractor=lambda b: b[0] * 1.0)
+        sensitivity_max(
+            model, batch, grad, label, explainer=explainer, seed=0, forward_arg_extractor=lambda b: b[0] * 1.0
+        )
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -695,7 +711,12 @@ def setup():
         (infidelity, {"n_perturbations": 0}, ValueError, r"n_perturbations must be an integer >= 1"),
         (infidelity, {"n_perturbations": 2.5}, TypeError, r"n_perturbations must be an integer >= 1"),
         (infidelity, {"normalize": "yes"}, TypeError, r"normalize must be True or False"),
-        (mu_fidelity, {"subset_size": 0}, ValueError, r"subset_size must be a fraction in \(0, 1\) or an integer count in \[1, 4\]"),
+        (
+            mu_fidelity,
+            {"subset_size": 0},
+            ValueError,
+            r"subset_size must be a fraction in \(0, 1\) or an integer count in \[1, 4\]",
+        ),
         (mu_fidelity, {"subset_size": 5}, ValueError, r"subset_size must be .*\[1, 4\]"),
         (mu_fidelity, {"subset_size": 1.0}, ValueError, r"subset_size must be a fraction in \(0, 1\)"),
         (mu_fidelity, {"subset_size": -0.2}, ValueError, r"subset_size"),
@@ -706,8 +727,18 @@ def setup():
         (morf, {"reduce_channels": None}, TypeError, r"reduce_channels must be True or False"),
         (morf, {"feature_mask": torch.zeros(5, dtype=torch.long)}, ValueError, r"feature_mask must be broadcastable"),
         (morf, {"feature_mask": torch.zeros(4)}, TypeError, r"feature_mask must be None, an integer tensor"),
-        (morf, {"feature_mask": -torch.ones(4, dtype=torch.long)}, ValueError, r"feature_mask group ids must be non-negative"),
-        (lerf, {"baselines": torch.zeros(5)}, ValueError, r"baselines must be broadcastable to the input shape \(3, 4\)"),
+        (
+            morf,
+            {"feature_mask": -torch.ones(4, dtype=torch.long)},
+            ValueError,
+            r"feature_mask group ids must be non-negative",
+        ),
+        (
+            lerf,
+            {"baselines": torch.zeros(5)},
+            ValueError,
+            r"baselines must be broadcastable to the input shape \(3, 4\)",
+        ),
         (lerf, {"baselines": (0.0, 1.0)}, ValueError, r"baselines must have one entry per attributed input \(1\)"),
         (lerf, {"baselines": "zeros"}, TypeError, r"baselines must be None \(zeros\), a number"),
         (abpc, {"seed": 1.5}, TypeError, r"seed must be an integer or None"),
@@ -715,10 +746,18 @@ def setup():
         (completeness_error, {"forward_arg_extractor": 3}, TypeError, r"forward_arg_extractor must be a callable"),
         (completeness_error, {"forward_arg_extractor": lambda b: "x"}, TypeError, r"forward_arg_extractor"),
         (sensitivity_max, {}, TypeError, r"requires explainer="),
-        (sensitivity_max, {"explainer": ConstantGradientExplainer(Linear(4)), "norm": "l3"}, ValueError,
-         r"norm must be one of 'l2', 'l1', 'linf'"),
-        (sensitivity_max, {"explainer": ConstantGradientExplainer(Linear(4)), "radius": -1}, ValueError,
-         r"radius must be a positive"),
+        (
+            sensitivity_max,
+            {"explainer": ConstantGradientExplainer(Linear(4)), "norm": "l3"},
+            ValueError,
+            r"norm must be one of 'l2', 'l1', 'linf'",
+        ),
+        (
+            sensitivity_max,
+            {"explainer": ConstantGradientExplainer(Linear(4)), "radius": -1},
+            ValueError,
+            r"radius must be a positive",
+        ),
     ],
 )
 def test_bad_options(setup, fn, options, exc, pattern):

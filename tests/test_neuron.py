@@ -9,14 +9,20 @@ from torch import nn
 
 from integrad import NeuronIntegratedGradients
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
-from _behaviour_models import Body, Counting, manual_ig, no_hooks_left
+from _behaviour_models import (
+    Body,
+    Counting,
+    manual_ig,
+    no_hooks_left,
+    one_thread,  # noqa: F401  (autouse fixture)
+)
 
 N = 24
 
 
 def neuron_reference(model: nn.Module, layer: nn.Module, pick, x, baseline, use_input=False, n=N):
     """IG of ``pick(layer value)`` with every forward run to the end (a hook only reads the layer's value)."""
+
     def f(z):
         seen = {}
         if use_input:
@@ -72,15 +78,19 @@ def test_early_exit_for_a_plain_function_forward(models):
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("selector,pick", [
-    (3, lambda v: v[:, 3]),
-    (-1, lambda v: v[:, -1]),
-    ((4,), lambda v: v[:, 4]),
-    ((slice(1, 4),), lambda v: v[:, 1:4].sum(1)),
-    ((slice(None, None, 2),), lambda v: v[:, ::2].sum(1)),
-    (lambda v: v[:, 0] * v[:, 5], lambda v: v[:, 0] * v[:, 5]),
-    (lambda v: v.square().sum(), lambda v: v.square().sum(1)),  # one aggregate: still separates by row
-], ids=["int", "negative", "tuple", "slice", "strided_slice", "callable", "callable_aggregate"])
+@pytest.mark.parametrize(
+    "selector,pick",
+    [
+        (3, lambda v: v[:, 3]),
+        (-1, lambda v: v[:, -1]),
+        ((4,), lambda v: v[:, 4]),
+        ((slice(1, 4),), lambda v: v[:, 1:4].sum(1)),
+        ((slice(None, None, 2),), lambda v: v[:, ::2].sum(1)),
+        (lambda v: v[:, 0] * v[:, 5], lambda v: v[:, 0] * v[:, 5]),
+        (lambda v: v.square().sum(), lambda v: v.square().sum(1)),  # one aggregate: still separates by row
+    ],
+    ids=["int", "negative", "tuple", "slice", "strided_slice", "callable", "callable_aggregate"],
+)
 def test_selectors(models, selector, pick):
     armed, free = models
     got = NeuronIntegratedGradients(armed, armed.mid).attribute(X, selector, baselines=BASE, n_steps=N)
@@ -106,11 +116,15 @@ class _Conv(nn.Module):
         return self.rest(h)
 
 
-@pytest.mark.parametrize("selector,pick", [
-    ((1, 2, 3), lambda v: v[:, 1, 2, 3]),
-    ((0, slice(1, 3), 2), lambda v: v[:, 0, 1:3, 2].sum(1)),
-    ((slice(None), 4, slice(0, 2)), lambda v: v[:, :, 4, 0:2].sum((1, 2))),
-], ids=["three_ints", "int_slice_int", "slice_int_slice"])
+@pytest.mark.parametrize(
+    "selector,pick",
+    [
+        ((1, 2, 3), lambda v: v[:, 1, 2, 3]),
+        ((0, slice(1, 3), 2), lambda v: v[:, 0, 1:3, 2].sum(1)),
+        ((slice(None), 4, slice(0, 2)), lambda v: v[:, :, 4, 0:2].sum((1, 2))),
+    ],
+    ids=["three_ints", "int_slice_int", "slice_int_slice"],
+)
 def test_tuple_selectors_on_a_conv_layer(selector, pick):
     armed, free = _Conv(armed=True), _Conv(armed=False).double()
     x = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(4))
@@ -121,8 +135,9 @@ def test_tuple_selectors_on_a_conv_layer(selector, pick):
 
 def test_attribute_to_neuron_input(models):
     armed, free = models
-    got = NeuronIntegratedGradients(armed, armed.mid).attribute(X, 5, baselines=BASE, n_steps=N,
-                                                                attribute_to_neuron_input=True)
+    got = NeuronIntegratedGradients(armed, armed.mid).attribute(
+        X, 5, baselines=BASE, n_steps=N, attribute_to_neuron_input=True
+    )
     # The input of mid is tanh(first(x)): neuron 5 of it.
     ref = neuron_reference(free, free.mid, lambda v: v[:, 5], X, BASE, use_input=True)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
@@ -145,8 +160,10 @@ def test_neuron_completeness_and_chunking(models):
     nig = NeuronIntegratedGradients(armed, armed.mid)
     got = nig.attribute(X, 1, baselines=BASE, n_steps=64)
     with torch.no_grad():
-        diff = free.mid(torch.tanh(free.first(X.double())))[:, 1] - free.mid(torch.tanh(free.first(
-            BASE.double().expand_as(X))))[:, 1]
+        diff = (
+            free.mid(torch.tanh(free.first(X.double())))[:, 1]
+            - free.mid(torch.tanh(free.first(BASE.double().expand_as(X))))[:, 1]
+        )
     torch.testing.assert_close(got.double().sum(1), diff, rtol=1e-4, atol=1e-5)
     chunked = nig.attribute(X, 1, baselines=BASE, n_steps=64, internal_batch_size=3)
     torch.testing.assert_close(chunked, got, rtol=1e-5, atol=1e-7)
@@ -155,8 +172,9 @@ def test_neuron_completeness_and_chunking(models):
 
 def test_multiply_by_inputs_false(models):
     armed, _ = models
-    local = NeuronIntegratedGradients(armed, armed.mid, multiply_by_inputs=False).attribute(X, 2, baselines=BASE,
-                                                                                           n_steps=N)
+    local = NeuronIntegratedGradients(armed, armed.mid, multiply_by_inputs=False).attribute(
+        X, 2, baselines=BASE, n_steps=N
+    )
     full = NeuronIntegratedGradients(armed, armed.mid).attribute(X, 2, baselines=BASE, n_steps=N)
     torch.testing.assert_close(local * (X - BASE), full, rtol=1e-5, atol=1e-7)
 
@@ -189,8 +207,9 @@ def test_a_layer_run_twice_gives_the_neuron_of_its_first_call(use_input):
     model = SharedLayer()
     handle = model.head.register_forward_hook(lambda m, a, out: (_ for _ in ()).throw(AssertionError("tail ran")))
     try:
-        got = NeuronIntegratedGradients(model, model.shared).attribute(X, 2, baselines=BASE, n_steps=4,
-                                                                       attribute_to_neuron_input=use_input)
+        got = NeuronIntegratedGradients(model, model.shared).attribute(
+            X, 2, baselines=BASE, n_steps=4, attribute_to_neuron_input=use_input
+        )
     finally:
         handle.remove()
     if use_input:

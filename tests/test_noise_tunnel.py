@@ -17,8 +17,13 @@ import torch
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
-from _behaviour_models import TwoInputs, deep_mlp, manual_ig, mlp
+from _behaviour_models import (
+    TwoInputs,
+    deep_mlp,
+    manual_ig,
+    mlp,
+    one_thread,  # noqa: F401  (autouse fixture)
+)
 
 N = 16
 B, D = 4, 4  # B * D = 16: a chunk of whole samples is a whole number of CPU randn blocks (see the batch test)
@@ -42,8 +47,14 @@ def calls(samples: int, per_call: int | None) -> list[int]:
     return [per_call] * (samples // per_call) + ([samples % per_call] if samples % per_call else [])
 
 
-def redraw(n: int, x: torch.Tensor, samples: int, per_call: int | None = None, stdev: float = 1.0,
-           distrib: torch.Tensor | None = None):
+def redraw(
+    n: int,
+    x: torch.Tensor,
+    samples: int,
+    per_call: int | None = None,
+    stdev: float = 1.0,
+    distrib: torch.Tensor | None = None,
+):
     """The noisy copies NoiseTunnel makes after ``seed(n)``, with the example of each copy (and the drawn baseline
     rows), in the order it stacks them."""
     seed(n)
@@ -69,8 +80,11 @@ def manual_ig_rows(model, copies, target, baselines=None, scale=None):
     twin = copy.deepcopy(model).double()
     out = []
     for r in range(len(copies)):
-        f = (lambda z, r=r: twin(z)[:, target[r]] * (1.0 if scale is None else float(scale[r])))
-        out.append(manual_ig(f, copies[r:r + 1], baselines[r:r + 1], n=N))
+
+        def f(z, r=r):
+            return twin(z)[:, target[r]] * (1.0 if scale is None else float(scale[r]))
+
+        out.append(manual_ig(f, copies[r : r + 1], baselines[r : r + 1], n=N))
     return torch.cat(out)
 
 
@@ -96,8 +110,9 @@ def test_zero_noise_reduces_to_the_wrapped_method(setup, method):
 def test_vargrad_is_never_negative(setup):
     # A variance cannot be negative; computed as E[A²] − E[A]² it can come out slightly below zero by rounding.
     model, x = setup
-    var = NoiseTunnel(IntegratedGradients(model)).attribute(x * 37.0, nt_type="vargrad", nt_samples=7, stdevs=0.0,
-                                                            target=2, n_steps=N)
+    var = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x * 37.0, nt_type="vargrad", nt_samples=7, stdevs=0.0, target=2, n_steps=N
+    )
     assert float(var.min()) >= 0.0
 
 
@@ -148,8 +163,16 @@ def test_rng_order_is_the_documented_one(setup):
     model, x = setup
     distrib = torch.randn(7, D, generator=torch.Generator().manual_seed(17))
     seed(4)
-    NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, nt_samples_batch_size=2, target=0, n_steps=4,
-                                                      stdevs=0.2, baselines=distrib, draw_baseline_from_distrib=True)
+    NoiseTunnel(IntegratedGradients(model)).attribute(
+        x,
+        nt_samples=3,
+        nt_samples_batch_size=2,
+        target=0,
+        n_steps=4,
+        stdevs=0.2,
+        baselines=distrib,
+        draw_baseline_from_distrib=True,
+    )
     after_call = torch.randn(5), np.random.rand(5)
     redraw(4, x, 3, per_call=2, distrib=distrib)
     assert torch.equal(after_call[0], torch.randn(5))
@@ -164,8 +187,9 @@ def test_nt_samples_batch_size_draws_each_call_for_its_own_copies(setup):
     results = []
     for per_call in [None, 1, 2, 4, 6, 100]:
         seed(5)
-        got = nt.attribute(x, nt_type="vargrad", nt_samples=6, nt_samples_batch_size=per_call, stdevs=0.4, target=1,
-                           n_steps=N)
+        got = nt.attribute(
+            x, nt_type="vargrad", nt_samples=6, nt_samples_batch_size=per_call, stdevs=0.4, target=1, n_steps=N
+        )
         copies, examples, _ = redraw(5, x, 6, per_call=min(per_call or 6, 6), stdev=0.4)
         per_copy = by_example(manual_ig_rows(model, copies, [1] * len(copies)), examples)
         torch.testing.assert_close(got.double(), per_copy.var(1, unbiased=False), rtol=1e-3, atol=1e-6)
@@ -179,8 +203,9 @@ def test_nt_samples_batch_size_matches_chunkwise_redraw_for_any_shape():
     model = mlp(in_dim=5, hidden=8, out=2)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
     seed(6)
-    got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.2,
-                                                            target=1, n_steps=N)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.2, target=1, n_steps=N
+    )
     copies, examples, _ = redraw(6, x, 5, per_call=2, stdev=0.2)
     expected = by_example(manual_ig_rows(model, copies, [1] * len(copies)), examples).mean(1)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
@@ -194,8 +219,14 @@ def test_targets_and_additional_args_expand_per_sample():
     target = [2, 0, 1]
     seed(7)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(
-        (x1, x2), nt_samples=3, nt_samples_batch_size=2, stdevs=(0.1, 0.3), target=target,
-        additional_forward_args=(scale,), n_steps=N)
+        (x1, x2),
+        nt_samples=3,
+        nt_samples_batch_size=2,
+        stdevs=(0.1, 0.3),
+        target=target,
+        additional_forward_args=(scale,),
+        n_steps=N,
+    )
     # Redraw: per call, input 1's noise then input 2's, copies of each example next to each other.
     seed(7)
     c1, c2, examples = [], [], []
@@ -207,8 +238,9 @@ def test_targets_and_additional_args_expand_per_sample():
     ig = IntegratedGradients(model)
     expected = [torch.zeros_like(x1), torch.zeros_like(x2)]
     for r, i in enumerate(examples):
-        a = ig.attribute((c1[r:r + 1], c2[r:r + 1]), target=target[i], additional_forward_args=(scale[i:i + 1],),
-                         n_steps=N)
+        a = ig.attribute(
+            (c1[r : r + 1], c2[r : r + 1]), target=target[i], additional_forward_args=(scale[i : i + 1],), n_steps=N
+        )
         expected[0][i] += a[0][0] / 3
         expected[1][i] += a[1][0] / 3
     assert isinstance(got, tuple) and len(got) == 2
@@ -221,8 +253,15 @@ def test_draw_baseline_from_distribution(setup):
     distrib = torch.randn(5, D, generator=torch.Generator().manual_seed(8))
     seed(9)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(
-        x, nt_samples=4, nt_samples_batch_size=3, stdevs=0.1, baselines=distrib, draw_baseline_from_distrib=True,
-        target=1, n_steps=N)
+        x,
+        nt_samples=4,
+        nt_samples_batch_size=3,
+        stdevs=0.1,
+        baselines=distrib,
+        draw_baseline_from_distrib=True,
+        target=1,
+        n_steps=N,
+    )
     copies, examples, picks = redraw(9, x, 4, per_call=3, stdev=0.1, distrib=distrib)
     assert len(set(picks.tolist())) > 1  # several baselines were actually drawn
     per_copy = by_example(manual_ig_rows(model, copies, [1] * len(copies), baselines=distrib[picks]), examples)
@@ -233,8 +272,9 @@ def test_per_example_baselines_are_repeated_per_sample(setup):
     model, x = setup
     base = torch.randn(B, D, generator=torch.Generator().manual_seed(10))
     seed(13)
-    got = NoiseTunnel(IntegratedGradients(model)).attribute(x, nt_samples=3, stdevs=0.2, baselines=base, target=0,
-                                                            n_steps=N)
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x, nt_samples=3, stdevs=0.2, baselines=base, target=0, n_steps=N
+    )
     copies, examples, _ = redraw(13, x, 3, stdev=0.2)
     per_copy = by_example(manual_ig_rows(model, copies, [0] * len(copies), baselines=base[examples]), examples)
     torch.testing.assert_close(got.double(), per_copy.mean(1), rtol=1e-4, atol=1e-6)
@@ -245,12 +285,14 @@ def test_return_convergence_delta_has_one_value_per_copy(setup):
     model, x = setup
     seed(14)
     got, delta = NoiseTunnel(IntegratedGradients(model)).attribute(
-        x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.3, target=2, n_steps=N, return_convergence_delta=True)
+        x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.3, target=2, n_steps=N, return_convergence_delta=True
+    )
     assert got.shape == x.shape
     assert delta.shape == (5 * B,)
     copies, _, _ = redraw(14, x, 5, per_call=2, stdev=0.3)
-    per_copy, expected = IntegratedGradients(model).attribute(copies, target=2, n_steps=N,
-                                                              return_convergence_delta=True)
+    per_copy, expected = IntegratedGradients(model).attribute(
+        copies, target=2, n_steps=N, return_convergence_delta=True
+    )
     torch.testing.assert_close(delta, expected, rtol=1e-3, atol=1e-6)
     with torch.no_grad():
         direct = per_copy.sum(1) - (model(copies)[:, 2] - model(torch.zeros_like(copies))[:, 2])
@@ -262,25 +304,29 @@ def test_delta_with_layer_ig(setup):
     x = setup[1]
     torch.manual_seed(15)
     got, delta = NoiseTunnel(LayerIntegratedGradients(model, model[2])).attribute(
-        x, nt_samples=3, stdevs=0.1, target=1, n_steps=N, return_convergence_delta=True)
+        x, nt_samples=3, stdevs=0.1, target=1, n_steps=N, return_convergence_delta=True
+    )
     assert got.shape == (B, 16) and delta.shape == (3 * B,)
 
 
 # ---------------------------------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(nt_type="smooth"), ["nt_type", "smoothgrad", "vargrad"]),
-    (dict(nt_type=None), ["nt_type", "smoothgrad_sq"]),
-    (dict(nt_samples=0), ["nt_samples", "positive int"]),
-    (dict(nt_samples=-2), ["nt_samples", "positive int"]),
-    (dict(nt_samples=2.5), ["nt_samples", "positive int"]),
-    (dict(nt_samples=True), ["nt_samples", "positive int"]),
-    (dict(nt_samples_batch_size=0), ["nt_samples_batch_size", "positive int"]),
-    (dict(stdevs=-0.1), ["stdevs", "non-negative"]),
-    (dict(stdevs="big"), ["stdevs", "non-negative"]),
-    (dict(stdevs=True), ["stdevs", "non-negative"]),
-    (dict(stdevs=(0.1, 0.2)), ["stdevs", "tuple of 1"]),
-    (dict(draw_baseline_from_distrib=1), ["draw_baseline_from_distrib"]),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(nt_type="smooth"), ["nt_type", "smoothgrad", "vargrad"]),
+        (dict(nt_type=None), ["nt_type", "smoothgrad_sq"]),
+        (dict(nt_samples=0), ["nt_samples", "positive int"]),
+        (dict(nt_samples=-2), ["nt_samples", "positive int"]),
+        (dict(nt_samples=2.5), ["nt_samples", "positive int"]),
+        (dict(nt_samples=True), ["nt_samples", "positive int"]),
+        (dict(nt_samples_batch_size=0), ["nt_samples_batch_size", "positive int"]),
+        (dict(stdevs=-0.1), ["stdevs", "non-negative"]),
+        (dict(stdevs="big"), ["stdevs", "non-negative"]),
+        (dict(stdevs=True), ["stdevs", "non-negative"]),
+        (dict(stdevs=(0.1, 0.2)), ["stdevs", "tuple of 1"]),
+        (dict(draw_baseline_from_distrib=1), ["draw_baseline_from_distrib"]),
+    ],
+)
 def test_bad_arguments(setup, kwargs, words):
     model, x = setup
     with pytest.raises((ValueError, TypeError)) as info:

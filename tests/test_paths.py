@@ -58,11 +58,13 @@ def setup():
 
 def _curved(x, base, v):
     """γ(α) = x′ + α (x − x′) + sin(πα) v, from x′ to x."""
+
     def fn(alphas):
         a = alphas.view(-1, 1, 1)
         points = base + a * (x - base) + torch.sin(math.pi * a) * v
         velocities = (x - base).expand_as(points) + math.pi * torch.cos(math.pi * a) * v
         return points, velocities
+
     return fn
 
 
@@ -90,8 +92,12 @@ def test_a_curved_path_matches_a_plain_loop_and_is_complete(setup):
     def f(z):
         return model(z)[rows, target]
 
-    expected = _loop_path_integral(f, lambda a: fn(torch.tensor([a], dtype=torch.float64))[0][0],
-                                   lambda a: fn(torch.tensor([a], dtype=torch.float64))[1][0], 40)
+    expected = _loop_path_integral(
+        f,
+        lambda a: fn(torch.tensor([a], dtype=torch.float64))[0][0],
+        lambda a: fn(torch.tensor([a], dtype=torch.float64))[1][0],
+        40,
+    )
     pig = PathIntegratedGradients(model)
     got, delta = pig.attribute(x, fn, target=target, n_steps=40, return_convergence_delta=True)
     assert _relative(got, expected) < 1e-6
@@ -126,8 +132,9 @@ def test_a_curved_path_over_tuple_inputs(setup):
     whole = PathIntegratedGradients(model).attribute(x, fn, target=target, n_steps=24)
     a, b = PathIntegratedGradients(Split()).attribute((x[:, :2], x[:, 2:]), pair, target=target, n_steps=24)
     torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-12, atol=1e-14)
-    automatic = PathIntegratedGradients(Split()).attribute((x[:, :2], x[:, 2:]), pair, target=target,
-                                                           n_steps="auto", tolerance=1e-7)
+    automatic = PathIntegratedGradients(Split()).attribute(
+        (x[:, :2], x[:, 2:]), pair, target=target, n_steps="auto", tolerance=1e-7
+    )
     assert _relative(torch.cat(automatic, 1), whole) < 1e-5
 
 
@@ -140,8 +147,9 @@ def test_the_path_function_is_called_per_chunk_on_its_positions(setup):
         calls.append(alphas.clone())
         return fn(alphas)
 
-    PathIntegratedGradients(model).attribute(x, counted, target=target, n_steps=10, method="riemann_trapezoid",
-                                             internal_batch_size=8)
+    PathIntegratedGradients(model).attribute(
+        x, counted, target=target, n_steps=10, method="riemann_trapezoid", internal_batch_size=8
+    )
     # 10 steps of 4 examples in chunks of 8 rows: two steps per call, in order, float64 positions.
     assert len(calls) == 5 and all(c.dtype == torch.float64 and c.numel() == 2 for c in calls)
     torch.testing.assert_close(torch.cat(calls), torch.linspace(0, 1, 10, dtype=torch.float64))
@@ -155,8 +163,9 @@ def test_the_delta_compares_with_the_ends_of_the_path(setup):
         a = alphas.view(-1, 1, 1)
         return base + v + a * (x - base), (x - base).expand(len(alphas), *x.shape)
 
-    got, delta = PathIntegratedGradients(model).attribute(x, shifted, target=target, n_steps=48,
-                                                          return_convergence_delta=True)
+    got, delta = PathIntegratedGradients(model).attribute(
+        x, shifted, target=target, n_steps=48, return_convergence_delta=True
+    )
     rows = torch.arange(4)
     with torch.no_grad():
         change = model(x + v)[rows, target] - model(base + v)[rows, target]
@@ -167,9 +176,12 @@ def test_the_delta_compares_with_the_ends_of_the_path(setup):
 def test_a_straight_line_object_gives_integrated_gradients(setup):
     model, x, base, _, target = setup
     line = StraightLine((base,), (x,))
-    torch.testing.assert_close(PathIntegratedGradients(model).attribute(x, line, target=target, n_steps=20),
-                               IntegratedGradients(model).attribute(x, base, target=target, n_steps=20),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        PathIntegratedGradients(model).attribute(x, line, target=target, n_steps=20),
+        IntegratedGradients(model).attribute(x, base, target=target, n_steps=20),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_a_discrete_path_sums_gradients_times_segment_displacements(setup):

@@ -72,8 +72,9 @@ def _commands(block: Block) -> list[str]:
 
 
 def _command(section: str, prefix: str) -> str:
-    found = [c for b in BLOCKS if b.section == section and b.language == "bash" for c in _commands(b)
-             if c.startswith(prefix)]
+    found = [
+        c for b in BLOCKS if b.section == section and b.language == "bash" for c in _commands(b) if c.startswith(prefix)
+    ]
     assert len(found) == 1, f"expected one command starting with {prefix!r} in {section!r}, found {found}"
     return found[0]
 
@@ -96,8 +97,9 @@ NOT_RUN = {
     'pip install -e ".[cli]" && integrad demo': "installs the package; the Quickstart is run by CI",
     'pip install -e ".[test]" && python -m pytest -q': "installs the package and runs the whole suite (CI does)",
     "integrad demo --out integrad-report": "the Quickstart's demo with its default folder spelled out; run by CI",
-    'pip install -e ".[bench]" && python -m benchmarks.run --markdown BENCHMARKS.md':
-        "every benchmark workload against captum: minutes, not seconds",
+    'pip install -e ".[bench]" && python -m benchmarks.run --markdown BENCHMARKS.md': (
+        "every benchmark workload against captum: minutes, not seconds"
+    ),
 }
 RUN = ("integrad explain ", "integrad attribute-dataset ", "torchrun ")
 
@@ -121,7 +123,8 @@ def test_every_block_is_covered():
         else:
             for command in _commands(block):
                 assert command in NOT_RUN or command.startswith(RUN), (
-                    f"README.md:{block.line}: command {command!r} is neither run here nor listed in NOT_RUN")
+                    f"README.md:{block.line}: command {command!r} is neither run here nor listed in NOT_RUN"
+                )
     # The sections whose python blocks the tests below run, with how many blocks each test expects.
     assert python == {"Switching from captum": 2, "What you get beyond captum": 2, "The command line": 1}
 
@@ -148,8 +151,13 @@ def _assert_prints_as(actual, printed: str, expected) -> None:
         pairs = [(actual, expected)]
     for a, e in pairs:
         assert torch.is_tensor(a) and a.shape == e.shape, (a, printed)
-        torch.testing.assert_close(a.double(), e.double(), rtol=0, atol=0.5 * 10.0 ** -decimals,
-                                   msg=f"README states {printed}, the code gives {a}")
+        torch.testing.assert_close(
+            a.double(),
+            e.double(),
+            rtol=0,
+            atol=0.5 * 10.0**-decimals,
+            msg=f"README states {printed}, the code gives {a}",
+        )
 
 
 def test_switching_from_captum():
@@ -190,8 +198,9 @@ def test_error_controlled_step_counts():
     # The estimate is honest: the true relative L1 error, against a float64 trapezoid with 20001 points (exact to
     # about 1e-5 for a path crossing a few dozen ReLU kinks), is within the tolerance too.
     attributions = ig.attribute(x, target=t, n_steps="auto", tolerance=tolerance).double()
-    reference = type(ig)(copy.deepcopy(model).double()).attribute(x.double(), target=t, n_steps=20001,
-                                                                  method="riemann_trapezoid")
+    reference = type(ig)(copy.deepcopy(model).double()).attribute(
+        x.double(), target=t, n_steps=20001, method="riemann_trapezoid"
+    )
     error = (attributions - reference).abs().sum(1) / reference.abs().sum(1)
     assert bool((error <= tolerance).all()), error
 
@@ -204,8 +213,7 @@ def _bert_classifier():
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the classification head is new, drawn at random
-        model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2,
-                                                                           local_files_only=True)
+        model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2, local_files_only=True)
     return model.eval(), tokenizer
 
 
@@ -213,18 +221,24 @@ def test_explainer_layer():
     # The block uses a model and data the reader brings; it states what they are in its comments
     # (cnn, images, labels, bert_classifier, input_ids, attention_mask, text_labels), and they are supplied here:
     # the digits CNN of the other tests with eight test images, and MiniLM with a fresh two-class head.
-    from _models import digits
-
     from integrad import metrics
     from integrad.explainers import IntegratedGradients
+
+    from _models import digits
 
     _, block = _python("What you get beyond captum")
     data = digits()
     bert_classifier, tokenizer = _bert_classifier()
     encoded = tokenizer(["a cat sat on the mat", "my kitten sleeps"], return_tensors="pt", padding=True)
-    namespace = {"cnn": data.model, "images": data.test_x[:8], "labels": data.test_y[:8],
-                 "bert_classifier": bert_classifier, "input_ids": encoded["input_ids"],
-                 "attention_mask": encoded["attention_mask"], "text_labels": torch.tensor([0, 1])}
+    namespace = {
+        "cnn": data.model,
+        "images": data.test_x[:8],
+        "labels": data.test_y[:8],
+        "bert_classifier": bert_classifier,
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "text_labels": torch.tensor([0, 1]),
+    }
     images, labels = namespace["images"], namespace["labels"]
     _run(block, namespace)
 
@@ -251,8 +265,9 @@ def test_explainer_layer():
     rows, text_labels = torch.arange(len(input_ids)), namespace["text_labels"]
     with torch.no_grad():
         logit = bert_classifier(input_ids=input_ids, attention_mask=attention_mask).logits[rows, text_labels]
-        at_pad = bert_classifier(input_ids=torch.zeros_like(input_ids),
-                                 attention_mask=attention_mask).logits[rows, text_labels]
+        at_pad = bert_classifier(input_ids=torch.zeros_like(input_ids), attention_mask=attention_mask).logits[
+            rows, text_labels
+        ]
     gap = token_attributions.sum(dim=(1, 2)) - (logit - at_pad)
     torch.testing.assert_close(gap, text_explainer.last_delta, atol=1e-4, rtol=1e-3)
     assert bool((gap.abs() <= 0.05 * (logit - at_pad).abs() + 1e-3).all()), gap
@@ -293,10 +308,14 @@ def _free_port() -> int:
 
 
 def _shell(command: str, cwd: Path) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-               PYTHONPATH=os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")]),
-               PET_MASTER_PORT=str(_free_port()))  # torchrun's --master-port, so parallel runs do not collide
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")]),
+        PET_MASTER_PORT=str(_free_port()),
+    )  # torchrun's --master-port, so parallel runs do not collide
     result = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -334,7 +353,8 @@ def test_command_line(tmp_path, monkeypatch):
         predicted = net(x).argmax(1)
     assert saved["targets"].tolist() == saved["predictions"].tolist() == predicted.tolist()
     reference = integrad.IntegratedGradients(copy.deepcopy(net).double()).attribute(
-        x.double(), target=predicted, n_steps=20001, method="riemann_trapezoid")
+        x.double(), target=predicted, n_steps=20001, method="riemann_trapezoid"
+    )
     error = (saved["attributions"].double() - reference).abs().sum() / reference.abs().sum()
     assert float(error) <= 1e-3, error
 
@@ -353,7 +373,8 @@ def test_command_line(tmp_path, monkeypatch):
     with torch.no_grad():
         targets = net(X).argmax(1)
     expected, expected_deltas = integrad.IntegratedGradients(net).attribute(
-        X, target=targets, n_steps=50, method="gausslegendre", return_convergence_delta=True)
+        X, target=targets, n_steps=50, method="gausslegendre", return_convergence_delta=True
+    )
     torch.testing.assert_close(attributions, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(deltas, expected_deltas, atol=1e-5, rtol=1e-4)
 

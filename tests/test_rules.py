@@ -17,9 +17,10 @@ from numpy.polynomial import legendre as npleg
 from numpy.polynomial import polynomial as nppoly
 from torch import nn
 
-from _core_models import METHODS, PolynomialPath, assert_close_scaled, mlp, randn, seeded
 from integrad import IntegratedGradients
 from integrad.rules import alphas_and_weights, exact_degree
+
+from _core_models import METHODS, PolynomialPath, assert_close_scaled, mlp, randn, seeded
 
 # Degree of exactness derived by hand, independently of the library's own table.
 EXPECTED_DEGREE = {
@@ -73,8 +74,11 @@ def test_rule_arrays_are_read_only_float64_with_unit_weight_sum(method, n):
 @pytest.mark.parametrize("n", (1, 2, 5, 50))
 def test_riemann_points_and_weights_follow_their_definitions(n):
     k = np.arange(n)
-    for method, expected in (("riemann_left", k / n), ("riemann_right", (k + 1) / n),
-                             ("riemann_middle", (k + 0.5) / n)):
+    for method, expected in (
+        ("riemann_left", k / n),
+        ("riemann_right", (k + 1) / n),
+        ("riemann_middle", (k + 0.5) / n),
+    ):
         alphas, weights = alphas_and_weights(method, n)
         np.testing.assert_allclose(alphas, expected, rtol=0, atol=1e-15)
         np.testing.assert_allclose(weights, np.full(n, 1.0 / n), rtol=1e-15)
@@ -103,8 +107,16 @@ def test_gauss_legendre_nodes_are_legendre_roots_with_the_classical_weights(n):
     np.testing.assert_allclose(alphas + alphas[::-1], 1.0, atol=1e-15)
 
 
-@pytest.mark.parametrize("method,n", [("riemann_trapezoid", 1), ("gausslegendre", 0), ("riemann_left", -3),
-                                      ("riemann_right", 2.5), ("gausslegendre", True)])
+@pytest.mark.parametrize(
+    "method,n",
+    [
+        ("riemann_trapezoid", 1),
+        ("gausslegendre", 0),
+        ("riemann_left", -3),
+        ("riemann_right", 2.5),
+        ("gausslegendre", True),
+    ],
+)
 def test_bad_step_counts_are_rejected_naming_n_steps(method, n):
     with pytest.raises(ValueError, match="n_steps"):
         alphas_and_weights(method, n)
@@ -200,7 +212,7 @@ def test_gauss_legendre_handles_a_high_degree_polynomial_in_a_batch_of_features(
     x = torch.tensor(rng.uniform(-1.2, 1.2, (2, 4)), dtype=torch.float64)
     attr = IntegratedGradients(PolynomialPath(a)).attribute(x, n_steps=n)
     model = PolynomialPath(a)
-    exact = torch.stack([torch.stack([model(x[i:i + 1, j:j + 1])[0] for j in range(4)]) for i in range(2)])
+    exact = torch.stack([torch.stack([model(x[i : i + 1, j : j + 1])[0] for j in range(4)]) for i in range(2)])
     torch.testing.assert_close(attr, exact, rtol=0, atol=1e-12)
 
 
@@ -214,10 +226,12 @@ def test_true_trapezoid_is_captums_rescaled_by_n_over_n_minus_1_on_a_linear_mode
     model = seeded(lambda: nn.Linear(5, 3), seed=11)
     x, base = randn(4, 5, seed=1), randn(4, 5, seed=2)
     target = [0, 2, 1, 2]
-    ours, delta = IntegratedGradients(model).attribute(x, base, target=target, method="riemann_trapezoid",
-                                                       n_steps=n, return_convergence_delta=True)
-    theirs, their_delta = CaptumIG(model).attribute(x, base, target=target, method="riemann_trapezoid", n_steps=n,
-                                                    return_convergence_delta=True)
+    ours, delta = IntegratedGradients(model).attribute(
+        x, base, target=target, method="riemann_trapezoid", n_steps=n, return_convergence_delta=True
+    )
+    theirs, their_delta = CaptumIG(model).attribute(
+        x, base, target=target, method="riemann_trapezoid", n_steps=n, return_convergence_delta=True
+    )
     # A linear model has a constant gradient: IG is exactly W[target] ⊙ (x − x′), and the true trapezoid gets it.
     exact = model.weight.detach()[target] * (x - base)
     torch.testing.assert_close(ours, exact, rtol=0, atol=1e-14)
@@ -269,8 +283,9 @@ def test_half_precision_inputs_come_back_in_their_dtype_and_match_float32(dtype,
     ref_model = mlp(seed=6, dtype=torch.float32)
     ref_model.load_state_dict({k: v.float() for k, v in half_model.state_dict().items()})
     x = randn(4, 5, seed=7, dtype=dtype)
-    attr, delta = IntegratedGradients(half_model).attribute(x, target=2, method=method, n_steps=24,
-                                                            return_convergence_delta=True)
+    attr, delta = IntegratedGradients(half_model).attribute(
+        x, target=2, method=method, n_steps=24, return_convergence_delta=True
+    )
     ref = IntegratedGradients(ref_model).attribute(x.float(), target=2, method=method, n_steps=24)
     assert attr.dtype == dtype and attr.shape == x.shape
     assert torch.isfinite(attr).all()
@@ -343,8 +358,10 @@ def test_auto_steps_meet_the_tolerance_on_a_single_relu_kink(kink):
     attr = ig.attribute(x, n_steps="auto", tolerance=tolerance)
     error = _relative_l1(attr, exact)
     assert bool((error <= 10 * tolerance).all()), (
-        f"relative error {error.tolist()} with tolerance {tolerance}; estimate {ig.last_report.error_estimate.tolist()}, "
-        f"steps {ig.last_report.steps.tolist()}")
+        f"relative error {error.tolist()} with tolerance {tolerance}; "
+        f"estimate {ig.last_report.error_estimate.tolist()}, "
+        f"steps {ig.last_report.steps.tolist()}"
+    )
 
 
 def _exact_ig_one_hidden_relu(model: nn.Sequential, x: torch.Tensor, base: torch.Tensor, target: int) -> torch.Tensor:
@@ -379,5 +396,7 @@ def test_auto_steps_meet_the_tolerance_on_a_relu_network_from_the_zero_baseline(
     attr = ig.attribute(x, n_steps="auto", tolerance=tolerance, target=0)
     error = _relative_l1(attr, exact)
     assert bool((error <= 10 * tolerance).all()), (
-        f"relative error {error.tolist()} with tolerance {tolerance}; estimate {ig.last_report.error_estimate.tolist()}, "
-        f"steps {ig.last_report.steps.tolist()}")
+        f"relative error {error.tolist()} with tolerance {tolerance}; "
+        f"estimate {ig.last_report.error_estimate.tolist()}, "
+        f"steps {ig.last_report.steps.tolist()}"
+    )

@@ -13,9 +13,16 @@ from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
 
-from _behaviour_models import one_thread  # noqa: F401  (autouse fixture)
 from _behaviour_models import (
-    Body, FailsOnCall, TextClassifier, TwoBranch, deep_mlp, mlp, no_hooks_left, saved_tensor_hooks_left,
+    Body,
+    FailsOnCall,
+    TextClassifier,
+    TwoBranch,
+    deep_mlp,
+    mlp,
+    no_hooks_left,
+    one_thread,  # noqa: F401  (autouse fixture)
+    saved_tensor_hooks_left,
 )
 
 
@@ -47,8 +54,10 @@ def assert_unchanged(model: nn.Module, tensors: dict, before: dict) -> None:
         assert torch.equal(after["buffers"][n], v), n
     for k, v in before["tensor_values"].items():
         # Bit-identical, NaN-aware: view as raw bytes.
-        assert torch.equal(after["tensor_values"][k].view(torch.uint8) if v.is_floating_point() else
-                           after["tensor_values"][k], v.view(torch.uint8) if v.is_floating_point() else v), k
+        assert torch.equal(
+            after["tensor_values"][k].view(torch.uint8) if v.is_floating_point() else after["tensor_values"][k],
+            v.view(torch.uint8) if v.is_floating_point() else v,
+        ), k
     assert after["tensor_requires_grad"] == before["tensor_requires_grad"]
     assert after["tensor_grads"] == before["tensor_grads"]
     assert after["tensor_versions"] == before["tensor_versions"]
@@ -67,19 +76,50 @@ def _calls():
     torch.manual_seed(0)
     x = torch.randn(3, 6, requires_grad=True)
     base = torch.randn(1, 6)
-    yield "ig", mlp(), lambda m, t: IntegratedGradients(m).attribute(
-        t["x"], baselines=t["base"], target=1, n_steps=12, return_convergence_delta=True), {"x": x, "base": base}
-    yield "ig_auto_budget", mlp(), lambda m, t: IntegratedGradients(m).attribute(
-        t["x"], target=1, n_steps="auto", memory_budget="64KiB"), {"x": x}
-    yield "layer_list", deep_mlp(), lambda m, t: LayerIntegratedGradients(m, [m[0], m[2], m[4]]).attribute(
-        t["x"], baselines=t["base"], target=2, n_steps=10, return_convergence_delta=True), {"x": x, "base": base}
-    yield "layer_input", deep_mlp(), lambda m, t: LayerIntegratedGradients(m, m[2]).attribute(
-        t["x"], target=2, n_steps=10, attribute_to_layer_input=True, internal_batch_size=4), {"x": x}
-    yield "neuron", deep_mlp(), lambda m, t: NeuronIntegratedGradients(m, m[2]).attribute(
-        t["x"], 3, baselines=t["base"], n_steps=10), {"x": x, "base": base}
-    yield "noise_tunnel", mlp(), lambda m, t: NoiseTunnel(IntegratedGradients(m)).attribute(
-        t["x"], nt_samples=3, stdevs=0.1, target=0, n_steps=6, baselines=t["base"], draw_baseline_from_distrib=True
-    ), {"x": x, "base": torch.randn(4, 6)}
+    yield (
+        "ig",
+        mlp(),
+        lambda m, t: IntegratedGradients(m).attribute(
+            t["x"], baselines=t["base"], target=1, n_steps=12, return_convergence_delta=True
+        ),
+        {"x": x, "base": base},
+    )
+    yield (
+        "ig_auto_budget",
+        mlp(),
+        lambda m, t: IntegratedGradients(m).attribute(t["x"], target=1, n_steps="auto", memory_budget="64KiB"),
+        {"x": x},
+    )
+    yield (
+        "layer_list",
+        deep_mlp(),
+        lambda m, t: LayerIntegratedGradients(m, [m[0], m[2], m[4]]).attribute(
+            t["x"], baselines=t["base"], target=2, n_steps=10, return_convergence_delta=True
+        ),
+        {"x": x, "base": base},
+    )
+    yield (
+        "layer_input",
+        deep_mlp(),
+        lambda m, t: LayerIntegratedGradients(m, m[2]).attribute(
+            t["x"], target=2, n_steps=10, attribute_to_layer_input=True, internal_batch_size=4
+        ),
+        {"x": x},
+    )
+    yield (
+        "neuron",
+        deep_mlp(),
+        lambda m, t: NeuronIntegratedGradients(m, m[2]).attribute(t["x"], 3, baselines=t["base"], n_steps=10),
+        {"x": x, "base": base},
+    )
+    yield (
+        "noise_tunnel",
+        mlp(),
+        lambda m, t: NoiseTunnel(IntegratedGradients(m)).attribute(
+            t["x"], nt_samples=3, stdevs=0.1, target=0, n_steps=6, baselines=t["base"], draw_baseline_from_distrib=True
+        ),
+        {"x": x, "base": torch.randn(4, 6)},
+    )
 
 
 CALLS = list(_calls())
@@ -109,8 +149,11 @@ def test_same_result_under_no_grad(name, model, run, tensors):
     with torch.no_grad():
         inside = run(model, tensors)
     assert torch.is_grad_enabled()
-    flat = lambda r: [t for part in (r if isinstance(r, (tuple, list)) else [r])  # noqa: E731
-                      for t in (part if isinstance(part, (tuple, list)) else [part])]
+
+    def flat(r):
+        parts = r if isinstance(r, (tuple, list)) else [r]
+        return [t for part in parts for t in (part if isinstance(part, (tuple, list)) else [part])]
+
     for a, b in zip(flat(free), flat(inside), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -131,16 +174,19 @@ def test_model_exception_propagates_unchanged_and_state_is_restored(kind, when):
     model.train()
     before = snapshot(model, tensors)
     run = {
-        "ig": lambda: IntegratedGradients(model).attribute(x, target=0, n_steps=6, return_convergence_delta=True,
-                                                          internal_batch_size=12),
+        "ig": lambda: IntegratedGradients(model).attribute(
+            x, target=0, n_steps=6, return_convergence_delta=True, internal_batch_size=12
+        ),
         "ig_chunked": lambda: IntegratedGradients(model).attribute(x, target=0, n_steps=6, internal_batch_size=3),
         "ig_auto": lambda: IntegratedGradients(model).attribute(x, target=0, n_steps="auto", internal_batch_size=9),
-        "layer": lambda: LayerIntegratedGradients(model, inner[2]).attribute(x, target=0, n_steps=6,
-                                                                              internal_batch_size=5),
+        "layer": lambda: LayerIntegratedGradients(model, inner[2]).attribute(
+            x, target=0, n_steps=6, internal_batch_size=5
+        ),
         "layer_list": lambda: LayerIntegratedGradients(model, [inner[0], inner[2]]).attribute(x, target=0, n_steps=6),
         "neuron": lambda: NeuronIntegratedGradients(model, inner[2]).attribute(x, 1, n_steps=6, internal_batch_size=5),
         "noise_tunnel": lambda: NoiseTunnel(IntegratedGradients(model)).attribute(
-            x, nt_samples=4, nt_samples_batch_size=1, target=0, n_steps=4),
+            x, nt_samples=4, nt_samples_batch_size=1, target=0, n_steps=4
+        ),
     }[kind]
     with pytest.raises(ModelError) as info:
         run()
@@ -223,13 +269,17 @@ def test_model_runtime_error_propagates_with_its_message():
     assert no_hooks_left(model) and not saved_tensor_hooks_left()
 
 
-@pytest.mark.parametrize("make", [
-    lambda m, x: LayerIntegratedGradients(m, m[0]).attribute(x, target=9),
-    lambda m, x: NeuronIntegratedGradients(m, m[2]).attribute(x, (0, 0)),
-    lambda m, x: NeuronIntegratedGradients(m, m[2]).attribute(x, 99, attribute_to_neuron_input=True),
-    lambda m, x: IntegratedGradients(m).attribute(x, target=0, memory_budget="nonsense"),
-    lambda m, x: LayerIntegratedGradients(m, [m[0], m[2]]).attribute(x, n_steps=4),
-], ids=["layer_target", "neuron_indices", "neuron_input_range", "budget", "layer_list_no_target"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, x: LayerIntegratedGradients(m, m[0]).attribute(x, target=9),
+        lambda m, x: NeuronIntegratedGradients(m, m[2]).attribute(x, (0, 0)),
+        lambda m, x: NeuronIntegratedGradients(m, m[2]).attribute(x, 99, attribute_to_neuron_input=True),
+        lambda m, x: IntegratedGradients(m).attribute(x, target=0, memory_budget="nonsense"),
+        lambda m, x: LayerIntegratedGradients(m, [m[0], m[2]]).attribute(x, n_steps=4),
+    ],
+    ids=["layer_target", "neuron_indices", "neuron_input_range", "budget", "layer_list_no_target"],
+)
 def test_argument_errors_leave_no_hooks(make):
     model = deep_mlp()
     x = torch.randn(2, 6)
@@ -246,8 +296,9 @@ def test_token_ids_and_mask_are_untouched_by_layer_ig():
     base = torch.zeros_like(ids)
     tensors = {"ids": ids, "mask": mask, "base": base}
     before = snapshot(model, tensors)
-    LayerIntegratedGradients(model, model.embed).attribute(ids, baselines=base, target=1,
-                                                           additional_forward_args=(mask,), n_steps=8)
+    LayerIntegratedGradients(model, model.embed).attribute(
+        ids, baselines=base, target=1, additional_forward_args=(mask,), n_steps=8
+    )
     assert_unchanged(model, tensors, before)
 
 
@@ -371,7 +422,9 @@ def test_a_model_writing_into_its_input_gets_copies_of_the_points(kind):
     ours, theirs = make(model), make(twin)
     got = call(model, ours)
     expected = call(twin, theirs)
-    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+    for g, e in zip(
+        got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)
+    ):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
     assert_unchanged(model, tensors, before)
     # One chunk was run twice in the first call; the second call runs each chunk once, like the twin.

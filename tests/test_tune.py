@@ -65,14 +65,25 @@ def test_random_sampler_returns_the_best_trial(trained, tuning_batch):
 
 def test_grid_sampler_visits_the_whole_finite_grid(trained, tuning_batch):
     x, y = tuning_batch
-    result = optimize(IntegratedGradients(trained.model), x, y, _completeness, n_trials=100, sampler="grid", seed=0,
-                      tunables=SMALL_SPACE)
+    result = optimize(
+        IntegratedGradients(trained.model),
+        x,
+        y,
+        _completeness,
+        n_trials=100,
+        sampler="grid",
+        seed=0,
+        tunables=SMALL_SPACE,
+    )
     visited = {(t.params["n_steps"], t.params["method"], t.params["baseline_fn"]) for t in result.study.trials}
     assert len(result.study.trials) == 12
     assert visited == set(itertools.product([4, 8, 12], ["riemann_left", "gausslegendre"], ["zeros", "mean"]))
     # The completeness gap of Gauss-Legendre at 12 points is the smallest of this grid for the zero baseline.
-    zero_trials = {(t.params["n_steps"], t.params["method"]): t.value for t in result.study.trials
-                   if t.params["baseline_fn"] == "zeros"}
+    zero_trials = {
+        (t.params["n_steps"], t.params["method"]): t.value
+        for t in result.study.trials
+        if t.params["baseline_fn"] == "zeros"
+    }
     assert zero_trials[(12, "gausslegendre")] < zero_trials[(4, "riemann_left")]
 
 
@@ -86,8 +97,9 @@ def test_grid_values_of_each_tunable_kind():
 
 def test_grid_over_the_default_space_leaves_dependent_entries_at_defaults(trained, tuning_batch):
     x, y = tuning_batch
-    result = optimize(IntegratedGradients(trained.model, n_steps=4), x, y, _completeness, n_trials=3,
-                      sampler="grid", seed=1)
+    result = optimize(
+        IntegratedGradients(trained.model, n_steps=4), x, y, _completeness, n_trials=3, sampler="grid", seed=1
+    )
     assert len(result.study.trials) == 3
     for trial in result.study.trials:
         assert set(trial.params) == {"n_steps", "method", "baseline_fn", "noise_level"}
@@ -102,8 +114,9 @@ def test_nan_trials_are_pruned_not_fatal(trained, tuning_batch):
         return score * float("nan") if explainer.baseline_fn.name == "mean" else score
 
     broken_for_mean.higher_is_better = True
-    result = optimize(IntegratedGradients(trained.model), x, y, broken_for_mean, n_trials=12, sampler="grid",
-                      tunables=SMALL_SPACE)
+    result = optimize(
+        IntegratedGradients(trained.model), x, y, broken_for_mean, n_trials=12, sampler="grid", tunables=SMALL_SPACE
+    )
     states = [(t.params["baseline_fn"], t.state) for t in result.study.trials]
     assert len(states) == 12
     assert all(state == optuna.trial.TrialState.PRUNED for name, state in states if name == "mean")
@@ -121,8 +134,16 @@ def test_all_trials_pruned_is_an_error(trained, tuning_batch):
 
     always_inf.higher_is_better = False
     with pytest.raises(RuntimeError, match="all 2 trial\\(s\\) were pruned"):
-        optimize(IntegratedGradients(trained.model), x, y, always_inf, n_trials=2, sampler="random", seed=0,
-                 tunables=SMALL_SPACE)
+        optimize(
+            IntegratedGradients(trained.model),
+            x,
+            y,
+            always_inf,
+            n_trials=2,
+            sampler="random",
+            seed=0,
+            tunables=SMALL_SPACE,
+        )
 
 
 def test_seed_makes_the_search_reproducible_and_restores_state(trained, tuning_batch):
@@ -148,8 +169,17 @@ def test_metric_options_are_filled_and_overridable(trained, tuning_batch):
         return attributions.abs().sum(dim=(1, 2, 3)) * scale
 
     recording.higher_is_better = True
-    optimize(IntegratedGradients(trained.model), x, y, recording, n_trials=1, sampler="random", seed=5,
-             metric_kwargs={"scale": 2.0}, tunables=SMALL_SPACE)
+    optimize(
+        IntegratedGradients(trained.model),
+        x,
+        y,
+        recording,
+        n_trials=1,
+        sampler="random",
+        seed=5,
+        metric_kwargs={"scale": 2.0},
+        tunables=SMALL_SPACE,
+    )
     assert seen[0][0] == 5 and isinstance(seen[0][1], IntegratedGradients) and seen[0][2] == 2.0
 
 
@@ -180,8 +210,9 @@ def test_tuned_explainer_scores_at_least_as_well_on_held_out_examples(trained):
     tune_x, tune_y = trained.test_x[:16], trained.test_y[:16]
     held_x, held_y = trained.test_x[100:164], trained.test_y[100:164]
     default = IntegratedGradients(trained.model)
-    result = optimize(default, tune_x, tune_y, metrics.abpc, n_trials=8, sampler="random", seed=1,
-                      metric_kwargs={"n_steps": 10})
+    result = optimize(
+        default, tune_x, tune_y, metrics.abpc, n_trials=8, sampler="random", seed=1, metric_kwargs={"n_steps": 10}
+    )
 
     def score(explainer, x, y):
         with torch.random.fork_rng(devices=[]):
@@ -221,8 +252,16 @@ def test_a_baseline_parameter_of_another_baseline_is_an_error(trained, tuning_ba
     with pytest.raises(ValueError, match=r"'baseline_fn\.gaussian_blur\.sigma'.*'zeros'"):
         optimize(explainer, x, y, _completeness, n_trials=2, sampler="random", seed=0, tunables=space)
     # Sampled together with the baseline choice it is a dependent entry, as in the full space.
-    result = optimize(explainer, x, y, _completeness, n_trials=4, sampler="random", seed=0,
-                      tunables={"baseline_fn": (str, {"choices": ["zeros", "gaussian_blur"]}), **space})
+    result = optimize(
+        explainer,
+        x,
+        y,
+        _completeness,
+        n_trials=4,
+        sampler="random",
+        seed=0,
+        tunables={"baseline_fn": (str, {"choices": ["zeros", "gaussian_blur"]}), **space},
+    )
     for trial in result.study.trials:
         assert (BLUR_SIGMA in trial.params) == (trial.params["baseline_fn"] == "gaussian_blur")
 
@@ -234,8 +273,9 @@ def test_the_first_trial_is_the_explainers_own_configuration(trained, tuning_bat
     own = metrics.abpc(trained.model, x, explainer.attribute(x, y), y, n_steps=10, seed=0)
     own = own.to(torch.float64).mean().item()
     for sampler in ("tpe", "random"):
-        result = optimize(explainer, x, y, metrics.abpc, n_trials=1, sampler=sampler, seed=0,
-                          metric_kwargs={"n_steps": 10})
+        result = optimize(
+            explainer, x, y, metrics.abpc, n_trials=1, sampler=sampler, seed=0, metric_kwargs={"n_steps": 10}
+        )
         current = explainer.current_tunables()
         assert result.study.trials[0].params == {name: current[name] for name in result.study.trials[0].params}
         assert set(result.study.trials[0].params) == set(current)
@@ -248,10 +288,19 @@ def test_the_first_trial_is_the_explainers_own_configuration(trained, tuning_bat
 def test_targets_may_be_an_int_a_sequence_or_a_tensor(trained, tuning_batch):
     x, _ = tuning_batch
     explainer = IntegratedGradients(trained.model, n_steps=10)
-    forms = [1, [1] * len(x), (1,) * len(x), torch.ones(len(x), dtype=torch.long), torch.tensor(1),
-             torch.tensor([1]), [1]]
-    results = [optimize(explainer, x, target, "completeness_error", n_trials=3, sampler="random", seed=0,
-                        tunables=SMALL_SPACE) for target in forms]
+    forms = [
+        1,
+        [1] * len(x),
+        (1,) * len(x),
+        torch.ones(len(x), dtype=torch.long),
+        torch.tensor(1),
+        torch.tensor([1]),
+        [1],
+    ]
+    results = [
+        optimize(explainer, x, target, "completeness_error", n_trials=3, sampler="random", seed=0, tunables=SMALL_SPACE)
+        for target in forms
+    ]
     for result in results[1:]:
         assert result.value == results[0].value and result.params == results[0].params
         assert [t.value for t in result.study.trials] == [t.value for t in results[0].study.trials]

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _core_models import assert_close_scaled, seeded
 from integrad import IntegratedGradients
 from integrad.rules import alphas_and_weights
+
+from _core_models import assert_close_scaled, seeded
 
 
 class ToyModel(nn.Module):
@@ -50,8 +51,9 @@ def test_toy_model_attributions_are_one_and_a_half_and_minus_a_half():
     input2 = torch.tensor([1.0], requires_grad=True)
     baselines = (torch.tensor([0.0]), torch.tensor([0.0]))
     ig = IntegratedGradients(ToyModel())
-    (a1, a2), delta = ig.attribute((input1, input2), baselines=baselines, method="gausslegendre",
-                                   return_convergence_delta=True)
+    (a1, a2), delta = ig.attribute(
+        (input1, input2), baselines=baselines, method="gausslegendre", return_convergence_delta=True
+    )
     # On the path α(3, 1) the output is ReLU(2α − 1): x1's gradient is 1 and x2's is −1 for α > 1/2. The 50
     # Gauss–Legendre nodes are symmetric about 1/2, so the weight beyond the kink is exactly 1/2.
     assert a1.shape == (1,) and a2.shape == (1,)
@@ -68,8 +70,9 @@ def test_additional_forward_args_example_prints_the_tutorials_numbers():
     input1 = torch.tensor([[1.0, 3.0], [3.0, 5.0]], requires_grad=True)
     input2 = torch.tensor([[1.0, 4.0], [0.0, 2.0]], requires_grad=True)
     ig = IntegratedGradients(ToyModelWithAdditionalForwardArgs())
-    (a1, a2), delta = ig.attribute((input1, input2), n_steps=100, additional_forward_args=1,
-                                   return_convergence_delta=True)
+    (a1, a2), delta = ig.attribute(
+        (input1, input2), n_steps=100, additional_forward_args=1, return_convergence_delta=True
+    )
     torch.testing.assert_close(a1, torch.tensor([[0.0, 0.0], [0.0, 3.3428]]), rtol=0, atol=1e-4)
     torch.testing.assert_close(a2, torch.tensor([[0.0, 0.0], [0.0, -1.3371]]), rtol=0, atol=1e-4)
     assert delta.shape == (2,)
@@ -84,8 +87,9 @@ def test_additional_forward_args_example_in_float64_matches_the_exact_step_integ
     input1 = torch.tensor([[3.0, 5.0]], dtype=torch.float64)
     input2 = torch.tensor([[0.0, 2.0]], dtype=torch.float64)
     ig = IntegratedGradients(ToyModelWithAdditionalForwardArgs())
-    (a1, a2), delta = ig.attribute((input1, input2), n_steps=100, additional_forward_args=1,
-                                   return_convergence_delta=True)
+    (a1, a2), delta = ig.attribute(
+        (input1, input2), n_steps=100, additional_forward_args=1, return_convergence_delta=True
+    )
     (b1, b2) = ig.attribute((input1, input2), n_steps=100, method="riemann_middle", additional_forward_args=1)
     # The gradient of x1[1] is 1 and of x2[1] is −1 for α > 1/3; a rule's attributions are x · (weight beyond 1/3).
     for (r1, r2), method in (((a1, a2), "gausslegendre"), ((b1, b2), "riemann_middle")):
@@ -95,8 +99,9 @@ def test_additional_forward_args_example_in_float64_matches_the_exact_step_integ
         torch.testing.assert_close(r2, torch.tensor([[0.0, -2.0 * beyond]], dtype=torch.float64), rtol=0, atol=1e-14)
     # F(x) − F(0) = ReLU(4 − 2) = 2, so delta = 3 · beyond − 2.
     alphas, weights = alphas_and_weights("gausslegendre", 100)
-    torch.testing.assert_close(delta, torch.tensor([3.0 * float(weights[alphas > 1 / 3].sum()) - 2.0],
-                                                   dtype=torch.float64), rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        delta, torch.tensor([3.0 * float(weights[alphas > 1 / 3].sum()) - 2.0], dtype=torch.float64), rtol=0, atol=1e-13
+    )
 
 
 def test_toy_softmax_model_attributions_have_the_input_shape_and_match_captum():
@@ -106,8 +111,9 @@ def test_toy_softmax_model_attributions_have_the_input_shape_and_match_captum():
     model = seeded(lambda: ToySoftmaxModel(num_in, 20, 10), seed=123, dtype=torch.float32)
     input = torch.arange(0.0, num_in * 1.0, requires_grad=True).unsqueeze(0)
     target_class_index = 5
-    attributions, delta = IntegratedGradients(model).attribute(input, target=target_class_index,
-                                                               return_convergence_delta=True)
+    attributions, delta = IntegratedGradients(model).attribute(
+        input, target=target_class_index, return_convergence_delta=True
+    )
     assert attributions.shape == input.shape
     assert attributions.dtype == torch.float32
     assert delta.shape == (1,)

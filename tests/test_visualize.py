@@ -423,8 +423,9 @@ def test_path_integrand_delta_matches_the_core_convergence_delta():
     ig = IntegratedGradients(model)
     _, delta = ig.attribute(x, target=[0, 2, 1], method="riemann_middle", n_steps=7, return_convergence_delta=True)
     for example in range(3):
-        ax = viz.path_integrand(ig, x, target=[0, 2, 1], method="riemann_middle", n_steps=7, n_dense=20,
-                                example=example)
+        ax = viz.path_integrand(
+            ig, x, target=[0, 2, 1], method="riemann_middle", n_steps=7, n_dense=20, example=example
+        )
         quadrature = _legend_number(ax, "Σ w·g(α)")
         exact = _legend_number(ax, "F(x) − F(x′)")
         assert quadrature - exact == pytest.approx(float(delta[example]), abs=1e-4)
@@ -447,8 +448,15 @@ def test_path_integrand_tuple_inputs_targets_baselines_and_args():
     ig = IntegratedGradients(_TwoInputs())
     e = 1
     ax = viz.path_integrand(
-        ig, (a, b), baselines=(0.0, b_base), target=[1, 0, 1], additional_forward_args=(scale,),
-        method="riemann_middle", n_steps=6, n_dense=9, example=e,
+        ig,
+        (a, b),
+        baselines=(0.0, b_base),
+        target=[1, 0, 1],
+        additional_forward_args=(scale,),
+        method="riemann_middle",
+        n_steps=6,
+        n_dense=9,
+        example=e,
     )
     # Target 0 for example 1: F = s Σ a·b on the path a(α) = α a, b(α) = b' + α (b − b'),
     # so g(α) = s [Σ a b' + 2 α Σ a (b − b')], linear, and F(x) − F(x') = s Σ a b.
@@ -566,8 +574,10 @@ def test_channels_last_attribution_is_refused_naming_the_layout():
     assert plt.get_fignums() == []
     # Channels first wins where both readings fit, as for images; other channel counts are fine.
     square = np.random.default_rng(2).normal(size=(3, 8, 3))
-    np.testing.assert_allclose(_heatmap_data(viz.image_heatmap(square, sign="all", clip_percentile=100)),
-                               viz.normalize_attribution(square.sum(0), "all", 100))
+    np.testing.assert_allclose(
+        _heatmap_data(viz.image_heatmap(square, sign="all", clip_percentile=100)),
+        viz.normalize_attribution(square.sum(0), "all", 100),
+    )
     assert _heatmap_data(viz.image_heatmap(np.ones((16, 4, 5)))).shape == (4, 5)
 
 
@@ -666,8 +676,9 @@ def test_path_integrand_reads_logits_outputs():
     inner = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).eval()
     x = torch.randn(2, 4)
     plain = viz.path_integrand(integrad.IntegratedGradients(inner), x, target=1, n_dense=5, n_steps=4, example=1)
-    wrapped = viz.path_integrand(integrad.IntegratedGradients(_LogitsOutput(inner)), x, target=1, n_dense=5,
-                                 n_steps=4, example=1)
+    wrapped = viz.path_integrand(
+        integrad.IntegratedGradients(_LogitsOutput(inner)), x, target=1, n_dense=5, n_steps=4, example=1
+    )
     for prefix in ("F(x) − F(x′)", "Σ w·g(α)"):
         assert _legend_number(wrapped, prefix) == pytest.approx(_legend_number(plain, prefix), rel=1e-6)
     with torch.no_grad():
@@ -720,9 +731,14 @@ def test_plot_attributions_checks_first_and_leaves_no_figure_open(tmp_path):
 def test_plot_attributions_labels_iterables_and_odd_images(tmp_path):
     from integrad.report import plot_attributions
 
-    path = plot_attributions(tmp_path / "bars.png", "features", None, torch.randn(2, 3),
-                             titles=(f"$x_{i}$ at 5$" for i in range(2)),
-                             feature_names=(n for n in ["price_$_usd_$", "a$^$b", "c"]))
+    path = plot_attributions(
+        tmp_path / "bars.png",
+        "features",
+        None,
+        torch.randn(2, 3),
+        titles=(f"$x_{i}$ at 5$" for i in range(2)),
+        feature_names=(n for n in ["price_$_usd_$", "a$^$b", "c"]),
+    )
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     # Two channels cannot be drawn as an image: the heatmaps are drawn alone.
     path = plot_attributions(tmp_path / "two.png", "image", torch.rand(2, 2, 6, 6), torch.randn(2, 2, 6, 6))
@@ -755,8 +771,11 @@ def test_html_report_creates_its_folder_and_encodes_file_names(tmp_path):
 
     parser = Refs()
     parser.feed(path.read_text(encoding="utf-8"))
-    assert [unquote(urlsplit(ref).path) for ref in parser.refs] == ["digit #3.png", "run 50%? #2.html",
-                                                                     "sub dir/a&b.html"]
+    assert [unquote(urlsplit(ref).path) for ref in parser.refs] == [
+        "digit #3.png",
+        "run 50%? #2.html",
+        "sub dir/a&b.html",
+    ]
     assert all(not urlsplit(ref).scheme and not ref.startswith("/") for ref in parser.refs)
 
 

@@ -6,8 +6,14 @@ quadrature in float64, memory-budgeted chunking, early exit for neurons and erro
 
 from . import paths
 from .engine import IntegrationReport
-from .methods import (IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel,
-                      PathIntegratedGradients, gradients_and_outputs)
+from .methods import (
+    IntegratedGradients,
+    LayerIntegratedGradients,
+    NeuronIntegratedGradients,
+    NoiseTunnel,
+    PathIntegratedGradients,
+    gradients_and_outputs,
+)
 
 __version__ = "0.1.0"
 

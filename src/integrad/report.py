@@ -14,9 +14,10 @@ import html
 import math
 import os
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,13 +72,13 @@ def token_scores(attributions: torch.Tensor) -> torch.Tensor:
 def plot_attributions(
     path: str | os.PathLike,
     kind: str,
-    inputs: Optional[torch.Tensor],
+    inputs: torch.Tensor | None,
     attributions: torch.Tensor,
     *,
-    titles: Optional[Sequence[str]] = None,
-    feature_names: Optional[Sequence[str]] = None,
-    tokens: Optional[Sequence[Sequence[str]]] = None,
-    masks: Optional[torch.Tensor] = None,
+    titles: Sequence[str] | None = None,
+    feature_names: Sequence[str] | None = None,
+    tokens: Sequence[Sequence[str]] | None = None,
+    masks: torch.Tensor | None = None,
     max_examples: int = 8,
     top_k: int = 15,
 ) -> Path:
@@ -131,14 +132,16 @@ def plot_attributions(
     else:
         titles = [str(t) for t in visualize._as_list(titles, "titles", "strings, one per example")]
         if len(titles) < n:
-            raise ValueError(
-                f"titles must have one entry per example drawn ({n}); got {len(titles)}: {titles!r}"
-            )
+            raise ValueError(f"titles must have one entry per example drawn ({n}); got {len(titles)}: {titles!r}")
     if feature_names is not None:
         feature_names = [str(name) for name in visualize._as_list(feature_names, "feature_names", "strings")]
     if kind == "image" and attr.dim() == 4:
-        same_size = (inputs is not None and inputs.dim() == 4 and inputs.shape[1] in (1, 3, 4)
-                     and tuple(inputs.shape[-2:]) == tuple(attr.shape[-2:]))
+        same_size = (
+            inputs is not None
+            and inputs.dim() == 4
+            and inputs.shape[1] in (1, 3, 4)
+            and tuple(inputs.shape[-2:]) == tuple(attr.shape[-2:])
+        )
         cols = 2 if same_size else 1
         fig, axes = plt.subplots(n, cols, figsize=(3.6 * cols + 0.6, 3.2 * n), squeeze=False)
         try:
@@ -198,8 +201,7 @@ def _draw_images(visualize, axes, inputs, attr, titles, n, same_size) -> None:
             lo, hi = float(shown.min()), float(shown.max())
             if lo < 0 or hi > 1:
                 shown = (shown - lo) / (hi - lo) if hi > lo else shown * 0
-            ax.imshow(shown.numpy(), cmap="gray" if shown.dim() == 2 else None, vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(shown.numpy(), cmap="gray" if shown.dim() == 2 else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{titles[i]}: input", parse_math=False)
@@ -229,7 +231,7 @@ class HtmlReport:
     def paragraph(self, text: str, raw: bool = False) -> None:
         self.parts.append(f"<p>{text if raw else html.escape(text)}</p>")
 
-    def image(self, src: str | os.PathLike, caption: str = "", width: Optional[int] = None) -> None:
+    def image(self, src: str | os.PathLike, caption: str = "", width: int | None = None) -> None:
         """A picture; ``src`` is its path relative to the page (any file name: it is percent-encoded here)."""
         style = f' style="max-width:{width}px"' if width else ""
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
@@ -243,9 +245,7 @@ class HtmlReport:
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows
-        )
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 

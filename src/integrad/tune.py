@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class OptimizationResult:
 
     explainer: Any
     value: float
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     study: Any = None
 
 
@@ -61,7 +62,7 @@ def _import_optuna():
     return optuna
 
 
-def _resolve_metric(metric: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
+def _resolve_metric(metric: str | Callable[..., Any]) -> Callable[..., Any]:
     if isinstance(metric, str):
         from integrad import metrics as metric_module
 
@@ -79,7 +80,7 @@ def _resolve_metric(metric: Union[str, Callable[..., Any]]) -> Callable[..., Any
     return metric
 
 
-def _check_space(space: Dict[str, Tuple[type, Dict[str, Any]]]) -> None:
+def _check_space(space: dict[str, tuple[type, dict[str, Any]]]) -> None:
     if not isinstance(space, dict) or not space:
         raise ValueError("the search space is empty: the explainer has no tunables (or tunables={} was passed)")
     for name, entry in space.items():
@@ -93,12 +94,13 @@ def _check_space(space: Dict[str, Tuple[type, Dict[str, Any]]]) -> None:
             raise ValueError(f"tunable {name!r} of type {getattr(kind, '__name__', kind)} needs non-empty 'choices'")
 
 
-def _fix_conditions(space: Dict[str, Tuple[type, Dict[str, Any]]],
-                    current: Dict[str, Any]) -> Dict[str, Tuple[type, Dict[str, Any]]]:
+def _fix_conditions(
+    space: dict[str, tuple[type, dict[str, Any]]], current: dict[str, Any]
+) -> dict[str, tuple[type, dict[str, Any]]]:
     # A condition ("when") on a parameter that is not searched is decided by the explainer's own value of it: a
     # baseline's parameter searched without the baseline choice tunes the explainer's own baseline, so it is
     # searched unconditionally when that baseline is the one named, and is an error otherwise.
-    fixed: Dict[str, Tuple[type, Dict[str, Any]]] = {}
+    fixed: dict[str, tuple[type, dict[str, Any]]] = {}
     for name, (kind, spec) in space.items():
         when = spec.get("when")
         if when:
@@ -118,7 +120,7 @@ def _fix_conditions(space: Dict[str, Tuple[type, Dict[str, Any]]],
     return fixed
 
 
-def _batch_of(explainer: Any, inputs: Any) -> Tuple[Optional[int], Optional[torch.device]]:
+def _batch_of(explainer: Any, inputs: Any) -> tuple[int | None, torch.device | None]:
     # Number of examples and device of the first attributed tensor, as the explainer reads the batch.
     extract = getattr(explainer, "_extract_args", None)
     forward = extract(inputs)[0] if callable(extract) else inputs
@@ -128,7 +130,7 @@ def _batch_of(explainer: Any, inputs: Any) -> Tuple[Optional[int], Optional[torc
     return (int(first.shape[0]) if first.dim() > 0 else None), first.device
 
 
-def _targets_tensor(targets: Any, n: Optional[int], device: Optional[torch.device]) -> Any:
+def _targets_tensor(targets: Any, n: int | None, device: torch.device | None) -> Any:
     # The forms the explainer accepts, checked as it checks them, as one LongTensor of shape (N,): the form every
     # metric takes. Without a tensor batch to count examples, they go on unchanged (the explainer checks them).
     if n is None:
@@ -139,7 +141,7 @@ def _targets_tensor(targets: Any, n: Optional[int], device: Optional[torch.devic
     return torch.as_tensor(targets, dtype=torch.long, device=device).reshape(-1).expand(n).clone()
 
 
-def grid_values(kind: type, spec: Dict[str, Any], points: int = 5) -> List[Any]:
+def grid_values(kind: type, spec: dict[str, Any], points: int = 5) -> list[Any]:
     """Finite values of one tunable, for grid search.
 
     Categories give their choices; ranges with a ``step`` give every step from ``low`` to ``high``; ranges without
@@ -160,8 +162,8 @@ def grid_values(kind: type, spec: Dict[str, Any], points: int = 5) -> List[Any]:
     return [round(float(v), 12) for v in values]
 
 
-def _suggest(trial: Any, space: Dict[str, Tuple[type, Dict[str, Any]]], conditional: bool) -> Dict[str, Any]:
-    params: Dict[str, Any] = {}
+def _suggest(trial: Any, space: dict[str, tuple[type, dict[str, Any]]], conditional: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
     # Independent entries first: a dependent entry's condition refers to them.
     for name, (kind, spec) in sorted(space.items(), key=lambda item: "when" in item[1][1]):
         when = spec.get("when")
@@ -169,17 +171,19 @@ def _suggest(trial: Any, space: Dict[str, Tuple[type, Dict[str, Any]]], conditio
             if not conditional or any(params.get(key) != value for key, value in when.items()):
                 continue
         if kind is int:
-            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step") or 1,
-                                             log=bool(spec.get("log", False)))
+            params[name] = trial.suggest_int(
+                name, spec["low"], spec["high"], step=spec.get("step") or 1, log=bool(spec.get("log", False))
+            )
         elif kind is float:
-            params[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"),
-                                               log=bool(spec.get("log", False)))
+            params[name] = trial.suggest_float(
+                name, spec["low"], spec["high"], step=spec.get("step"), log=bool(spec.get("log", False))
+            )
         else:
             params[name] = trial.suggest_categorical(name, list(spec["choices"]))
     return params
 
 
-def _in_space(value: Any, kind: type, spec: Dict[str, Any]) -> bool:
+def _in_space(value: Any, kind: type, spec: dict[str, Any]) -> bool:
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec["low"] <= value <= spec["high"]:
             return False
@@ -188,13 +192,13 @@ def _in_space(value: Any, kind: type, spec: Dict[str, Any]) -> bool:
     return value in spec["choices"]
 
 
-def _metric_options(metric: Callable[..., Any], explainer: Any, seed: Optional[int]) -> Dict[str, Any]:
+def _metric_options(metric: Callable[..., Any], explainer: Any, seed: int | None) -> dict[str, Any]:
     try:
         parameters = inspect.signature(metric).parameters
     except (TypeError, ValueError):
         return {}
     open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    options: Dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for name in _EXPLAINER_OPTIONS:
         value = getattr(explainer, name, None)
         if value is not None and (name in parameters or open_ended):
@@ -206,11 +210,19 @@ def _metric_options(metric: Callable[..., Any], explainer: Any, seed: Optional[i
     return options
 
 
-def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Callable[..., Any]], n_trials: int = 20,
-             sampler: Union[str, Any] = "tpe", seed: Optional[int] = None,
-             metric_kwargs: Optional[Dict[str, Any]] = None, *,
-             tunables: Optional[Dict[str, Tuple[type, Dict[str, Any]]]] = None,
-             verbose: bool = False) -> OptimizationResult:
+def optimize(
+    explainer: Any,
+    inputs: Any,
+    targets: Any,
+    metric: str | Callable[..., Any],
+    n_trials: int = 20,
+    sampler: str | Any = "tpe",
+    seed: int | None = None,
+    metric_kwargs: dict[str, Any] | None = None,
+    *,
+    tunables: dict[str, tuple[type, dict[str, Any]]] | None = None,
+    verbose: bool = False,
+) -> OptimizationResult:
     """Search the explainer's tunables for the configuration with the best mean metric on ``inputs``.
 
     Each trial draws a point of the space, builds ``explainer.apply_tunables(point)`` (a copy; ``explainer`` is not
@@ -294,8 +306,7 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
             sampler_object = optuna.samplers.RandomSampler(seed=seed)
         else:
             grid = True
-            search_space = {name: grid_values(kind, spec) for name, (kind, spec) in space.items()
-                            if "when" not in spec}
+            search_space = {name: grid_values(kind, spec) for name, (kind, spec) in space.items() if "when" not in spec}
             size = math.prod(len(values) for values in search_space.values())
             n_trials = min(n_trials, size)
             sampler_object = optuna.samplers.GridSampler(search_space, seed=seed)
@@ -325,12 +336,22 @@ def optimize(explainer: Any, inputs: Any, targets: Any, metric: Union[str, Calla
     return OptimizationResult(explainer.apply_tunables(dict(best.params)), float(best.value), dict(best.params), study)
 
 
-def _run(optuna: Any, study: Any, explainer: Any, current: Dict[str, Any], inputs: Any, targets: Any,
-         metric: Callable[..., Any], space: Dict[str, Tuple[type, Dict[str, Any]]], grid: bool, seed: Optional[int],
-         metric_kwargs: Optional[Dict[str, Any]], n_trials: int) -> None:
+def _run(
+    optuna: Any,
+    study: Any,
+    explainer: Any,
+    current: dict[str, Any],
+    inputs: Any,
+    targets: Any,
+    metric: Callable[..., Any],
+    space: dict[str, tuple[type, dict[str, Any]]],
+    grid: bool,
+    seed: int | None,
+    metric_kwargs: dict[str, Any] | None,
+    n_trials: int,
+) -> None:
     if not grid:
-        start = {name: value for name, value in current.items()
-                 if name in space and _in_space(value, *space[name])}
+        start = {name: value for name, value in current.items() if name in space and _in_space(value, *space[name])}
         if start:
             study.enqueue_trial(start)
 

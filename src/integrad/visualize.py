@@ -31,7 +31,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ __all__ = [
     "save_figure",
 ]
 
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 SIGNS = ("all", "positive", "negative", "absolute")
 
@@ -93,15 +93,9 @@ def _pyplot(files_only: bool = False):
     """
     matplotlib = _import_matplotlib("matplotlib")
     headless = (
-        sys.platform.startswith("linux")
-        and not os.environ.get("DISPLAY")
-        and not os.environ.get("WAYLAND_DISPLAY")
+        sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")
     )
-    if (
-        "matplotlib.pyplot" not in sys.modules
-        and not os.environ.get("MPLBACKEND")
-        and (files_only or headless)
-    ):
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and (files_only or headless):
         matplotlib.use("Agg")
     return _import_matplotlib("matplotlib.pyplot")
 
@@ -160,9 +154,7 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
 
 def _check_sign(sign: Any) -> str:
     if not isinstance(sign, str) or sign not in SIGNS:
-        raise ValueError(
-            f"sign must be one of {', '.join(repr(s) for s in SIGNS)}; got {sign!r}"
-        )
+        raise ValueError(f"sign must be one of {', '.join(repr(s) for s in SIGNS)}; got {sign!r}")
     return sign
 
 
@@ -173,10 +165,7 @@ def _check_percentile(clip_percentile: Any) -> float:
         or not math.isfinite(float(clip_percentile))
         or not 0.0 < float(clip_percentile) <= 100.0
     ):
-        raise ValueError(
-            "clip_percentile must be a number in (0, 100] (100 = no clipping); "
-            f"got {clip_percentile!r}"
-        )
+        raise ValueError(f"clip_percentile must be a number in (0, 100] (100 = no clipping); got {clip_percentile!r}")
     return float(clip_percentile)
 
 
@@ -226,17 +215,14 @@ def _prepare_image(image: Any, hw: tuple[int, int], integer_input: bool) -> np.n
             arr = np.moveaxis(arr, 0, -1)
         elif not (arr.shape[2] in (1, 3, 4) and tuple(arr.shape[:2]) == hw):
             raise ValueError(
-                f"image must have shape {accepted} matching the attribution's "
-                f"spatial size {hw}; got {tuple(arr.shape)}"
+                f"image must have shape {accepted} matching the attribution's spatial size {hw}; got {tuple(arr.shape)}"
             )
         if arr.shape[2] == 1:
             arr = arr[..., 0]
     elif arr.ndim != 2:
         raise ValueError(f"image must have shape {accepted}; got {tuple(arr.shape)}")
     if tuple(arr.shape[:2]) != hw:
-        raise ValueError(
-            f"image must have the attribution's spatial size {hw}; got {tuple(arr.shape)}"
-        )
+        raise ValueError(f"image must have the attribution's spatial size {hw}; got {tuple(arr.shape)}")
     _check_finite(arr, "image")
     lo, hi = float(arr.min()), float(arr.max())
     if lo >= 0.0 and hi <= 1.0:
@@ -264,10 +250,7 @@ def _figure_of(fig_or_ax: Any):
     elif isinstance(fig_or_ax, FigureBase):
         fig = fig_or_ax
     else:
-        raise TypeError(
-            "fig_or_ax must be a matplotlib Figure, SubFigure or Axes; "
-            f"got {type(fig_or_ax).__name__}"
-        )
+        raise TypeError(f"fig_or_ax must be a matplotlib Figure, SubFigure or Axes; got {type(fig_or_ax).__name__}")
     # A SubFigure cannot be saved on its own; walk up to the figure that owns it.
     while not isinstance(fig, Figure):
         fig = fig.figure
@@ -279,9 +262,7 @@ def _figure_of(fig_or_ax: Any):
 # ---------------------------------------------------------------------------
 
 
-def normalize_attribution(
-    attribution: ArrayLike, sign: str = "all", clip_percentile: float = 99.0
-) -> np.ndarray:
+def normalize_attribution(attribution: ArrayLike, sign: str = "all", clip_percentile: float = 99.0) -> np.ndarray:
     """Scale attributions to a fixed colour range, clipping outliers.
 
     The scale ``L`` is the ``clip_percentile``-th percentile (linear
@@ -360,10 +341,10 @@ def image_heatmap(
     clip_percentile: float = 99.0,
     overlay_alpha: float = 0.5,
     cmap: Any = None,
-    ax: "Axes | None" = None,
+    ax: Axes | None = None,
     title: str | None = None,
     colorbar: bool = True,
-) -> "Axes":
+) -> Axes:
     """Draw an image attribution as a heatmap, optionally over the image.
 
     Parameters
@@ -469,7 +450,7 @@ def image_side_by_side(
     *,
     titles: Sequence[str] | None = None,
     **heatmap_kwargs: Any,
-) -> "Figure":
+) -> Figure:
     """Show an image followed by one heatmap per attribution, in one row.
 
     Parameters
@@ -508,8 +489,7 @@ def image_side_by_side(
     for reserved in ("ax", "title", "image"):
         if reserved in heatmap_kwargs:
             raise TypeError(
-                f"image_side_by_side() sets {reserved!r} itself; it cannot be passed "
-                "through heatmap_kwargs"
+                f"image_side_by_side() sets {reserved!r} itself; it cannot be passed through heatmap_kwargs"
             )
     if "overlay_alpha" in heatmap_kwargs:
         raise TypeError(
@@ -536,10 +516,7 @@ def image_side_by_side(
     if titles is not None:
         given = _as_list(titles, "titles", f"{len(items)} strings, one per attribution")
         if len(given) != len(items):
-            raise ValueError(
-                f"titles must be a sequence of {len(items)} strings, one per attribution; "
-                f"got {given!r}"
-            )
+            raise ValueError(f"titles must be a sequence of {len(items)} strings, one per attribution; got {given!r}")
         names = [str(t) for t in given]
 
     # Validate every panel before drawing so that a bad one leaves no figure behind.
@@ -548,17 +525,17 @@ def image_side_by_side(
     for item in items[1:]:
         hw = tuple(_reduce_channels(_as_array(item, "attribution")).shape)
         if hw != first_hw:
-            raise ValueError(
-                "attributions must all have the image's spatial size "
-                f"{first_hw}; got one of size {hw}"
-            )
+            raise ValueError(f"attributions must all have the image's spatial size {first_hw}; got one of size {hw}")
 
     plt = _pyplot()
     n = len(items) + 1
     fig, axes = plt.subplots(1, n, figsize=(3.8 * n, 3.4), squeeze=False, layout="constrained")
     axes = axes[0]
     axes[0].imshow(
-        shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0,
+        shown,
+        cmap="gray" if shown.ndim == 2 else None,
+        vmin=0.0,
+        vmax=1.0,
         interpolation="nearest",
     )
     axes[0].set_xticks([])
@@ -623,15 +600,11 @@ def text_html(
         (0, 100].
     """
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
-        raise TypeError(
-            f"tokens must be a sequence of strings (e.g. a list); got {type(tokens).__name__}"
-        )
+        raise TypeError(f"tokens must be a sequence of strings (e.g. a list); got {type(tokens).__name__}")
     percentile = _check_percentile(clip_percentile)
     for token in tokens:
         if not isinstance(token, str):
-            raise TypeError(
-                f"tokens must be a sequence of strings; found {type(token).__name__} {token!r}"
-            )
+            raise TypeError(f"tokens must be a sequence of strings; found {type(token).__name__} {token!r}")
     raw = _as_array(scores, "scores")
     if raw.ndim == 2 and raw.shape[0] == 1:
         raw = raw[0]
@@ -642,8 +615,7 @@ def text_html(
         )
     if raw.shape[0] != len(tokens):
         raise ValueError(
-            f"tokens and scores must have the same length; got {len(tokens)} tokens "
-            f"and {raw.shape[0]} scores"
+            f"tokens and scores must have the same length; got {len(tokens)} tokens and {raw.shape[0]} scores"
         )
     if not np.all(np.isfinite(raw)):
         raise ValueError("scores contains NaN or infinite values")
@@ -655,8 +627,7 @@ def text_html(
     parts = ['<div class="integrad-text" style="font-family: sans-serif; line-height: 2;">']
     if title is not None:
         parts.append(
-            '<div style="font-weight: bold; margin-bottom: 0.3em;">'
-            f"{html.escape(str(title), quote=True)}</div>"
+            f'<div style="font-weight: bold; margin-bottom: 0.3em;">{html.escape(str(title), quote=True)}</div>'
         )
     spans = []
     for token, score, level in zip(tokens, raw, normalised):
@@ -681,9 +652,9 @@ def feature_bars(
     feature_names: Sequence[str] | None = None,
     *,
     top_k: int | None = None,
-    ax: "Axes | None" = None,
+    ax: Axes | None = None,
     title: str | None = None,
-) -> "Axes":
+) -> Axes:
     """Horizontal bar chart of feature attributions, largest ``|score|`` on top.
 
     Parameters
@@ -729,10 +700,7 @@ def feature_bars(
     else:
         given = _as_list(feature_names, "feature_names", f"{n} names, one per score")
         if len(given) != n:
-            raise ValueError(
-                f"feature_names must be a sequence of {n} names, one per score; "
-                f"got {given!r}"
-            )
+            raise ValueError(f"feature_names must be a sequence of {n} names, one per score; got {given!r}")
         names = [str(name) for name in given]
     k = n if top_k is None else min(_check_int(top_k, "top_k", 1), n)
 
@@ -795,10 +763,7 @@ def _as_input_tuple(inputs: Any) -> tuple[tuple[torch.Tensor, ...], bool]:
         return (inputs,), False
     if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
         return tuple(inputs), True
-    raise TypeError(
-        "inputs must be a torch.Tensor or a non-empty tuple of tensors; "
-        f"got {type(inputs).__name__}"
-    )
+    raise TypeError(f"inputs must be a torch.Tensor or a non-empty tuple of tensors; got {type(inputs).__name__}")
 
 
 def _take_example(value: Any, example: int, n: int, ndim: int | None = None) -> Any:
@@ -831,29 +796,19 @@ def _single_target(target: Any, example: int, n: int) -> Any:
             return int(target[example].item())
         if target.ndim == 2 and target.shape[0] == n:
             return tuple(int(v) for v in target[example].tolist())
-        raise ValueError(
-            f"target tensor must have one element or shape ({n},) or ({n}, k); "
-            f"got {tuple(target.shape)}"
-        )
+        raise ValueError(f"target tensor must have one element or shape ({n},) or ({n}, k); got {tuple(target.shape)}")
     if isinstance(target, list):
         if len(target) != n:
-            raise ValueError(
-                f"target list must have one entry per example ({n}); got {len(target)}"
-            )
+            raise ValueError(f"target list must have one entry per example ({n}); got {len(target)}")
         return _single_target(target[example], 0, 1)
-    raise TypeError(
-        "target must be None, an int, a tuple of ints, a list or a tensor; "
-        f"got {type(target).__name__}"
-    )
+    raise TypeError(f"target must be None, an int, a tuple of ints, a list or a tensor; got {type(target).__name__}")
 
 
 def _baseline_tensors(baselines: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Materialise baselines (None / scalar / tensor, or a tuple of those)."""
     if isinstance(baselines, tuple):
         if len(baselines) != len(inputs):
-            raise ValueError(
-                f"baselines must have one entry per input ({len(inputs)}); got {len(baselines)}"
-            )
+            raise ValueError(f"baselines must have one entry per input ({len(inputs)}); got {len(baselines)}")
         parts = baselines
     else:
         parts = (baselines,) * len(inputs)
@@ -868,13 +823,11 @@ def _baseline_tensors(baselines: Any, inputs: tuple[torch.Tensor, ...]) -> tuple
                 out.append(torch.broadcast_to(base.to(device=inp.device, dtype=inp.dtype), inp.shape))
             except RuntimeError as exc:
                 raise ValueError(
-                    f"baselines of shape {tuple(base.shape)} cannot be broadcast to the "
-                    f"input shape {tuple(inp.shape)}"
+                    f"baselines of shape {tuple(base.shape)} cannot be broadcast to the input shape {tuple(inp.shape)}"
                 ) from exc
         else:
             raise TypeError(
-                "baselines must be None, a number, a tensor, or a tuple of those; "
-                f"got {type(base).__name__}"
+                f"baselines must be None, a number, a tensor, or a tuple of those; got {type(base).__name__}"
             )
     return tuple(out)
 
@@ -895,10 +848,7 @@ def _target_value(output: Any, target: Any, which: str) -> float:
             ) from exc
     if output.ndim == 0:
         if target is not None:
-            raise ValueError(
-                f"forward_func returned a scalar at the {which}, so target must be None; "
-                f"got {target!r}"
-            )
+            raise ValueError(f"forward_func returned a scalar at the {which}, so target must be None; got {target!r}")
         return float(output.item())
     if output.shape[0] != 1:
         raise ValueError(
@@ -910,8 +860,7 @@ def _target_value(output: Any, target: Any, which: str) -> float:
         row = row[target]
     if row.numel() != 1:
         raise ValueError(
-            f"forward_func output per example has shape {tuple(output.shape[1:])}; "
-            "pass target to select one scalar"
+            f"forward_func output per example has shape {tuple(output.shape[1:])}; pass target to select one scalar"
         )
     return float(row.reshape(()).item())
 
@@ -1008,8 +957,8 @@ def path_integrand(
     n_steps: int = 50,
     n_dense: int = 200,
     example: int = 0,
-    ax: "Axes | None" = None,
-) -> "Axes":
+    ax: Axes | None = None,
+) -> Axes:
     """Plot the IG integrand along the path to see why a convergence delta is large.
 
     The line is the integrand ``g(α) = dF/dα`` on ``n_dense`` evenly spaced
@@ -1078,9 +1027,7 @@ def path_integrand(
 
     core, from_explainer = _resolve_ig(explainer_or_ig)
     if isinstance(n_steps, str):
-        raise ValueError(
-            f"n_steps must be a positive integer for path_integrand (a fixed rule); got {n_steps!r}"
-        )
+        raise ValueError(f"n_steps must be a positive integer for path_integrand (a fixed rule); got {n_steps!r}")
     n_steps = _check_int(n_steps, "n_steps", 1)
     n_dense = _check_int(n_dense, "n_dense", 2)
     tensors, was_tuple = _as_input_tuple(inputs)
@@ -1098,9 +1045,7 @@ def path_integrand(
     # n_dense model rows instead of N * n_dense.
     one_inputs = tuple(_take_example(t, example, n) for t in tensors)
     if isinstance(baselines, tuple):
-        one_baselines = tuple(
-            _take_example(b, example, n, ndim=t.ndim) for b, t in zip(baselines, tensors)
-        )
+        one_baselines = tuple(_take_example(b, example, n, ndim=t.ndim) for b, t in zip(baselines, tensors))
     else:
         one_baselines = _take_example(baselines, example, n, ndim=tensors[0].ndim)
     one_target = _single_target(target, example, n)
@@ -1116,9 +1061,7 @@ def path_integrand(
     rule_weights = np.asarray(rule_weights, dtype=np.float64)
     dense_alphas = np.linspace(0.0, 1.0, n_dense)
     # One call for both grids: one pass of model evaluations instead of two.
-    profile = integrand_profile(
-        core, call_inputs, np.concatenate([dense_alphas, rule_alphas]), **kwargs
-    )[0]
+    profile = integrand_profile(core, call_inputs, np.concatenate([dense_alphas, rule_alphas]), **kwargs)[0]
     dense_g, rule_g = profile[:n_dense], profile[n_dense:]
     quadrature = float(np.dot(rule_weights, rule_g))
 
@@ -1133,23 +1076,51 @@ def path_integrand(
 
     plt = _pyplot()
     with _drawing(plt, ax, (6.5, 4.0)) as ax:
-        _draw_integrand(ax, dense_alphas, dense_g, rule_alphas, rule_weights, rule_g, method, n_steps,
-                        n_dense, exact, quadrature, example)
+        _draw_integrand(
+            ax,
+            dense_alphas,
+            dense_g,
+            rule_alphas,
+            rule_weights,
+            rule_g,
+            method,
+            n_steps,
+            n_dense,
+            exact,
+            quadrature,
+            example,
+        )
     return ax
 
 
-def _draw_integrand(ax, dense_alphas, dense_g, rule_alphas, rule_weights, rule_g, method, n_steps,
-                    n_dense, exact, quadrature, example) -> None:
-    ax.plot(dense_alphas, dense_g, color="C0", linewidth=1.5, gid="integrand-dense",
-            label=f"g(α) = dF/dα ({n_dense} points)")
+def _draw_integrand(
+    ax, dense_alphas, dense_g, rule_alphas, rule_weights, rule_g, method, n_steps, n_dense, exact, quadrature, example
+) -> None:
+    ax.plot(
+        dense_alphas,
+        dense_g,
+        color="C0",
+        linewidth=1.5,
+        gid="integrand-dense",
+        label=f"g(α) = dF/dα ({n_dense} points)",
+    )
     w_abs = np.abs(rule_weights)
     sizes = 200.0 * w_abs / w_abs.max() if w_abs.max() > 0 else np.full_like(w_abs, 20.0)
-    ax.scatter(rule_alphas, rule_g, s=sizes, color="C1", edgecolors="black", linewidths=0.5,
-               zorder=3, gid="rule-nodes", label=f"{method} nodes, n={n_steps} (area ∝ weight)")
-    ax.axhline(exact, color="black", linewidth=1.0, gid="exact",
-               label=f"F(x) − F(x′) = {exact:.8g}")
-    ax.axhline(quadrature, color="C1", linestyle="--", linewidth=1.0, gid="quadrature",
-               label=f"Σ w·g(α) = {quadrature:.8g}")
+    ax.scatter(
+        rule_alphas,
+        rule_g,
+        s=sizes,
+        color="C1",
+        edgecolors="black",
+        linewidths=0.5,
+        zorder=3,
+        gid="rule-nodes",
+        label=f"{method} nodes, n={n_steps} (area ∝ weight)",
+    )
+    ax.axhline(exact, color="black", linewidth=1.0, gid="exact", label=f"F(x) − F(x′) = {exact:.8g}")
+    ax.axhline(
+        quadrature, color="C1", linestyle="--", linewidth=1.0, gid="quadrature", label=f"Σ w·g(α) = {quadrature:.8g}"
+    )
     ax.plot([], [], linestyle="none", label=f"delta = {quadrature - exact:.3g}")
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("α (position along the path from baseline to input)")
@@ -1163,7 +1134,7 @@ def _draw_integrand(ax, dense_alphas, dense_g, rule_alphas, rule_weights, rule_g
 # ---------------------------------------------------------------------------
 
 
-def save_figure(fig_or_ax: Any, path: Union[str, os.PathLike], dpi: float = 100) -> Path:
+def save_figure(fig_or_ax: Any, path: str | os.PathLike, dpi: float = 100) -> Path:
     """Write a figure to a PNG file and close it.
 
     Parameters
@@ -1194,12 +1165,7 @@ def save_figure(fig_or_ax: Any, path: Union[str, os.PathLike], dpi: float = 100)
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"path must end in '.png' (PNG is the format written); got {str(path)!r}")
-    if (
-        isinstance(dpi, bool)
-        or not isinstance(dpi, numbers.Real)
-        or not math.isfinite(float(dpi))
-        or dpi <= 0
-    ):
+    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or not math.isfinite(float(dpi)) or dpi <= 0:
         raise ValueError(f"dpi must be a positive number; got {dpi!r}")
     plt = _pyplot()
     fig = _figure_of(fig_or_ax)

@@ -50,8 +50,13 @@ class TwoLayer(nn.Module):
 
 def two_layer(seed: int, n_in: int = 5, hidden: int = 8, n_out: int = 3, act=torch.tanh) -> TwoLayer:
     g = _gen(seed)
-    return TwoLayer(_normal(g, hidden, n_in, scale=n_in**-0.5), _normal(g, hidden, scale=0.5),
-                    _normal(g, n_out, hidden, scale=hidden**-0.5), _normal(g, n_out), act)
+    return TwoLayer(
+        _normal(g, hidden, n_in, scale=n_in**-0.5),
+        _normal(g, hidden, scale=0.5),
+        _normal(g, n_out, hidden, scale=hidden**-0.5),
+        _normal(g, n_out),
+        act,
+    )
 
 
 def points(seed: int, batch: int = 3, n_in: int = 5, scale: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +76,9 @@ def _scale(*tensors: torch.Tensor) -> float:
 def test_completeness_is_exact_to_rounding_on_a_smooth_model_with_many_gauss_points(seed, target):
     model = two_layer(seed)
     x, base = points(seed)
-    attr, delta = IntegratedGradients(model).attribute(x, base, target=target, n_steps=64,
-                                                       return_convergence_delta=True)
+    attr, delta = IntegratedGradients(model).attribute(
+        x, base, target=target, n_steps=64, return_convergence_delta=True
+    )
     gap = (model(x) - model(base))[:, target]
     torch.testing.assert_close(attr.sum(1), gap, rtol=0, atol=1e-12 * _scale(attr, gap))
     assert float(delta.abs().max()) <= 1e-12 * _scale(attr, gap)
@@ -87,8 +93,9 @@ def test_completeness_error_on_a_relu_network_is_bounded_by_the_integrands_varia
     n = _steps(method, n)
     model = two_layer(seed, hidden=12, act=torch.relu)
     x, base = points(seed)
-    attr, delta = IntegratedGradients(model).attribute(x, base, target=target, method=method, n_steps=n,
-                                                       return_convergence_delta=True)
+    attr, delta = IntegratedGradients(model).attribute(
+        x, base, target=target, method=method, n_steps=n, return_convergence_delta=True
+    )
     d = x - base
     pre_start = base @ model.w1.T + model.b1  # pre-activation at α = 0, moving at speed `slope`
     slope = d @ model.w1.T
@@ -119,10 +126,16 @@ def test_attributions_sum_to_the_rule_applied_to_the_path_integrand(seed, method
 
 
 @AXIOM_SETTINGS
-@given(seed=seeds, feature=st.integers(0, 4), value=st.floats(-3, 3), reference=st.floats(-3, 3),
-       steepness=st.floats(0.1, 3.0))
-def test_sensitivity_a_feature_that_changes_the_output_gets_nonzero_attribution(seed, feature, value, reference,
-                                                                                  steepness):
+@given(
+    seed=seeds,
+    feature=st.integers(0, 4),
+    value=st.floats(-3, 3),
+    reference=st.floats(-3, 3),
+    steepness=st.floats(0.1, 3.0),
+)
+def test_sensitivity_a_feature_that_changes_the_output_gets_nonzero_attribution(
+    seed, feature, value, reference, steepness
+):
     """``F(x) = tanh(s · x_i + c)`` depends on feature ``i`` only; if ``x_i ≠ x′_i`` then ``F(x) ≠ F(x′)``."""
     if abs(value - reference) < 1e-2:
         value = reference + 0.5
@@ -183,8 +196,9 @@ def test_linearity_ig_of_a_combination_is_the_combination_of_igs(seed, method, n
     target = [0, 2, 1]
     ig = lambda model: IntegratedGradients(model).attribute(x, base, target=target, method=method, n_steps=n)  # noqa: E731
     ig_f, ig_g, ig_combo = ig(f), ig(g), ig(combo)
-    torch.testing.assert_close(ig_combo, a * ig_f + b * ig_g, rtol=0,
-                               atol=1e-12 * (1 + abs(a) + abs(b)) * _scale(ig_f, ig_g))
+    torch.testing.assert_close(
+        ig_combo, a * ig_f + b * ig_g, rtol=0, atol=1e-12 * (1 + abs(a) + abs(b)) * _scale(ig_f, ig_g)
+    )
 
 
 # ------------------------------------------------------------------------------------------ symmetry preservation
@@ -211,8 +225,13 @@ def test_symmetry_preservation_symmetric_features_with_equal_values_get_equal_at
 
 
 @AXIOM_SETTINGS
-@given(seed=seeds, method=methods, n=step_counts,
-       ignored=st.sets(st.integers(0, 4), min_size=1, max_size=4), zero_weights=st.booleans())
+@given(
+    seed=seeds,
+    method=methods,
+    n=step_counts,
+    ignored=st.sets(st.integers(0, 4), min_size=1, max_size=4),
+    zero_weights=st.booleans(),
+)
 def test_dummy_features_the_model_ignores_get_exactly_zero(seed, method, n, ignored, zero_weights):
     n = _steps(method, n)
     used = [i for i in range(5) if i not in ignored]
@@ -242,8 +261,9 @@ def test_one_step_of_right_riemann_is_gradient_times_input_difference(seed, targ
     (grad,) = torch.autograd.grad(model(probe)[:, target].sum(), probe)
     attr = IntegratedGradients(model).attribute(x, base, target=target, method="riemann_right", n_steps=1)
     torch.testing.assert_close(attr, grad * (x - base), rtol=0, atol=1e-13 * _scale(grad))
-    local = IntegratedGradients(model, multiply_by_inputs=False).attribute(x, base, target=target,
-                                                                          method="riemann_right", n_steps=1)
+    local = IntegratedGradients(model, multiply_by_inputs=False).attribute(
+        x, base, target=target, method="riemann_right", n_steps=1
+    )
     torch.testing.assert_close(local, grad, rtol=0, atol=1e-13 * _scale(grad))
 
 
@@ -270,5 +290,5 @@ def test_each_example_is_attributed_independently_of_the_rest_of_the_batch(seed,
     ig = IntegratedGradients(model)
     together = ig.attribute(x, base, target=target, method=method, n_steps=n)
     for k in range(4):
-        alone = ig.attribute(x[k:k + 1], base[k:k + 1], target=target[k], method=method, n_steps=n)
-        torch.testing.assert_close(together[k:k + 1], alone, rtol=0, atol=1e-14 * _scale(alone))
+        alone = ig.attribute(x[k : k + 1], base[k : k + 1], target=target[k], method=method, n_steps=n)
+        torch.testing.assert_close(together[k : k + 1], alone, rtol=0, atol=1e-14 * _scale(alone))

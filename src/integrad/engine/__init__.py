@@ -8,13 +8,45 @@
 
 from .adaptive import integrate_adaptive
 from .chunking import Chunking, default_budget, is_out_of_memory, parse_bytes, run_chunked
-from .evaluate import (IntegrationReport, PathIntegral, Probe, Reduction, RowGradients, Rows, WeightedSum,
-                       evaluate_rows, gradients_at, integrate, method_rows, probe_values, rule_rows, writes_into_leaf)
+from .evaluate import (
+    IntegrationReport,
+    PathIntegral,
+    Probe,
+    Reduction,
+    RowGradients,
+    Rows,
+    WeightedSum,
+    evaluate_rows,
+    gradients_at,
+    integrate,
+    method_rows,
+    probe_values,
+    rule_rows,
+    writes_into_leaf,
+)
 from .tuning import RowShapeMemory, RowShapes
 
 __all__ = [
-    "Chunking", "IntegrationReport", "PathIntegral", "Probe", "Reduction", "RowGradients", "RowShapeMemory",
-    "RowShapes", "Rows", "WeightedSum", "default_budget", "evaluate_rows", "gradients_at", "integrate",
-    "integrate_adaptive", "is_out_of_memory", "method_rows", "parse_bytes", "probe_values", "rule_rows",
-    "run_chunked", "writes_into_leaf",
+    "Chunking",
+    "IntegrationReport",
+    "PathIntegral",
+    "Probe",
+    "Reduction",
+    "RowGradients",
+    "RowShapeMemory",
+    "RowShapes",
+    "Rows",
+    "WeightedSum",
+    "default_budget",
+    "evaluate_rows",
+    "gradients_at",
+    "integrate",
+    "integrate_adaptive",
+    "is_out_of_memory",
+    "method_rows",
+    "parse_bytes",
+    "probe_values",
+    "rule_rows",
+    "run_chunked",
+    "writes_into_leaf",
 ]

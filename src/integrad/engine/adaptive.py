@@ -100,10 +100,20 @@ _NEW = (0.23638319966214988028, 0.64185334234578130578, 0.94288241569547971906)
 EXTRA_NODES = np.array([-_NEW[2], -_NEW[1], -_NEW[0], _NEW[0], _NEW[1], _NEW[2]])
 _OLD_WEIGHTS = (0.24261107190140773380, 0.19977340522685852679, 0.15507198733658539625, 0.015827191973480183087)
 _NEW_WEIGHTS = (0.22492646533333952702, 0.18882157396018245442, 0.094273840218850045531)
-EXTENDED_WEIGHTS_OLD = np.array([_OLD_WEIGHTS[3], _OLD_WEIGHTS[2], _OLD_WEIGHTS[1], _OLD_WEIGHTS[0], _OLD_WEIGHTS[1],
-                                 _OLD_WEIGHTS[2], _OLD_WEIGHTS[3]])
-EXTENDED_WEIGHTS_NEW = np.array([_NEW_WEIGHTS[2], _NEW_WEIGHTS[1], _NEW_WEIGHTS[0], _NEW_WEIGHTS[0], _NEW_WEIGHTS[1],
-                                 _NEW_WEIGHTS[2]])
+EXTENDED_WEIGHTS_OLD = np.array(
+    [
+        _OLD_WEIGHTS[3],
+        _OLD_WEIGHTS[2],
+        _OLD_WEIGHTS[1],
+        _OLD_WEIGHTS[0],
+        _OLD_WEIGHTS[1],
+        _OLD_WEIGHTS[2],
+        _OLD_WEIGHTS[3],
+    ]
+)
+EXTENDED_WEIGHTS_NEW = np.array(
+    [_NEW_WEIGHTS[2], _NEW_WEIGHTS[1], _NEW_WEIGHTS[0], _NEW_WEIGHTS[0], _NEW_WEIGHTS[1], _NEW_WEIGHTS[2]]
+)
 POINTS_PER_PANEL = len(NODES)
 #: Panels and segments narrower than this are accepted whatever their estimate; bounds the work on a discontinuity.
 MIN_WIDTH = 2.0**-16
@@ -124,8 +134,7 @@ SAME_GRADIENT_ULPS = 64
 F_ROUNDING_ULPS = 8
 
 
-def integrate_adaptive(probe: Probe, path: Path, tolerance: float, chunking: Chunking, need_ends: bool
-                       ) -> PathIntegral:
+def integrate_adaptive(probe: Probe, path: Path, tolerance: float, chunking: Chunking, need_ends: bool) -> PathIntegral:
     """Integrate along ``path`` until each example's estimated relative L1 error is below ``tolerance``."""
     run = _Auto(probe, path, tolerance, chunking)
     pending, smooth = run.first_stages()
@@ -148,12 +157,16 @@ class _Rows:
     F: Tensor
     G: Tensor
 
-    def select(self, keep: Tensor) -> "_Rows":
+    def select(self, keep: Tensor) -> _Rows:
         return _Rows(self.ex[keep], self.alpha[keep], self.F[keep], self.G[keep.to(self.G.device)])
 
-    def join(self, other: "_Rows") -> "_Rows":
-        return _Rows(torch.cat([self.ex, other.ex]), torch.cat([self.alpha, other.alpha]),
-                     torch.cat([self.F, other.F]), torch.cat([self.G, other.G.to(self.G.dtype)]))
+    def join(self, other: _Rows) -> _Rows:
+        return _Rows(
+            torch.cat([self.ex, other.ex]),
+            torch.cat([self.alpha, other.alpha]),
+            torch.cat([self.F, other.F]),
+            torch.cat([self.G, other.G.to(self.G.dtype)]),
+        )
 
 
 class _Auto:
@@ -192,8 +205,9 @@ class _Auto:
         # F at α = 0 and α = 1 (the first and last nodes): the attributions must add up to their difference, and
         # by how much they miss it is a lower bound on their L1 error (a bump between nodes of equal gradient).
         self.f_ends = first.F.view(batch, POINTS_PER_PANEL)[:, [0, -1]]
-        self.error = torch.maximum(((kron - lob) * self.d).abs().sum(1).double().cpu(),
-                                   _completeness_gap(kron * self.d, self.f_ends, self.eps))
+        self.error = torch.maximum(
+            ((kron - lob) * self.d).abs().sum(1).double().cpu(), _completeness_gap(kron * self.d, self.f_ends, self.eps)
+        )
         self.points_used = torch.full((batch,), POINTS_PER_PANEL, dtype=torch.long)
         self.integral = kron
         self.second = None
@@ -210,8 +224,9 @@ class _Auto:
         # is here; its estimate is the 7-point rule's error, |K₁₃ − K₇|.
         idx = torch.nonzero(pending).flatten()
         n_extra = len(EXTRA_NODES)
-        second = self.row_gradients(idx.repeat_interleave(n_extra),
-                                    torch.from_numpy((EXTRA_NODES + 1) / 2).repeat(idx.numel()))
+        second = self.row_gradients(
+            idx.repeat_interleave(n_extra), torch.from_numpy((EXTRA_NODES + 1) / 2).repeat(idx.numel())
+        )
         G = self.first.G
         dev = idx.to(G.device)
         old = torch.from_numpy(EXTENDED_WEIGHTS_OLD / 2).to(G.device, G.dtype)
@@ -219,8 +234,10 @@ class _Auto:
         k13 = old @ per_example[dev] + new @ second.G.to(G.dtype).view(idx.numel(), n_extra, -1)
         first_error = self.error.clone()
         d = self.d[dev]
-        self.error[idx] = torch.maximum(((k13 - self.integral[dev]) * d).abs().sum(1).double().cpu(),
-                                        _completeness_gap(k13 * d, self.f_ends[idx], self.eps))
+        self.error[idx] = torch.maximum(
+            ((k13 - self.integral[dev]) * d).abs().sum(1).double().cpu(),
+            _completeness_gap(k13 * d, self.f_ends[idx], self.eps),
+        )
         self.attr_l1[idx] = (k13 * d).abs().sum(1).double().cpu()
         self.integral[dev] = k13
         self.points_used[idx] += n_extra
@@ -262,12 +279,14 @@ class _Auto:
         estimate = torch.where(finite, estimate, torch.full_like(estimate, float("inf")))
         _warn_unmet(finite, estimate, self.tolerance)
         sizes = [x[0].numel() for x in self.path.like]
-        grads = [part.reshape(x.shape).to(torch.promote_types(x.dtype, torch.float32))
-                 for part, x in zip(self.integral.split(sizes, 1), self.path.like)]
+        grads = [
+            part.reshape(x.shape).to(torch.promote_types(x.dtype, torch.float32))
+            for part, x in zip(self.integral.split(sizes, 1), self.path.like)
+        ]
         f_start = f_end = None
         if need_ends:
             # The first panel's nodes include α = 0 and α = 1: the probe's values there come with its rows.
-            first_values = self.first.F[:self.batch * POINTS_PER_PANEL].view(self.batch, POINTS_PER_PANEL).t()
+            first_values = self.first.F[: self.batch * POINTS_PER_PANEL].view(self.batch, POINTS_PER_PANEL).t()
             f_start, f_end = end_values(self.probe, self.path, self.chunking, (NODES + 1) / 2, first_values)
         report = IntegrationReport.of(self.chunking, self.points_used, estimate.float())
         return PathIntegral(grads, f_start, f_end, report, self.path)
@@ -280,7 +299,8 @@ def _warn_unmet(finite: Tensor, estimate: Tensor, tolerance: float) -> None:
             "their attributions are not finite (error_estimate inf). This happens where the model's derivative is "
             "infinite on the path, e.g. sqrt or x**p with p < 1 at a zero baseline: choose a baseline away from that "
             "point, or a rule whose points avoid the ends (a fixed n_steps with method='gausslegendre')",
-            RuntimeWarning, stacklevel=6,
+            RuntimeWarning,
+            stacklevel=6,
         )
     elif bool((~(estimate <= tolerance)).any()):
         unmet = ~(estimate <= tolerance)
@@ -288,7 +308,8 @@ def _warn_unmet(finite: Tensor, estimate: Tensor, tolerance: float) -> None:
             f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or pieces of width {MIN_WIDTH:g}) for "
             f"{int(unmet.sum())} example(s) before the estimated error fell below tolerance={tolerance:g}; the "
             f"largest estimate is {float(estimate.max()):.3g} (see last_report.error_estimate)",
-            RuntimeWarning, stacklevel=6,
+            RuntimeWarning,
+            stacklevel=6,
         )
 
 
@@ -311,8 +332,9 @@ def _completeness_gap(attributions: Tensor, f_ends: Tensor, eps: float) -> Tenso
     return (gap - allowance).clamp_min(0.0)
 
 
-def _share(seg_error: Tensor, seg_ex: Tensor, batch: int, tolerance: float, attr_l1: Tensor,
-           linear: bool = False) -> Tensor:
+def _share(
+    seg_error: Tensor, seg_ex: Tensor, batch: int, tolerance: float, attr_l1: Tensor, linear: bool = False
+) -> Tensor:
     """A piece is refined when its error exceeds its share ``tol · |A|₁ / √n`` of the tolerance (``/ n`` for errors
     that add up), or half the worst of its example (errors of pieces that each look fine add up across features)."""
     counts = torch.bincount(seg_ex, minlength=batch).clamp_min(1).double()
@@ -445,7 +467,8 @@ class _Refinement:
         seg_error = seg.bound.sum(1).double().cpu()
         l1 = (total * run.d).abs().sum(1).double().cpu()
         err = sq.sqrt().sum(1).double().cpu() + torch.zeros(batch, dtype=torch.float64).index_add_(
-            0, seg.ex, torch.where(seg.solved, 0.0, seg_error))
+            0, seg.ex, torch.where(seg.solved, 0.0, seg_error)
+        )
         rows = self.members.nonzero().flatten()
         run.integral[rows.to(dev)] = total[rows.to(dev)]
         run.error[rows], run.attr_l1[rows] = err[rows], l1[rows]
@@ -455,8 +478,11 @@ class _Refinement:
         """Points that refine the segments over their share of the tolerance, and the points kept (``self.keep``)."""
         run, batch = self.auto, self.auto.batch
         l1 = run.attr_l1
-        refine = seg_error > torch.where(seg.solved, _share(seg_error, seg.ex, batch, run.tolerance, l1),
-                                         _share(seg_error, seg.ex, batch, run.tolerance, l1, linear=True))
+        refine = seg_error > torch.where(
+            seg.solved,
+            _share(seg_error, seg.ex, batch, run.tolerance, l1),
+            _share(seg_error, seg.ex, batch, run.tolerance, l1, linear=True),
+        )
         refine &= self.members.index_select(0, seg.ex)
         # A solved kink is bracketed by two points just outside the uncertainty of τ. Where the bracket leaves no
         # room (τ too uncertain), and for segments without a solved kink, the segment is bisected, down to MIN_WIDTH.
@@ -466,8 +492,9 @@ class _Refinement:
         left = bracket & (tau >= 2 * offset)
         right = bracket & (w - tau >= 2 * offset)
         split = refine & ~bracket & (w > MIN_WIDTH)
-        new_alpha = torch.cat([(seg.start + tau - offset)[left], (seg.start + tau + offset)[right],
-                               (seg.start + w / 2)[split]])
+        new_alpha = torch.cat(
+            [(seg.start + tau - offset)[left], (seg.start + tau + offset)[right], (seg.start + w / 2)[split]]
+        )
         new_ex = torch.cat([seg.ex[left], seg.ex[right], seg.ex[split]])
         # An example whose refinement would pass MAX_POINTS stops where it is.
         self.wanted = torch.bincount(new_ex, minlength=batch)
@@ -485,8 +512,9 @@ class _Refinement:
         rows = self.rows
         inner = torch.zeros(rows.ex.numel(), dtype=torch.long)
         linear = seg.linear
-        inner.index_add_(0, torch.cat([seg.a[linear], seg.b[linear]]), torch.ones(2 * int(linear.sum()),
-                                                                                  dtype=torch.long))
+        inner.index_add_(
+            0, torch.cat([seg.a[linear], seg.b[linear]]), torch.ones(2 * int(linear.sum()), dtype=torch.long)
+        )
         keep = self.members.index_select(0, rows.ex) & (inner < 2)
         # Kept gradients stay within a share of the memory budget: an example that would hold more than its quota
         # of rows goes on with panels, which keep none.
@@ -529,8 +557,9 @@ class _Panels:
         return torch.cat([split, torch.ones(n_right, dtype=torch.bool)])
 
 
-def _panels(run: _Auto, examples: Tensor, budget: Tensor, pieces: int = 2
-            ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+def _panels(
+    run: _Auto, examples: Tensor, budget: Tensor, pieces: int = 2
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
     """Adaptive Lobatto–Kronrod panels for the given examples, from ``pieces`` equal ones each, at most ``budget``
     points each. Returns, for the whole batch (zero for the other examples), the integrals of the gradient, the
     error estimates and |A|₁ (absolute), and the points used.
@@ -541,8 +570,12 @@ def _panels(run: _Auto, examples: Tensor, budget: Tensor, pieces: int = 2
     batch = run.batch
     points_used = torch.zeros(batch, dtype=torch.long)
     lo = torch.arange(pieces, dtype=torch.float64).repeat(examples.numel()) / pieces
-    panels = _Panels(examples.repeat_interleave(pieces), lo, lo + 1.0 / pieces,
-                     torch.zeros(examples.numel() * pieces, dtype=torch.float64))
+    panels = _Panels(
+        examples.repeat_interleave(pieces),
+        lo,
+        lo + 1.0 / pieces,
+        torch.zeros(examples.numel() * pieces, dtype=torch.float64),
+    )
     new = torch.ones(panels.example.numel(), dtype=torch.bool)
     while True:
         idx = torch.nonzero(new).flatten()
@@ -551,10 +584,8 @@ def _panels(run: _Auto, examples: Tensor, budget: Tensor, pieces: int = 2
         grads, error, attr_l1, panel_error = _panel_totals(run, panels)
         done = (error <= run.tolerance * attr_l1) | (points_used + 2 * POINTS_PER_PANEL > budget)
         allowed = _share(panel_error, panels.example, batch, run.tolerance, attr_l1)
-        split = ((panel_error > allowed) & ~done.index_select(0, panels.example)
-                 & (panels.hi - panels.lo > MIN_WIDTH))
-        split = _within_points(split, panel_error, panels.example,
-                               (budget - points_used) // (2 * POINTS_PER_PANEL))
+        split = (panel_error > allowed) & ~done.index_select(0, panels.example) & (panels.hi - panels.lo > MIN_WIDTH)
+        split = _within_points(split, panel_error, panels.example, (budget - points_used) // (2 * POINTS_PER_PANEL))
         if not bool(split.any()):
             return grads, error, attr_l1, points_used
         new = panels.bisect(split)
@@ -569,7 +600,8 @@ def _evaluate_panels(run: _Auto, panels: _Panels, idx: Tensor) -> Tensor:
     nodes = torch.from_numpy(NODES)
     rule = torch.from_numpy(np.stack([KRONROD_WEIGHTS, LOBATTO_WEIGHTS], axis=1))
     alphas = ((lo + hi) / 2).repeat_interleave(POINTS_PER_PANEL) + half.repeat_interleave(
-        POINTS_PER_PANEL) * nodes.repeat(n_new)
+        POINTS_PER_PANEL
+    ) * nodes.repeat(n_new)
     weights = half.repeat_interleave(POINTS_PER_PANEL).unsqueeze(1) * rule.repeat(n_new, 1)
     rows_example = ex.repeat_interleave(POINTS_PER_PANEL)
     rows = Rows(rows_example, alphas, weights, torch.arange(n_new).repeat_interleave(POINTS_PER_PANEL), n_new)
@@ -595,16 +627,22 @@ def _panel_totals(run: _Auto, panels: _Panels) -> tuple[list[Tensor], Tensor, Te
     batch = run.batch
     n_panels = panels.example.numel()
     ex_dev = [panels.example.to(k.device) for k in panels.kron]
-    grads = [torch.zeros((batch,) + k.shape[1:], dtype=k.dtype, device=k.device).index_add_(0, e, k)
-             for k, e in zip(panels.kron, ex_dev)]
-    attr_l1 = sum((g * v.to(g.dtype)).reshape(batch, -1).abs().sum(1).double().cpu()
-                  for g, v in zip(grads, run.velocity))
+    grads = [
+        torch.zeros((batch,) + k.shape[1:], dtype=k.dtype, device=k.device).index_add_(0, e, k)
+        for k, e in zip(panels.kron, ex_dev)
+    ]
+    attr_l1 = sum(
+        (g * v.to(g.dtype)).reshape(batch, -1).abs().sum(1).double().cpu() for g, v in zip(grads, run.velocity)
+    )
     # Panel errors of random sign add like a random walk: root-sum-square over panels, per feature, then L1.
-    sq = [torch.zeros((batch,) + d.shape[1:], dtype=d.dtype, device=d.device).index_add_(0, e, d * d)
-          for d, e in zip(panels.diff, ex_dev)]
+    sq = [
+        torch.zeros((batch,) + d.shape[1:], dtype=d.dtype, device=d.device).index_add_(0, e, d * d)
+        for d, e in zip(panels.diff, ex_dev)
+    ]
     panel_error = sum(d.reshape(n_panels, -1).abs().sum(1).double().cpu() for d in panels.diff) + panels.gaps
     error = sum(q.sqrt().reshape(batch, -1).sum(1).double().cpu() for q in sq) + torch.zeros(
-        batch, dtype=torch.float64).index_add_(0, panels.example, panels.gaps)
+        batch, dtype=torch.float64
+    ).index_add_(0, panels.example, panels.gaps)
     return grads, error, attr_l1, panel_error
 
 

@@ -19,10 +19,20 @@ import torch
 from torch import Tensor
 
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 
 #: Beyond these sizes bigger chunks stop buying speed, so the automatic budget is capped there.
@@ -132,7 +142,7 @@ class ActivationMeter:
                     raise BudgetExceeded(self.estimate)
         return tensor
 
-    def __enter__(self) -> "ActivationMeter":
+    def __enter__(self) -> ActivationMeter:
         self._hooks.__enter__()
         return self
 
@@ -176,11 +186,12 @@ class Chunking:
     #: The probe gets copies of the points: the model writes into them (an in-place operation on its input or on a
     #: replaced layer value), which autograd forbids on the points themselves.
     copy_points: bool = False
-    stats: dict = field(default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "seconds": 0.0,
-                                                 "metered": 0, "step": None})
+    stats: dict = field(
+        default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "seconds": 0.0, "metered": 0, "step": None}
+    )
 
     @classmethod
-    def make(cls, internal_batch_size: int | None, memory_budget: int | str | None, device: torch.device) -> "Chunking":
+    def make(cls, internal_batch_size: int | None, memory_budget: int | str | None, device: torch.device) -> Chunking:
         if internal_batch_size is not None and memory_budget is not None:
             raise ValueError(
                 "give either internal_batch_size (rows per forward pass) or memory_budget (bytes), not both"
@@ -190,7 +201,7 @@ class Chunking:
         budget = parse_bytes(memory_budget) if memory_budget is not None else default_budget(device)
         return cls(budget=budget)
 
-    def fresh(self) -> "Chunking":
+    def fresh(self) -> Chunking:
         """The same settings, memory cap and way of handing points over, with nothing counted yet."""
         return Chunking(rows=self.rows, budget=self.budget, cap=self.cap, copy_points=self.copy_points)
 
@@ -235,7 +246,9 @@ class Chunking:
         self.over_budget_row = True
         warnings.warn(
             f"memory_budget={self.budget} bytes is smaller than one path row needs (about {used} bytes); rows are "
-            "evaluated one at a time, beyond the budget", RuntimeWarning, stacklevel=5,
+            "evaluated one at a time, beyond the budget",
+            RuntimeWarning,
+            stacklevel=5,
         )
 
     def record(self, rows: int) -> None:

@@ -62,10 +62,15 @@ class IntegrationReport:
     delta: Tensor | None = None
 
     @classmethod
-    def of(cls, chunking: Chunking, steps: Tensor, error_estimate: Tensor | None = None) -> "IntegrationReport":
+    def of(cls, chunking: Chunking, steps: Tensor, error_estimate: Tensor | None = None) -> IntegrationReport:
         stats = chunking.stats
-        return cls(steps=steps, error_estimate=error_estimate, rows=stats["rows"], chunk_rows=stats["chunk_rows"],
-                   chunks=stats["chunks"])
+        return cls(
+            steps=steps,
+            error_estimate=error_estimate,
+            rows=stats["rows"],
+            chunk_rows=stats["chunk_rows"],
+            chunks=stats["chunks"],
+        )
 
 
 @dataclass
@@ -128,16 +133,22 @@ def method_rows(path: Path, method: str, n_steps: int) -> Rows:
 
 def _layout(alphas: np.ndarray, weights: np.ndarray, batch: int) -> tuple[Tensor, Tensor, Tensor]:
     examples = torch.arange(batch).repeat(len(alphas))
-    return (examples, torch.from_numpy(np.repeat(alphas, batch)),
-            torch.from_numpy(np.repeat(np.asarray(weights, dtype=np.float64), batch)).unsqueeze(1))
+    return (
+        examples,
+        torch.from_numpy(np.repeat(alphas, batch)),
+        torch.from_numpy(np.repeat(np.asarray(weights, dtype=np.float64), batch)).unsqueeze(1),
+    )
 
 
-def _steps(alphas: np.ndarray, weights: np.ndarray, compute: torch.dtype, accumulate_in: torch.dtype,
-           device: torch.device) -> tuple[Tensor, Tensor]:
+def _steps(
+    alphas: np.ndarray, weights: np.ndarray, compute: torch.dtype, accumulate_in: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
     # Contiguous rows, as the reduction's matrix product wants them (a strided weight vector makes it several times
     # slower).
-    return (torch.tensor(alphas, dtype=compute, device=device),
-            torch.tensor(weights, dtype=accumulate_in, device=device).reshape(1, -1))
+    return (
+        torch.tensor(alphas, dtype=compute, device=device),
+        torch.tensor(weights, dtype=accumulate_in, device=device).reshape(1, -1),
+    )
 
 
 @lru_cache(maxsize=8)
@@ -147,8 +158,9 @@ def _cached_layout(key: tuple, batch: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @lru_cache(maxsize=32)
-def _cached_steps(key: tuple, compute: torch.dtype, accumulate_in: torch.dtype, device: torch.device
-                  ) -> tuple[Tensor, Tensor]:
+def _cached_steps(
+    key: tuple, compute: torch.dtype, accumulate_in: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
     return _steps(*alphas_and_weights(*key), compute, accumulate_in, device)
 
 
@@ -197,7 +209,7 @@ class WeightedSum(Reduction):
         if self._row_weights is None:
             self._row_weights = moved(rows.weights, self.device, self.dtype)
             self._row_buckets = moved(rows.buckets, self.device)
-        weights, buckets = self._row_weights[first:first + count], self._row_buckets[first:first + count]
+        weights, buckets = self._row_weights[first : first + count], self._row_buckets[first : first + count]
         for i, g in enumerate(grads):
             if self._sums[i] is None:
                 self._sums[i] = self._zero(g.shape[1:])
@@ -213,16 +225,18 @@ class RowGradients(Reduction):
     def __init__(self, rows: Rows, path: Path):
         sizes = [int(np.prod(x.shape[1:])) for x in path.like]
         self.columns = np.cumsum([0] + sizes)
-        self.gradients = torch.empty((rows.total, int(self.columns[-1])), dtype=accumulation_dtype(path),
-                                     device=path.device)
+        self.gradients = torch.empty(
+            (rows.total, int(self.columns[-1])), dtype=accumulation_dtype(path), device=path.device
+        )
 
     def add(self, grads: list[Tensor], values: Tensor, first: int, count: int, tiled: bool) -> None:
         for i, g in enumerate(grads):
-            self.gradients[first:first + count, self.columns[i]:self.columns[i + 1]] = g.reshape(count, -1)
+            self.gradients[first : first + count, self.columns[i] : self.columns[i + 1]] = g.reshape(count, -1)
 
 
-def evaluate_rows(probe: Probe, path: Path, rows: Rows, reduction: Reduction, chunking: Chunking,
-             keep_values: bool = True) -> Tensor | None:
+def evaluate_rows(
+    probe: Probe, path: Path, rows: Rows, reduction: Reduction, chunking: Chunking, keep_values: bool = True
+) -> Tensor | None:
     """Run every row's forward and backward pass in chunks and hand the gradients to ``reduction``.
 
     Returns the probe's value at every row (float64, on the CPU, detached), or None unless ``keep_values``.
@@ -241,13 +255,16 @@ def evaluate_rows(probe: Probe, path: Path, rows: Rows, reduction: Reduction, ch
         tiled = rows.tile is not None and pos % rows.tile == 0 and n % rows.tile == 0
         # Under a budget, chunks are metered until a row's cost is known (the meter's hooks slow a pass down). A
         # single row over the budget cannot be split further: it runs unmetered, with a warning.
-        metered = chunking.budget is not None and chunking.row_cost is None and not (n == 1 and chunking.over_budget_row)
+        metered = (
+            chunking.budget is not None and chunking.row_cost is None and not (n == 1 and chunking.over_budget_row)
+        )
         meter = ActivationMeter(chunking.budget, rows=n, fixed=3 * n * path.row_bytes) if metered else None
         began = time.perf_counter()
         try:
             points, velocities = chunk_points(pos, n, tiled)
-            grads, out = _gradients(probe, points, part(chunk_points.examples, pos, n), acc_dtype, meter,
-                                    chunking.copy_points)
+            grads, out = _gradients(
+                probe, points, part(chunk_points.examples, pos, n), acc_dtype, meter, chunking.copy_points
+            )
         except Exception as error:
             size = _retry_size(error, n, chunking, step)
             continue
@@ -257,7 +274,7 @@ def evaluate_rows(probe: Probe, path: Path, rows: Rows, reduction: Reduction, ch
         if velocities is not None:
             grads = [g * moved(v, g.device, g.dtype) for g, v in zip(grads, velocities)]
         if values is not None:
-            values[pos:pos + n] = out
+            values[pos : pos + n] = out
         reduction.add(grads, out, pos, n, tiled)
         chunking.stats["seconds"] += time.perf_counter() - began
         chunking.stats["metered"] += meter is not None
@@ -300,17 +317,24 @@ class _ChunkPoints:
             return path.at_steps(part(rows.steps[0], first // rows.tile, count // rows.tile), buffers)
         if self._alphas is None:
             self._alphas = moved(rows.alphas, path.device, path.compute)
-        return path.at(self.examples[first:first + count], self._alphas[first:first + count])
+        return path.at(self.examples[first : first + count], self._alphas[first : first + count])
 
 
 def writes_into_leaf(error: BaseException) -> bool:
     """Whether ``error`` is autograd refusing an in-place operation on a tensor that is a leaf requiring gradients."""
     return isinstance(error, RuntimeError) and (
-        "leaf Variable that requires grad is being used in an in-place operation" in str(error))
+        "leaf Variable that requires grad is being used in an in-place operation" in str(error)
+    )
 
 
-def _gradients(probe: Probe, points: Points, examples: Tensor, acc_dtype: torch.dtype,
-               meter: ActivationMeter | None, copies: bool = False) -> tuple[list[Tensor], Tensor]:
+def _gradients(
+    probe: Probe,
+    points: Points,
+    examples: Tensor,
+    acc_dtype: torch.dtype,
+    meter: ActivationMeter | None,
+    copies: bool = False,
+) -> tuple[list[Tensor], Tensor]:
     if not torch.is_grad_enabled():  # under torch.no_grad(): the gradients are still what is asked for
         with torch.enable_grad():
             return _gradients(probe, points, examples, acc_dtype, meter, copies)
@@ -324,8 +348,10 @@ def _gradients(probe: Probe, points: Points, examples: Tensor, acc_dtype: torch.
             out = probe(inputs, examples)
     # An output that does not depend on the points (a constant model) has zero gradient.
     grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
-    grads = [torch.zeros_like(z, dtype=acc_dtype) if g is None else g if g.dtype == acc_dtype else g.to(acc_dtype)
-             for z, g in zip(points, grads)]
+    grads = [
+        torch.zeros_like(z, dtype=acc_dtype) if g is None else g if g.dtype == acc_dtype else g.to(acc_dtype)
+        for z, g in zip(points, grads)
+    ]
     return grads, out.detach()
 
 
@@ -344,8 +370,9 @@ def gradients_at(probe: Probe, points: Points, examples: Tensor, chunking: Chunk
     kept = RowGradients(rows, path)
     of_rows = examples.to(path.device)
     values = evaluate_rows(lambda z, r: probe(z, of_rows.index_select(0, r)), path, rows, kept, chunking)
-    grads = [g.view((n,) + tuple(p.shape[1:]))
-             for g, p in zip(kept.gradients.split(list(np.diff(kept.columns)), 1), points)]
+    grads = [
+        g.view((n,) + tuple(p.shape[1:])) for g, p in zip(kept.gradients.split(list(np.diff(kept.columns)), 1), points)
+    ]
     return grads, values
 
 
@@ -374,8 +401,7 @@ class PathIntegral:
     path: Path
 
 
-def integrate(probe: Probe, path: Path, method: str, n_steps: int, chunking: Chunking, need_ends: bool
-              ) -> PathIntegral:
+def integrate(probe: Probe, path: Path, method: str, n_steps: int, chunking: Chunking, need_ends: bool) -> PathIntegral:
     """Integrate along ``path`` with a fixed rule: ``method`` with ``n_steps`` points, or the path's own rule."""
     own = path.rule()
     if own is not None:
@@ -393,8 +419,9 @@ def integrate(probe: Probe, path: Path, method: str, n_steps: int, chunking: Chu
     return PathIntegral([s[0] for s in reduction.sums], f_start, f_end, report, path)
 
 
-def end_values(probe: Probe, path: Path, chunking: Chunking, alphas: np.ndarray | None = None,
-               values: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def end_values(
+    probe: Probe, path: Path, chunking: Chunking, alphas: np.ndarray | None = None, values: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Probe at ``γ(0)`` and ``γ(1)``: taken from the rows' own values (``values``, one row per rule point) where the
     rule has those positions, the others evaluated together in one pass without gradients."""
     found = {}

@@ -70,8 +70,7 @@ class RowShapeMemory:
                 self.point_buffers = buffers
             chunking.point_buffers = None
         stats = chunking.stats
-        if (self.settled or chunking.budget is None or device.type != "cpu" or stats["metered"]
-                or not stats["rows"]):
+        if self.settled or chunking.budget is None or device.type != "cpu" or stats["metered"] or not stats["rows"]:
             return
         step = stats["step"] or 1
         if self.best_cap is None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import abc
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 __all__ = ["Explainer", "TensorOrTuple"]
 
-TensorOrTuple = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 Extractor = Callable[[Any], Any]
 
 
@@ -49,15 +50,21 @@ class Explainer(abc.ABC):
     """
 
     EXPLANATION_TYPE: str = "attribution"
-    SUPPORTED_MODULES: List[Any] = []
-    TUNABLES: Dict[str, Any] = {}
+    SUPPORTED_MODULES: list[Any] = []
+    TUNABLES: dict[str, Any] = {}
 
-    def __init__(self, model: nn.Module, forward_arg_extractor: Optional[Extractor] = None,
-                 additional_forward_arg_extractor: Optional[Extractor] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        forward_arg_extractor: Extractor | None = None,
+        additional_forward_arg_extractor: Extractor | None = None,
+    ) -> None:
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
-        for name, extractor in (("forward_arg_extractor", forward_arg_extractor),
-                                ("additional_forward_arg_extractor", additional_forward_arg_extractor)):
+        for name, extractor in (
+            ("forward_arg_extractor", forward_arg_extractor),
+            ("additional_forward_arg_extractor", additional_forward_arg_extractor),
+        ):
             if extractor is not None and not callable(extractor):
                 raise TypeError(f"{name} must be a callable batch -> tensors or None, got {type(extractor).__name__}")
         self.model = model
@@ -67,7 +74,7 @@ class Explainer(abc.ABC):
     # ------------------------------------------------------------------------------------------------ interface
 
     @abc.abstractmethod
-    def attribute(self, inputs: Any, targets: Optional[Union[torch.Tensor, int]] = None) -> TensorOrTuple:
+    def attribute(self, inputs: Any, targets: torch.Tensor | int | None = None) -> TensorOrTuple:
         """Attribute the model's output at ``targets`` to the inputs of a batch.
 
         Parameters
@@ -83,7 +90,7 @@ class Explainer(abc.ABC):
             Attributions shaped like the attributed inputs.
         """
 
-    def get_tunables(self, inputs: Any = None) -> Dict[str, Tuple[type, Dict[str, Any]]]:
+    def get_tunables(self, inputs: Any = None) -> dict[str, tuple[type, dict[str, Any]]]:
         """Search space of the explainer's parameters: ``{name: (type, space)}``.
 
         ``type`` is ``int``, ``float`` (a range; ``space = {"low", "high"}`` plus optional ``"step"`` and
@@ -93,12 +100,11 @@ class Explainer(abc.ABC):
         """
         return {}
 
-    def current_tunables(self) -> Dict[str, Any]:
+    def current_tunables(self) -> dict[str, Any]:
         """The explainer's own configuration as a point of the tunables' space (the plain-valued parameters)."""
-        return {name: value for name, value in self.get_params().items()
-                if isinstance(value, (bool, int, float, str))}
+        return {name: value for name, value in self.get_params().items() if isinstance(value, (bool, int, float, str))}
 
-    def apply_tunables(self, params: Dict[str, Any]) -> "Explainer":
+    def apply_tunables(self, params: dict[str, Any]) -> Explainer:
         """A copy configured at a point ``{name: value}`` of :meth:`get_tunables`'s space (a tuner's trial).
 
         The base implementation is ``set_kwargs(**params)``; explainers whose space has dependent entries
@@ -108,12 +114,12 @@ class Explainer(abc.ABC):
 
     # ------------------------------------------------------------------------------------------- configuration
 
-    def get_params(self) -> Dict[str, Any]:
+    def get_params(self) -> dict[str, Any]:
         """The constructor's parameters as currently set, except ``model``.
 
         ``type(e)(e.model, **e.get_params())`` builds an equivalent explainer.
         """
-        params: Dict[str, Any] = {}
+        params: dict[str, Any] = {}
         for parameter in list(inspect.signature(type(self).__init__).parameters.values())[1:]:
             if parameter.name == "model":
                 continue
@@ -123,7 +129,7 @@ class Explainer(abc.ABC):
                 params[parameter.name] = getattr(self, parameter.name)
         return params
 
-    def set_kwargs(self, **kwargs: Any) -> "Explainer":
+    def set_kwargs(self, **kwargs: Any) -> Explainer:
         """A copy of the explainer with some constructor parameters changed; ``self`` is left as it was.
 
         The copy is built by the constructor, so it validates the new values like any explainer; it shares the
@@ -135,8 +141,11 @@ class Explainer(abc.ABC):
             A name that is not a constructor parameter (the message lists the accepted ones).
         """
         signature = inspect.signature(type(self).__init__)
-        named = [p.name for p in list(signature.parameters.values())[1:]
-                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "model"]
+        named = [
+            p.name
+            for p in list(signature.parameters.values())[1:]
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "model"
+        ]
         open_ended = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
         unknown = sorted(set(kwargs) - set(named))
         if "model" in kwargs:
@@ -158,7 +167,7 @@ class Explainer(abc.ABC):
 
     # ------------------------------------------------------------------------------------------------- helpers
 
-    def _extract_args(self, batch: Any) -> Tuple[TensorOrTuple, Optional[Tuple[Any, ...]]]:
+    def _extract_args(self, batch: Any) -> tuple[TensorOrTuple, tuple[Any, ...] | None]:
         """Apply the extractors to ``batch``: ``(attributed inputs, additional args or None)``.
 
         The attributed inputs are a tensor or a tuple of tensors (lists become tuples); additional arguments are

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,10 +60,10 @@ KINDS = ("token", "image", "sequence", "tabular", "other")
 _FLOAT_KINDS = ("image", "sequence", "tabular", "other")
 
 #: Registry of built-in baselines by name.
-BASELINES: Dict[str, BaselineFunction] = {}
+BASELINES: dict[str, BaselineFunction] = {}
 
 
-def _baseline(kinds: Tuple[str, ...], tunables: Optional[Dict[str, Any]] = None):
+def _baseline(kinds: tuple[str, ...], tunables: dict[str, Any] | None = None):
     """Register a built-in baseline under its name, with the input ``KINDS`` it fits and its ``TUNABLES``."""
 
     def register(fn: BaselineFunction) -> BaselineFunction:
@@ -98,7 +99,7 @@ def _require_float(inputs: torch.Tensor, name: str) -> None:
         )
 
 
-def _statistic_dims(inputs: torch.Tensor) -> Tuple[int, ...]:
+def _statistic_dims(inputs: torch.Tensor) -> tuple[int, ...]:
     # Images: a statistic of each example's own channel (its mean colour), so the baseline keeps no spatial
     # structure. Other layouts have no spatial axes to pool, so the statistic is taken across the batch, one value
     # per position/feature.
@@ -177,8 +178,9 @@ def invert(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.amax(dim=dims, keepdim=True) + inputs.amin(dim=dims, keepdim=True) - inputs
 
 
-def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32,
-                      device: Optional[torch.device] = None) -> torch.Tensor:
+def gaussian_kernel1d(
+    kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> torch.Tensor:
     """Sampled 1-D Gaussian ``exp(−t² / 2σ²)`` at ``t = −(k−1)/2 … (k−1)/2``, normalised to sum to one.
 
     Parameters
@@ -205,7 +207,7 @@ def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch
 
 
 @_baseline(("image",), {"sigma": (float, {"low": 0.5, "high": 4.0})})
-def gaussian_blur(inputs: torch.Tensor, kernel_size: Optional[int] = None, sigma: float = 1.0) -> torch.Tensor:
+def gaussian_blur(inputs: torch.Tensor, kernel_size: int | None = None, sigma: float = 1.0) -> torch.Tensor:
     """Blurred-input baseline: the input convolved with a Gaussian over its last two dims.
 
     The blur is separable (a ``(k, 1)`` then a ``(1, k)`` depthwise convolution) with reflect padding, so the
@@ -261,8 +263,7 @@ def _generator(seed: int) -> torch.Generator:
 
 
 @_baseline(_FLOAT_KINDS)
-def uniform(inputs: torch.Tensor, low: Optional[float] = None, high: Optional[float] = None,
-            seed: int = 0) -> torch.Tensor:
+def uniform(inputs: torch.Tensor, low: float | None = None, high: float | None = None, seed: int = 0) -> torch.Tensor:
     """Uniform-noise baseline, ``x′ ~ U(low, high)`` elementwise, independent of the input values.
 
     Parameters
@@ -314,8 +315,9 @@ def gaussian(inputs: torch.Tensor, std: float = 0.1, seed: int = 0) -> torch.Ten
 
 
 @_baseline(("token",))
-def token(inputs: Union[torch.Tensor, int], token_id: int = 0,
-          keep_ids: Sequence[int] = ()) -> Union[torch.Tensor, "ConfiguredBaseline"]:
+def token(
+    inputs: torch.Tensor | int, token_id: int = 0, keep_ids: Sequence[int] = ()
+) -> torch.Tensor | ConfiguredBaseline:
     """Constant-token baseline for integer token ids, ``x′ = token_id`` at every position.
 
     Use the tokenizer's pad or mask id. Positions holding one of ``keep_ids`` (e.g. the ``[CLS]`` and ``[SEP]``
@@ -339,8 +341,9 @@ def token(inputs: Union[torch.Tensor, int], token_id: int = 0,
         The baseline ids; or, given an int, the configured baseline function.
     """
     if isinstance(inputs, int) and not isinstance(inputs, bool):
-        return ConfiguredBaseline(token, {"token_id": inputs, "keep_ids": tuple(keep_ids)} if keep_ids
-                                  else {"token_id": inputs})
+        return ConfiguredBaseline(
+            token, {"token_id": inputs, "keep_ids": tuple(keep_ids)} if keep_ids else {"token_id": inputs}
+        )
     if not torch.is_tensor(inputs):
         raise TypeError(
             f"baseline 'token' expects a tensor of token ids or an int token id, got {type(inputs).__name__}"
@@ -376,7 +379,7 @@ class ConfiguredBaseline:
         Keyword arguments bound to ``fn``.
     """
 
-    def __init__(self, fn: BaselineFunction, params: Optional[Dict[str, Any]] = None):
+    def __init__(self, fn: BaselineFunction, params: dict[str, Any] | None = None):
         self.fn = fn
         self.params = dict(params or {})
         self.name = _name_of(fn)
@@ -399,7 +402,7 @@ class ConfiguredBaseline:
         return f"{self.name}({args})"
 
 
-def configured_params(baseline: ConfiguredBaseline) -> Dict[str, Any]:
+def configured_params(baseline: ConfiguredBaseline) -> dict[str, Any]:
     """The parameters a configured baseline runs with: the bound ones, and for each of its ``TUNABLES`` that is not
     bound, the function's default (``{"sigma": 1.0}`` for plain ``gaussian_blur``)."""
     params = dict(baseline.params)
@@ -423,7 +426,7 @@ def _name_of(fn: Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def _check_params(fn: BaselineFunction, params: Dict[str, Any], label: str) -> None:
+def _check_params(fn: BaselineFunction, params: dict[str, Any], label: str) -> None:
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: let the call itself complain
@@ -439,7 +442,7 @@ def _check_params(fn: BaselineFunction, params: Dict[str, Any], label: str) -> N
         )
 
 
-def get_baseline_fn(name_or_callable: Union[str, BaselineFunction], **params: Any) -> BaselineFunction:
+def get_baseline_fn(name_or_callable: str | BaselineFunction, **params: Any) -> BaselineFunction:
     """Resolve a baseline by name or callable, optionally binding its parameters.
 
     Parameters
@@ -491,7 +494,7 @@ def get_baseline_fn(name_or_callable: Union[str, BaselineFunction], **params: An
     )
 
 
-def baselines_for(kind: str) -> Tuple[str, ...]:
+def baselines_for(kind: str) -> tuple[str, ...]:
     """Names of the built-in baselines that fit an input kind from :func:`input_kind`.
 
     Token ids get ``zeros`` and ``token``; images get every floating-point baseline including ``gaussian_blur``;

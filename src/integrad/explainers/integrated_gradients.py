@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,8 +18,8 @@ from .support import Attention, Convolution, Linear
 
 __all__ = ["IntegratedGradients"]
 
-LayerSpec = Union[str, nn.Module]
-BaselineSpec = Union[str, Callable[..., torch.Tensor], torch.Tensor, float]
+LayerSpec = str | nn.Module
+BaselineSpec = str | Callable[..., torch.Tensor] | torch.Tensor | float
 
 # Where each core keyword goes: the core constructor, its ``attribute``, or the noise tunnel around it.
 _CONSTRUCTOR_KEYS = ("multiply_by_inputs",)
@@ -29,7 +30,7 @@ _NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _DEFAULT_NT_SAMPLES = 5
 
 
-def _methods() -> Tuple[str, ...]:
+def _methods() -> tuple[str, ...]:
     from integrad.rules import METHODS
 
     return tuple(METHODS)
@@ -104,12 +105,18 @@ class IntegratedGradients(Explainer):
 
     SUPPORTED_MODULES = [Linear, Convolution, Attention]
 
-    def __init__(self, model: nn.Module, n_steps: Union[int, str] = 20,
-                 baseline_fn: Union[BaselineSpec, Tuple[BaselineSpec, ...]] = "zeros",
-                 layer: Optional[Union[LayerSpec, Sequence[LayerSpec]]] = None, n_classes: Optional[int] = None,
-                 forward_arg_extractor: Optional[Extractor] = None,
-                 additional_forward_arg_extractor: Optional[Extractor] = None, noise_level: float = 0.0,
-                 **core_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        n_steps: int | str = 20,
+        baseline_fn: BaselineSpec | tuple[BaselineSpec, ...] = "zeros",
+        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        n_classes: int | None = None,
+        forward_arg_extractor: Extractor | None = None,
+        additional_forward_arg_extractor: Extractor | None = None,
+        noise_level: float = 0.0,
+        **core_kwargs: Any,
+    ) -> None:
         super().__init__(model, forward_arg_extractor, additional_forward_arg_extractor)
         self.n_steps = _check_n_steps(n_steps)
         self.baseline_fn = baseline_fn
@@ -119,9 +126,9 @@ class IntegratedGradients(Explainer):
         self.n_classes = _check_n_classes(n_classes)
         self.noise_level = _check_noise_level(noise_level)
         self.core_kwargs = _check_core_kwargs(core_kwargs, layered=layer is not None)
-        self.last_delta: Optional[torch.Tensor] = None
+        self.last_delta: torch.Tensor | None = None
         self.last_report: Any = None
-        self._core: Optional[Tuple[Any, Any]] = None
+        self._core: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------------------------------------------- core
 
@@ -159,8 +166,7 @@ class IntegratedGradients(Explainer):
                 return tensor.device
         return torch.device("cpu")
 
-    def attribute(self, inputs: Any, targets: Optional[Union[torch.Tensor, int, Sequence[int]]] = None
-                  ) -> TensorOrTuple:
+    def attribute(self, inputs: Any, targets: torch.Tensor | int | Sequence[int] | None = None) -> TensorOrTuple:
         """Integrated gradients of the batch ``inputs`` at ``targets``.
 
         Parameters
@@ -184,10 +190,16 @@ class IntegratedGradients(Explainer):
         baselines = baselines if isinstance(forward, tuple) else baselines[0]
 
         method = self.core
-        kwargs: Dict[str, Any] = {k: v for k, v in self.core_kwargs.items()
-                                  if k in _ATTRIBUTE_KEYS + _LAYER_ATTRIBUTE_KEYS}
-        kwargs.update(baselines=baselines, target=target, additional_forward_args=additional, n_steps=self.n_steps,
-                      return_convergence_delta=True)
+        kwargs: dict[str, Any] = {
+            k: v for k, v in self.core_kwargs.items() if k in _ATTRIBUTE_KEYS + _LAYER_ATTRIBUTE_KEYS
+        }
+        kwargs.update(
+            baselines=baselines,
+            target=target,
+            additional_forward_args=additional,
+            n_steps=self.n_steps,
+            return_convergence_delta=True,
+        )
         if self.noise_level > 0:
             attributions, delta = self._smoothgrad(method, forward, tensors, kwargs)
         else:
@@ -196,8 +208,9 @@ class IntegratedGradients(Explainer):
         self.last_report = getattr(method, "last_report", None)
         return attributions
 
-    def _smoothgrad(self, method: Any, forward: TensorOrTuple, tensors: Tuple[torch.Tensor, ...],
-                    kwargs: Dict[str, Any]) -> Tuple[TensorOrTuple, Optional[torch.Tensor]]:
+    def _smoothgrad(
+        self, method: Any, forward: TensorOrTuple, tensors: tuple[torch.Tensor, ...], kwargs: dict[str, Any]
+    ) -> tuple[TensorOrTuple, torch.Tensor | None]:
         import integrad
         from integrad.methods.noise_tunnel import copy_examples
 
@@ -208,8 +221,11 @@ class IntegratedGradients(Explainer):
             )
         stdevs = tuple(self.noise_level * float(t.detach().amax() - t.detach().amin()) for t in tensors)
         nt_samples = self.core_kwargs.get("nt_samples", _DEFAULT_NT_SAMPLES)
-        noise = {"nt_type": self.core_kwargs.get("nt_type", "smoothgrad"), "nt_samples": nt_samples,
-                 "stdevs": stdevs if isinstance(forward, tuple) else stdevs[0]}
+        noise = {
+            "nt_type": self.core_kwargs.get("nt_type", "smoothgrad"),
+            "nt_samples": nt_samples,
+            "stdevs": stdevs if isinstance(forward, tuple) else stdevs[0],
+        }
         if "nt_samples_batch_size" in self.core_kwargs:
             noise["nt_samples_batch_size"] = self.core_kwargs["nt_samples_batch_size"]
         attributions, delta = integrad.NoiseTunnel(method).attribute(forward, **noise, **kwargs)
@@ -220,7 +236,7 @@ class IntegratedGradients(Explainer):
             delta = torch.zeros(n, dtype=delta.dtype, device=delta.device).index_add_(0, examples, delta) / nt_samples
         return attributions, delta
 
-    def _baselines(self, tensors: Tuple[torch.Tensor, ...]) -> Tuple[Any, ...]:
+    def _baselines(self, tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
         fns = self._baseline_fns
         if len(fns) == 1:
             fns = fns * len(tensors)
@@ -240,7 +256,7 @@ class IntegratedGradients(Explainer):
 
     # ----------------------------------------------------------------------------------------------- tuning
 
-    def get_tunables(self, inputs: Any = None) -> Dict[str, Tuple[type, Dict[str, Any]]]:
+    def get_tunables(self, inputs: Any = None) -> dict[str, tuple[type, dict[str, Any]]]:
         """Search space: ``{name: (type, space)}``.
 
         Format: ``type`` is ``int`` or ``float`` with ``space = {"low", "high"}`` (bounds included) and optional
@@ -263,7 +279,7 @@ class IntegratedGradients(Explainer):
             ``nn.Embedding``, else from the model's first ``Embedding``/``Conv``/``Linear`` module.
         """
         kinds = self._input_kinds(inputs)
-        tunables: Dict[str, Tuple[type, Dict[str, Any]]] = {
+        tunables: dict[str, tuple[type, dict[str, Any]]] = {
             "n_steps": (int, {"low": 10, "high": 100, "step": 10}),
             "method": (str, {"choices": list(_methods())}),
         }
@@ -277,7 +293,7 @@ class IntegratedGradients(Explainer):
             tunables["noise_level"] = (float, {"low": 0.0, "high": 0.3, "step": 0.05})
         return tunables
 
-    def apply_tunables(self, params: Dict[str, Any]) -> "IntegratedGradients":
+    def apply_tunables(self, params: dict[str, Any]) -> IntegratedGradients:
         """A copy configured at a point of :meth:`get_tunables`'s space, e.g. from a tuner's trial.
 
         ``{"baseline_fn": "gaussian_blur", "baseline_fn.gaussian_blur.sigma": 2.0, "n_steps": 30}`` becomes
@@ -296,9 +312,9 @@ class IntegratedGradients(Explainer):
             not ``<name>``, or with ``"baseline_fn"`` given as a callable, tensor or tuple (which have no named
             parameters), or a ``"baseline_fn."`` key of another form.
         """
-        kwargs: Dict[str, Any] = {}
-        baseline_params: Dict[str, Dict[str, Any]] = {}
-        first_key: Dict[str, str] = {}
+        kwargs: dict[str, Any] = {}
+        baseline_params: dict[str, dict[str, Any]] = {}
+        first_key: dict[str, str] = {}
         for key, value in params.items():
             if key.startswith("baseline_fn."):
                 parts = key.split(".", 2)
@@ -341,7 +357,7 @@ class IntegratedGradients(Explainer):
             kwargs["baseline_fn"] = get_baseline_fn(current, **baseline_params[own])
         return self.set_kwargs(**kwargs)
 
-    def current_tunables(self) -> Dict[str, Any]:
+    def current_tunables(self) -> dict[str, Any]:
         """This explainer's configuration as a point of :meth:`get_tunables`'s space.
 
         ``method`` is the core's default when not set; the baseline appears by name with its parameters under
@@ -349,8 +365,11 @@ class IntegratedGradients(Explainer):
         ``sigma=1.0`` for ``"gaussian_blur"``); a custom callable baseline has no name in the space and is left
         out.
         """
-        point: Dict[str, Any] = {"n_steps": self.n_steps, "noise_level": self.noise_level,
-                                 "method": self.core_kwargs.get("method", _default_method())}
+        point: dict[str, Any] = {
+            "n_steps": self.n_steps,
+            "noise_level": self.noise_level,
+            "method": self.core_kwargs.get("method", _default_method()),
+        }
         spec = self.baseline_fn
         if isinstance(spec, str):
             spec = get_baseline_fn(spec)
@@ -360,7 +379,7 @@ class IntegratedGradients(Explainer):
                 point[f"baseline_fn.{spec.name}.{parameter}"] = value
         return point
 
-    def _input_kinds(self, inputs: Any) -> Tuple[str, ...]:
+    def _input_kinds(self, inputs: Any) -> tuple[str, ...]:
         if inputs is not None:
             forward, _ = self._extract_args(inputs)
             tensors = forward if isinstance(forward, tuple) else (forward,)
@@ -384,7 +403,7 @@ class IntegratedGradients(Explainer):
 # ---------------------------------------------------------------------------------------------- validation
 
 
-def _check_n_steps(n_steps: Any) -> Union[int, str]:
+def _check_n_steps(n_steps: Any) -> int | str:
     if isinstance(n_steps, str) and n_steps == "auto":
         return n_steps
     if not arguments.is_int(n_steps) or n_steps < 1:
@@ -392,7 +411,7 @@ def _check_n_steps(n_steps: Any) -> Union[int, str]:
     return int(n_steps)
 
 
-def _check_n_classes(n_classes: Any) -> Optional[int]:
+def _check_n_classes(n_classes: Any) -> int | None:
     if n_classes is None:
         return None
     if not arguments.is_int(n_classes) or n_classes < 1:
@@ -408,7 +427,7 @@ def _check_noise_level(noise_level: Any) -> float:
     return float(noise_level)
 
 
-def _check_core_kwargs(core_kwargs: Dict[str, Any], layered: bool) -> Dict[str, Any]:
+def _check_core_kwargs(core_kwargs: dict[str, Any], layered: bool) -> dict[str, Any]:
     accepted = _CONSTRUCTOR_KEYS + _ATTRIBUTE_KEYS + _NOISE_KEYS + (_LAYER_ATTRIBUTE_KEYS if layered else ())
     unknown = sorted(set(core_kwargs) - set(accepted))
     if unknown:
@@ -429,7 +448,7 @@ def _check_core_kwargs(core_kwargs: Dict[str, Any], layered: bool) -> Dict[str, 
     return dict(core_kwargs)
 
 
-def _resolve_baselines(baseline_fn: Any) -> Tuple[Any, ...]:
+def _resolve_baselines(baseline_fn: Any) -> tuple[Any, ...]:
     specs = baseline_fn if isinstance(baseline_fn, tuple) else (baseline_fn,)
     if not specs:
         raise ValueError("baseline_fn must not be an empty tuple; give one baseline per attributed input")
@@ -447,7 +466,7 @@ def _resolve_baselines(baseline_fn: Any) -> Tuple[Any, ...]:
     return tuple(resolved)
 
 
-def _resolve_layers(model: Any, layer: Any) -> Optional[Union[nn.Module, List[nn.Module]]]:
+def _resolve_layers(model: Any, layer: Any) -> nn.Module | list[nn.Module] | None:
     if layer is None:
         return None
     if isinstance(layer, (list, tuple)):
@@ -484,7 +503,7 @@ def _resolve_layer(model: Any, layer: Any) -> nn.Module:
     )
 
 
-def check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
+def check_targets(targets: Any, n: int, n_classes: int | None) -> Any:
     """Targets for ``n`` examples as the explainer takes them (None, an int, or an integer tensor of shape (N,),
     (1,) or ()), with sequences of ints made tensors; TypeError/ValueError naming ``targets`` otherwise."""
     if targets is None:
@@ -511,6 +530,8 @@ def check_targets(targets: Any, n: int, n_classes: Optional[int]) -> Any:
         values = targets.reshape(-1)
         result = targets
     if n_classes is not None and values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_classes):
-        raise ValueError(f"targets must lie in [0, n_classes) = [0, {n_classes}), got values in "
-                         f"[{int(values.min())}, {int(values.max())}]")
+        raise ValueError(
+            f"targets must lie in [0, n_classes) = [0, {n_classes}), got values in "
+            f"[{int(values.min())}, {int(values.max())}]"
+        )
     return result

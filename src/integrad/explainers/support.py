@@ -7,13 +7,20 @@ module categories below are the building blocks it is known to handle: affine ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch.nn as nn
 
-__all__ = ["Attention", "Convolution", "Linear", "ModuleCategory", "SUPPORTED_MODULES", "SupportReport",
-           "check_support"]
+__all__ = [
+    "Attention",
+    "Convolution",
+    "Linear",
+    "ModuleCategory",
+    "SUPPORTED_MODULES",
+    "SupportReport",
+    "check_support",
+]
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,8 @@ class ModuleCategory:
     """
 
     name: str
-    types: Tuple[Type[nn.Module], ...] = ()
-    name_fragments: Tuple[str, ...] = ()
+    types: tuple[type[nn.Module], ...] = ()
+    name_fragments: tuple[str, ...] = ()
 
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` belongs to this category."""
@@ -51,7 +58,7 @@ Convolution = ModuleCategory("Convolution", (nn.Conv1d, nn.Conv2d, nn.Conv3d))
 Attention = ModuleCategory("Attention", (nn.MultiheadAttention,), ("Attention", "SelfAttention"))
 
 #: The module categories the integrated-gradients explainer supports.
-SUPPORTED_MODULES: List[ModuleCategory] = [Linear, Convolution, Attention]
+SUPPORTED_MODULES: list[ModuleCategory] = [Linear, Convolution, Attention]
 
 
 @dataclass
@@ -74,9 +81,9 @@ class SupportReport:
 
     supported: bool
     model_name: str
-    matches: Dict[str, List[str]] = field(default_factory=dict)
+    matches: dict[str, list[str]] = field(default_factory=dict)
     reason: str = ""
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return self.supported
@@ -95,7 +102,7 @@ class SupportReport:
         return "\n".join(lines)
 
 
-def check_support(model: nn.Module, modules: Optional[Sequence[ModuleCategory]] = None) -> SupportReport:
+def check_support(model: nn.Module, modules: Sequence[ModuleCategory] | None = None) -> SupportReport:
     """Scan ``model`` for supported module categories.
 
     Parameters
@@ -113,8 +120,8 @@ def check_support(model: nn.Module, modules: Optional[Sequence[ModuleCategory]] 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     categories = list(SUPPORTED_MODULES if modules is None else modules)
-    matches: Dict[str, List[str]] = {category.name: [] for category in categories}
-    embeddings: List[str] = []
+    matches: dict[str, list[str]] = {category.name: [] for category in categories}
+    embeddings: list[str] = []
     for name, module in model.named_modules():
         for category in categories:
             if category.matches(module):

@@ -6,5 +6,11 @@ from .neuron import NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
 from .path import PathIntegratedGradients, gradients_and_outputs
 
-__all__ = ["IntegratedGradients", "LayerIntegratedGradients", "NeuronIntegratedGradients", "NoiseTunnel",
-           "PathIntegratedGradients", "gradients_and_outputs"]
+__all__ = [
+    "IntegratedGradients",
+    "LayerIntegratedGradients",
+    "NeuronIntegratedGradients",
+    "NoiseTunnel",
+    "PathIntegratedGradients",
+    "gradients_and_outputs",
+]

@@ -12,10 +12,18 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..engine import Chunking, IntegrationReport, PathIntegral, Probe, RowShapes, integrate, integrate_adaptive, run_chunked
+from ..engine import (
+    Chunking,
+    IntegrationReport,
+    PathIntegral,
+    Probe,
+    RowShapes,
+    integrate,
+    integrate_adaptive,
+    run_chunked,
+)
 from ..paths import Path, moved
 from ..probes import TargetProbe
-
 
 #: Modules whose forward in training mode makes a row's output random, or dependent on the other rows run with it.
 TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
@@ -34,10 +42,16 @@ def training_state_saved(model: Any, name: str, stacklevel: int) -> list | None:
     warnings.warn(
         f"{name} is in training mode, where {names} make a row's output random (dropout) or dependent on the other "
         "rows evaluated with it (batch statistics): the results are not those of the model in use, and change with "
-        "the chunking. Call model.eval() first", RuntimeWarning, stacklevel=stacklevel + 1,
+        "the chunking. Call model.eval() first",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
     )
-    return [(b, b.clone()) for m in sensitive if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in m.buffers(recurse=False)]
+    return [
+        (b, b.clone())
+        for m in sensitive
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers(recurse=False)
+    ]
 
 
 def restore_training_state(saved: list | None) -> None:
@@ -90,8 +104,9 @@ class PathAttribution:
         return True
 
     @staticmethod
-    def _rule_settings(n_steps: Any, method: Any, internal_batch_size: Any, memory_budget: Any, tolerance: Any,
-                       device: torch.device) -> dict:
+    def _rule_settings(
+        n_steps: Any, method: Any, internal_batch_size: Any, memory_budget: Any, tolerance: Any, device: torch.device
+    ) -> dict:
         """Validated quadrature and chunking settings; called before the model first runs."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
@@ -101,8 +116,9 @@ class PathAttribution:
         method = arguments.check_method(method)
         n_steps = arguments.check_n_steps(n_steps, method, allow_auto=True)
         tolerance = arguments.check_tolerance(tolerance)
-        chunking = Chunking.make(arguments.check_positive_int("internal_batch_size", internal_batch_size),
-                                 memory_budget, device)
+        chunking = Chunking.make(
+            arguments.check_positive_int("internal_batch_size", internal_batch_size), memory_budget, device
+        )
         return {
             "method": method,
             "n_steps": n_steps,
@@ -113,7 +129,7 @@ class PathAttribution:
             "budget_key": None if memory_budget is None else chunking.budget,
         }
 
-    def _input_path(self, inputs: Any, baselines: Any, additional_forward_args: Any, **rule: Any) -> "InputPath":
+    def _input_path(self, inputs: Any, baselines: Any, additional_forward_args: Any, **rule: Any) -> InputPath:
         """Validated inputs, baselines, extra arguments and rule settings of a path in input space."""
         inputs_t, was_tuple = arguments.normalize_inputs(inputs)
         settings = self._rule_settings(**rule, device=inputs_t[0].device)
@@ -151,8 +167,10 @@ class PathAttribution:
         """
         path = result.path
         if path.velocity_factored and self._multiply_by_inputs:
-            attributions = tuple(moved(g * _velocity_in(path, i, g.dtype), g.device, dt)
-                                 for i, (g, dt) in enumerate(zip(result.grads, out_dtypes)))
+            attributions = tuple(
+                moved(g * _velocity_in(path, i, g.dtype), g.device, dt)
+                for i, (g, dt) in enumerate(zip(result.grads, out_dtypes))
+            )
         else:
             attributions = tuple(moved(g, g.device, dt) for g, dt in zip(result.grads, out_dtypes))
         if result.f_end is not None:
@@ -198,8 +216,15 @@ def convergence_delta(attributions: tuple[Tensor, ...], f_start: Tensor, f_end: 
     return (total - (f_end - f_start)).to(device=attributions[0].device, dtype=dtype)
 
 
-def model_convergence_delta(forward_func: Callable, attributions: tuple[Tensor, ...], start_point: Any,
-                            end_point: Any, target: Any, additional_forward_args: Any, need_grad: bool = True) -> Tensor:
+def model_convergence_delta(
+    forward_func: Callable,
+    attributions: tuple[Tensor, ...],
+    start_point: Any,
+    end_point: Any,
+    target: Any,
+    additional_forward_args: Any,
+    need_grad: bool = True,
+) -> Tensor:
     """``Σ attributions − (F(end_point) − F(start_point))`` per example, with the model run once on both ends
     together (``need_grad=False`` lets the ends be token ids)."""
     ends, was_tuple = arguments.normalize_inputs(end_point, name="end_point", need_grad=need_grad)
@@ -225,8 +250,13 @@ def model_convergence_delta(forward_func: Callable, attributions: tuple[Tensor, 
     return convergence_delta(attributions, values[batch:], values[:batch])
 
 
-def output_probe(forward_func: Callable, inputs_for_rows: Callable[[tuple[Tensor, ...], Tensor], tuple],
-                 target: Tensor | None, args: tuple, per_example: tuple[bool, ...]) -> Probe:
+def output_probe(
+    forward_func: Callable,
+    inputs_for_rows: Callable[[tuple[Tensor, ...], Tensor], tuple],
+    target: Tensor | None,
+    args: tuple,
+    per_example: tuple[bool, ...],
+) -> Probe:
     """Probe of the model output at the target: ``F(*inputs_for_rows(points, examples), *extra)[target]``."""
     select = TargetProbe(target)
 

@@ -36,21 +36,52 @@ class IntegratedGradients(PathAttribution):
     """
 
     @overload
-    def attribute(self, inputs: TensorOrTuple, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None, n_steps: int | str = 50, method: str = "gausslegendre",
-                  internal_batch_size: int | None = None, return_convergence_delta: Literal[False] = False, *,
-                  memory_budget: int | str | None = None, tolerance: float = 1e-3) -> TensorOrTuple: ...
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        return_convergence_delta: Literal[False] = False,
+        *,
+        memory_budget: int | str | None = None,
+        tolerance: float = 1e-3,
+    ) -> TensorOrTuple: ...
 
     @overload
-    def attribute(self, inputs: TensorOrTuple, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None, n_steps: int | str = 50, method: str = "gausslegendre",
-                  internal_batch_size: int | None = None, *, return_convergence_delta: Literal[True],
-                  memory_budget: int | str | None = None, tolerance: float = 1e-3) -> tuple[TensorOrTuple, Tensor]: ...
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        *,
+        return_convergence_delta: Literal[True],
+        memory_budget: int | str | None = None,
+        tolerance: float = 1e-3,
+    ) -> tuple[TensorOrTuple, Tensor]: ...
 
     @keeps_model_state
-    def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
-                  method="gausslegendre", internal_batch_size=None, return_convergence_delta=False, *,
-                  memory_budget=None, tolerance=1e-3):
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        return_convergence_delta=False,
+        *,
+        memory_budget=None,
+        tolerance=1e-3,
+    ):
         """Attribute ``forward_func``'s output at ``target`` to each input feature.
 
         Parameters
@@ -94,21 +125,35 @@ class IntegratedGradients(PathAttribution):
         estimate (``"auto"``), the rows evaluated and the delta.
         """
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
-        path = self._input_path(inputs, baselines, additional_forward_args, n_steps=n_steps, method=method,
-                                internal_batch_size=internal_batch_size, memory_budget=memory_budget,
-                                tolerance=tolerance)
+        path = self._input_path(
+            inputs,
+            baselines,
+            additional_forward_args,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+            memory_budget=memory_budget,
+            tolerance=tolerance,
+        )
         target_t = arguments.normalize_target(target, path.batch, path.inputs[0].device)
         probe = output_probe(self.forward_func, lambda points, examples: points, target_t, path.args, path.per_example)
-        result = self._integrate(probe, StraightLine(path.start, path.end), path.settings,
-                                 need_ends=return_convergence_delta)
+        result = self._integrate(
+            probe, StraightLine(path.start, path.end), path.settings, need_ends=return_convergence_delta
+        )
         attributions = restore_structure(self._finish(result, path.dtypes), path.was_tuple)
         if return_convergence_delta:
             return attributions, self.last_report.delta
         return attributions
 
     @keeps_model_state
-    def compute_convergence_delta(self, attributions: TensorOrTuple, start_point: Any, end_point: TensorOrTuple,
-                                  target: Any = None, additional_forward_args: Any = None) -> Tensor:
+    def compute_convergence_delta(
+        self,
+        attributions: TensorOrTuple,
+        start_point: Any,
+        end_point: TensorOrTuple,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
         """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
 
         ``attributions`` has the structure and shapes of ``end_point``; ``start_point`` accepts every form
@@ -118,11 +163,18 @@ class IntegratedGradients(PathAttribution):
         attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
         if len(attrs) != len(ends) or any(a.shape != e.shape for a, e in zip(attrs, ends)):
             raise ValueError("attributions must have the same structure and shapes as end_point")
-        return model_convergence_delta(self.forward_func, attrs, start_point, end_point, target,
-                                       additional_forward_args)
+        return model_convergence_delta(
+            self.forward_func, attrs, start_point, end_point, target, additional_forward_args
+        )
 
-    def integrand(self, inputs: TensorOrTuple, alphas: Any, baselines: Any = None, target: Any = None,
-                  additional_forward_args: Any = None) -> Tensor:
+    def integrand(
+        self,
+        inputs: TensorOrTuple,
+        alphas: Any,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
         """The path integrand ``d/dα F(x′ + α (x − x′)) = Σ_i (x_i − x′_i) ∂F/∂x_i`` at each of ``alphas``.
 
         Its integral over [0, 1] is ``F(x) − F(x′)``; a quadrature rule sums it with its weights, so plotting it
@@ -145,8 +197,13 @@ class IntegratedGradients(PathAttribution):
         path = StraightLine(start, tuple(x.detach() for x in inputs_t))
         probe = output_probe(self.forward_func, lambda points, examples: points, target_t, args, per_example)
         n = batch * k
-        rows = Rows(torch.arange(batch).repeat(k), alphas_t.repeat_interleave(batch),
-                    torch.ones(n, 1, dtype=torch.float64), torch.arange(n), n)
+        rows = Rows(
+            torch.arange(batch).repeat(k),
+            alphas_t.repeat_interleave(batch),
+            torch.ones(n, 1, dtype=torch.float64),
+            torch.arange(n),
+            n,
+        )
         kept = RowGradients(rows, path)
         evaluate_rows(probe, path, rows, kept, Chunking.make(None, None, inputs_t[0].device), keep_values=False)
         velocity = torch.cat([d.reshape(batch, -1) for d in path.velocity], 1).to(kept.gradients.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
@@ -58,9 +59,15 @@ class LayerIntegratedGradients(PathAttribution):
     object to running the whole model on the expanded rows, which is also what ``expand_at_layer=False`` does.
     """
 
-    def __init__(self, forward_func: Callable, layer: nn.Module | Sequence[nn.Module],
-                 device_ids: list[int] | None = None, multiply_by_inputs: bool = True, *,
-                 expand_at_layer: bool = True):
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module | Sequence[nn.Module],
+        device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
+        *,
+        expand_at_layer: bool = True,
+    ):
         super().__init__(forward_func, multiply_by_inputs)
         self._expand = {"enabled": arguments.check_bool("expand_at_layer", expand_at_layer)}
         self._is_list = isinstance(layer, (list, tuple))
@@ -74,21 +81,55 @@ class LayerIntegratedGradients(PathAttribution):
         self.device_ids = device_ids
 
     @overload
-    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
-                  n_steps: int | str = 50, method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  return_convergence_delta: Literal[False] = False, attribute_to_layer_input: bool = False, *,
-                  memory_budget: int | str | None = None, tolerance: float = 1e-3) -> Any: ...
+    def attribute(
+        self,
+        inputs: Any,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        return_convergence_delta: Literal[False] = False,
+        attribute_to_layer_input: bool = False,
+        *,
+        memory_budget: int | str | None = None,
+        tolerance: float = 1e-3,
+    ) -> Any: ...
 
     @overload
-    def attribute(self, inputs: Any, baselines: Any = None, target: Any = None, additional_forward_args: Any = None,
-                  n_steps: int | str = 50, method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  *, return_convergence_delta: Literal[True], attribute_to_layer_input: bool = False,
-                  memory_budget: int | str | None = None, tolerance: float = 1e-3) -> tuple[Any, Tensor]: ...
+    def attribute(
+        self,
+        inputs: Any,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        *,
+        return_convergence_delta: Literal[True],
+        attribute_to_layer_input: bool = False,
+        memory_budget: int | str | None = None,
+        tolerance: float = 1e-3,
+    ) -> tuple[Any, Tensor]: ...
 
     @keeps_model_state
-    def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps=50,
-                  method="gausslegendre", internal_batch_size=None, return_convergence_delta=False,
-                  attribute_to_layer_input=False, *, memory_budget=None, tolerance=1e-3):
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        *,
+        memory_budget=None,
+        tolerance=1e-3,
+    ):
         """Attribute the output at ``target`` to the layer's activations.
 
         Parameters are those of :meth:`IntegratedGradients.attribute`, except that ``inputs`` may hold integer
@@ -104,8 +145,9 @@ class LayerIntegratedGradients(PathAttribution):
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
         use_input = arguments.check_bool("attribute_to_layer_input", attribute_to_layer_input)
         inputs_t, was_tuple = arguments.normalize_inputs(inputs, need_grad=False)
-        settings = self._rule_settings(n_steps, method, internal_batch_size, memory_budget, tolerance,
-                                       inputs_t[0].device)
+        settings = self._rule_settings(
+            n_steps, method, internal_batch_size, memory_budget, tolerance, inputs_t[0].device
+        )
         batch = inputs_t[0].shape[0]
         base_t = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
@@ -116,8 +158,12 @@ class LayerIntegratedGradients(PathAttribution):
         rows = torch.arange(batch).repeat(2)
 
         def layer_values(part: slice) -> list:
-            return run_until(self.forward_func, self.layers, use_input,
-                             tuple(t[part] for t in both) + arguments.select_rows(args, per_example, rows[part]))
+            return run_until(
+                self.forward_func,
+                self.layers,
+                use_input,
+                tuple(t[part] for t in both) + arguments.select_rows(args, per_example, rows[part]),
+            )
 
         with torch.no_grad():
             values = _concat(run_chunked(layer_values, 2 * batch, settings["chunking"]))
@@ -137,16 +183,19 @@ class LayerIntegratedGradients(PathAttribution):
             sizes = [len(flat[i]) for i in group]
             group_layers = [self.layers[i] for i in group]
 
-            def to_values(points: tuple[Tensor, ...]) -> list:
-                out, pos = [], 0
-                for i, n in zip(group, sizes):
-                    parts = points[pos:pos + n]
-                    out.append(parts if structures[i] else parts[0])
-                    pos += n
-                return out
+            to_values = functools.partial(_layer_values, group=group, sizes=sizes, structures=structures)
 
-            probe = _layer_probe(self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args,
-                                 per_example, self._expand)
+            probe = _layer_probe(
+                self.forward_func,
+                inputs_t,
+                group_layers,
+                to_values,
+                use_input,
+                target_t,
+                args,
+                per_example,
+                self._expand,
+            )
             result = self._integrate(probe, StraightLine(start, end), settings, need_ends=return_convergence_delta)
             attributions = self._finish(result, [p.dtype for p in end])
             if first_delta is None:
@@ -159,8 +208,14 @@ class LayerIntegratedGradients(PathAttribution):
         return out
 
     @keeps_model_state
-    def compute_convergence_delta(self, attributions: Any, start_point: Any, end_point: Any, target: Any = None,
-                                  additional_forward_args: Any = None) -> Tensor:
+    def compute_convergence_delta(
+        self,
+        attributions: Any,
+        start_point: Any,
+        end_point: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
         """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
 
         ``attributions`` is one layer's attributions (a tensor, or a tuple for a layer whose value is a tuple);
@@ -174,8 +229,9 @@ class LayerIntegratedGradients(PathAttribution):
                 "pass one element of the list: each layer's attributions add up to F(end_point) − F(start_point) alone"
             )
         attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
-        return model_convergence_delta(self.forward_func, attrs, start_point, end_point, target,
-                                       additional_forward_args, need_grad=False)
+        return model_convergence_delta(
+            self.forward_func, attrs, start_point, end_point, target, additional_forward_args, need_grad=False
+        )
 
     def _groups(self, inputs_t, args, per_example, use_input) -> list[list[int]]:
         """Layers interpolated together: those not feeding each other; each entangled layer alone."""
@@ -184,6 +240,16 @@ class LayerIntegratedGradients(PathAttribution):
         entangled = _entangled_layers(self.forward_func, self.layers, inputs_t, args, per_example, use_input)
         free = [i for i in range(len(self.layers)) if i not in entangled]
         return ([free] if free else []) + [[i] for i in sorted(entangled)]
+
+
+def _layer_values(points: tuple[Tensor, ...], group: list[int], sizes: list[int], structures: list[bool]) -> list:
+    """The layers' values from a flat tuple of path tensors: a tuple for a layer whose value is one."""
+    out, pos = [], 0
+    for i, n in zip(group, sizes):
+        parts = points[pos : pos + n]
+        out.append(parts if structures[i] else parts[0])
+        pos += n
+    return out
 
 
 def _concat(chunks: list[list]) -> list:
@@ -259,8 +325,9 @@ def _entangled_layers(forward_func, layers, inputs_t, args, per_example, use_inp
         def cut(value):
             originals[i] = value
             parts = value if isinstance(value, tuple) else (value,)
-            fresh = tuple(p.detach().requires_grad_() if isinstance(p, Tensor) and p.is_floating_point() else p
-                          for p in parts)
+            fresh = tuple(
+                p.detach().requires_grad_() if isinstance(p, Tensor) and p.is_floating_point() else p for p in parts
+            )
             for p in fresh:
                 if isinstance(p, Tensor) and p.requires_grad:
                     leaves[id(p)] = i

@@ -34,8 +34,13 @@ class NeuronIntegratedGradients(PathAttribution):
         Multiply by ``(x − x′)``.
     """
 
-    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids: list[int] | None = None,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
+    ):
         super().__init__(forward_func, multiply_by_inputs)
         check_layer(forward_func, layer)
         self.layer = layer
@@ -45,11 +50,20 @@ class NeuronIntegratedGradients(PathAttribution):
         return False
 
     @keeps_model_state
-    def attribute(self, inputs: Tensor | tuple[Tensor, ...], neuron_selector: int | tuple | Callable,
-                  baselines: Any = None, additional_forward_args: Any = None, n_steps: int | str = 50,
-                  method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  attribute_to_neuron_input: bool = False, *, memory_budget: int | str | None = None,
-                  tolerance: float = 1e-3) -> Tensor | tuple[Tensor, ...]:
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        neuron_selector: int | tuple | Callable,
+        baselines: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        *,
+        memory_budget: int | str | None = None,
+        tolerance: float = 1e-3,
+    ) -> Tensor | tuple[Tensor, ...]:
         """Attribute the selected neuron to the inputs.
 
         Parameters
@@ -65,9 +79,16 @@ class NeuronIntegratedGradients(PathAttribution):
         """
         selector = NeuronProbe(check_neuron_selector(neuron_selector))
         use_input = arguments.check_bool("attribute_to_neuron_input", attribute_to_neuron_input)
-        path = self._input_path(inputs, baselines, additional_forward_args, n_steps=n_steps, method=method,
-                                internal_batch_size=internal_batch_size, memory_budget=memory_budget,
-                                tolerance=tolerance)
+        path = self._input_path(
+            inputs,
+            baselines,
+            additional_forward_args,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+            memory_budget=memory_budget,
+            tolerance=tolerance,
+        )
 
         def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
             extra = arguments.select_rows(path.args, path.per_example, examples)

@@ -58,9 +58,16 @@ class NoiseTunnel:
     def has_convergence_delta(self) -> bool:
         return self.is_delta_supported
 
-    def attribute(self, inputs: Tensor | tuple[Tensor, ...], nt_type: str = "smoothgrad", nt_samples: int = 5,
-                  nt_samples_batch_size: int | None = None, stdevs: float | tuple[float, ...] = 1.0,
-                  draw_baseline_from_distrib: bool = False, **kwargs: Any):
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        nt_type: str = "smoothgrad",
+        nt_samples: int = 5,
+        nt_samples_batch_size: int | None = None,
+        stdevs: float | tuple[float, ...] = 1.0,
+        draw_baseline_from_distrib: bool = False,
+        **kwargs: Any,
+    ):
         """Noise-averaged attributions.
 
         Parameters
@@ -91,8 +98,10 @@ class NoiseTunnel:
         batch = inputs_t[0].shape[0]
         want_delta = kwargs.get("return_convergence_delta", False)
         if want_delta and not self.is_delta_supported:
-            raise ValueError(f"{type(self.attribution_method).__name__} has no convergence delta; "
-                             "return_convergence_delta must be False")
+            raise ValueError(
+                f"{type(self.attribution_method).__name__} has no convergence delta; "
+                "return_convergence_delta must be False"
+            )
         baselines = kwargs.pop("baselines", None)
         target = kwargs.pop("target", None)
         extra = kwargs.pop("additional_forward_args", None)
@@ -155,9 +164,7 @@ def _accepted(method: PathAttribution) -> set[str]:
 
 def _check_stdevs(stdevs: Any, n_inputs: int) -> tuple[float, ...]:
     values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * n_inputs
-    if len(values) != n_inputs or not all(
-        arguments.is_real(v) and v >= 0 for v in values
-    ):
+    if len(values) != n_inputs or not all(arguments.is_real(v) and v >= 0 for v in values):
         raise ValueError(
             f"stdevs must be a non-negative number or a tuple of {n_inputs} non-negative numbers (one per input); "
             f"got {stdevs!r}"
@@ -172,15 +179,15 @@ def _calls(samples: int, per_call: int) -> list[int]:
 
 def copy_examples(batch: int, nt_samples: int, nt_samples_batch_size: int | None = None) -> Tensor:
     """The example of each noisy copy, in the order :meth:`NoiseTunnel.attribute` returns their deltas."""
-    return torch.cat([torch.arange(batch).repeat_interleave(s)
-                      for s in _calls(nt_samples, nt_samples_batch_size or nt_samples)])
+    return torch.cat(
+        [torch.arange(batch).repeat_interleave(s) for s in _calls(nt_samples, nt_samples_batch_size or nt_samples)]
+    )
 
 
 def _noisy(x: Tensor, sigma: float, samples: int) -> Tensor:
     """``samples`` copies of each example (example-major) plus ``N(0, σ²)`` noise drawn from torch's global generator
     in the default dtype, in the input's dtype."""
-    noise = sigma * torch.randn((samples * x.shape[0],) + x.shape[1:], dtype=torch.get_default_dtype(),
-                                device=x.device)
+    noise = sigma * torch.randn((samples * x.shape[0],) + x.shape[1:], dtype=torch.get_default_dtype(), device=x.device)
     noisy = x.detach().repeat_interleave(samples, dim=0) + noise
     return noisy if noisy.dtype == x.dtype else noisy.to(x.dtype)
 
@@ -204,7 +211,9 @@ def _baselines_for(baselines: Any, inputs_t, samples: int, draw: bool):
             out.append(b)
         elif draw:
             if b.shape[0] not in picks:
-                picks[b.shape[0]] = torch.from_numpy(np.random.choice(b.shape[0], samples * batch)).to(b.device, torch.long)
+                picks[b.shape[0]] = torch.from_numpy(np.random.choice(b.shape[0], samples * batch)).to(
+                    b.device, torch.long
+                )
             out.append(b.index_select(0, picks[b.shape[0]]))
         elif b.shape[0] == batch and batch > 1:
             out.append(b.repeat_interleave(samples, dim=0))
@@ -226,7 +235,7 @@ def _flatten(out: Any):
         def rebuild(leaves):
             res, pos = [], 0
             for (_, fn), n in zip(parts, sizes):
-                res.append(fn(leaves[pos:pos + n]))
+                res.append(fn(leaves[pos : pos + n]))
                 pos += n
             return res
 

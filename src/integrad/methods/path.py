@@ -11,8 +11,14 @@ from torch import Tensor
 from .. import arguments
 from ..engine import Chunking, gradients_at
 from ..paths import FunctionPath, Path
-from .base import (PathAttribution, keeps_model_state, output_probe, restore_structure, restore_training_state,
-                   training_state_saved)
+from .base import (
+    PathAttribution,
+    keeps_model_state,
+    output_probe,
+    restore_structure,
+    restore_training_state,
+    training_state_saved,
+)
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -41,20 +47,52 @@ class PathIntegratedGradients(PathAttribution):
         super().__init__(forward_func, multiply_by_inputs=True)
 
     @overload
-    def attribute(self, inputs: TensorOrTuple, path: Any, target: Any = None, additional_forward_args: Any = None,
-                  n_steps: int | str = 50, method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  memory_budget: int | str | None = None, return_convergence_delta: Literal[False] = False, *,
-                  tolerance: float = 1e-3) -> TensorOrTuple: ...
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        path: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        memory_budget: int | str | None = None,
+        return_convergence_delta: Literal[False] = False,
+        *,
+        tolerance: float = 1e-3,
+    ) -> TensorOrTuple: ...
 
     @overload
-    def attribute(self, inputs: TensorOrTuple, path: Any, target: Any = None, additional_forward_args: Any = None,
-                  n_steps: int | str = 50, method: str = "gausslegendre", internal_batch_size: int | None = None,
-                  memory_budget: int | str | None = None, *, return_convergence_delta: Literal[True],
-                  tolerance: float = 1e-3) -> tuple[TensorOrTuple, Tensor]: ...
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        path: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int | str = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: int | None = None,
+        memory_budget: int | str | None = None,
+        *,
+        return_convergence_delta: Literal[True],
+        tolerance: float = 1e-3,
+    ) -> tuple[TensorOrTuple, Tensor]: ...
 
     @keeps_model_state
-    def attribute(self, inputs, path, target=None, additional_forward_args=None, n_steps=50, method="gausslegendre",
-                  internal_batch_size=None, memory_budget=None, return_convergence_delta=False, *, tolerance=1e-3):
+    def attribute(
+        self,
+        inputs,
+        path,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        memory_budget=None,
+        return_convergence_delta=False,
+        *,
+        tolerance=1e-3,
+    ):
         """Attribute ``forward_func``'s output at ``target`` along ``path``.
 
         Parameters
@@ -81,8 +119,9 @@ class PathIntegratedGradients(PathAttribution):
         """
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
         inputs_t, was_tuple = arguments.normalize_inputs(inputs)
-        settings = self._rule_settings(n_steps, method, internal_batch_size, memory_budget, tolerance,
-                                       inputs_t[0].device)
+        settings = self._rule_settings(
+            n_steps, method, internal_batch_size, memory_budget, tolerance, inputs_t[0].device
+        )
         line = _as_path(path, inputs_t)
         batch = inputs_t[0].shape[0]
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
@@ -99,18 +138,28 @@ def _as_path(path: Any, inputs: tuple[Tensor, ...]) -> Path:
     if isinstance(path, Path):
         shapes = [tuple(t.shape) for t in path.like]
         if shapes != [tuple(x.shape) for x in inputs]:
-            raise ValueError(f"path is built on tensors of shapes {shapes}, but the inputs have shapes "
-                             f"{[tuple(x.shape) for x in inputs]}; build it on tensors shaped like the inputs")
+            raise ValueError(
+                f"path is built on tensors of shapes {shapes}, but the inputs have shapes "
+                f"{[tuple(x.shape) for x in inputs]}; build it on tensors shaped like the inputs"
+            )
         return path
     if not callable(path):
-        raise TypeError("path must be a callable path(alphas) -> (points, velocities) or an integrad.paths.Path; got "
-                        f"{type(path).__name__}")
+        raise TypeError(
+            "path must be a callable path(alphas) -> (points, velocities) or an integrad.paths.Path; got "
+            f"{type(path).__name__}"
+        )
     return FunctionPath(path, inputs)
 
 
-def gradients_and_outputs(forward_func: Callable, inputs: TensorOrTuple, target: Any = None,
-                          additional_forward_args: Any = None, *, internal_batch_size: int | None = None,
-                          memory_budget: int | str | None = None) -> tuple[TensorOrTuple, Tensor]:
+def gradients_and_outputs(
+    forward_func: Callable,
+    inputs: TensorOrTuple,
+    target: Any = None,
+    additional_forward_args: Any = None,
+    *,
+    internal_batch_size: int | None = None,
+    memory_budget: int | str | None = None,
+) -> tuple[TensorOrTuple, Tensor]:
     """Gradients of ``forward_func``'s output at ``target`` with respect to ``inputs``, and that output, per row.
 
     The primitive every path method is made of: each row of ``inputs`` is one point, evaluated in chunks that fit
@@ -127,8 +176,9 @@ def gradients_and_outputs(forward_func: Callable, inputs: TensorOrTuple, target:
     inputs_t, was_tuple = arguments.normalize_inputs(inputs)
     batch = inputs_t[0].shape[0]
     device = inputs_t[0].device
-    chunking = Chunking.make(arguments.check_positive_int("internal_batch_size", internal_batch_size),
-                             memory_budget, device)
+    chunking = Chunking.make(
+        arguments.check_positive_int("internal_batch_size", internal_batch_size), memory_budget, device
+    )
     target_t = arguments.normalize_target(target, batch, device)
     args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
     probe = output_probe(forward_func, lambda points, examples: points, target_t, args, per_example)
