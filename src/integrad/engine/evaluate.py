@@ -399,10 +399,24 @@ class PathIntegral:
     f_end: Tensor | None
     report: IntegrationReport
     path: Path
+    #: The reduction the rows were handed to.
+    reduction: Reduction | None = None
 
 
-def integrate(probe: Probe, path: Path, method: str, n_steps: int, chunking: Chunking, need_ends: bool) -> PathIntegral:
-    """Integrate along ``path`` with a fixed rule: ``method`` with ``n_steps`` points, or the path's own rule."""
+def integrate(
+    probe: Probe,
+    path: Path,
+    method: str,
+    n_steps: int,
+    chunking: Chunking,
+    need_ends: bool,
+    reduction: Callable[[Rows, Path], Reduction] | None = None,
+) -> PathIntegral:
+    """Integrate along ``path`` with a fixed rule: ``method`` with ``n_steps`` points, or the path's own rule.
+
+    ``reduction`` builds the reduction from the rows and the path (default :class:`WeightedSum`); a reduction of
+    another kind leaves ``grads`` empty and is returned in :attr:`PathIntegral.reduction`.
+    """
     own = path.rule()
     if own is not None:
         alphas, _ = own
@@ -410,13 +424,14 @@ def integrate(probe: Probe, path: Path, method: str, n_steps: int, chunking: Chu
     else:
         alphas, _ = alphas_and_weights(method, n_steps)
         rows = method_rows(path, method, n_steps)
-    reduction = WeightedSum(rows, path)
-    values = evaluate_rows(probe, path, rows, reduction, chunking, keep_values=need_ends)
+    reducer = (reduction or WeightedSum)(rows, path)
+    values = evaluate_rows(probe, path, rows, reducer, chunking, keep_values=need_ends)
     f_start = f_end = None
     if need_ends:
         f_start, f_end = end_values(probe, path, chunking, alphas, values.view(len(alphas), path.batch))
     report = IntegrationReport.of(chunking, torch.full((path.batch,), len(alphas), dtype=torch.long))
-    return PathIntegral([s[0] for s in reduction.sums], f_start, f_end, report, path)
+    grads = [s[0] for s in reducer.sums] if isinstance(reducer, WeightedSum) else []
+    return PathIntegral(grads, f_start, f_end, report, path, reducer)
 
 
 def end_values(

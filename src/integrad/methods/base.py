@@ -137,7 +137,13 @@ class PathAttribution:
         args, per_example = arguments.normalize_additional_args(additional_forward_args, inputs_t[0].shape[0])
         return InputPath(inputs_t, was_tuple, start, tuple(x.detach() for x in inputs_t), args, per_example, settings)
 
-    def _integrate(self, probe: Probe, path: Path, settings: dict, need_ends: bool) -> PathIntegral:
+    def _integrate(
+        self, probe: Probe, path: Path, settings: dict, need_ends: bool, reduction: Callable | None = None
+    ) -> PathIntegral:
+        """Integrate ``probe`` along ``path`` with the call's rule and chunking; ``reduction`` (a fixed rule only)
+        replaces the weighted sum, as :func:`integrad.engine.integrate` takes it."""
+        if settings["n_steps"] == "auto" and reduction is not None:
+            raise ValueError("n_steps='auto' integrates with its own rule; this method needs an int n_steps")
         if settings["n_steps"] == "auto" and not path.smooth:
             raise ValueError(
                 f"n_steps='auto' needs a smooth path, and {type(path).__name__} is not one (a path given as points, or "
@@ -153,7 +159,7 @@ class PathAttribution:
         if settings["n_steps"] == "auto":
             result = integrate_adaptive(probe, path, settings["tolerance"], chunking, need_ends)
         else:
-            result = integrate(probe, path, settings["method"], settings["n_steps"], chunking, need_ends)
+            result = integrate(probe, path, settings["method"], settings["n_steps"], chunking, need_ends, reduction)
         memory.learn(chunking, path.device)
         self._row_shapes.checkin(key, memory)
         self.last_report = result.report
