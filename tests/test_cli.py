@@ -1,6 +1,6 @@
 """The ``integrad`` command line: help, ``explain`` on every input kind, and unusable arguments.
 
-Most runs call ``integrad.cli.main`` in-process (fast); a few go through ``python -m integrad`` to check the real
+Most runs call ``integrad.app.cli.main`` in-process (fast); a few go through ``python -m integrad`` to check the real
 entry point and exit codes. Attributions are checked against independent computations: completeness
 (``Σ attributions = F(x) − F(x′)``), the closed form of a linear model, and the same model loaded three ways.
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from integrad.cli import build_parser, main
+from integrad.app.cli import build_parser, main
 
 import fixtures_models as fm
 
@@ -451,7 +451,7 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
 
 
 def test_staged_output_is_all_or_nothing(tmp_path):
-    from integrad.cli import _staged
+    from integrad.app.cli import _staged
 
     out = tmp_path / "report"
     out.mkdir()

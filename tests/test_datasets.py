@@ -20,9 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from integrad.cli import main
-from integrad.datasets import atomic_write_bytes, attribute_dataset, load_attributions
-from integrad.io import InputError, open_data
+from integrad.app.cli import main
+from integrad.app.files import atomic_write_bytes
+from integrad.app.io import InputError, open_data
+from integrad.datasets import attribute_dataset, load_attributions
 
 import fixtures_models as fm
 
@@ -630,7 +631,7 @@ def test_summary_keeps_the_largest_delta_exactly(tmp_path, largest):
     # float32, not overflowing to inf), and a NaN must not be dropped for the finite value after it.
     from safetensors.torch import save_file
 
-    from integrad import datasets
+    from integrad.app import jobs as datasets
 
     (tmp_path / datasets.MANIFEST).write_text(json.dumps({"n_batches": 2}))
     save_file({"deltas": torch.tensor([largest, -0.001], dtype=torch.float64)}, str(tmp_path / datasets._shard_name(0)))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from integrad.cli import main
-from integrad.demo import text_available
+from integrad.app.cli import main
+from integrad.app.demo import text_available
 
 
 class _Refs(HTMLParser):

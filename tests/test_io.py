@@ -1,4 +1,4 @@
-"""integrad.io: image levels by bit depth, CSV byte-order marks, unreadable images, non-finite inputs."""
+"""integrad.app.io: image levels by bit depth, CSV byte-order marks, unreadable images, non-finite inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from integrad.io import InputError, load_image, load_inputs, open_data
+from integrad.app.io import InputError, load_image, load_inputs, open_data
 
 # --------------------------------------------------------------------------- image levels
 

@@ -325,7 +325,7 @@ def test_command_line(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     import integrad
-    import integrad.io
+    import integrad.app.io
     from integrad.datasets import load_attributions
 
     section = "The command line"
@@ -347,7 +347,7 @@ def test_command_line(tmp_path, monkeypatch):
     out = _literal(explain, r"--out (\S+)")
     _shell(explain, single)
     saved = load_file(str(single / out / "attributions.safetensors"))
-    x = integrad.io.load_image(single / "digit.png")
+    x = integrad.app.io.load_image(single / "digit.png")
     assert saved["attributions"].shape == x.shape == (1, 1, 8, 8)
     with torch.no_grad():
         predicted = net(x).argmax(1)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import atomic_write_bytes
+from .app.files import atomic_write_bytes
 
 __all__ = ["HtmlReport", "plot_attributions", "token_scores", "fmt"]
 

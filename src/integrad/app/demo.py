@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import save_tensors
-from .report import HtmlReport, plot_attributions, token_scores
+from ..report import HtmlReport, plot_attributions, token_scores
+from .files import save_tensors
 
 __all__ = ["run_demo", "DemoConfig", "digits_cnn", "cancer_mlp", "SentenceSimilarity"]
 
@@ -191,7 +191,7 @@ def _metric_scores(
     model, x, attributions, targets, cfg: DemoConfig, baselines, names=("abpc", "infidelity", "complexity"), **extra
 ) -> dict:
     """Metric name → per-example scores (NaN where a metric does not apply)."""
-    from . import metrics
+    from ..evaluate import metrics
 
     options = {
         "abpc": {"n_steps": cfg.flip_steps},
@@ -215,7 +215,7 @@ def _metric_scores(
 
 
 def _ig(model, layer=None):
-    from .datasets import _core_classes
+    from .jobs import _core_classes
 
     IG, LIG = _core_classes()
     return IG(model) if layer is None else LIG(model, layer)
@@ -248,7 +248,7 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from . import visualize
+    from .. import visualize
 
     data = load_digits()
     X = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
@@ -399,7 +399,7 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
 
 
 def _blur_baseline(x: torch.Tensor) -> torch.Tensor:
-    from .explainers.baselines import get_baseline_fn
+    from ..explainers.baselines import get_baseline_fn
 
     return get_baseline_fn("gaussian_blur", sigma=1.5)(x)
 
@@ -423,7 +423,7 @@ def _cancer(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
-    from . import visualize
+    from .. import visualize
 
     data = load_breast_cancer()
     Xa, ya = data.data.astype(np.float32), data.target.astype(np.int64)
@@ -570,7 +570,7 @@ def load_minilm(progress: bool = True):
 
 
 def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -> str:
-    from . import visualize
+    from .. import visualize
 
     report.heading("3. Sentence similarity: pretrained MiniLM")
     if not text_available():
@@ -584,7 +584,7 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
     similarity = float(torch.nn.functional.cosine_similarity(pooled[0], pooled[1]).item())
     log(f"MiniLM: loaded in {time.perf_counter() - t0:.1f} s; similarity {similarity:.3f}")
     special = sorted(set(tok.all_special_ids))
-    from .explainers.baselines import get_baseline_fn
+    from ..explainers.baselines import get_baseline_fn
 
     baseline_fn = get_baseline_fn("token", token_id=int(tok.pad_token_id), keep_ids=tuple(special))
     rows, frags, tensors = [], [], {}
@@ -726,7 +726,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     log = log or (lambda s: print(s, file=sys.stderr))
-    from .report import _use_agg
+    from ..report import _use_agg
 
     _use_agg()
     report = HtmlReport("integrad demo: integrated gradients on three models")

@@ -39,8 +39,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .datasets import BASELINE_NAMES as BASELINES
-from .datasets import SEED_MAX, _version, check_seed
+from .jobs import BASELINE_NAMES as BASELINES
+from .jobs import SEED_MAX, _version, check_seed
 
 __all__ = ["main", "build_parser"]
 
@@ -95,7 +95,7 @@ def _tolerance(text: str) -> float:
 
 
 def _bytes(text: str) -> int:
-    from .engine import parse_bytes
+    from ..engine import parse_bytes
 
     try:
         return int(parse_bytes(text))
@@ -339,9 +339,9 @@ def _staged(out: Path, prune: str | None = None):
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        from .datasets import _umask
+        from .files import umask
 
-        os.chmod(stage, 0o777 & ~_umask())
+        os.chmod(stage, 0o777 & ~umask())
         yield stage
         if not out.exists():
             os.replace(stage, out)
@@ -405,9 +405,10 @@ def _softmax_max(logits):
 def _cmd_explain(args) -> int:
     import torch
 
-    from .datasets import BATCH_ERRORS, Attributor, save_tensors
+    from ..report import plot_attributions, token_scores
+    from .files import save_tensors
     from .io import InputError, load_inputs, load_model
-    from .report import plot_attributions, token_scores
+    from .jobs import BATCH_ERRORS, Attributor
 
     # Everything that can be wrong with the arguments is found before any file is written.
     _check_out(Path(args.out))
@@ -582,7 +583,7 @@ def _cmd_explain(args) -> int:
         ):
             pictures.append("attributions.png")
         if loaded.kind == "text":
-            from .visualize import text_html
+            from ..visualize import text_html
 
             def token_page(page_path):
                 scores = token_scores(attributions)
@@ -647,7 +648,7 @@ def fmt_num(v: float) -> str:
 
 
 def _cmd_attribute_dataset(args) -> int:
-    from .datasets import attribute_dataset, summarize
+    from .jobs import attribute_dataset, summarize
 
     out = attribute_dataset(
         args.model,
