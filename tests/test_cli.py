@@ -402,9 +402,17 @@ def _bad_cases(tmp_path, features):
             "--tokenizer",
             "not found",
         ),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--n-steps", "0"], "--n-steps", "positive integer"),
+        (
+            ["--model", "fixtures_models:mlp", "--inputs", x, "--n-steps", "0"],
+            "--n-steps",
+            "n_steps must be a positive int or 'auto'",
+        ),
         (["--model", "fixtures_models:mlp", "--inputs", x, "--method", "simpson"], "--method", "invalid choice"),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--tolerance", "2"], "--tolerance", "between 0 and 1"),
+        (
+            ["--model", "fixtures_models:mlp", "--inputs", x, "--tolerance", "2"],
+            "--tolerance",
+            "tolerance must be a number in (0, 1)",
+        ),
         (["--model", "fixtures_models:mlp", "--inputs", x, "--memory-budget", "lots"], "--memory-budget", "size"),
     ]
 

@@ -277,10 +277,10 @@ def test_bad_dataset_inputs(tmp_path, npz, capsys):
 def test_open_data_errors_name_the_argument(tmp_path):
     (tmp_path / "two.npz").write_bytes(b"")
     np.savez(tmp_path / "two.npz", a=np.zeros(3), b=np.zeros(3))
-    with pytest.raises(InputError, match="--data: .*name the inputs 'X'"):
+    with pytest.raises(InputError, match="data: .*name the inputs 'X'"):
         open_data(str(tmp_path / "two.npz"))
     (tmp_path / "bad.csv").write_text("1,2\n3,x\n")
-    with pytest.raises(InputError, match="--data: .*line 2"):
+    with pytest.raises(InputError, match="data: .*line 2"):
         open_data(str(tmp_path / "bad.csv"))
 
 
@@ -562,7 +562,7 @@ def test_seed_is_checked_before_writing(tmp_path, npz, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and "--seed" in err and "0 to 4294967295" in err and "\n" not in err, err
         assert not out.exists()
-    with pytest.raises(InputError, match="--seed: expected an integer from 0 to 4294967295"):
+    with pytest.raises(InputError, match="seed: expected an integer from 0 to 4294967295"):
         _attribute(npz, tmp_path / "run", seed=2**40)
     assert not (tmp_path / "run").exists()
 

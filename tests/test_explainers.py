@@ -338,7 +338,7 @@ def test_bad_arguments_name_the_parameter(trained, batch):
         IntegratedGradients(model, baseline_fn="blur")
     with pytest.raises(TypeError, match="baseline_fn must be a name"):
         IntegratedGradients(model, baseline_fn=[1, 2])
-    with pytest.raises(ValueError, match=r"layer 'features.9' is not a submodule.*did you mean.*features\.[0-4]"):
+    with pytest.raises(ValueError, match=r"layer 'features.9' is neither a submodule.*did you mean.*features\.[0-4]"):
         IntegratedGradients(model, layer="features.9")
     with pytest.raises(ValueError, match="not a submodule of DigitsCNN"):
         IntegratedGradients(model, layer=nn.Linear(2, 2))
@@ -512,3 +512,73 @@ def test_current_tunables_include_the_baselines_default_parameters(trained):
     for explainer in (blur, noisy):
         rebuilt = IntegratedGradients(trained.model).apply_tunables(explainer.current_tunables())
         torch.testing.assert_close(rebuilt.attribute(x, y), explainer.attribute(x, y), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ pnpxai users switching
+def test_supported_modules_are_module_classes_as_in_pnpxai():
+    modules = [
+        nn.Linear(3, 2),
+        nn.Conv2d(1, 1, 3),
+        nn.ConvTranspose2d(1, 1, 3),
+        nn.ConvTranspose1d(1, 1, 3),
+        nn.MultiheadAttention(4, 2),
+        nn.ReLU(),
+    ]
+    found = [[isinstance(m, entry) for entry in SUPPORTED_MODULES] for m in modules]
+    assert found == [
+        [True, False, False],
+        [False, True, False],
+        [False, True, False],
+        [False, True, False],
+        [False, False, True],
+        [False, False, False],
+    ]
+
+    class BertSelfAttention(nn.Module):  # a third-party attention block, recognised by its class name
+        pass
+
+    assert isinstance(BertSelfAttention(), Attention) and issubclass(nn.ConvTranspose3d, Convolution)
+    assert not isinstance("Linear", Linear) and repr(Linear) == "Linear"
+    assert check_support(nn.Sequential(nn.ConvTranspose2d(1, 1, 3))).supported
+
+
+class _TwoArguments(nn.Module):
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.image = nn.Linear(4, 3)
+            self.tabular = nn.Linear(2, 3)
+
+    def forward(self, pixels, features):
+        return torch.tanh(self.image(pixels)) + self.tabular(features) ** 2
+
+
+def test_a_layer_named_by_a_forward_argument_attributes_to_that_argument():
+    # pnpxai's meaning: layer=["pixels"] wraps the argument in an identity module (captum's ModelInputWrapper).
+    from captum.attr import LayerIntegratedGradients as CaptumLayerIG
+    from captum.attr._utils.input_layer_wrapper import ModelInputWrapper
+
+    model = _TwoArguments().double().eval()
+    gen = torch.Generator().manual_seed(1)
+    pixels, features = (
+        torch.randn(5, 4, generator=gen, dtype=torch.float64),
+        torch.randn(5, 2, generator=gen, dtype=torch.float64),
+    )
+    targets = torch.tensor([0, 1, 2, 0, 1])
+    explainer = IntegratedGradients(model, n_steps=16, layer=["pixels", "features"], method="riemann_middle")
+    got = explainer.attribute((pixels, features), targets)
+    wrapped = ModelInputWrapper(model)
+    expected = CaptumLayerIG(wrapped, [wrapped.input_maps["pixels"], wrapped.input_maps["features"]]).attribute(
+        (pixels, features), target=targets, n_steps=16, method="riemann_middle"
+    )
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    # An argument mixed with a module of the model, and alone: the input IG of that argument.
+    mixed = IntegratedGradients(model, n_steps=16, layer=["features", "image"]).attribute((pixels, features), targets)
+    assert mixed[0].shape == features.shape and mixed[1].shape == (5, 3)
+    alone = IntegratedGradients(model, n_steps=16, layer="pixels").attribute((pixels, features), targets)
+    direct = integrad.IntegratedGradients(model).attribute((pixels, features), target=targets, n_steps=16)
+    torch.testing.assert_close(alone, direct[0], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"layer 'pixel' is neither a submodule.*nor an argument of its forward"):
+        IntegratedGradients(model, layer=["pixel"])

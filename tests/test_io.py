@@ -100,13 +100,13 @@ def test_image_pillow_refuses_is_an_input_error(tmp_path):
     big = _bomb_png(tmp_path)
     with pytest.raises(InputError, match="cannot read image") as info:
         load_image(big)
-    assert info.value.argument == "--inputs" and "\n" not in str(info.value)
+    assert info.value.parameter == "inputs" and "\n" not in str(info.value)
     folder = tmp_path / "folder"
     folder.mkdir()
     big.rename(folder / "big.png")
     with pytest.raises(InputError, match="cannot read image") as info:
         open_data(str(folder))
-    assert info.value.argument == "--data"
+    assert info.value.parameter == "data"
 
 
 # --------------------------------------------------------------------------- CSV
@@ -136,7 +136,7 @@ def test_non_finite_inputs_are_refused_naming_the_examples(tmp_path):
     (tmp_path / "nan.csv").write_text("a,b,c\n1,2,3\nnan,1,2\n")
     with pytest.raises(InputError, match=r"example 1 holds NaN or infinite values") as info:
         load_inputs(tmp_path / "nan.csv")
-    assert info.value.argument == "--inputs"
+    assert info.value.parameter == "inputs"
 
     images = np.random.default_rng(0).random((3, 1, 4, 4)).astype(np.float32)
     images[0, 0, 1, 1] = np.inf
@@ -157,7 +157,7 @@ def test_non_finite_data_is_refused(tmp_path):
     np.savez(tmp_path / "d.npz", X=X, y=np.zeros(4, np.int64))
     with pytest.raises(InputError, match="example 3 holds NaN") as info:
         open_data(str(tmp_path / "d.npz"))
-    assert info.value.argument == "--data"
+    assert info.value.parameter == "data"
 
     source = open_data("fixtures_cli_models:NanItem")
     assert source.batch([0, 1]).shape == (2, 6)

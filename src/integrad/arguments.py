@@ -6,6 +6,7 @@ forms it accepts. Nothing here modifies the caller's tensors: normalised values 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+#: The quadrature rules ``method=`` accepts (see :mod:`integrad.rules`).
 METHOD_NAMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+#: What a noise tunnel returns: the mean of the noisy attributions, the mean of their squares, or their variance.
+NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _ACCEPTED_BASELINES = (
     "None (zeros), a number, a tensor shaped like the input or with first dimension 1 (any dimension may be 1: it "
     "broadcasts), or a tuple with one of these per input"
@@ -43,9 +47,27 @@ def _describe(value: Any) -> str:
 
 
 def check_method(method: Any) -> str:
-    if not isinstance(method, str) or method not in METHOD_NAMES:
-        raise ValueError(f"method must be one of {', '.join(METHOD_NAMES)}; got {_describe(method)}")
-    return method
+    return check_choice("method", method, METHOD_NAMES)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` when it is one of ``choices``; a ValueError naming ``name`` and listing them otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {_describe(value)}")
+    return value
+
+
+def check_nt_type(nt_type: Any) -> str:
+    return check_choice("nt_type", nt_type, NT_TYPES)
+
+
+def check_non_negative(name: str, value: Any) -> float:
+    """A finite real number ``>= 0`` as a float; TypeError/ValueError naming ``name`` otherwise."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a non-negative number; got {_describe(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number; got {_describe(value)}")
+    return float(value)
 
 
 def check_n_steps(n_steps: Any, method: str = "gausslegendre", allow_auto: bool = False) -> int | str:
@@ -53,7 +75,9 @@ def check_n_steps(n_steps: Any, method: str = "gausslegendre", allow_auto: bool 
         return "auto"
     smallest = 2 if method == "riemann_trapezoid" else 1
     if not is_int(n_steps) or n_steps < smallest:
-        accepted = f"an int >= {smallest}" + (" or 'auto'" if allow_auto else "")
+        accepted = ("a positive int" if smallest == 1 else f"an int >= {smallest}") + (
+            " or 'auto'" if allow_auto else ""
+        )
         suffix = " (the trapezoid rule needs both end points)" if smallest == 2 else ""
         raise ValueError(f"n_steps must be {accepted}{suffix}; got {_describe(n_steps)}")
     return int(n_steps)

@@ -39,12 +39,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import arguments
 from .jobs import BASELINE_NAMES as BASELINES
 from .jobs import SEED_MAX, _version, check_seed
 
 __all__ = ["main", "build_parser"]
 
-METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+METHODS = arguments.METHOD_NAMES
+
+
+#: Parameters whose option is not ``--`` followed by the parameter's name with dashes.
+_OPTIONS = {"baselines": "--baseline"}
+
+
+def option(parameter: str) -> str:
+    """The command-line option that sets a library parameter: ``n_steps`` is ``--n-steps``."""
+    return _OPTIONS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,18 +64,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"integrad: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str, accepted: str = "a positive integer") -> int:
+def _number(text: str, kind: type) -> object:
+    """``kind(text)``, or the text itself when it is not one (the library's check then says what is accepted)."""
     try:
-        value = int(text)
+        return kind(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
-    return value
+        return text
 
 
-def _n_steps(text: str):
-    return "auto" if text == "auto" else _positive_int(text, "a positive integer or 'auto'")
+def _library_check(check, kind: type):
+    """An argparse type that runs a library check on the value, with the library's message for a refused one."""
+
+    def parse(text: str):
+        try:
+            return check(_number(text, kind))
+        except (ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+_n_steps = _library_check(lambda value: arguments.check_n_steps(value, allow_auto=True), int)
+_tolerance = _library_check(arguments.check_tolerance, float)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return arguments.check_positive_int("the value", _number(text, int), allow_none=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _target(text: str):
@@ -82,16 +109,6 @@ def _seed(text: str) -> int:
         return check_seed(int(text))
     except ValueError:  # not an int, or out of range (an InputError)
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {text!r}") from None
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
 
 
 def _bytes(text: str) -> int:
@@ -307,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"integrad: error: {exc}", file=sys.stderr)
+        print(f"integrad: error: {option(exc.parameter)}: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("integrad: interrupted", file=sys.stderr)
@@ -321,7 +338,7 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         from .io import InputError
 
-        raise InputError("--out", f"exists and is not a folder: {out}")
+        raise InputError("out", f"exists and is not a folder: {out}")
 
 
 @contextlib.contextmanager
@@ -413,7 +430,7 @@ def _cmd_explain(args) -> int:
     # Everything that can be wrong with the arguments is found before any file is written.
     _check_out(Path(args.out))
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
+        raise InputError("device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
     loaded = load_inputs(args.inputs, args.tokenizer)
     model = load_model(args.model)
     device = torch.device(
@@ -434,10 +451,10 @@ def _cmd_explain(args) -> int:
         device=device,
         tolerance=args.tolerance,
     )
-    att.validate(loaded.inputs, loaded.extra, argument="--inputs", labels=loaded.labels)
+    att.validate(loaded.inputs, loaded.extra, parameter="inputs", labels=loaded.labels)
     x, extra = loaded.inputs, loaded.extra
     if args.target == "label" and loaded.labels.shape[0] != x.shape[0]:
-        raise InputError("--target", f"{loaded.labels.shape[0]} labels for {x.shape[0]} examples")
+        raise InputError("target", f"{loaded.labels.shape[0]} labels for {x.shape[0]} examples")
     n = x.shape[0]
     bs = args.batch_size
     att.fit_baseline(
@@ -464,9 +481,9 @@ def _cmd_explain(args) -> int:
             except BATCH_ERRORS as exc:
                 span = f"examples {sl.start}..{sl.stop - 1}" if sl.stop - sl.start > 1 else f"example {sl.start}"
                 where = f"batch {start // bs + 1} of {(n + bs - 1) // bs}, {span}"
-                argument = exc.argument if isinstance(exc, InputError) else "--inputs"
+                parameter = exc.parameter if isinstance(exc, InputError) else "inputs"
                 what = att.describe_failure(exc, where, xb, eb, indices)
-                raise InputError(argument, f"{what}; nothing was written") from exc
+                raise InputError(parameter, f"{what}; nothing was written") from exc
             parts["attributions"].append(res.attributions)
             parts["deltas"].append(res.deltas)
             parts["steps"].append(res.steps)

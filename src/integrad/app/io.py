@@ -1,8 +1,8 @@
-"""Loading models, input files and data sets for the command line.
+"""Loading models, input files and data sets for the command line and for jobs.
 
-Every loader here raises :class:`InputError` (a :class:`ValueError`) whose
-message starts with the command-line argument it concerns, so the command line
-can print it as a single line and exit with status 2.
+Every loader here raises :class:`InputError` (a :class:`ValueError`) that names
+the parameter it concerns (``"inputs"``, ``"model"``), so the command line can
+print it as a single line, with the parameter's option, and exit with status 2.
 
 Model specifications
 --------------------
@@ -69,20 +69,21 @@ _LABEL_COLUMNS = ("y", "label", "labels", "target", "class")
 
 
 class InputError(ValueError):
-    """A command-line argument that cannot be used.
+    """An parameter of a job (a file, a model, an option) that cannot be used.
 
     Parameters
     ----------
-    argument : str
-        The argument concerned, as written on the command line (``"--inputs"``).
+    parameter : str
+        The parameter concerned, as the library names it (``"inputs"``, ``"n_steps"``); the command line shows it
+        as its option (``--inputs``, ``--n-steps``).
     message : str
         What is wrong and, where useful, what is accepted.
     """
 
-    def __init__(self, argument: str, message: str):
-        self.argument = argument
+    def __init__(self, parameter: str, message: str):
+        self.parameter = parameter
         self.message = message
-        super().__init__(f"{argument}: {message}")
+        super().__init__(f"{parameter}: {message}")
 
 
 # --------------------------------------------------------------------------- models
@@ -92,16 +93,16 @@ def _is_spec_file(spec: str) -> bool:
     return Path(spec).suffix.lower() in (".pt", ".pth", ".pt2", ".ts", ".jit")
 
 
-def _import_attr(spec: str, argument: str) -> Any:
+def _import_attr(spec: str, parameter: str) -> Any:
     if spec.count(":") != 1:
         raise InputError(
-            argument,
+            parameter,
             f"cannot use {spec!r}: expected 'package.module:factory', a TorchScript file "
             "(.pt/.pth) or a torch.export program (.pt2)",
         )
     module_name, attr_path = spec.split(":")
     if not module_name or not attr_path:
-        raise InputError(argument, f"cannot use {spec!r}: expected 'package.module:factory'")
+        raise InputError(parameter, f"cannot use {spec!r}: expected 'package.module:factory'")
     # Factories usually live next to the user's script, as with `python -m`.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -109,16 +110,16 @@ def _import_attr(spec: str, argument: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure is the spec's fault
-        raise InputError(argument, f"cannot import module {module_name!r}: {exc}") from exc
+        raise InputError(parameter, f"cannot import module {module_name!r}: {exc}") from exc
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
-            raise InputError(argument, f"module {module_name!r} has no attribute {attr_path!r}") from exc
+            raise InputError(parameter, f"module {module_name!r} has no attribute {attr_path!r}") from exc
     return obj
 
 
-def load_model(spec: str, argument: str = "--model") -> nn.Module:
+def load_model(spec: str, parameter: str = "model") -> nn.Module:
     """Load a model from a specification string and put it in evaluation mode.
 
     Parameters
@@ -126,7 +127,7 @@ def load_model(spec: str, argument: str = "--model") -> nn.Module:
     spec : str
         ``package.module:factory``, a TorchScript file (``.pt``/``.pth``) or a
         ``torch.export`` program file (``.pt2``).
-    argument : str
+    parameter : str
         Argument name used in error messages.
 
     Returns
@@ -136,14 +137,14 @@ def load_model(spec: str, argument: str = "--model") -> nn.Module:
     if _is_spec_file(spec) or (os.sep in spec and ":" not in spec):
         path = Path(spec)
         if not path.exists():
-            raise InputError(argument, f"file not found: {spec}")
+            raise InputError(parameter, f"file not found: {spec}")
         if path.is_dir():
-            raise InputError(argument, f"is a directory, expected a model file: {spec}")
+            raise InputError(parameter, f"is a directory, expected a model file: {spec}")
         if path.suffix.lower() == ".pt2":
             try:
                 program = torch.export.load(str(path))
             except Exception as exc:
-                raise InputError(argument, f"cannot load torch.export program {spec}: {_one_line(exc)}") from exc
+                raise InputError(parameter, f"cannot load torch.export program {spec}: {_one_line(exc)}") from exc
             model = program.module()
         else:
             try:
@@ -153,26 +154,26 @@ def load_model(spec: str, argument: str = "--model") -> nn.Module:
                     model = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
                 raise InputError(
-                    argument,
+                    parameter,
                     f"cannot load TorchScript file {spec}: {_one_line(exc)} "
                     "(a state_dict is not a model: use 'package.module:factory')",
                 ) from exc
     else:
-        factory = _import_attr(spec, argument)
+        factory = _import_attr(spec, parameter)
         if isinstance(factory, nn.Module):
             model = factory
         elif callable(factory):
             try:
                 model = factory()
             except Exception as exc:
-                raise InputError(argument, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+                raise InputError(parameter, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
         else:
             raise InputError(
-                argument, f"{spec!r} is a {type(factory).__name__}, expected a callable returning an nn.Module"
+                parameter, f"{spec!r} is a {type(factory).__name__}, expected a callable returning an nn.Module"
             )
         if not isinstance(model, nn.Module):
             raise InputError(
-                argument,
+                parameter,
                 f"factory {spec!r} returned {type(model).__name__}, expected a torch.nn.Module",
             )
     _set_eval(model)
@@ -195,14 +196,14 @@ def model_fingerprint(spec: str) -> dict:
     return {"spec": spec}
 
 
-def resolve_layer(model: nn.Module, name: str, argument: str = "--layer") -> nn.Module:
+def resolve_layer(model: nn.Module, name: str, parameter: str = "layer") -> nn.Module:
     """Return the submodule called ``name`` (dotted path, as in ``named_modules``)."""
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
     names = [n for n in modules if n and not n.startswith("_")]
     shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
-    raise InputError(argument, f"the model has no layer named {name!r}; layers: {shown or '(none)'}")
+    raise InputError(parameter, f"the model has no layer named {name!r}; layers: {shown or '(none)'}")
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -237,16 +238,16 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _as_tensor(value: Any, argument: str, what: str) -> torch.Tensor:
+def _as_tensor(value: Any, parameter: str, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu()
     else:
         try:
             arr = np.asarray(value)
         except Exception as exc:
-            raise InputError(argument, f"{what} is not an array: {_one_line(exc)}") from exc
+            raise InputError(parameter, f"{what} is not an array: {_one_line(exc)}") from exc
         if arr.dtype == object or arr.dtype.kind in "USV":
-            raise InputError(argument, f"{what} must be numeric, got dtype {arr.dtype}")
+            raise InputError(parameter, f"{what} must be numeric, got dtype {arr.dtype}")
         if arr.dtype == np.bool_:
             arr = arr.astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(arr))
@@ -256,7 +257,7 @@ def _as_tensor(value: Any, argument: str, what: str) -> torch.Tensor:
     if t.dtype == torch.bool:
         return t.to(torch.float32)
     if t.is_complex():
-        raise InputError(argument, f"{what} is complex; real numbers are needed")
+        raise InputError(parameter, f"{what} is complex; real numbers are needed")
     return t.to(torch.long)
 
 
@@ -267,15 +268,15 @@ class _Arrays:
     feature_names: list | None = None
 
 
-def _read_csv(path: Path, argument: str) -> _Arrays:
+def _read_csv(path: Path, parameter: str) -> _Arrays:
     try:
         # utf-8-sig: spreadsheet programs start "CSV UTF-8" files with a byte-order mark.
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(argument, f"cannot read CSV file {path}: {_one_line(exc)}") from exc
+        raise InputError(parameter, f"cannot read CSV file {path}: {_one_line(exc)}") from exc
     if not rows:
-        raise InputError(argument, f"CSV file has no rows: {path}")
+        raise InputError(parameter, f"CSV file has no rows: {path}")
 
     def numeric(row):
         try:
@@ -291,13 +292,13 @@ def _read_csv(path: Path, argument: str) -> _Arrays:
     for lineno, row in enumerate(rows, start=2 if header else 1):
         parsed = numeric(row)
         if parsed is None:
-            raise InputError(argument, f"{path} line {lineno}: not all values are numbers")
+            raise InputError(parameter, f"{path} line {lineno}: not all values are numbers")
         values.append(parsed)
     if not values:
-        raise InputError(argument, f"CSV file has a header but no rows: {path}")
+        raise InputError(parameter, f"CSV file has a header but no rows: {path}")
     widths = {len(v) for v in values}
     if len(widths) != 1:
-        raise InputError(argument, f"{path}: rows have different lengths {sorted(widths)}")
+        raise InputError(parameter, f"{path}: rows have different lengths {sorted(widths)}")
     arr = np.asarray(values, dtype=np.float32)
     y = None
     if header is not None:
@@ -310,48 +311,50 @@ def _read_csv(path: Path, argument: str) -> _Arrays:
     return _Arrays(torch.from_numpy(np.ascontiguousarray(arr)), y, header)
 
 
-def load_array_file(path: str | Path, argument: str = "--inputs") -> _Arrays:
+def load_array_file(path: str | Path, parameter: str = "inputs") -> _Arrays:
     """Read ``.pt``, ``.npy``, ``.npz`` or ``.csv`` into an ``X`` tensor and optional labels ``y``."""
     path = Path(path)
-    _require_file(path, argument)
+    _require_file(path, parameter)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _read_csv(path, argument)
+        return _read_csv(path, parameter)
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise InputError(argument, f"cannot read .npy file {path}: {_one_line(exc)}") from exc
-        return _Arrays(_as_tensor(arr, argument, "the array"))
+            raise InputError(parameter, f"cannot read .npy file {path}: {_one_line(exc)}") from exc
+        return _Arrays(_as_tensor(arr, parameter, "the array"))
     if suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in archive.files}
         except Exception as exc:
-            raise InputError(argument, f"cannot read .npz file {path}: {_one_line(exc)}") from exc
-        return _pick_arrays(arrays, argument, path)
+            raise InputError(parameter, f"cannot read .npz file {path}: {_one_line(exc)}") from exc
+        return _pick_arrays(arrays, parameter, path)
     if suffix in (".pt", ".pth"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise InputError(
-                argument, f"cannot read {path} with torch.load(weights_only=True): {_one_line(exc)}"
+                parameter, f"cannot read {path} with torch.load(weights_only=True): {_one_line(exc)}"
             ) from exc
         if isinstance(obj, torch.Tensor):
-            return _Arrays(_as_tensor(obj, argument, "the tensor"))
+            return _Arrays(_as_tensor(obj, parameter, "the tensor"))
         if isinstance(obj, (tuple, list)) and len(obj) in (1, 2) and all(isinstance(o, torch.Tensor) for o in obj):
-            y = _as_tensor(obj[1], argument, "y").to(torch.long) if len(obj) == 2 else None
-            return _Arrays(_as_tensor(obj[0], argument, "X"), y)
+            y = _as_tensor(obj[1], parameter, "y").to(torch.long) if len(obj) == 2 else None
+            return _Arrays(_as_tensor(obj[0], parameter, "X"), y)
         if isinstance(obj, dict):
-            return _pick_arrays(obj, argument, path)
-        raise InputError(argument, f"{path} holds a {type(obj).__name__}; expected a tensor, (X, y) or a dict with 'X'")
+            return _pick_arrays(obj, parameter, path)
+        raise InputError(
+            parameter, f"{path} holds a {type(obj).__name__}; expected a tensor, (X, y) or a dict with 'X'"
+        )
     raise InputError(
-        argument,
+        parameter,
         f"unsupported file type {suffix or '(none)'!r}: use .pt, .npy, .npz, .csv or an image",
     )
 
 
-def _pick_arrays(arrays: dict, argument: str, path: Path) -> _Arrays:
+def _pick_arrays(arrays: dict, parameter: str, path: Path) -> _Arrays:
     keys = list(arrays)
     for name in ("X", "x", "inputs"):
         if name in arrays:
@@ -361,44 +364,44 @@ def _pick_arrays(arrays: dict, argument: str, path: Path) -> _Arrays:
         if len(keys) == 1:
             X = arrays[keys[0]]
         else:
-            raise InputError(argument, f"{path} has arrays {keys}; name the inputs 'X' (and labels 'y')")
+            raise InputError(parameter, f"{path} has arrays {keys}; name the inputs 'X' (and labels 'y')")
     y = None
     if "y" in arrays and arrays["y"] is not X:
-        y = _as_tensor(arrays["y"], argument, "y").to(torch.long)
-    return _Arrays(_as_tensor(X, argument, "X"), y)
+        y = _as_tensor(arrays["y"], parameter, "y").to(torch.long)
+    return _Arrays(_as_tensor(X, parameter, "X"), y)
 
 
-def _require_finite(x: torch.Tensor, argument: str, what: str) -> None:
+def _require_finite(x: torch.Tensor, parameter: str, what: str) -> None:
     """Refuse NaN and infinite values: their attributions are not numbers either."""
     if not x.is_floating_point() or bool(torch.isfinite(x).all()):
         return
     if x.dim() == 0:
-        raise InputError(argument, f"{what} is NaN or infinite; every input must be finite")
+        raise InputError(parameter, f"{what} is NaN or infinite; every input must be finite")
     bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1).nonzero().reshape(-1).tolist()
     shown = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
     which = f"example {shown} holds" if len(bad) == 1 else f"examples {shown} hold"
-    raise InputError(argument, f"{what}: {which} NaN or infinite values; every input must be finite")
+    raise InputError(parameter, f"{what}: {which} NaN or infinite values; every input must be finite")
 
 
-def _require_file(path: Path, argument: str) -> None:
+def _require_file(path: Path, parameter: str) -> None:
     if not path.exists():
-        raise InputError(argument, f"file not found: {path}")
+        raise InputError(parameter, f"file not found: {path}")
     if path.is_dir():
-        raise InputError(argument, f"is a directory, expected a file: {path}")
+        raise InputError(parameter, f"is a directory, expected a file: {path}")
 
 
 # --------------------------------------------------------------------------- images
 
 
-def _open_image(path: Path, argument: str):
+def _open_image(path: Path, parameter: str):
     from PIL import Image
 
-    _require_file(path, argument)
+    _require_file(path, parameter)
     try:
         img = Image.open(path)
         img.load()
     except Exception as exc:  # Pillow's decoders raise many kinds (DecompressionBombError, struct.error, ...)
-        raise InputError(argument, f"cannot read image {path}: {_one_line(exc)}") from exc
+        raise InputError(parameter, f"cannot read image {path}: {_one_line(exc)}") from exc
     return img
 
 
@@ -445,7 +448,7 @@ def _channels(img) -> int:
     return 1 if _is_grey(img) else 3
 
 
-def load_image(path: str | Path, argument: str = "--inputs", mode: str | None = None) -> torch.Tensor:
+def load_image(path: str | Path, parameter: str = "inputs", mode: str | None = None) -> torch.Tensor:
     """Read one image as a float tensor of shape ``(1, C, H, W)``.
 
     Grey-scale images give ``C = 1``, everything else ``C = 3`` (alpha dropped,
@@ -465,13 +468,13 @@ def load_image(path: str | Path, argument: str = "--inputs", mode: str | None = 
     ----------
     path : path
         The image file.
-    argument : str
+    parameter : str
         Argument name used in error messages.
     mode : {"L", "RGB"}, optional
         Force one channel (``"L"``) or three (``"RGB"``); by default grey
         images give one and all others three.
     """
-    img = _open_image(Path(path), argument)
+    img = _open_image(Path(path), parameter)
     if mode is None:
         channels = _channels(img)
     elif mode in ("L", "RGB"):
@@ -484,26 +487,26 @@ def load_image(path: str | Path, argument: str = "--inputs", mode: str | None = 
 # --------------------------------------------------------------------------- text
 
 
-def load_tokenizer(tokenizer_dir: str | Path, argument: str = "--tokenizer"):
+def load_tokenizer(tokenizer_dir: str | Path, parameter: str = "tokenizer"):
     """Load a ``transformers`` tokenizer from a local folder, never from the network."""
     path = Path(tokenizer_dir)
     if not path.exists():
-        raise InputError(argument, f"folder not found: {path}")
+        raise InputError(parameter, f"folder not found: {path}")
     if not path.is_dir():
-        raise InputError(argument, f"expected a tokenizer folder, got a file: {path}")
+        raise InputError(parameter, f"expected a tokenizer folder, got a file: {path}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
-        raise InputError(argument, "needs the 'transformers' package (pip install 'integrad[text]')") from exc
+        raise InputError(parameter, "needs the 'transformers' package (pip install 'integrad[text]')") from exc
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
-        raise InputError(argument, f"cannot load a tokenizer from {path}: {_one_line(exc)}") from exc
+        raise InputError(parameter, f"cannot load a tokenizer from {path}: {_one_line(exc)}") from exc
 
 
-def load_text(path: str | Path, tokenizer, argument: str = "--inputs"):
+def load_text(path: str | Path, tokenizer, parameter: str = "inputs"):
     """Tokenise a text file (one example per non-empty line).
 
     Returns
@@ -513,13 +516,13 @@ def load_text(path: str | Path, tokenizer, argument: str = "--inputs"):
         longest line) and ``tokens`` (list of token strings per example).
     """
     path = Path(path)
-    _require_file(path, argument)
+    _require_file(path, parameter)
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(argument, f"cannot read text file {path}: {_one_line(exc)}") from exc
+        raise InputError(parameter, f"cannot read text file {path}: {_one_line(exc)}") from exc
     if not lines:
-        raise InputError(argument, f"text file is empty: {path}")
+        raise InputError(parameter, f"text file is empty: {path}")
     enc = tokenizer(lines, padding=True, truncation=True, return_tensors="pt")
     ids = enc["input_ids"].to(torch.long)
     mask = enc.get("attention_mask", torch.ones_like(ids)).to(torch.long)
@@ -567,7 +570,7 @@ def _kind_of(x: torch.Tensor) -> str:
     return "tensor"
 
 
-def load_inputs(path: str | Path, tokenizer_dir: str | None = None, argument: str = "--inputs") -> LoadedInputs:
+def load_inputs(path: str | Path, tokenizer_dir: str | None = None, parameter: str = "inputs") -> LoadedInputs:
     """Load the ``--inputs`` file of ``integrad explain``.
 
     A single example without a batch dimension is not guessed at: arrays are
@@ -579,10 +582,10 @@ def load_inputs(path: str | Path, tokenizer_dir: str | None = None, argument: st
     suffix = path.suffix.lower()
     if suffix == ".txt":
         if tokenizer_dir is None:
-            _require_file(path, argument)
-            raise InputError("--tokenizer", "a .txt input needs --tokenizer DIR (a transformers tokenizer folder)")
+            _require_file(path, parameter)
+            raise InputError("tokenizer", "a .txt input needs --tokenizer DIR (a transformers tokenizer folder)")
         tok = load_tokenizer(tokenizer_dir)
-        enc = load_text(path, tok, argument)
+        enc = load_text(path, tok, parameter)
         return LoadedInputs(
             enc["input_ids"],
             (enc["attention_mask"],),
@@ -592,21 +595,21 @@ def load_inputs(path: str | Path, tokenizer_dir: str | None = None, argument: st
             meta={"pad_token_id": tok.pad_token_id, "special_ids": sorted(set(tok.all_special_ids))},
         )
     if suffix in IMAGE_SUFFIXES:
-        image = load_image(path, argument)
-        _require_finite(image, argument, str(path))
+        image = load_image(path, parameter)
+        _require_finite(image, parameter, str(path))
         return LoadedInputs(image, (), "image")
     if suffix in ARRAY_SUFFIXES:
-        arrays = load_array_file(path, argument)
+        arrays = load_array_file(path, parameter)
         X = arrays.X
         if X.dim() == 0:
-            raise InputError(argument, f"{path} holds a scalar; expected a batch of examples")
+            raise InputError(parameter, f"{path} holds a scalar; expected a batch of examples")
         if X.shape[0] == 0:
-            raise InputError(argument, f"{path} holds no examples")
-        _require_finite(X, argument, str(path))
+            raise InputError(parameter, f"{path} holds no examples")
+        _require_finite(X, parameter, str(path))
         return LoadedInputs(X, (), _kind_of(X), labels=arrays.y, feature_names=arrays.feature_names)
-    _require_file(path, argument)
+    _require_file(path, parameter)
     raise InputError(
-        argument,
+        parameter,
         f"unsupported file type {suffix or '(none)'!r}: use .pt, .npy, .npz, .csv, .png/.jpg or .txt",
     )
 
@@ -659,7 +662,7 @@ class DataSource:
         return self._get(list(indices))
 
 
-def open_data(spec: str, argument: str = "--data") -> DataSource:
+def open_data(spec: str, parameter: str = "data") -> DataSource:
     """Open the ``--data`` of ``attribute-dataset``.
 
     Parameters
@@ -671,33 +674,33 @@ def open_data(spec: str, argument: str = "--data") -> DataSource:
     """
     path = Path(spec)
     if path.is_dir():
-        return _image_folder(path, spec, argument)
+        return _image_folder(path, spec, parameter)
     if path.exists() or path.suffix.lower() in ARRAY_SUFFIXES or ":" not in spec:
-        arrays = load_array_file(path, argument)
+        arrays = load_array_file(path, parameter)
         X = arrays.X
         if X.dim() == 0 or X.shape[0] == 0:
-            raise InputError(argument, f"{spec} holds no examples")
+            raise InputError(parameter, f"{spec} holds no examples")
         if arrays.y is not None and arrays.y.shape[0] != X.shape[0]:
-            raise InputError(argument, f"{spec}: X has {X.shape[0]} rows but y has {arrays.y.shape[0]}")
-        _require_finite(X, argument, spec)
+            raise InputError(parameter, f"{spec}: X has {X.shape[0]} rows but y has {arrays.y.shape[0]}")
+        _require_finite(X, parameter, spec)
         fp = {"kind": "file", **file_fingerprint(path)}
         y = arrays.y
         return DataSource(spec, X.shape[0], lambda idx: (X[idx], None if y is None else y[idx]), fp, y, _kind_of(X))
-    return _factory_dataset(spec, argument)
+    return _factory_dataset(spec, parameter)
 
 
-def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
+def _image_folder(path: Path, spec: str, parameter: str) -> DataSource:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InputError(argument, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}): {spec}")
-    first = _open_image(files[0], argument)
+        raise InputError(parameter, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}): {spec}")
+    first = _open_image(files[0], parameter)
     channels = _channels(first)
     size = first.size
     # Check every image up front: a bad file must stop the run before anything is written.
     for f in files[1:]:
-        img = _open_image(f, argument)
+        img = _open_image(f, parameter)
         if img.size != size:
-            raise InputError(argument, f"images differ in size: {files[0].name} is {size}, {f.name} is {img.size}")
+            raise InputError(parameter, f"images differ in size: {files[0].name} is {size}, {f.name} is {img.size}")
         if _channels(img) != channels:
             channels = 3
     fp = {
@@ -706,10 +709,10 @@ def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
     }
 
     def image(i):
-        x = _image_to_tensor(_open_image(files[i], argument), channels)
+        x = _image_to_tensor(_open_image(files[i], parameter), channels)
         if not bool(torch.isfinite(x).all()):
             raise InputError(
-                argument, f"image {files[i].name} holds NaN or infinite values; every input must be finite"
+                parameter, f"image {files[i].name} holds NaN or infinite values; every input must be finite"
             )
         return x
 
@@ -719,28 +722,30 @@ def _image_folder(path: Path, spec: str, argument: str) -> DataSource:
     return DataSource(spec, len(files), get, fp, None, "image")
 
 
-def _factory_dataset(spec: str, argument: str) -> DataSource:
-    factory = _import_attr(spec, argument)
+def _factory_dataset(spec: str, parameter: str) -> DataSource:
+    factory = _import_attr(spec, parameter)
     try:
         # A Dataset class is a factory too (its instances, not the class, have items).
         is_factory = callable(factory) and (isinstance(factory, type) or not hasattr(factory, "__getitem__"))
         ds = factory() if is_factory else factory
     except Exception as exc:
-        raise InputError(argument, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+        raise InputError(parameter, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(ds, nn.Module) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
-        raise InputError(argument, f"factory {spec!r} returned {type(ds).__name__}, expected a map-style torch Dataset")
+        raise InputError(
+            parameter, f"factory {spec!r} returned {type(ds).__name__}, expected a map-style torch Dataset"
+        )
     n = len(ds)
     if n == 0:
-        raise InputError(argument, f"dataset {spec!r} is empty")
+        raise InputError(parameter, f"dataset {spec!r} is empty")
 
     def x_of(i, item):
         if isinstance(item, (tuple, list)):
             item = item[0]
         if isinstance(item, dict):
-            raise InputError(argument, "dataset items that are dicts are not supported; return x or (x, y)")
-        x = _as_tensor(item, argument, f"item {i}")
+            raise InputError(parameter, "dataset items that are dicts are not supported; return x or (x, y)")
+        x = _as_tensor(item, parameter, f"item {i}")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise InputError(argument, f"item {i} holds NaN or infinite values; every input must be finite")
+            raise InputError(parameter, f"item {i} holds NaN or infinite values; every input must be finite")
         return x
 
     first = ds[0]
@@ -752,7 +757,7 @@ def _factory_dataset(spec: str, argument: str) -> DataSource:
         for i, t in zip(idx, xs):
             if t.shape != xs[0].shape:
                 raise InputError(
-                    argument,
+                    parameter,
                     f"item {i} has shape {tuple(t.shape)} but item {idx[0]} has {tuple(xs[0].shape)}; "
                     "every example must have the same shape",
                 )
@@ -762,7 +767,7 @@ def _factory_dataset(spec: str, argument: str) -> DataSource:
         try:
             return x, torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
         except (TypeError, ValueError) as exc:
-            raise InputError(argument, f"labels must be class indices: {exc}") from exc
+            raise InputError(parameter, f"labels must be class indices: {exc}") from exc
 
     def digest(i):
         t = x_of(i, ds[i]).contiguous()

@@ -36,7 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import arguments
 from ..arguments import model_output
+from ..engine import parse_bytes
 from ..explainers.baselines import BASELINES, get_baseline_fn
 from .files import save_tensors, write_json
 from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
@@ -63,16 +65,15 @@ DATA_BASELINES = ("mean", "invert")
 SEED_MAX = 2**32 - 1
 # Errors of the data or the arguments that can surface while a batch is attributed (beyond the first example).
 BATCH_ERRORS = (ValueError, TypeError, IndexError)
-# Parameters of the core, as the first word of its error messages, and the options that set them.
-_CORE_PARAMETERS = {
-    "n_steps": "--n-steps",
-    "method": "--method",
-    "memory_budget": "--memory-budget",
-    "tolerance": "--tolerance",
-    "target": "--target",
-    "baselines": "--baseline",
-    "layer": "--layer",
-}
+
+
+def checked(parameter: str, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``, with the ValueError or TypeError of a value it refuses as an :class:`InputError` naming
+    ``parameter``: a job's options go through the library's own checks before anything runs."""
+    try:
+        return check(*args)
+    except (ValueError, TypeError) as exc:
+        raise InputError(parameter, str(exc)) from exc
 
 
 def _version() -> str:
@@ -87,14 +88,14 @@ def _version() -> str:
 # --------------------------------------------------------------------------- baselines
 
 
-def check_seed(seed: Any, argument: str = "--seed") -> int:
+def check_seed(seed: Any, parameter: str = "seed") -> int:
     """``seed`` as an int, or :class:`InputError` unless it is an integer from 0 to :data:`SEED_MAX`."""
     try:
         value = None if isinstance(seed, bool) else operator.index(seed)
     except TypeError:
         value = None
     if value is None or not 0 <= value <= SEED_MAX:
-        raise InputError(argument, f"expected an integer from 0 to {SEED_MAX}, got {seed!r}")
+        raise InputError(parameter, f"expected an integer from 0 to {SEED_MAX}, got {seed!r}")
     return value
 
 
@@ -135,18 +136,18 @@ def make_baselines(
         pad = 0 if pad_token_id is None else int(pad_token_id)
         return get_baseline_fn("token", token_id=pad, keep_ids=tuple(int(i) for i in special_ids))(x)
     if name == "token":
-        raise InputError("--baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
+        raise InputError("baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
     if name not in BASELINE_NAMES:
-        raise InputError("--baseline", f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")
+        raise InputError("baseline", f"unknown baseline {name!r}; choose from {', '.join(BASELINE_NAMES)}")
     params = {}
     if name in ("uniform", "gaussian"):
         if not -(2**63) <= int(seed) < 2**64:
-            raise InputError("--seed", f"{seed} does not fit a 64-bit generator seed; use 0 to {SEED_MAX}")
+            raise InputError("seed", f"{seed} does not fit a 64-bit generator seed; use 0 to {SEED_MAX}")
         params = {"seed": int(seed)}
     try:
         return get_baseline_fn(name, **params)(x)
     except (ValueError, TypeError) as exc:
-        raise InputError("--baseline", f"{name!r} does not fit inputs of shape {tuple(x.shape)}: {exc}") from exc
+        raise InputError("baseline", f"{name!r} does not fit inputs of shape {tuple(x.shape)}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- attribution of one batch
@@ -240,8 +241,11 @@ class Attributor:
 
         self.model = model
         self.forward = _Forward(model)
-        self.method = method
-        self.n_steps = n_steps
+        self.method = checked("method", arguments.check_method, method)
+        self.n_steps = checked("n_steps", arguments.check_n_steps, n_steps, method, True)
+        checked("tolerance", arguments.check_tolerance, tolerance)
+        if memory_budget is not None:
+            checked("memory_budget", parse_bytes, memory_budget)
         self.baseline = baseline
         self.layer_name = layer
         self.target = target
@@ -260,25 +264,23 @@ class Attributor:
     # -- checks before anything is written
 
     def validate(
-        self, x: torch.Tensor, extra: tuple = (), argument: str = "--inputs", labels: torch.Tensor | None = None
+        self, x: torch.Tensor, extra: tuple = (), parameter: str = "inputs", labels: torch.Tensor | None = None
     ) -> None:
         """One forward pass on the first example; raises :class:`InputError` on any problem."""
         if not x.is_floating_point() and self.layer is None:
             guess = _first_embedding(self.model)
             if guess is None:
                 raise InputError(
-                    "--layer",
+                    "layer",
                     f"inputs are integers ({x.dtype}); integrated gradients needs float inputs or --layer "
                     "naming the embedding layer that consumes them",
                 )
             self.layer_name = guess
             self.layer = resolve_layer(self.model, guess)
         if self.baseline == "token" and x.is_floating_point():
-            raise InputError("--baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
+            raise InputError("baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
         if self.baseline not in BASELINE_NAMES:
-            raise InputError(
-                "--baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}"
-            )
+            raise InputError("baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
         one = x[:1].to(self.device)
         extra_one = tuple(e[:1].to(self.device) for e in extra)
         seen = []
@@ -288,7 +290,7 @@ class Attributor:
                 handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(True))
             except Exception as exc:
                 raise InputError(
-                    "--layer",
+                    "layer",
                     f"cannot hook layer {self.layer_name!r} of this model ({exc}); "
                     "layer attribution needs a 'module:factory' model",
                 ) from exc
@@ -300,7 +302,7 @@ class Attributor:
             if len(msg) > 300:
                 msg = msg[:300] + "..."
             raise InputError(
-                argument,
+                parameter,
                 f"the model rejected an input of shape {tuple(one.shape)} ({one.dtype}): {type(exc).__name__}: {msg}",
             ) from exc
         finally:
@@ -313,40 +315,40 @@ class Attributor:
                 self.forward(one.expand(2, *one.shape[1:]), *(e.expand(2, *e.shape[1:]) for e in extra_one))
         except Exception as exc:
             raise InputError(
-                "--model",
+                "model",
                 "the model accepts one example but not a batch of two "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); integrated gradients needs "
                 "batches: export with a dynamic batch dimension (torch.export.Dim)",
             ) from exc
         if self.layer is not None and not seen:
-            raise InputError("--layer", f"layer {self.layer_name!r} is not used by the model's forward pass")
+            raise InputError("layer", f"layer {self.layer_name!r} is not used by the model's forward pass")
         # The baseline must fit the inputs (e.g. gaussian_blur needs images): a batch of one has the shape of
         # every batch but its length.
         base = self.baselines_for(x[:1])
         if out.dim() == 0 or out.shape[0] != 1:
             raise InputError(
-                "--model",
+                "model",
                 f"the model's output for one example has shape {tuple(out.shape)}; expected (1,) or (1, outputs)",
             )
         if out.dim() > 2:
             raise InputError(
-                "--model", f"outputs of shape {tuple(out.shape)} are not supported; return (N,) scores or (N, outputs)"
+                "model", f"outputs of shape {tuple(out.shape)} are not supported; return (N,) scores or (N, outputs)"
             )
         self.n_outputs = None if out.dim() == 1 else int(out.shape[1])
         t = self.target
         if isinstance(t, int):
             if self.n_outputs is None:
                 raise InputError(
-                    "--target", f"{t} given, but the model returns one score per example; leave --target out"
+                    "target", f"{t} given, but the model returns one score per example; leave --target out"
                 )
             if not 0 <= t < self.n_outputs:
                 raise InputError(
-                    "--target",
+                    "target",
                     f"{t} is out of range for a model with {self.n_outputs} outputs (0..{self.n_outputs - 1})",
                 )
         elif t == "label":
             if labels is None:
-                raise InputError("--target", "'label' needs labels in the data (array 'y')")
+                raise InputError("target", "'label' needs labels in the data (array 'y')")
             if (
                 isinstance(labels, torch.Tensor)
                 and self.n_outputs is not None
@@ -354,7 +356,7 @@ class Attributor:
                 and not (0 <= int(labels.min()) and int(labels.max()) < self.n_outputs)
             ):
                 raise InputError(
-                    "--target",
+                    "target",
                     f"labels range over {int(labels.min())}..{int(labels.max())}, "
                     f"outside the model's {self.n_outputs} outputs",
                 )
@@ -367,13 +369,10 @@ class Attributor:
         except InputError:
             raise
         except BATCH_ERRORS as exc:
-            # The core's messages start with the parameter they concern.
-            words = str(exc).split()
-            argument = _CORE_PARAMETERS.get(words[0].strip(":,'\"") if words else "")
-            if argument is None:
-                argument = "--layer" if self.layer is not None else "--model"
+            # The options passed the library's checks in the constructor: what fails now is the model or the layer.
+            parameter = "layer" if self.layer is not None else "model"
             what = f"to layer {self.layer_name!r}" if self.layer is not None else "the model's output"
-            raise InputError(argument, f"attributing {what} fails on the first example: {_describe(exc)}") from exc
+            raise InputError(parameter, f"attributing {what} fails on the first example: {_describe(exc)}") from exc
 
     # -- the work
 
@@ -396,14 +395,14 @@ class Attributor:
             return torch.full((x.shape[0],), self.target, dtype=torch.long)
         if self.target == "label":
             if labels is None:
-                raise InputError("--target", "'label' needs labels in the data (array 'y')")
+                raise InputError("target", "'label' needs labels in the data (array 'y')")
             labels = labels.to(torch.long).cpu().reshape(-1)
             bad = ((labels < 0) | (labels >= self.n_outputs)).nonzero().flatten().tolist()
             if bad:
                 where = [int(indices[i]) if indices is not None else i for i in bad]
                 shown = ", ".join(f"{int(labels[i])} (example {w})" for i, w in zip(bad[:5], where[:5]))
                 raise InputError(
-                    "--target",
+                    "target",
                     f"label{'s' if len(bad) > 1 else ''} {shown}"
                     f"{', ...' if len(bad) > 5 else ''} {'are' if len(bad) > 1 else 'is'} outside "
                     f"the model's {self.n_outputs} outputs (0..{self.n_outputs - 1})",
@@ -561,7 +560,7 @@ class Attributor:
 def _describe(exc: BaseException) -> str:
     """An exception as one line: its message for :class:`InputError`, ``Type: message`` otherwise."""
     if isinstance(exc, InputError):
-        return f"{exc.argument}: {exc.message}"
+        return f"{exc.parameter}: {exc.message}"
     msg = " ".join(str(exc).split())
     if len(msg) > 300:
         msg = msg[:300] + "..."
@@ -629,7 +628,7 @@ def _init_distributed(device_arg: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device_arg == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
+        raise InputError("device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
     use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -721,11 +720,11 @@ def attribute_dataset(
         shards finished before it stay, and the same call resumes after them.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError("--batch-size", f"must be a positive integer, got {batch_size!r}")
+        raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
     seed = check_seed(seed)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError("--out", f"exists and is not a folder: {out}")
+        raise InputError("out", f"exists and is not a folder: {out}")
     dist_, dev = _init_distributed(device)
     try:
         return _run(
@@ -788,7 +787,7 @@ def _run(
     )
     first, first_label = source.batch_with_labels([0])
     labels_known = source.labels if source.labels is not None else (first_label if source.has_labels else None)
-    att.validate(first, argument="--data", labels=labels_known)
+    att.validate(first, parameter="data", labels=labels_known)
     n = len(source)
     n_batches = (n + batch_size - 1) // batch_size
     try:
@@ -797,7 +796,7 @@ def _run(
             log=log if dist_.rank == 0 else None,
         )
     except BATCH_ERRORS as exc:
-        raise InputError("--data", f"reading every example for --baseline {baseline} failed: {_describe(exc)}") from exc
+        raise InputError("data", f"reading every example for --baseline {baseline} failed: {_describe(exc)}") from exc
     params = {
         "model": model_spec,
         "model_fingerprint": {**model_fingerprint(model_spec), "weights_sha256": _weights_hash(net)},
@@ -823,7 +822,7 @@ def _run(
         try:
             verdict = ("ok", _prepare_folder(out, params, phash, n_batches, dist_.world))
         except InputError as exc:
-            verdict = ("error", exc.argument, exc.message)
+            verdict = ("error", exc.parameter, exc.message)
     verdict = dist_.broadcast(verdict)
     if verdict[0] == "error":
         raise InputError(*verdict[1:])
@@ -890,11 +889,11 @@ def _batch_failure(
     """The one-line error for batch ``b`` that could not be attributed, saying what was kept."""
     span = f"examples {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"example {idx[0]}"
     what = att.describe_failure(exc, f"batch {b}, {_shard_name(b)}, {span}", x, indices=idx)
-    argument = exc.argument if isinstance(exc, InputError) else "--data"
+    parameter = exc.parameter if isinstance(exc, InputError) else "data"
     kept = sum(1 for k in range(n_batches) if (out / _shard_name(k)).exists())
     shards = "the finished shard is kept" if kept == 1 else f"the {kept} finished shards are kept"
     return InputError(
-        argument,
+        parameter,
         f"{what}; {shards} in {out}, and rerunning the same command resumes after {'it' if kept == 1 else 'them'}",
     )
 
@@ -915,7 +914,7 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise InputError("--out", f"cannot read {manifest_path}: {exc}") from exc
+            raise InputError("out", f"cannot read {manifest_path}: {exc}") from exc
         old_params = old.get("parameters") or {}
         if old_params.get("data") != params["data"] and _same_data_file(old_params, params):
             # The same data under another path: keep the name the folder was made with.
@@ -929,7 +928,7 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
                     "every time, e.g. by loading a checkpoint"
                 )
             raise InputError(
-                "--out",
+                "out",
                 f"{out} holds attributions made with different parameters ({diff or 'unknown format'}); "
                 "refusing to mix them: choose another --out or delete that folder",
             )
@@ -939,7 +938,7 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
                 tmp.unlink()
         return phash
     if out.exists() and any(out.iterdir()):
-        raise InputError("--out", f"{out} is not empty and has no {MANIFEST}; choose an empty or new folder")
+        raise InputError("out", f"{out} is not empty and has no {MANIFEST}; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_json(

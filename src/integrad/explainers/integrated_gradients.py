@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import math
+import inspect
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,14 +26,7 @@ _CONSTRUCTOR_KEYS = ("multiply_by_inputs",)
 _ATTRIBUTE_KEYS = ("method", "internal_batch_size", "memory_budget", "tolerance")
 _LAYER_ATTRIBUTE_KEYS = ("attribute_to_layer_input",)
 _NOISE_KEYS = ("nt_type", "nt_samples", "nt_samples_batch_size")
-_NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _DEFAULT_NT_SAMPLES = 5
-
-
-def _methods() -> tuple[str, ...]:
-    from integrad.rules import METHODS
-
-    return tuple(METHODS)
 
 
 def _default_method() -> str:
@@ -118,13 +111,13 @@ class IntegratedGradients(Explainer):
         **core_kwargs: Any,
     ) -> None:
         super().__init__(model, forward_arg_extractor, additional_forward_arg_extractor)
-        self.n_steps = _check_n_steps(n_steps)
+        self.n_steps = arguments.check_n_steps(n_steps, allow_auto=True)
         self.baseline_fn = baseline_fn
         self._baseline_fns = _resolve_baselines(baseline_fn)
         self.layer = layer
-        self._layers = _resolve_layers(model, layer)
-        self.n_classes = _check_n_classes(n_classes)
-        self.noise_level = _check_noise_level(noise_level)
+        self._layers, self._forward = _resolve_layers(model, layer)
+        self.n_classes = arguments.check_positive_int("n_classes", n_classes)
+        self.noise_level = arguments.check_non_negative("noise_level", noise_level)
         self.core_kwargs = _check_core_kwargs(core_kwargs, layered=layer is not None)
         self.last_delta: torch.Tensor | None = None
         self.last_report: Any = None
@@ -147,7 +140,7 @@ class IntegratedGradients(Explainer):
             if self._layers is None:
                 method = integrad.IntegratedGradients(self.model, **constructor)
             else:
-                method = integrad.LayerIntegratedGradients(self.model, self._layers, **constructor)
+                method = integrad.LayerIntegratedGradients(self._forward, self._layers, **constructor)
             self._core = cached = (key, method)
         return cached[1]
 
@@ -166,7 +159,9 @@ class IntegratedGradients(Explainer):
                 return tensor.device
         return torch.device("cpu")
 
-    def attribute(self, inputs: Any, targets: torch.Tensor | int | Sequence[int] | None = None) -> TensorOrTuple:
+    def attribute(
+        self, inputs: Any, targets: torch.Tensor | int | Sequence[int] | None = None, *, baselines: Any = None
+    ) -> TensorOrTuple:
         """Integrated gradients of the batch ``inputs`` at ``targets``.
 
         Parameters
@@ -176,6 +171,9 @@ class IntegratedGradients(Explainer):
             ``additional_forward_arg_extractor`` the arguments passed along (default: none).
         targets : torch.LongTensor of shape (N,), int, sequence of int, or None
             Output index per example; ``None`` when the model returns one value per example.
+        baselines : tensor, number or tuple, optional
+            This batch's baselines, in any form :meth:`integrad.IntegratedGradients.attribute` takes, instead of
+            those ``baseline_fn`` builds (e.g. baselines drawn with a seed per batch).
 
         Returns
         -------
@@ -186,8 +184,9 @@ class IntegratedGradients(Explainer):
         forward, additional = self._extract_args(inputs)
         tensors, _ = arguments.normalize_inputs(forward, need_grad=False)
         target = check_targets(targets, tensors[0].shape[0], self.n_classes)
-        baselines = self._baselines(tensors)
-        baselines = baselines if isinstance(forward, tuple) else baselines[0]
+        if baselines is None:
+            baselines = self._baselines(tensors)
+            baselines = baselines if isinstance(forward, tuple) else baselines[0]
 
         method = self.core
         kwargs: dict[str, Any] = {
@@ -281,7 +280,7 @@ class IntegratedGradients(Explainer):
         kinds = self._input_kinds(inputs)
         tunables: dict[str, tuple[type, dict[str, Any]]] = {
             "n_steps": (int, {"low": 10, "high": 100, "step": 10}),
-            "method": (str, {"choices": list(_methods())}),
+            "method": (str, {"choices": list(arguments.METHOD_NAMES)}),
         }
         if not isinstance(self.baseline_fn, tuple):
             names = [name for name in BASELINES if all(name in baselines_for(kind) for kind in kinds)]
@@ -403,30 +402,6 @@ class IntegratedGradients(Explainer):
 # ---------------------------------------------------------------------------------------------- validation
 
 
-def _check_n_steps(n_steps: Any) -> int | str:
-    if isinstance(n_steps, str) and n_steps == "auto":
-        return n_steps
-    if not arguments.is_int(n_steps) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int or 'auto', got {n_steps!r}")
-    return int(n_steps)
-
-
-def _check_n_classes(n_classes: Any) -> int | None:
-    if n_classes is None:
-        return None
-    if not arguments.is_int(n_classes) or n_classes < 1:
-        raise ValueError(f"n_classes must be a positive int or None, got {n_classes!r}")
-    return int(n_classes)
-
-
-def _check_noise_level(noise_level: Any) -> float:
-    if not arguments.is_real(noise_level):
-        raise TypeError(f"noise_level must be a non-negative float (0 turns noise off), got {noise_level!r}")
-    if not math.isfinite(noise_level) or noise_level < 0:
-        raise ValueError(f"noise_level must be a non-negative finite float (0 turns noise off), got {noise_level!r}")
-    return float(noise_level)
-
-
 def _check_core_kwargs(core_kwargs: dict[str, Any], layered: bool) -> dict[str, Any]:
     accepted = _CONSTRUCTOR_KEYS + _ATTRIBUTE_KEYS + _NOISE_KEYS + (_LAYER_ATTRIBUTE_KEYS if layered else ())
     unknown = sorted(set(core_kwargs) - set(accepted))
@@ -437,14 +412,10 @@ def _check_core_kwargs(core_kwargs: dict[str, Any], layered: bool) -> dict[str, 
             f"accepted core keywords are {sorted(accepted)}"
         )
     if "method" in core_kwargs:
-        methods = _methods()
-        if core_kwargs["method"] not in methods:
-            raise ValueError(f"method must be one of {list(methods)}, got {core_kwargs['method']!r}")
-    if "nt_type" in core_kwargs and core_kwargs["nt_type"] not in _NT_TYPES:
-        raise ValueError(f"nt_type must be one of {list(_NT_TYPES)}, got {core_kwargs['nt_type']!r}")
-    nt_samples = core_kwargs.get("nt_samples", _DEFAULT_NT_SAMPLES)
-    if not arguments.is_int(nt_samples) or nt_samples < 1:
-        raise ValueError(f"nt_samples must be a positive int, got {nt_samples!r}")
+        arguments.check_method(core_kwargs["method"])
+    if "nt_type" in core_kwargs:
+        arguments.check_nt_type(core_kwargs["nt_type"])
+    arguments.check_positive_int("nt_samples", core_kwargs.get("nt_samples", _DEFAULT_NT_SAMPLES), allow_none=False)
     return dict(core_kwargs)
 
 
@@ -466,14 +437,65 @@ def _resolve_baselines(baseline_fn: Any) -> tuple[Any, ...]:
     return tuple(resolved)
 
 
-def _resolve_layers(model: Any, layer: Any) -> nn.Module | list[nn.Module] | None:
+def _resolve_layers(model: Any, layer: Any) -> tuple[nn.Module | list[nn.Module] | None, Any]:
+    """The layer module(s), and the function the layer method runs: the model, or the model with the forward
+    arguments named in ``layer`` passed through identity modules (see :class:`ArgumentLayers`)."""
     if layer is None:
-        return None
-    if isinstance(layer, (list, tuple)):
-        if not layer:
-            raise ValueError("layer must be None, a module, a dotted name, or a non-empty list of these; got []")
-        return [_resolve_layer(model, item) for item in layer]
-    return _resolve_layer(model, layer)
+        return None, model
+    items = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not items:
+        raise ValueError("layer must be None, a module, a dotted name, or a non-empty list of these; got []")
+    named_arguments = [item for item in items if isinstance(item, str) and _is_argument(model, item)]
+    forward = ArgumentLayers(model, named_arguments) if named_arguments else model
+    resolved = [forward.arguments[item] if item in named_arguments else _resolve_layer(model, item) for item in items]
+    return (resolved if isinstance(layer, (list, tuple)) else resolved[0]), forward
+
+
+def _is_argument(model: Any, name: str) -> bool:
+    """Whether ``name`` is a parameter of ``model.forward`` and not a submodule (a submodule's name wins)."""
+    if not isinstance(model, nn.Module):
+        return False
+    try:
+        model.get_submodule(name)
+        return False
+    except AttributeError:
+        pass
+    return name in inspect.signature(model.forward).parameters
+
+
+class _Argument(nn.Module):
+    """Identity: its output is the forward argument it stands for."""
+
+    def forward(self, value: Any) -> Any:
+        return value
+
+
+class ArgumentLayers(nn.Module):
+    """A model whose chosen forward arguments pass through identity modules first.
+
+    A layer method given such a module attributes to the argument itself, by name: ``layer=["input_ids"]`` (pnpxai's
+    meaning of a layer given as a forward argument's name). The wrapped model runs unchanged.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, called with the arguments bound to its ``forward``'s parameters.
+    names : list of str
+        The parameters of ``model.forward`` to expose; ``arguments[name]`` is the module standing for each.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.arguments = nn.ModuleDict({name: _Argument() for name in names})
+        self._signature = inspect.signature(model.forward)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self._signature.bind(*args, **kwargs)
+        for name, module in self.arguments.items():
+            if name in bound.arguments:
+                bound.arguments[name] = module(bound.arguments[name])
+        return self.model(*bound.args, **bound.kwargs)
 
 
 def _resolve_layer(model: Any, layer: Any) -> nn.Module:
@@ -490,7 +512,11 @@ def _resolve_layer(model: Any, layer: Any) -> nn.Module:
                 hint = f"top-level modules are {close}"
             else:
                 hint = f"did you mean {close}?"
-            raise ValueError(f"layer {layer!r} is not a submodule of {type(model).__name__}; {hint}") from None
+            arguments = list(inspect.signature(model.forward).parameters)
+            raise ValueError(
+                f"layer {layer!r} is neither a submodule of {type(model).__name__} nor an argument of its forward "
+                f"({arguments}); {hint}"
+            ) from None
     if isinstance(layer, nn.Module):
         if isinstance(model, nn.Module) and not any(layer is module for module in model.modules()):
             raise ValueError(
@@ -499,7 +525,8 @@ def _resolve_layer(model: Any, layer: Any) -> nn.Module:
             )
         return layer
     raise TypeError(
-        f"layer must be None, an nn.Module, a dotted module name (str), or a list of these; got {type(layer).__name__}"
+        "layer must be None, an nn.Module, a dotted module name or a forward argument's name (str), or a list of "
+        f"these; got {type(layer).__name__}"
     )
 
 

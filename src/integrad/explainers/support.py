@@ -23,42 +23,79 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ModuleCategory:
-    """A family of modules, recognised by type or by class-name fragment.
+class _CategoryType(type):
+    """Makes a category class answer ``isinstance(module, Category)`` (and ``issubclass``) by its member types and
+    class-name fragments, as pnpxai's module types do."""
 
-    Parameters
+    def __instancecheck__(cls, module: object) -> bool:
+        return isinstance(module, nn.Module) and cls.matches(module)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        if type.__subclasscheck__(cls, subclass):
+            return True
+        if not (isinstance(subclass, type) and issubclass(subclass, nn.Module)):
+            return False
+        return issubclass(subclass, cls.types) or any(f in subclass.__name__ for f in cls.name_fragments)
+
+    def __repr__(cls) -> str:
+        return cls.name
+
+
+class ModuleCategory(metaclass=_CategoryType):
+    """A family of modules, recognised by type or by class-name fragment; the families are subclasses.
+
+    ``isinstance(module, Linear)`` says whether ``module`` belongs to the family ``Linear``, so the entries of
+    ``SUPPORTED_MODULES`` work as pnpxai's do. A third-party module belongs when its class name contains one of the
+    family's fragments (``BertSelfAttention`` is an ``Attention``), which needs no import of its library.
+
+    Attributes
     ----------
     name : str
         Display name.
     types : tuple of type
-        ``nn.Module`` subclasses that belong to the family (subclasses included).
+        ``nn.Module`` subclasses that belong to the family (their subclasses too).
     name_fragments : tuple of str
-        A module also belongs when its class name contains one of these, which recognises third-party modules
-        (e.g. ``BertSelfAttention`` from transformers) without importing their libraries.
+        Class-name fragments that make a module a member.
     """
 
-    name: str
+    name: str = "ModuleCategory"
     types: tuple[type[nn.Module], ...] = ()
     name_fragments: tuple[str, ...] = ()
 
-    def matches(self, module: nn.Module) -> bool:
-        """Whether ``module`` belongs to this category."""
-        if self.types and isinstance(module, self.types):
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.__name__
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        """Whether ``module`` belongs to this family."""
+        if cls.types and isinstance(module, cls.types):
             return True
         class_name = type(module).__name__
-        return any(fragment in class_name for fragment in self.name_fragments)
-
-    def __repr__(self) -> str:
-        return self.name
+        return any(fragment in class_name for fragment in cls.name_fragments)
 
 
-Linear = ModuleCategory("Linear", (nn.Linear, nn.Bilinear))
-Convolution = ModuleCategory("Convolution", (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-Attention = ModuleCategory("Attention", (nn.MultiheadAttention,), ("Attention", "SelfAttention"))
+class Linear(ModuleCategory):
+    """Affine maps."""
+
+    types = (nn.Linear, nn.Bilinear)
+
+
+class Convolution(ModuleCategory):
+    """Convolutions and transposed convolutions, 1-D to 3-D."""
+
+    types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+class Attention(ModuleCategory):
+    """Attention blocks: torch's, and any module whose class name says it is one."""
+
+    types = (nn.MultiheadAttention,)
+    name_fragments = ("Attention", "SelfAttention")
+
 
 #: The module categories the integrated-gradients explainer supports.
-SUPPORTED_MODULES: list[ModuleCategory] = [Linear, Convolution, Attention]
+SUPPORTED_MODULES: list[type[ModuleCategory]] = [Linear, Convolution, Attention]
 
 
 @dataclass
@@ -102,14 +139,14 @@ class SupportReport:
         return "\n".join(lines)
 
 
-def check_support(model: nn.Module, modules: Sequence[ModuleCategory] | None = None) -> SupportReport:
+def check_support(model: nn.Module, modules: Sequence[type[ModuleCategory]] | None = None) -> SupportReport:
     """Scan ``model`` for supported module categories.
 
     Parameters
     ----------
     model : torch.nn.Module
         The model to scan (not modified).
-    modules : sequence of ModuleCategory, optional
+    modules : sequence of ModuleCategory subclasses, optional
         Categories to look for; default :data:`SUPPORTED_MODULES`.
 
     Returns
