@@ -40,8 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import arguments
+from ..engine import parse_bytes
+from .demo import run_demo
+from .files import save_tensors, umask
+from .io import InputError, load_inputs, load_model
 from .jobs import BASELINE_NAMES as BASELINES
-from .jobs import SEED_MAX, _version, check_seed
+from .jobs import BATCH_ERRORS, SEED_MAX, Attributor, _version, attribute_dataset, check_seed, summarize
 
 __all__ = ["main", "build_parser"]
 
@@ -112,7 +116,6 @@ def _seed(text: str) -> int:
 
 
 def _bytes(text: str) -> int:
-    from ..engine import parse_bytes
 
     try:
         return int(parse_bytes(text))
@@ -319,7 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "command", None) is None:
         parser.print_help()
         return 0
-    from .io import InputError
 
     try:
         return int(args.func(args) or 0)
@@ -336,8 +338,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        from .io import InputError
-
         raise InputError("out", f"exists and is not a folder: {out}")
 
 
@@ -356,8 +356,6 @@ def _staged(out: Path, prune: str | None = None):
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        from .files import umask
-
         os.chmod(stage, 0o777 & ~umask())
         yield stage
         if not out.exists():
@@ -383,7 +381,6 @@ def _staged(out: Path, prune: str | None = None):
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
 
     out = Path(args.out)
     with _staged(out, prune=r"(digits|cancer|minilm)-.*\.(png|safetensors|html)") as stage:
@@ -423,9 +420,6 @@ def _cmd_explain(args) -> int:
     import torch
 
     from ..report import plot_attributions, token_scores
-    from .files import save_tensors
-    from .io import InputError, load_inputs, load_model
-    from .jobs import BATCH_ERRORS, Attributor
 
     # Everything that can be wrong with the arguments is found before any file is written.
     _check_out(Path(args.out))
@@ -665,7 +659,6 @@ def fmt_num(v: float) -> str:
 
 
 def _cmd_attribute_dataset(args) -> int:
-    from .jobs import attribute_dataset, summarize
 
     out = attribute_dataset(
         args.model,

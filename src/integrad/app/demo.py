@@ -34,6 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import visualize
+from ..evaluate import metrics
+from ..explainers.baselines import get_baseline_fn
+from ..methods import IntegratedGradients, LayerIntegratedGradients
 from ..report import HtmlReport, plot_attributions, token_scores
 from .files import save_tensors
 
@@ -191,7 +195,6 @@ def _metric_scores(
     model, x, attributions, targets, cfg: DemoConfig, baselines, names=("abpc", "infidelity", "complexity"), **extra
 ) -> dict:
     """Metric name → per-example scores (NaN where a metric does not apply)."""
-    from ..evaluate import metrics
 
     options = {
         "abpc": {"n_steps": cfg.flip_steps},
@@ -215,10 +218,7 @@ def _metric_scores(
 
 
 def _ig(model, layer=None):
-    from .jobs import _core_classes
-
-    IG, LIG = _core_classes()
-    return IG(model) if layer is None else LIG(model, layer)
+    return IntegratedGradients(model) if layer is None else LayerIntegratedGradients(model, layer)
 
 
 def _attribute(ig, x, baselines, target, cfg: DemoConfig, n_steps=None, **kw):
@@ -247,8 +247,6 @@ def _attribute(ig, x, baselines, target, cfg: DemoConfig, n_steps=None, **kw):
 def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -> str:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-
-    from .. import visualize
 
     data = load_digits()
     X = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
@@ -399,8 +397,6 @@ def _digits(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log)
 
 
 def _blur_baseline(x: torch.Tensor) -> torch.Tensor:
-    from ..explainers.baselines import get_baseline_fn
-
     return get_baseline_fn("gaussian_blur", sigma=1.5)(x)
 
 
@@ -422,8 +418,6 @@ def _metric_notes(report: HtmlReport, scores: dict) -> None:
 def _cancer(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -> str:
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
-
-    from .. import visualize
 
     data = load_breast_cancer()
     Xa, ya = data.data.astype(np.float32), data.target.astype(np.int64)
@@ -570,7 +564,6 @@ def load_minilm(progress: bool = True):
 
 
 def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -> str:
-    from .. import visualize
 
     report.heading("3. Sentence similarity: pretrained MiniLM")
     if not text_available():
@@ -584,7 +577,6 @@ def _text(out: Path, report: HtmlReport, cfg: DemoConfig, progress: bool, log) -
     similarity = float(torch.nn.functional.cosine_similarity(pooled[0], pooled[1]).item())
     log(f"MiniLM: loaded in {time.perf_counter() - t0:.1f} s; similarity {similarity:.3f}")
     special = sorted(set(tok.all_special_ids))
-    from ..explainers.baselines import get_baseline_fn
 
     baseline_fn = get_baseline_fn("token", token_id=int(tok.pad_token_id), keep_ids=tuple(special))
     rows, frags, tensors = [], [], {}

@@ -39,6 +39,7 @@ from torch import nn
 from .. import arguments
 from ..arguments import model_output
 from ..engine import parse_bytes
+from ..explainers import IntegratedGradients as IntegratedGradientsExplainer
 from ..explainers.baselines import BASELINES, get_baseline_fn
 from .files import save_tensors, write_json
 from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
@@ -175,14 +176,6 @@ class _Forward(nn.Module):
         return _unwrap(self.model(*args))
 
 
-def _core_classes():
-    try:
-        from .. import IntegratedGradients, LayerIntegratedGradients
-    except ImportError:  # the package namespace is filled last; the methods are the same objects
-        from ..methods import IntegratedGradients, LayerIntegratedGradients
-    return IntegratedGradients, LayerIntegratedGradients
-
-
 def _first_embedding(model: nn.Module) -> str | None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding):
@@ -237,8 +230,6 @@ class Attributor:
         device: torch.device | None = None,
         tolerance: float = 1e-3,
     ):
-        IntegratedGradients, LayerIntegratedGradients = _core_classes()
-
         self.model = model
         self.forward = _Forward(model)
         self.method = checked("method", arguments.check_method, method)
@@ -258,8 +249,7 @@ class Attributor:
         self.n_outputs: int | None = None
         # mean: the data's mean per position/feature; invert: its max + min (see fit_baseline).
         self._statistic: torch.Tensor | None = None
-        self._IG = IntegratedGradients
-        self._LIG = LayerIntegratedGradients
+        self._explainer: IntegratedGradientsExplainer | None = None
 
     # -- checks before anything is written
 
@@ -521,40 +511,48 @@ class Attributor:
         base = base.to(self.device)
         extra = tuple(e.to(self.device) for e in extra)
         tgt = None if targets is None else targets.to(self.device)
-        if self.layer is not None:
-            explainer = self._LIG(self.forward, self.layer)
-        else:
-            explainer = self._IG(self.forward)
-        kwargs = {}
-        if self.memory_budget is not None:
-            kwargs["memory_budget"] = self.memory_budget
-        if n_steps == "auto":
-            kwargs["tolerance"] = self.tolerance
+        explainer = self.explainer
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            attr, delta = explainer.attribute(
-                x,
-                baselines=base,
-                target=tgt,
-                additional_forward_args=extra if extra else None,
-                n_steps=n_steps,
-                method=self.method,
-                return_convergence_delta=True,
-                **kwargs,
-            )
+            attr = explainer.attribute((x, *extra), tgt, baselines=base)
         if isinstance(attr, (tuple, list)):
             attr = attr[0]
-        report = getattr(explainer, "last_report", None)
+        report = explainer.last_report
         steps = getattr(report, "steps", None)
         if steps is None:
             n = n_steps if isinstance(n_steps, int) else 0
             steps = torch.full((x.shape[0],), n, dtype=torch.long)
         return BatchResult(
             attr.detach().cpu(),
-            delta.detach().reshape(-1).cpu(),
+            explainer.last_delta.detach().reshape(-1).cpu(),
             torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(),
             None if targets is None else targets.cpu(),
         )
+
+    @property
+    def explainer(self) -> IntegratedGradientsExplainer:
+        """The explainer every batch goes through: one object per layer, so that what its core learns about
+        chunk sizes carries over from batch to batch."""
+        if self._explainer is None or self._explainer.layer is not self.layer:
+            options: dict[str, Any] = {"method": self.method}
+            if self.memory_budget is not None:
+                options["memory_budget"] = self.memory_budget
+            if self.n_steps == "auto":
+                options["tolerance"] = self.tolerance
+            self._explainer = IntegratedGradientsExplainer(
+                self.forward,
+                n_steps=self.n_steps,
+                layer=self.layer,
+                forward_arg_extractor=operator.itemgetter(0),
+                additional_forward_arg_extractor=_additional,
+                **options,
+            )
+        return self._explainer
+
+
+def _additional(batch: tuple) -> tuple | None:
+    """The arguments after the inputs in a job's batch ``(inputs, *extra)``."""
+    return tuple(batch[1:]) or None
 
 
 def _describe(exc: BaseException) -> str:
