@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -37,15 +38,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from .. import arguments
 from ..engine import parse_bytes
+from ..report import plot_attributions, token_scores
+from ..visualize import text_html
 from .demo import run_demo
 from .files import save_tensors, umask
 from .io import InputError, load_inputs, load_model
 from .jobs import BASELINE_NAMES as BASELINES
 from .jobs import BATCH_ERRORS, SEED_MAX, Attributor, _version, attribute_dataset, check_seed, summarize
+from .progress import progress_bar
 
 __all__ = ["main", "build_parser"]
 
@@ -408,21 +415,56 @@ def _json_safe(value):
 
 
 def _softmax_max(logits):
-    import torch
-
     if logits.dim() == 2 and logits.shape[1] > 1:
         p = torch.softmax(logits.float(), dim=1)
         return p.max(dim=1).values
     return None
 
 
+@dataclass
+class _Explained:
+    """What ``integrad explain`` computed, all examples together."""
+
+    attributions: torch.Tensor
+    deltas: torch.Tensor
+    steps: torch.Tensor
+    outputs: torch.Tensor
+    targets: torch.Tensor | None
+    seconds: float
+
+    @property
+    def classes(self) -> bool:
+        return self.outputs.dim() == 2 and self.outputs.shape[1] > 1
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.outputs.argmax(dim=1) if self.classes else self.outputs.reshape(-1)
+
+
 def _cmd_explain(args) -> int:
-    import torch
-
-    from ..report import plot_attributions, token_scores
-
     # Everything that can be wrong with the arguments is found before any file is written.
     _check_out(Path(args.out))
+    loaded, att = _explain_job(args)
+    result = _attribute_batches(att, loaded, args)
+    rows = _example_rows(result)
+    out = Path(args.out)
+    # The files of an earlier run that this one does not write (attributions.html of a text run) go; others stay.
+    with _staged(out, prune=r"attributions\.(safetensors|png|html)|summary\.(json|txt)") as stage:
+        _save_explained(stage, args, loaded, att, result)
+        pictures = _draw_explained(stage, loaded, att, result, _titles(rows))
+        lines = _write_summaries(stage, args, loaded, att, result, rows)
+    shown = 20
+    for line in lines[:shown]:
+        print(line)
+    if len(lines) > shown:
+        print(f"... {len(lines) - shown} more examples in {out / 'summary.txt'}")
+    written = ", ".join(["attributions.safetensors", *pictures, "summary.json"])
+    print(f"wrote {out}/{written}")
+    return 0
+
+
+def _explain_job(args):
+    """The inputs and the configured attributor of ``integrad explain``, checked on the first example."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
     loaded = load_inputs(args.inputs, args.tokenizer)
@@ -430,98 +472,166 @@ def _cmd_explain(args) -> int:
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
-    model = model.to(device)
-    meta = loaded.meta
     att = Attributor(
-        model,
+        model.to(device),
         method=args.method,
         n_steps=args.n_steps,
         baseline=args.baseline,
         layer=args.layer,
         target=args.target,
-        pad_token_id=meta.get("pad_token_id"),
-        special_ids=meta.get("special_ids", ()),
+        pad_token_id=loaded.meta.get("pad_token_id"),
+        special_ids=loaded.meta.get("special_ids", ()),
         memory_budget=args.memory_budget,
         device=device,
         tolerance=args.tolerance,
     )
     att.validate(loaded.inputs, loaded.extra, parameter="inputs", labels=loaded.labels)
-    x, extra = loaded.inputs, loaded.extra
-    if args.target == "label" and loaded.labels.shape[0] != x.shape[0]:
-        raise InputError("target", f"{loaded.labels.shape[0]} labels for {x.shape[0]} examples")
-    n = x.shape[0]
-    bs = args.batch_size
+    if args.target == "label" and loaded.labels.shape[0] != loaded.inputs.shape[0]:
+        raise InputError("target", f"{loaded.labels.shape[0]} labels for {loaded.inputs.shape[0]} examples")
+    return loaded, att
+
+
+def _attribute_batches(att, loaded, args) -> _Explained:
+    """Every example, ``--batch-size`` at a time, with a progress bar; a batch that fails ends the run."""
+    x, extra, n, bs = loaded.inputs, loaded.extra, loaded.inputs.shape[0], args.batch_size
     att.fit_baseline(
         (x[start : start + bs] for start in range(0, n, bs)), log=lambda line: print(line, file=sys.stderr)
     )
-    parts = {"attributions": [], "deltas": [], "steps": [], "targets": [], "outputs": []}
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, unit="ex", desc="attributing", file=sys.stderr, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
+    parts: dict[str, list] = {"attributions": [], "deltas": [], "steps": [], "targets": [], "outputs": []}
+    began = time.perf_counter()
+    with progress_bar(n, "attributing", not args.no_progress) as bar:
         for start in range(0, n, bs):
-            sl = slice(start, min(n, start + bs))
-            xb = x[sl]
-            eb = tuple(e[sl] for e in extra)
-            indices = range(sl.start, sl.stop)
+            rows = slice(start, min(n, start + bs))
+            xb, eb = x[rows], tuple(e[rows] for e in extra)
+            indices = range(rows.start, rows.stop)
             try:
                 logits = att.predict(xb, eb)
-                labels = loaded.labels[sl] if loaded.labels is not None else None
+                labels = loaded.labels[rows] if loaded.labels is not None else None
                 targets = att.targets_for(xb, eb, labels=labels, logits=logits, indices=indices)
                 res = att.attribute(xb, targets, eb, seed=args.seed * 1_000_003 + start // bs)
             except BATCH_ERRORS as exc:
-                span = f"examples {sl.start}..{sl.stop - 1}" if sl.stop - sl.start > 1 else f"example {sl.start}"
+                span = f"examples {rows.start}..{rows.stop - 1}" if rows.stop - rows.start > 1 else f"example {start}"
                 where = f"batch {start // bs + 1} of {(n + bs - 1) // bs}, {span}"
                 parameter = exc.parameter if isinstance(exc, InputError) else "inputs"
                 what = att.describe_failure(exc, where, xb, eb, indices)
                 raise InputError(parameter, f"{what}; nothing was written") from exc
-            parts["attributions"].append(res.attributions)
-            parts["deltas"].append(res.deltas)
-            parts["steps"].append(res.steps)
-            parts["outputs"].append(logits)
-            if targets is not None:
-                parts["targets"].append(targets)
-            if bar is not None:
-                bar.update(xb.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    attributions = torch.cat(parts["attributions"])
-    deltas = torch.cat(parts["deltas"])
-    steps = torch.cat(parts["steps"])
-    outputs = torch.cat(parts["outputs"])
-    targets = torch.cat(parts["targets"]) if parts["targets"] else None
-    if outputs.dim() == 2 and outputs.shape[1] > 1:
-        predictions = outputs.argmax(dim=1)
-        confidence = _softmax_max(outputs)
-    else:
-        predictions = outputs.reshape(-1)
-        confidence = None
+            for key, value in (
+                ("attributions", res.attributions),
+                ("deltas", res.deltas),
+                ("steps", res.steps),
+                ("outputs", logits),
+                ("targets", targets),
+            ):
+                if value is not None:
+                    parts[key].append(value)
+            bar.update(xb.shape[0])
+    joined = {key: torch.cat(values) if values else None for key, values in parts.items()}
+    return _Explained(**joined, seconds=time.perf_counter() - began)
 
-    lines = []
-    rows = []
-    for i in range(n):
-        if confidence is not None:
-            pred = f"{int(predictions[i])} (p={float(confidence[i]):.3f})"
-        else:
-            pred = f"{float(predictions[i]):.6g}"
-        tgt = "-" if targets is None else str(int(targets[i]))
-        line = f"example {i}: prediction {pred}, target {tgt}, delta {float(deltas[i]):+.3e}, steps {int(steps[i])}"
-        lines.append(line)
-        rows.append(
-            {
-                "example": i,
-                "prediction": int(predictions[i]) if confidence is not None else float(predictions[i]),
-                "confidence": None if confidence is None else float(confidence[i]),
-                "target": None if targets is None else int(targets[i]),
-                "delta": float(deltas[i]),
-                "steps": int(steps[i]),
-            }
+
+def _example_rows(result: _Explained) -> list[dict]:
+    confidence = _softmax_max(result.outputs) if result.classes else None
+    predictions = result.predictions
+    return [
+        {
+            "example": i,
+            "prediction": int(predictions[i]) if confidence is not None else float(predictions[i]),
+            "confidence": None if confidence is None else float(confidence[i]),
+            "target": None if result.targets is None else int(result.targets[i]),
+            "delta": float(result.deltas[i]),
+            "steps": int(result.steps[i]),
+        }
+        for i in range(predictions.shape[0])
+    ]
+
+
+def _example_line(row: dict) -> str:
+    if row["confidence"] is not None:
+        pred = f"{row['prediction']} (p={row['confidence']:.3f})"
+    else:
+        pred = f"{row['prediction']:.6g}"
+    target = "-" if row["target"] is None else str(row["target"])
+    return (
+        f"example {row['example']}: prediction {pred}, target {target}, delta {row['delta']:+.3e}, steps {row['steps']}"
+    )
+
+
+def _titles(rows: list[dict]) -> list[str]:
+    shown = [r["prediction"] if isinstance(r["prediction"], int) else fmt_num(r["prediction"]) for r in rows]
+    return [
+        f"example {r['example']}: pred {p}" + ("" if r["target"] is None else f", target {r['target']}")
+        for r, p in zip(rows, shown)
+    ]
+
+
+def _save_explained(stage: Path, args, loaded, att, result: _Explained) -> None:
+    x = loaded.inputs
+    tensors = {
+        "attributions": result.attributions,
+        "deltas": result.deltas,
+        "steps": result.steps,
+        "outputs": result.outputs,
+        "predictions": result.predictions,
+        ("inputs" if x.is_floating_point() else "input_ids"): x,
+    }
+    if result.targets is not None:
+        tensors["targets"] = result.targets
+    metadata = {
+        "model": args.model,
+        "inputs": args.inputs,
+        "method": args.method,
+        "n_steps": args.n_steps,
+        "layer": att.layer_name or "",
+    }
+    save_tensors(stage / "attributions.safetensors", tensors, metadata)
+
+
+def _draw_explained(stage: Path, loaded, att, result: _Explained, titles: list[str]) -> list[str]:
+    """The pictures of ``integrad explain``; each that cannot be drawn is left out with a warning (the
+    attributions are written whatever happens to them)."""
+    x, attributions, kind = loaded.inputs, result.attributions, loaded.kind
+    if att.layer is not None and kind == "image" and attributions.dim() != 4:
+        kind = "tensor"
+
+    def draw(png: Path) -> None:
+        plot_attributions(
+            png,
+            kind,
+            x if x.is_floating_point() else None,
+            attributions,
+            titles=titles,
+            feature_names=loaded.feature_names,
+            tokens=loaded.tokens,
+            masks=loaded.extra[0] if loaded.kind == "text" else None,
         )
+
+    pictures = ["attributions.png"] if _picture(stage / "attributions.png", draw) else []
+    if loaded.kind == "text":
+        page = functools.partial(_token_page, loaded=loaded, attributions=attributions, titles=titles)
+        if _picture(stage / "attributions.html", page):
+            pictures.append("attributions.html")
+    return pictures
+
+
+def _token_page(path: Path, loaded, attributions: torch.Tensor, titles: list[str]) -> None:
+    """Every example's tokens, highlighted by their attributions, in one HTML page (padding left out)."""
+    scores = token_scores(attributions)
+    fragments = []
+    for i, tokens in enumerate(loaded.tokens):
+        mask = loaded.extra[0][i].bool() if loaded.extra else torch.ones(len(tokens), dtype=torch.bool)
+        kept = [t for t, m in zip(tokens, mask.tolist()) if m]
+        fragments.append(text_html(kept, scores[i][mask], title=titles[i]))
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head>"
+        "<body>" + "\n".join(fragments) + "</body></html>\n"
+    )
+    path.write_text(page, encoding="utf-8")
+
+
+def _write_summaries(stage: Path, args, loaded, att, result: _Explained, rows: list[dict]) -> list[str]:
+    """``summary.txt`` and ``summary.json``; returns the per-example lines."""
+    x, attributions = loaded.inputs, result.attributions
+    baseline = "token" if not x.is_floating_point() else args.baseline
     summary = {
         "model": args.model,
         "inputs": args.inputs,
@@ -531,110 +641,27 @@ def _cmd_explain(args) -> int:
         "method": args.method,
         "n_steps": args.n_steps,
         "tolerance": args.tolerance if args.n_steps == "auto" else None,
-        "baseline": "token" if not x.is_floating_point() else args.baseline,
+        "baseline": baseline,
         "layer": att.layer_name,
         "target": args.target,
         "seed": args.seed,
-        "seconds": round(seconds, 3),
-        "max_abs_delta": float(deltas.abs().max()) if deltas.numel() else 0.0,
+        "seconds": round(result.seconds, 3),
+        "max_abs_delta": float(result.deltas.abs().max()) if result.deltas.numel() else 0.0,
         "examples": rows,
         "integrad_version": _version(),
     }
-
-    out = Path(args.out)
-    # The files of an earlier run that this one does not write (attributions.html of a text run) go; others stay.
-    with _staged(out, prune=r"attributions\.(safetensors|png|html)|summary\.(json|txt)") as stage:
-        tensors = {
-            "attributions": attributions,
-            "deltas": deltas,
-            "steps": steps,
-            "outputs": outputs,
-            "predictions": predictions,
-        }
-        if targets is not None:
-            tensors["targets"] = targets
-        if x.is_floating_point():
-            tensors["inputs"] = x
-        else:
-            tensors["input_ids"] = x
-        save_tensors(
-            stage / "attributions.safetensors",
-            tensors,
-            {
-                "model": args.model,
-                "inputs": args.inputs,
-                "method": args.method,
-                "n_steps": args.n_steps,
-                "layer": att.layer_name or "",
-            },
-        )
-        titles = [
-            f"example {i}: pred {r['prediction'] if isinstance(r['prediction'], int) else fmt_num(r['prediction'])}"
-            + ("" if r["target"] is None else f", target {r['target']}")
-            for i, r in enumerate(rows)
-        ]
-        kind = loaded.kind
-        if att.layer is not None and kind == "image" and attributions.dim() != 4:
-            kind = "tensor"
-        pictures = []
-        # The attributions are written whatever happens to the pictures: a picture that cannot be drawn
-        # (non-finite attributions from the model's gradients, say) is left out with a warning.
-        if _picture(
-            stage / "attributions.png",
-            lambda png: plot_attributions(
-                png,
-                kind,
-                x if x.is_floating_point() else None,
-                attributions,
-                titles=titles,
-                feature_names=loaded.feature_names,
-                tokens=loaded.tokens,
-                masks=extra[0] if loaded.kind == "text" else None,
-            ),
-        ):
-            pictures.append("attributions.png")
-        if loaded.kind == "text":
-            from ..visualize import text_html
-
-            def token_page(page_path):
-                scores = token_scores(attributions)
-                frags = []
-                for i in range(n):
-                    mask = extra[0][i].bool() if extra else torch.ones(len(loaded.tokens[i]), dtype=torch.bool)
-                    toks = [t for t, m in zip(loaded.tokens[i], mask.tolist()) if m]
-                    frags.append(text_html(toks, scores[i][mask], title=titles[i]))
-                page = (
-                    "<!DOCTYPE html><html><head><meta charset='utf-8'><title>token attributions</title></head>"
-                    "<body>" + "\n".join(frags) + "</body></html>\n"
-                )
-                page_path.write_text(page, encoding="utf-8")
-
-            if _picture(stage / "attributions.html", token_page):
-                pictures.append("attributions.html")
-        text = (
-            "\n".join(
-                [
-                    f"integrad explain: {args.model} on {args.inputs}",
-                    f"{n} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
-                    + (f" at layer {att.layer_name!r}" if att.layer_name else ""),
-                    f"method {args.method}, n_steps {args.n_steps}, baseline {summary['baseline']}, {seconds:.2f} s",
-                    *lines,
-                ]
-            )
-            + "\n"
-        )
-        (stage / "summary.txt").write_text(text, encoding="utf-8")
-        (stage / "summary.json").write_text(
-            json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
-    shown = 20
-    for line in lines[:shown]:
-        print(line)
-    if len(lines) > shown:
-        print(f"... {len(lines) - shown} more examples in {out / 'summary.txt'}")
-    written = ", ".join(["attributions.safetensors", *pictures, "summary.json"])
-    print(f"wrote {out}/{written}")
-    return 0
+    lines = [_example_line(row) for row in rows]
+    header = [
+        f"integrad explain: {args.model} on {args.inputs}",
+        f"{len(rows)} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
+        + (f" at layer {att.layer_name!r}" if att.layer_name else ""),
+        f"method {args.method}, n_steps {args.n_steps}, baseline {baseline}, {result.seconds:.2f} s",
+    ]
+    (stage / "summary.txt").write_text("\n".join(header + lines) + "\n", encoding="utf-8")
+    (stage / "summary.json").write_text(
+        json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    return lines
 
 
 def _picture(path: Path, draw) -> bool:

@@ -43,6 +43,7 @@ from ..explainers import IntegratedGradients as IntegratedGradientsExplainer
 from ..explainers.baselines import BASELINES, get_baseline_fn
 from .files import save_tensors, write_json
 from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
+from .progress import progress_bar
 
 __all__ = [
     "AttributionSet",
@@ -772,113 +773,130 @@ def _run(
 ) -> Path:
     source: DataSource = open_data(data_spec)
     net = load_model(model_spec).to(dev)
-    att = Attributor(
-        net,
-        method=method,
-        n_steps=n_steps,
-        baseline=baseline,
-        layer=layer,
-        target=target,
-        memory_budget=memory_budget,
-        device=dev,
-        tolerance=tolerance,
-    )
+    options = {"method": method, "n_steps": n_steps, "baseline": baseline, "layer": layer, "target": target}
+    att = Attributor(net, **options, memory_budget=memory_budget, device=dev, tolerance=tolerance)
     first, first_label = source.batch_with_labels([0])
     labels_known = source.labels if source.labels is not None else (first_label if source.has_labels else None)
     att.validate(first, parameter="data", labels=labels_known)
-    n = len(source)
-    n_batches = (n + batch_size - 1) // batch_size
+    job = _Job(source, att, out, dist_, batch_size, seed, log)
     try:
         fitted = att.fit_baseline(
-            (source.batch(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in range(n_batches)),
-            log=log if dist_.rank == 0 else None,
+            (source.batch(job.indices(b)) for b in range(job.n_batches)), log=log if dist_.rank == 0 else None
         )
     except BATCH_ERRORS as exc:
-        raise InputError("data", f"reading every example for --baseline {baseline} failed: {_describe(exc)}") from exc
+        raise InputError("data", f"reading every example for baseline {baseline!r} failed: {_describe(exc)}") from exc
     params = {
         "model": model_spec,
         "model_fingerprint": {**model_fingerprint(model_spec), "weights_sha256": _weights_hash(net)},
         "data": data_spec,
         "data_fingerprint": source.fingerprint,
-        "n_examples": n,
-        "method": method,
-        "n_steps": n_steps,
+        "n_examples": len(source),
+        **options,
         "tolerance": tolerance if n_steps == "auto" else None,
-        "baseline": baseline,
         **({"baseline_statistics": "whole data set"} if fitted else {}),
         "layer": att.layer_name,
-        "target": target,
         "batch_size": batch_size,
         "seed": seed,
         "integrad_version": _version(),
     }
-    phash = _params_hash(params)
-
-    # Rank 0 decides whether the folder may be used; the others follow its verdict.
-    verdict = None
-    if dist_.rank == 0:
-        try:
-            verdict = ("ok", _prepare_folder(out, params, phash, n_batches, dist_.world))
-        except InputError as exc:
-            verdict = ("error", exc.parameter, exc.message)
-    verdict = dist_.broadcast(verdict)
-    if verdict[0] == "error":
-        raise InputError(*verdict[1:])
-    phash = verdict[1]
-
-    done = {b for b in range(n_batches) if (out / _shard_name(b)).exists()}
-    # Shards are whole by construction; a shard from another run is redone rather than mixed in.
-    pending = [b for b in range(n_batches) if b not in done or not _valid_shard(out / _shard_name(b), phash)]
-    mine = [b for b in pending if b % dist_.world == dist_.rank]
-    if dist_.rank == 0 and done:
-        if pending:
-            log(f"integrad: resuming: {n_batches - len(pending)} of {n_batches} batches already done")
-        else:
-            log(f"integrad: all {n_batches} batches already done")
-
-    bar = None
-    if progress and dist_.rank == 0 and pending:
-        from tqdm.auto import tqdm
-
-        todo = sum(min(batch_size, n - b * batch_size) for b in mine)
-        bar = tqdm(
-            total=todo,
-            unit="ex",
-            desc="attributing" + (f" (rank 0/{dist_.world})" if dist_.world > 1 else ""),
-            file=sys.stderr,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
-    try:
-        for b in mine:
-            idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
-            x = None
-            try:
-                x, labels = source.batch_with_labels(idx)
-                targets = att.targets_for(x, labels=labels, indices=idx)
-                res = att.attribute(x, targets, seed=seed * 1_000_003 + b)
-            except BATCH_ERRORS as exc:
-                raise _batch_failure(exc, att, x, idx, b, out, n_batches) from exc
-            tensors = {
-                "attributions": res.attributions,
-                "deltas": res.deltas,
-                "indices": torch.as_tensor(idx, dtype=torch.long),
-                "steps": res.steps,
-            }
-            if res.targets is not None:
-                tensors["targets"] = res.targets
-            save_tensors(out / _shard_name(b), tensors, {"params_hash": phash, "batch": b})
-            if bar is not None:
-                bar.update(len(idx))
-            if dist_.rank == 0:
-                _update_progress(out, n_batches)
-    finally:
-        if bar is not None:
-            bar.close()
-    dist_.barrier()
-    if dist_.rank == 0:
-        _update_progress(out, n_batches)
+    job.claim_folder(params)
+    job.attribute_pending(progress)
     return out
+
+
+@dataclass
+class _Job:
+    """A data set's attribution in shards of ``batch_size`` examples, on one process of ``dist_``."""
+
+    source: DataSource
+    att: Attributor
+    out: Path
+    dist_: _Dist
+    batch_size: int
+    seed: int
+    log: Callable[[str], None]
+    params_hash: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.source)
+
+    @property
+    def n_batches(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def indices(self, b: int) -> list[int]:
+        return list(range(b * self.batch_size, min(self.n, (b + 1) * self.batch_size)))
+
+    def claim_folder(self, params: dict) -> None:
+        """Rank 0 decides whether the folder may be used (a run with other parameters there is refused); the
+        others follow its verdict."""
+        verdict = None
+        if self.dist_.rank == 0:
+            try:
+                verdict = (
+                    "ok",
+                    _prepare_folder(self.out, params, _params_hash(params), self.n_batches, self.dist_.world),
+                )
+            except InputError as exc:
+                verdict = ("error", exc.parameter, exc.message)
+        verdict = self.dist_.broadcast(verdict)
+        if verdict[0] == "error":
+            raise InputError(*verdict[1:])
+        self.params_hash = verdict[1]
+
+    def pending(self) -> list[int]:
+        """The batches without a valid shard; shards are whole by construction, and one from another run is redone
+        rather than mixed in."""
+        done = {b for b in range(self.n_batches) if (self.out / _shard_name(b)).exists()}
+        pending = [
+            b
+            for b in range(self.n_batches)
+            if b not in done or not _valid_shard(self.out / _shard_name(b), self.params_hash)
+        ]
+        if self.dist_.rank == 0 and done:
+            if pending:
+                self.log(
+                    f"integrad: resuming: {self.n_batches - len(pending)} of {self.n_batches} batches already done"
+                )
+            else:
+                self.log(f"integrad: all {self.n_batches} batches already done")
+        return pending
+
+    def attribute_pending(self, progress: bool) -> None:
+        """This process's share of the pending batches (batch ``b`` goes to rank ``b % world``), one shard each."""
+        pending = self.pending()
+        mine = [b for b in pending if b % self.dist_.world == self.dist_.rank]
+        show = progress and self.dist_.rank == 0 and bool(pending)
+        what = "attributing" + (f" (rank 0/{self.dist_.world})" if self.dist_.world > 1 else "")
+        with progress_bar(sum(len(self.indices(b)) for b in mine), what, show) as bar:
+            for b in mine:
+                self.attribute_batch(b)
+                bar.update(len(self.indices(b)))
+                if self.dist_.rank == 0:
+                    _update_progress(self.out, self.n_batches)
+        self.dist_.barrier()
+        if self.dist_.rank == 0:
+            _update_progress(self.out, self.n_batches)
+
+    def attribute_batch(self, b: int) -> None:
+        idx = self.indices(b)
+        x = None
+        try:
+            x, labels = self.source.batch_with_labels(idx)
+            targets = self.att.targets_for(x, labels=labels, indices=idx)
+            res = self.att.attribute(x, targets, seed=self.seed * 1_000_003 + b)
+        except BATCH_ERRORS as exc:
+            raise _batch_failure(exc, self.att, x, idx, b, self.out, self.n_batches) from exc
+        tensors = {
+            "attributions": res.attributions,
+            "deltas": res.deltas,
+            "indices": torch.as_tensor(idx, dtype=torch.long),
+            "steps": res.steps,
+        }
+        if res.targets is not None:
+            tensors["targets"] = res.targets
+        save_tensors(self.out / _shard_name(b), tensors, {"params_hash": self.params_hash, "batch": b})
 
 
 def _batch_failure(
