@@ -177,6 +177,25 @@ class _Forward(nn.Module):
         return _unwrap(self.model(*args))
 
 
+@contextlib.contextmanager
+def _hooked(layer: nn.Module | None, name: str | None, hook):
+    """``hook`` on ``layer``'s forward while the block runs (nothing without a layer)."""
+    if layer is None:
+        yield
+        return
+    try:
+        handle = layer.register_forward_hook(hook)
+    except Exception as exc:
+        raise InputError(
+            "layer",
+            f"cannot hook layer {name!r} of this model ({exc}); layer attribution needs a 'module:factory' model",
+        ) from exc
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _first_embedding(model: nn.Module) -> str | None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding):
@@ -257,14 +276,38 @@ class Attributor:
     def validate(
         self, x: torch.Tensor, extra: tuple = (), parameter: str = "inputs", labels: torch.Tensor | None = None
     ) -> None:
-        """One forward pass on the first example; raises :class:`InputError` on any problem."""
+        """Check the options, the model and the data on the first example, attributing it as every batch will be;
+        raises :class:`InputError` on any problem, before anything is written."""
+        self._check_inputs(x)
+        one = x[:1].to(self.device)
+        extra_one = tuple(e[:1].to(self.device) for e in extra)
+        out = self._first_output(one, extra_one, parameter)
+        # The baseline must fit the inputs (e.g. gaussian_blur needs images): a batch of one has the shape of
+        # every batch but its length.
+        base = self.baselines_for(x[:1])
+        self._check_output(out)
+        self._check_target(labels)
+        first_labels = labels[:1] if isinstance(labels, torch.Tensor) else None
+        targets = self.targets_for(one, extra_one, labels=first_labels, logits=out.detach().cpu())
+        try:
+            self._explain(one, base, targets, extra_one, seed=0, n_steps=self.n_steps)
+        except InputError:
+            raise
+        except BATCH_ERRORS as exc:
+            # The options passed the library's checks in the constructor: what fails now is the model or the layer.
+            culprit = "layer" if self.layer is not None else "model"
+            what = f"to layer {self.layer_name!r}" if self.layer is not None else "the model's output"
+            raise InputError(culprit, f"attributing {what} fails on the first example: {_describe(exc)}") from exc
+
+    def _check_inputs(self, x: torch.Tensor) -> None:
+        """Integer inputs need an embedding layer (the first one, unless one was named); the baseline must fit."""
         if not x.is_floating_point() and self.layer is None:
             guess = _first_embedding(self.model)
             if guess is None:
                 raise InputError(
                     "layer",
-                    f"inputs are integers ({x.dtype}); integrated gradients needs float inputs or --layer "
-                    "naming the embedding layer that consumes them",
+                    f"inputs are integers ({x.dtype}); integrated gradients needs float inputs or a layer, the "
+                    "embedding layer that consumes them",
                 )
             self.layer_name = guess
             self.layer = resolve_layer(self.model, guess)
@@ -272,50 +315,35 @@ class Attributor:
             raise InputError("baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
         if self.baseline not in BASELINE_NAMES:
             raise InputError("baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
-        one = x[:1].to(self.device)
-        extra_one = tuple(e[:1].to(self.device) for e in extra)
-        seen = []
-        handle = None
-        if self.layer is not None:
+
+    def _first_output(self, one: torch.Tensor, extra_one: tuple, parameter: str) -> torch.Tensor:
+        """The model on one example (and on a batch of two: integrated gradients needs batches), seeing the layer."""
+        seen: list[bool] = []
+        with _hooked(self.layer, self.layer_name, lambda m, i, o: seen.append(True)):
             try:
-                handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(True))
+                with torch.no_grad():
+                    out = self.forward(one, *extra_one)
             except Exception as exc:
                 raise InputError(
-                    "layer",
-                    f"cannot hook layer {self.layer_name!r} of this model ({exc}); "
-                    "layer attribution needs a 'module:factory' model",
+                    parameter,
+                    f"the model rejected an input of shape {tuple(one.shape)} ({one.dtype}): {_describe(exc)}",
                 ) from exc
-        try:
-            with torch.no_grad():
-                out = self.forward(one, *extra_one)
-        except Exception as exc:
-            msg = " ".join(str(exc).split())
-            if len(msg) > 300:
-                msg = msg[:300] + "..."
-            raise InputError(
-                parameter,
-                f"the model rejected an input of shape {tuple(one.shape)} ({one.dtype}): {type(exc).__name__}: {msg}",
-            ) from exc
-        finally:
-            if handle is not None:
-                handle.remove()
-        # Integrated gradients evaluates many path points per call: a model fixed to one batch size
-        # (e.g. exported without a dynamic batch dimension) must be caught here, not half-way through.
+        # A model fixed to one batch size (e.g. exported without a dynamic batch dimension) is caught here, not
+        # half-way through.
         try:
             with torch.no_grad():
                 self.forward(one.expand(2, *one.shape[1:]), *(e.expand(2, *e.shape[1:]) for e in extra_one))
         except Exception as exc:
             raise InputError(
                 "model",
-                "the model accepts one example but not a batch of two "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); integrated gradients needs "
-                "batches: export with a dynamic batch dimension (torch.export.Dim)",
+                f"the model accepts one example but not a batch of two ({_describe(exc)[:200]}); integrated "
+                "gradients needs batches: export with a dynamic batch dimension (torch.export.Dim)",
             ) from exc
         if self.layer is not None and not seen:
             raise InputError("layer", f"layer {self.layer_name!r} is not used by the model's forward pass")
-        # The baseline must fit the inputs (e.g. gaussian_blur needs images): a batch of one has the shape of
-        # every batch but its length.
-        base = self.baselines_for(x[:1])
+        return out
+
+    def _check_output(self, out: torch.Tensor) -> None:
         if out.dim() == 0 or out.shape[0] != 1:
             raise InputError(
                 "model",
@@ -326,44 +354,21 @@ class Attributor:
                 "model", f"outputs of shape {tuple(out.shape)} are not supported; return (N,) scores or (N, outputs)"
             )
         self.n_outputs = None if out.dim() == 1 else int(out.shape[1])
-        t = self.target
+
+    def _check_target(self, labels: torch.Tensor | None) -> None:
+        t, n = self.target, self.n_outputs
         if isinstance(t, int):
-            if self.n_outputs is None:
-                raise InputError(
-                    "target", f"{t} given, but the model returns one score per example; leave --target out"
-                )
-            if not 0 <= t < self.n_outputs:
-                raise InputError(
-                    "target",
-                    f"{t} is out of range for a model with {self.n_outputs} outputs (0..{self.n_outputs - 1})",
-                )
+            if n is None:
+                raise InputError("target", f"{t} given, but the model returns one score per example; leave it out")
+            if not 0 <= t < n:
+                raise InputError("target", f"{t} is out of range for a model with {n} outputs (0..{n - 1})")
         elif t == "label":
             if labels is None:
                 raise InputError("target", "'label' needs labels in the data (array 'y')")
-            if (
-                isinstance(labels, torch.Tensor)
-                and self.n_outputs is not None
-                and labels.numel()
-                and not (0 <= int(labels.min()) and int(labels.max()) < self.n_outputs)
-            ):
-                raise InputError(
-                    "target",
-                    f"labels range over {int(labels.min())}..{int(labels.max())}, "
-                    f"outside the model's {self.n_outputs} outputs",
-                )
-        # The first example attributed as every batch will be: what the core refuses about the options, the layer
-        # or the model (a layer whose output cannot be interpolated, say) is found here, not part-way through.
-        first_labels = labels[:1] if isinstance(labels, torch.Tensor) else None
-        targets = self.targets_for(one, extra_one, labels=first_labels, logits=out.detach().cpu())
-        try:
-            self._explain(one, base, targets, extra_one, seed=0, n_steps=self.n_steps)
-        except InputError:
-            raise
-        except BATCH_ERRORS as exc:
-            # The options passed the library's checks in the constructor: what fails now is the model or the layer.
-            parameter = "layer" if self.layer is not None else "model"
-            what = f"to layer {self.layer_name!r}" if self.layer is not None else "the model's output"
-            raise InputError(parameter, f"attributing {what} fails on the first example: {_describe(exc)}") from exc
+            if isinstance(labels, torch.Tensor) and n is not None and labels.numel():
+                low, high = int(labels.min()), int(labels.max())
+                if not (0 <= low and high < n):
+                    raise InputError("target", f"labels range over {low}..{high}, outside the model's {n} outputs")
 
     # -- the work
 
