@@ -280,6 +280,67 @@ def test_per_example_baselines_are_repeated_per_sample(setup):
     torch.testing.assert_close(got.double(), per_copy.mean(1), rtol=1e-4, atol=1e-6)
 
 
+# ---------------------------------------------------------------------------------------------------- generator
+def test_generator_draws_the_noise_of_the_same_seed(setup):
+    """A generator of the call's own, seeded with ``n``, gives the noise the global generator gives after
+    ``torch.manual_seed(n)``; the global generators are not used."""
+    model, x = setup
+    nt = NoiseTunnel(IntegratedGradients(model))
+    seed(21)
+    expected = nt.attribute(x, nt_samples=5, nt_samples_batch_size=2, stdevs=0.4, target=1, n_steps=N)
+    seed(99)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    got = nt.attribute(
+        x,
+        nt_samples=5,
+        nt_samples_batch_size=2,
+        stdevs=0.4,
+        target=1,
+        n_steps=N,
+        generator=torch.Generator().manual_seed(21),
+    )
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1]) and after[2:] == numpy_state[2:]
+
+
+def test_generator_draws_the_baselines_from_a_distribution(setup):
+    """With a generator, the baseline rows are ``torch.randint`` draws from it, after each call's noise; numpy's
+    global generator is left alone."""
+    model, x = setup
+    distrib = torch.randn(6, D, generator=torch.Generator().manual_seed(3))
+    numpy_state = np.random.get_state()
+    got = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x,
+        nt_samples=4,
+        nt_samples_batch_size=3,
+        stdevs=0.2,
+        baselines=distrib,
+        draw_baseline_from_distrib=True,
+        target=0,
+        n_steps=N,
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1])
+    g = torch.Generator().manual_seed(5)
+    copies, examples, picks = [], [], []
+    for s in calls(4, 3):
+        copies.append(x.repeat_interleave(s, 0) + 0.2 * torch.randn((s * B, D), generator=g))
+        picks.append(torch.randint(len(distrib), (s * B,), generator=g))
+        examples.append(torch.arange(B).repeat_interleave(s))
+    copies, examples, picks = torch.cat(copies), torch.cat(examples), torch.cat(picks)
+    assert len(set(picks.tolist())) > 1
+    per_copy = by_example(manual_ig_rows(model, copies, [0] * len(copies), baselines=distrib[picks]), examples)
+    torch.testing.assert_close(got.double(), per_copy.mean(1), rtol=1e-4, atol=1e-6)
+
+
+def test_generator_of_another_type_is_refused(setup):
+    model, x = setup
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        NoiseTunnel(IntegratedGradients(model)).attribute(x, target=0, n_steps=4, generator=np.random.default_rng(0))
+
+
 # ---------------------------------------------------------------------------------------------------- delta
 def test_return_convergence_delta_has_one_value_per_copy(setup):
     model, x = setup

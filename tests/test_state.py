@@ -107,6 +107,14 @@ def _calls():
         {"x": x},
     )
     yield (
+        "layer_create_graph",
+        deep_mlp(),
+        lambda m, t: LayerIntegratedGradients(m, m[2]).attribute(
+            t["x"], target=2, n_steps=10, internal_batch_size=8, grad_kwargs={"create_graph": True}
+        ),
+        {"x": x},
+    )
+    yield (
         "neuron",
         deep_mlp(),
         lambda m, t: NeuronIntegratedGradients(m, m[2]).attribute(t["x"], 3, baselines=t["base"], n_steps=10),
@@ -117,6 +125,21 @@ def _calls():
         mlp(),
         lambda m, t: NoiseTunnel(IntegratedGradients(m)).attribute(
             t["x"], nt_samples=3, stdevs=0.1, target=0, n_steps=6, baselines=t["base"], draw_baseline_from_distrib=True
+        ),
+        {"x": x, "base": torch.randn(4, 6)},
+    )
+    yield (
+        "noise_tunnel_generator",
+        mlp(),
+        lambda m, t: NoiseTunnel(LayerIntegratedGradients(m, m[0])).attribute(
+            t["x"],
+            nt_samples=3,
+            stdevs=0.1,
+            target=0,
+            n_steps=6,
+            generator=torch.Generator().manual_seed(3),
+            baselines=t["base"],
+            draw_baseline_from_distrib=True,
         ),
         {"x": x, "base": torch.randn(4, 6)},
     )
@@ -163,7 +186,9 @@ class ModelError(Exception):
 
 
 @pytest.mark.parametrize("when", [1, 3])
-@pytest.mark.parametrize("kind", ["ig", "ig_chunked", "ig_auto", "layer", "layer_list", "neuron", "noise_tunnel"])
+@pytest.mark.parametrize(
+    "kind", ["ig", "ig_chunked", "ig_auto", "layer", "layer_list", "layer_create_graph", "neuron", "noise_tunnel"]
+)
 def test_model_exception_propagates_unchanged_and_state_is_restored(kind, when):
     torch.manual_seed(0)
     inner = deep_mlp() if kind.startswith("layer") or kind == "neuron" else mlp()
@@ -183,6 +208,9 @@ def test_model_exception_propagates_unchanged_and_state_is_restored(kind, when):
             x, target=0, n_steps=6, internal_batch_size=5
         ),
         "layer_list": lambda: LayerIntegratedGradients(model, [inner[0], inner[2]]).attribute(x, target=0, n_steps=6),
+        "layer_create_graph": lambda: LayerIntegratedGradients(model, inner[2]).attribute(
+            x, target=0, n_steps=6, internal_batch_size=5, grad_kwargs={"create_graph": True}
+        ),
         "neuron": lambda: NeuronIntegratedGradients(model, inner[2]).attribute(x, 1, n_steps=6, internal_batch_size=5),
         "noise_tunnel": lambda: NoiseTunnel(IntegratedGradients(model)).attribute(
             x, nt_samples=4, nt_samples_batch_size=1, target=0, n_steps=4

@@ -3,12 +3,20 @@
 A probe turns a model evaluation on a chunk of path rows into one scalar per row: the output at each example's
 target, or one neuron of a layer. Layer hooks capture (and optionally stop the forward at) a layer, or replace its
 output with interpolated activations. Every hook is removed in ``finally``.
+
+Hooks belong to the call that installs them. One model may serve several attribution calls at once (a thread pool
+sharing a model), and a module's hooks run in every forward pass through it, whoever runs the pass: so each hook
+acts only in the forward passes run inside its own ``with`` block, in the thread (or asyncio task) that entered it,
+and does nothing in any other pass. A forward that runs a layer in threads of its own (``nn.DataParallel`` over
+several devices) runs it outside that context, where the hooks do not act.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -169,16 +177,56 @@ def _copied(value: Any) -> Any:
     return value
 
 
+#: The owners of the hooks that act in this context's forward passes (a thread's, or an asyncio task's).
+_ACTING: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar("integrad_acting_hooks", default=())
+#: torch numbers hooks from a class-wide counter that two threads may read at once: a duplicate number would make one
+#: hook replace another in a module's table, and removing one remove both. Registrations here take turns.
+_REGISTERING = threading.Lock()
+
+
+@contextlib.contextmanager
+def scoped_hooks(layers: Sequence[nn.Module], hooks: Sequence[Callable], use_input: bool) -> Iterator[None]:
+    """Install ``hooks[i]`` on ``layers[i]`` for the forward passes run inside the ``with`` block, in this context.
+
+    Forward hooks ``hook(module, args, output)``, or with ``use_input`` forward pre-hooks ``hook(module, args)``;
+    what a hook returns replaces the output (the input) as torch's hooks do. A pass run anywhere else (another
+    thread, another call's ``with`` block in another task) goes through the same modules and calls the same hooks:
+    there they do nothing. Every hook is removed on leaving, however the block ends.
+    """
+    owner = object()
+
+    def acting_only_here(hook: Callable) -> Callable:
+        def gated(*args):
+            return hook(*args) if owner in _ACTING.get() else None
+
+        return gated
+
+    handles = []
+    acting = _ACTING.set(_ACTING.get() + (owner,))
+    try:
+        with _REGISTERING:
+            for layer, hook in zip(layers, hooks):
+                gated = acting_only_here(hook)
+                handles.append(
+                    layer.register_forward_pre_hook(gated) if use_input else layer.register_forward_hook(gated)
+                )
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        _ACTING.reset(acting)
+
+
 @contextlib.contextmanager
 def captured(layers: Sequence[nn.Module], use_input: bool, stop: bool) -> Iterator[list]:
     """Record each layer's value (output, or input with ``use_input``) into the yielded list.
 
     With ``stop=True`` the forward is ended by :class:`StopForward` once every layer has run, because nothing after
-    them is needed. The list holds ``None`` for a layer that has not run.
+    them is needed. The list holds ``None`` for a layer that has not run. Only the forward passes run inside the
+    ``with`` block, in this thread, are recorded (see :func:`scoped_hooks`).
     """
     values: list = [None] * len(layers)
     seen = [False] * len(layers)
-    handles = []
     # With several layers the forward goes on after the first: what it writes into a recorded value in place (an
     # in-place ReLU after the layer) must not reach the record, so values are copied. A single layer ends the pass.
     keep = _copied if len(layers) > 1 else (lambda v: v)
@@ -194,14 +242,8 @@ def captured(layers: Sequence[nn.Module], use_input: bool, stop: bool) -> Iterat
             return lambda module, args: record(args[0] if len(args) == 1 else args)
         return lambda module, args, output: record(output)
 
-    try:
-        for i, layer in enumerate(layers):
-            hook = make_hook(i)
-            handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
+    with scoped_hooks(layers, [make_hook(i) for i in range(len(layers))], use_input):
         yield values
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class RepeatedLayerCall(ValueError):
@@ -216,14 +258,32 @@ class RepeatedLayerCall(ValueError):
         )
 
 
+class LayerNotRun(ValueError):
+    """A layer whose value is replaced did not run in the forward pass (in the thread that runs the call)."""
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        super().__init__(
+            f"layer {', '.join(type(m).__name__ for m in layers)} did not run in the forward pass of forward_func, "
+            f"so its value could not be replaced by points on the path. {_OWN_THREADS_HINT}"
+        )
+
+
+#: Why a layer may seem not to run although the model uses it.
+_OWN_THREADS_HINT = (
+    "A forward that runs the layer in threads of its own (nn.DataParallel over several devices) runs it where this "
+    "call's hooks do not act: attribute the module inside it (model.module)"
+)
+
+
 @contextlib.contextmanager
 def replaced(layers: Sequence[nn.Module], new_values: Sequence[Any], use_input: bool) -> Iterator[None]:
     """Make each layer output ``new_values[i]`` (or receive it as input) during one forward pass.
 
     A layer may run again in the pass on the very same input tensors (the same value computed twice): it gets the
-    same replacement. Run on other inputs, it raises :class:`RepeatedLayerCall`.
+    same replacement. Run on other inputs, it raises :class:`RepeatedLayerCall`. Only the forward passes run inside
+    the ``with`` block, in this thread, see the replacement (see :func:`scoped_hooks`); a block that ends without an
+    error and without a layer having run raises :class:`LayerNotRun`, since nothing was replaced.
     """
-    handles = []
     first_args: list = [None] * len(layers)
 
     def make_hook(i: int, value: Any):
@@ -247,14 +307,11 @@ def replaced(layers: Sequence[nn.Module], new_values: Sequence[Any], use_input: 
 
         return hook
 
-    try:
-        for i, (layer, value) in enumerate(zip(layers, new_values)):
-            hook = make_hook(i, value)
-            handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
+    with scoped_hooks(layers, [make_hook(i, value) for i, value in enumerate(new_values)], use_input):
         yield
-    finally:
-        for h in handles:
-            h.remove()
+    missing = [layer for layer, _, args in zip(layers, new_values, first_args) if args is None]
+    if missing:
+        raise LayerNotRun(missing)
 
 
 def run_until(forward_func: Callable, layers: Sequence[nn.Module], use_input: bool, args: tuple) -> list:
@@ -268,6 +325,6 @@ def run_until(forward_func: Callable, layers: Sequence[nn.Module], use_input: bo
     if missing:
         raise ValueError(
             f"layer {', '.join(missing)} did not run during forward_func, so it cannot be attributed; pass a module "
-            "that the forward pass uses"
+            f"that the forward pass uses. {_OWN_THREADS_HINT}"
         )
     return values

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +22,23 @@ from ..engine import (
     RowShapes,
     integrate,
     integrate_adaptive,
+    rule_rows,
     run_chunked,
 )
+from ..engine.evaluate import accumulation_dtype, end_values
 from ..paths import Path, moved
 from ..probes import TargetProbe
+from ..rules import alphas_and_weights
 
 #: Modules whose forward in training mode makes a row's output random, or dependent on the other rows run with it.
 TRAINING_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+#: Batch-norm buffers saved by calls still running, by ``id``: ``[calls, buffer, value before the first call]``.
+#: Calls on one model may overlap (threads): the first saves, the last puts back, so that a call starting while
+#: another has already updated the statistics does not save (and later restore) the other's updates.
+_HELD_BUFFERS: dict[int, list] = {}
+_HOLDING = threading.Lock()
 
 
 def training_state_saved(model: Any, name: str, stacklevel: int) -> list | None:
@@ -46,19 +58,29 @@ def training_state_saved(model: Any, name: str, stacklevel: int) -> list | None:
         RuntimeWarning,
         stacklevel=stacklevel + 1,
     )
-    return [
-        (b, b.clone())
-        for m in sensitive
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for b in m.buffers(recurse=False)
-    ]
+    buffers = [b for m in sensitive if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers(recurse=False)]
+    with _HOLDING:
+        for b in buffers:
+            held = _HELD_BUFFERS.setdefault(id(b), [0, b, None])
+            if held[0] == 0:
+                held[2] = b.detach().clone()
+            held[0] += 1
+        return [(b, _HELD_BUFFERS[id(b)][2]) for b in buffers]
 
 
 def restore_training_state(saved: list | None) -> None:
-    if saved:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
+    """Put back what :func:`training_state_saved` saved, once the last overlapping call on the model is done."""
+    if not saved:
+        return
+    with _HOLDING, torch.no_grad():
+        for buffer, _ in saved:
+            held = _HELD_BUFFERS.get(id(buffer))
+            if held is None or held[1] is not buffer:
+                continue
+            held[0] -= 1
+            if held[0] == 0:
+                buffer.copy_(held[2])
+                del _HELD_BUFFERS[id(buffer)]
 
 
 def keeps_model_state(attribute: Callable) -> Callable:
@@ -76,6 +98,41 @@ def keeps_model_state(attribute: Callable) -> Callable:
     return wrapper
 
 
+class _PerThread:
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.latest: Any = None
+
+
+class LatestPerThread:
+    """An attribute whose value is the one last set in the reading thread; in a thread that has set none, the one
+    last set in any thread.
+
+    An attribution object may serve calls from several threads at once (a thread pool sharing one model): what a
+    call records for its caller (``last_report``) must reach that caller, not whichever call finished last. Setting
+    None forgets the value of the setting thread.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}_per_thread"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        holder = obj.__dict__.get(self.slot)
+        if holder is None:
+            return None
+        return getattr(holder.local, "value", holder.latest)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        holder = obj.__dict__.get(self.slot) or obj.__dict__.setdefault(self.slot, _PerThread())
+        holder.latest = value
+        if value is None:
+            holder.local.__dict__.pop("value", None)
+        else:
+            holder.local.value = value
+
+
 class PathAttribution:
     """Base of the integrated-gradients family.
 
@@ -86,15 +143,38 @@ class PathAttribution:
     multiply_by_inputs : bool
         Multiply the integrated gradients by ``(x − x′)`` ("global" attribution, the IG of the paper) or return
         the path-averaged gradient alone ("local" attribution).
+
+    Attributes
+    ----------
+    last_report : IntegrationReport or None
+        How the last integration of the calling thread was computed (in a thread that has made no call, the last
+        one finished in any thread).
+
+    Notes
+    -----
+    One object (and one model) may serve calls from several threads at once: each call keeps its own state, its
+    layer hooks act only on its own forward passes, and what it learns for later calls (chunk sizes, see
+    :class:`integrad.engine.RowShapes`) is taken out and put back under a lock.
     """
+
+    last_report = LatestPerThread()
 
     def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True):
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable (a model or a function); got {type(forward_func).__name__}")
         self.forward_func = forward_func
         self._multiply_by_inputs = arguments.check_bool("multiply_by_inputs", multiply_by_inputs)
-        self.last_report: IntegrationReport | None = None
+        self.last_report = None
         self._row_shapes = RowShapes()
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name in words ("Layer Integrated Gradients"), as captum names its methods."""
+        return spaced_name(cls)
+
+    def attribute_future(self) -> None:
+        """Not implemented, as in captum: :meth:`attribute` returns its result itself."""
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -141,7 +221,14 @@ class PathAttribution:
         self, probe: Probe, path: Path, settings: dict, need_ends: bool, reduction: Callable | None = None
     ) -> PathIntegral:
         """Integrate ``probe`` along ``path`` with the call's rule and chunking; ``reduction`` (a fixed rule only)
-        replaces the weighted sum, as :func:`integrad.engine.integrate` takes it."""
+        replaces the weighted sum, as :func:`integrad.engine.integrate` takes it. Settings that went through
+        :meth:`_with_grad_kwargs` with ``create_graph=True`` keep the graph of every gradient."""
+        if settings.get("grad_kwargs", {}).get("create_graph"):
+            if reduction is not None:
+                raise ValueError("grad_kwargs with create_graph=True integrates with a weighted sum of its own")
+            result = self._integrate_keeping_graph(probe, path, settings, need_ends)
+            self.last_report = result.report
+            return result
         if settings["n_steps"] == "auto" and reduction is not None:
             raise ValueError("n_steps='auto' integrates with its own rule; this method needs an int n_steps")
         if settings["n_steps"] == "auto" and not path.smooth:
@@ -165,6 +252,73 @@ class PathAttribution:
         self.last_report = result.report
         return result
 
+    @staticmethod
+    def _with_grad_kwargs(settings: dict, grad_kwargs: Any, memory_budget: Any) -> dict:
+        """``settings`` with captum's ``grad_kwargs`` (keyword arguments of ``torch.autograd.grad``) checked.
+
+        ``create_graph=True`` keeps every chunk's graph, so that the attributions can be differentiated in turn (with
+        respect to the parameters the path points flow through); the others do not change a result: gradients of
+        values the output does not use are zeros whatever ``allow_unused`` and ``materialize_grads`` say, and
+        ``retain_graph`` only keeps memory alive.
+        """
+        options = check_grad_kwargs(grad_kwargs)
+        if options.get("create_graph"):
+            if settings["n_steps"] == "auto":
+                raise ValueError(
+                    "grad_kwargs with create_graph=True needs an int n_steps: n_steps='auto' chooses its points from "
+                    "gradients it then discards"
+                )
+            if memory_budget is not None:
+                raise ValueError(
+                    "grad_kwargs with create_graph=True keeps the graph of every chunk, which no memory_budget can "
+                    "bound; leave memory_budget out (internal_batch_size still sets the rows per forward pass)"
+                )
+        return {**settings, "grad_kwargs": options}
+
+    def _integrate_keeping_graph(self, probe: Probe, path: Path, settings: dict, need_ends: bool) -> PathIntegral:
+        """The weighted sum of the rule's gradients with each chunk's graph kept (``create_graph=True``).
+
+        Chunks have ``internal_batch_size`` rows (all rows by default, as the graphs of all are kept anyway). Every
+        chunk gets points of its own, since a kept graph may hold them for the backward pass of the attributions.
+        """
+        own = path.rule()
+        alphas, weights = own if own is not None else alphas_and_weights(settings["method"], settings["n_steps"])
+        rows = rule_rows(path, alphas, weights)
+        chunking = settings["chunking"].fresh()
+        size = chunking.rows or rows.total
+        dtype = accumulation_dtype(path)
+        examples = moved(rows.examples, path.device)
+        positions = moved(rows.alphas, path.device, path.compute)
+        row_weights = moved(rows.weights[:, 0], path.device, dtype)
+        sums = [torch.zeros((path.batch,) + tuple(x.shape[1:]), dtype=dtype, device=path.device) for x in path.like]
+        values = []
+        for first in range(0, rows.total, size):
+            part = slice(first, min(first + size, rows.total))
+            points, velocities = path.at(examples[part], positions[part])
+            points = tuple(p.detach().requires_grad_() for p in points)
+            with torch.enable_grad():
+                # Copies go in, so that a model writing into its inputs in place leaves the leaves intact.
+                out = probe(tuple(p.clone() for p in points), examples[part])
+                grads = (
+                    torch.autograd.grad(out.sum(), points, allow_unused=True, create_graph=True)
+                    if out.requires_grad
+                    else (None,) * len(points)
+                )
+            for i, g in enumerate(grads):
+                if g is None:
+                    continue
+                g = g.to(dtype) if velocities is None else g.to(dtype) * velocities[i].to(dtype)
+                weighted = g * row_weights[part].view((-1,) + (1,) * (g.dim() - 1))
+                sums[i] = sums[i].index_add(0, examples[part], weighted)
+            values.append(out.detach().to(torch.float64))
+            chunking.record(part.stop - part.start)
+        f_start = f_end = None
+        if need_ends:
+            every = torch.cat(values).cpu().view(len(alphas), path.batch)
+            f_start, f_end = end_values(probe, path, chunking, alphas, every)
+        report = IntegrationReport.of(chunking, torch.full((path.batch,), len(alphas), dtype=torch.long))
+        return PathIntegral(sums, f_start, f_end, report, path)
+
     def _finish(self, result: PathIntegral, out_dtypes) -> tuple[Tensor, ...]:
         """Attributions from the integral, then the delta stored in the report.
 
@@ -182,6 +336,41 @@ class PathAttribution:
         if result.f_end is not None:
             result.report.delta = convergence_delta(attributions, result.f_start, result.f_end)
         return attributions
+
+
+#: Keywords of ``torch.autograd.grad`` that ``grad_kwargs`` may hold. The others (what is differentiated, with
+#: respect to what, and how the rows' outputs are weighted) are the method's own.
+GRAD_KEYWORDS = ("create_graph", "retain_graph", "allow_unused", "materialize_grads", "only_inputs")
+
+
+def check_grad_kwargs(grad_kwargs: Any) -> dict:
+    """``grad_kwargs`` as a dict: None, or a mapping from names in :data:`GRAD_KEYWORDS` to True or False
+    (``retain_graph`` and ``allow_unused`` also None, their default)."""
+    if grad_kwargs is None:
+        return {}
+    if not isinstance(grad_kwargs, Mapping):
+        raise TypeError(
+            f"grad_kwargs must be None or a dict of keyword arguments for torch.autograd.grad; got "
+            f"{type(grad_kwargs).__name__}"
+        )
+    unknown = [k for k in grad_kwargs if k not in GRAD_KEYWORDS]
+    if unknown:
+        raise ValueError(
+            f"grad_kwargs holds {unknown}; it may hold {', '.join(GRAD_KEYWORDS)} (the outputs, inputs, grad_outputs "
+            "and batching of torch.autograd.grad are set by the method)"
+        )
+    options = {}
+    for key, value in grad_kwargs.items():
+        if value is None and key in ("retain_graph", "allow_unused"):
+            options[key] = None
+            continue
+        options[key] = arguments.check_bool(f"grad_kwargs[{key!r}]", value)
+    return options
+
+
+def spaced_name(cls: type) -> str:
+    """``"LayerIntegratedGradients"`` as ``"Layer Integrated Gradients"``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", cls.__name__)
 
 
 def _velocity_in(path, i: int, dtype: torch.dtype) -> Tensor:

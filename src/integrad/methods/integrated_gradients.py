@@ -122,7 +122,8 @@ class IntegratedGradients(PathAttribution):
         Notes
         -----
         ``self.last_report`` (:class:`integrad.IntegrationReport`) then holds the steps used per example, the error
-        estimate (``"auto"``), the rows evaluated and the delta.
+        estimate (``"auto"``), the rows evaluated and the delta; calls made from several threads at once each find
+        their own report there, in their own thread.
         """
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
         path = self._input_path(
@@ -142,7 +143,7 @@ class IntegratedGradients(PathAttribution):
         )
         attributions = restore_structure(self._finish(result, path.dtypes), path.was_tuple)
         if return_convergence_delta:
-            return attributions, self.last_report.delta
+            return attributions, result.report.delta
         return attributions
 
     @keeps_model_state

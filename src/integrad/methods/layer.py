@@ -12,7 +12,15 @@ from torch import Tensor, nn
 from .. import arguments
 from ..engine import is_out_of_memory, run_chunked, writes_into_leaf
 from ..paths import StraightLine
-from ..probes import RepeatedLayerCall, TargetProbe, check_layer, replaced, run_until
+from ..probes import (
+    LayerNotRun,
+    RepeatedLayerCall,
+    TargetProbe,
+    check_layer,
+    replaced,
+    run_until,
+    scoped_hooks,
+)
 from .base import PathAttribution, keeps_model_state, model_convergence_delta, output_probe
 
 
@@ -92,6 +100,7 @@ class LayerIntegratedGradients(PathAttribution):
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
         *,
         memory_budget: int | str | None = None,
         tolerance: float = 1e-3,
@@ -110,6 +119,7 @@ class LayerIntegratedGradients(PathAttribution):
         *,
         return_convergence_delta: Literal[True],
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
         memory_budget: int | str | None = None,
         tolerance: float = 1e-3,
     ) -> tuple[Any, Tensor]: ...
@@ -126,6 +136,7 @@ class LayerIntegratedGradients(PathAttribution):
         internal_batch_size=None,
         return_convergence_delta=False,
         attribute_to_layer_input=False,
+        grad_kwargs=None,
         *,
         memory_budget=None,
         tolerance=1e-3,
@@ -135,6 +146,14 @@ class LayerIntegratedGradients(PathAttribution):
         Parameters are those of :meth:`IntegratedGradients.attribute`, except that ``inputs`` may hold integer
         tensors (token ids), baselines are in input space (e.g. pad-token ids), and
         ``attribute_to_layer_input=True`` integrates over the layer's input instead of its output.
+
+        ``grad_kwargs`` (a dict, optional) holds keyword arguments for ``torch.autograd.grad``, as captum takes
+        them. ``{"create_graph": True}`` keeps the graph of the path gradients: the attributions can then be
+        differentiated with respect to the parameters after the layer (the layer's values at the inputs and
+        baselines, the ends of the path, are taken without a graph, as captum takes them); it needs an int
+        ``n_steps`` and no ``memory_budget``. ``retain_graph``, ``allow_unused``, ``materialize_grads`` and
+        ``only_inputs`` are accepted and change nothing: the gradient of a value the output does not use is zero
+        (captum's result with ``materialize_grads=True``).
 
         Returns
         -------
@@ -148,6 +167,7 @@ class LayerIntegratedGradients(PathAttribution):
         settings = self._rule_settings(
             n_steps, method, internal_batch_size, memory_budget, tolerance, inputs_t[0].device
         )
+        settings = self._with_grad_kwargs(settings, grad_kwargs, memory_budget)
         batch = inputs_t[0].shape[0]
         base_t = arguments.normalize_baselines(baselines, inputs_t, was_tuple)
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
@@ -177,6 +197,9 @@ class LayerIntegratedGradients(PathAttribution):
                 )
         results: list[Any] = [None] * len(self.layers)
         first_delta = None
+        # This call's own switch: a concurrent call that turns expanding off does not change how this one's chunks
+        # run; what this call finds is kept for later calls.
+        expand = dict(self._expand)
         for group in self._groups(inputs_t, args, per_example, use_input):
             end = tuple(p[:batch] for i in group for p in flat[i])
             start = tuple(p[batch:] for i in group for p in flat[i])
@@ -194,14 +217,16 @@ class LayerIntegratedGradients(PathAttribution):
                 target_t,
                 args,
                 per_example,
-                self._expand,
+                expand,
             )
             result = self._integrate(probe, StraightLine(start, end), settings, need_ends=return_convergence_delta)
             attributions = self._finish(result, [p.dtype for p in end])
             if first_delta is None:
-                first_delta = self.last_report.delta
+                first_delta = result.report.delta
             for i, value in zip(group, to_values(attributions)):
                 results[i] = value
+        if not expand["enabled"]:
+            self._expand["enabled"] = False
         out = results if self._is_list else results[0]
         if return_convergence_delta:
             return out, first_delta
@@ -232,6 +257,21 @@ class LayerIntegratedGradients(PathAttribution):
         return model_convergence_delta(
             self.forward_func, attrs, start_point, end_point, target, additional_forward_args, need_grad=False
         )
+
+    @staticmethod
+    def interpolate(
+        layer_attribution: Tensor, interpolate_dims: int | tuple[int, ...], interpolate_mode: str = "nearest"
+    ) -> Tensor:
+        """Layer attributions ``(batch, channels, *spatial)`` resized to the spatial size ``interpolate_dims`` (e.g.
+        a convolution's attribution map brought to the input image's size), with
+        :func:`torch.nn.functional.interpolate` in mode ``interpolate_mode``, as captum's layer methods offer it."""
+        if not isinstance(layer_attribution, Tensor) or layer_attribution.dim() < 3:
+            raise ValueError(
+                "layer_attribution must be a tensor shaped (batch, channels, *spatial) with at least one spatial "
+                f"dimension; got {type(layer_attribution).__name__}"
+                f"{f' of shape {tuple(layer_attribution.shape)}' if isinstance(layer_attribution, Tensor) else ''}"
+            )
+        return torch.nn.functional.interpolate(layer_attribution, interpolate_dims, mode=interpolate_mode)
 
     def _groups(self, inputs_t, args, per_example, use_input) -> list[list[int]]:
         """Layers interpolated together: those not feeding each other; each entangled layer alone."""
@@ -273,7 +313,7 @@ def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t,
     """Probe of the model output with the layers' values replaced by path points.
 
     ``expand["enabled"]`` allows running the model on the batch once per chunk of whole steps and expanding at the
-    layer; it is switched off for good (on the attribution object) the first time that fails.
+    layer; it is switched off for good (for the call, then on the attribution object) the first time that fails.
     """
     batch = inputs_t[0].shape[0]
 
@@ -303,7 +343,11 @@ def _layer_probe(forward_func, inputs_t, layers, to_values, use_input, target_t,
                 with replaced(layers, values, use_input):
                     return select(forward_func(*own), examples)
             except SHAPE_ERRORS as error:
-                if is_out_of_memory(error) or isinstance(error, RepeatedLayerCall) or writes_into_leaf(error):
+                if (
+                    is_out_of_memory(error)
+                    or isinstance(error, (RepeatedLayerCall, LayerNotRun))
+                    or writes_into_leaf(error)
+                ):
                     raise
                 # The model combines values from before the layer with the expanded rows in a way that needs them
                 # expanded too (torch reports such mismatches as these built-in errors): run it on the expanded rows
@@ -319,7 +363,6 @@ def _entangled_layers(forward_func, layers, inputs_t, args, per_example, use_inp
     """Indices of layers whose value depends on, or feeds, another listed layer (checked on one example)."""
     leaves: dict[int, int] = {}
     originals: list[Any] = [None] * len(layers)
-    handles = []
 
     def make_hook(i):
         def cut(value):
@@ -340,15 +383,8 @@ def _entangled_layers(forward_func, layers, inputs_t, args, per_example, use_inp
         return lambda module, a, output: cut(output)
 
     one = torch.zeros(1, dtype=torch.long)
-    try:
-        for i, layer in enumerate(layers):
-            hook = make_hook(i)
-            handles.append(layer.register_forward_pre_hook(hook) if use_input else layer.register_forward_hook(hook))
-        with torch.enable_grad():
-            forward_func(*(x[:1] for x in inputs_t), *arguments.select_rows(args, per_example, one))
-    finally:
-        for h in handles:
-            h.remove()
+    with scoped_hooks(layers, [make_hook(i) for i in range(len(layers))], use_input), torch.enable_grad():
+        forward_func(*(x[:1] for x in inputs_t), *arguments.select_rows(args, per_example, one))
     entangled: set[int] = set()
     for j, value in enumerate(originals):
         parts = value if isinstance(value, tuple) else (value,)

@@ -29,7 +29,7 @@ class NeuronIntegratedGradients(PathAttribution):
     layer : torch.nn.Module
         The layer holding the neuron.
     device_ids : list of int, optional
-        Accepted for compatibility with captum; hooks see the layer wherever it runs, so it is not needed.
+        Accepted for compatibility with captum, and not used.
     multiply_by_inputs : bool, default True
         Multiply by ``(x − x′)``.
     """

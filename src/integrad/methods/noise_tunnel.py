@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import arguments
-from .base import PathAttribution
+from .base import PathAttribution, spaced_name
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -36,6 +36,10 @@ class NoiseTunnel:
     number of rows share the drawn rows, so that they stay paired (captum draws each independently). The convergence
     deltas come back in the stacking order, call after call.
 
+    torch's and numpy's global generators are shared by every thread: calls made from several threads at once
+    interleave their draws, so that which noise a call gets depends on the timing. Give each call a
+    ``generator`` of its own to make its result reproducible there; the object itself keeps no state between calls.
+
     References
     ----------
     Smilkov et al. SmoothGrad: removing noise by adding noise. 2017. https://arxiv.org/abs/1706.03825
@@ -58,6 +62,15 @@ class NoiseTunnel:
     def has_convergence_delta(self) -> bool:
         return self.is_delta_supported
 
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name in words ("Noise Tunnel"), as captum names its methods."""
+        return spaced_name(cls)
+
+    def attribute_future(self) -> None:
+        """Not implemented, as in captum: :meth:`attribute` returns its result itself."""
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
+
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -66,6 +79,8 @@ class NoiseTunnel:
         nt_samples_batch_size: int | None = None,
         stdevs: float | tuple[float, ...] = 1.0,
         draw_baseline_from_distrib: bool = False,
+        *,
+        generator: torch.Generator | None = None,
         **kwargs: Any,
     ):
         """Noise-averaged attributions.
@@ -84,6 +99,11 @@ class NoiseTunnel:
             Noise standard deviation, one for all inputs or one per input.
         draw_baseline_from_distrib : bool
             Draw each copy's baseline at random from the rows of ``baselines`` (a distribution of baselines).
+        generator : torch.Generator, optional
+            Draw the noise (and the baselines' rows) from this generator instead of the global ones: ``σ ·
+            torch.randn`` with it, on its device, then moved to the inputs'; baseline rows by ``torch.randint`` with
+            it. With the generator's seed the noise is the one the global torch generator gives after
+            ``torch.manual_seed`` of that seed (on the CPU).
         **kwargs
             Passed to the wrapped method's ``attribute`` (``baselines``, ``target``, ``n_steps``, ...).
             ``return_convergence_delta=True`` returns the deltas of all ``nt_samples × batch`` copies as well.
@@ -93,6 +113,8 @@ class NoiseTunnel:
         nt_samples = arguments.check_positive_int("nt_samples", nt_samples, allow_none=False)
         per_call = arguments.check_positive_int("nt_samples_batch_size", nt_samples_batch_size) or nt_samples
         arguments.check_bool("draw_baseline_from_distrib", draw_baseline_from_distrib)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
         inputs_t, was_tuple = arguments.normalize_inputs(inputs)
         sigmas = _check_stdevs(stdevs, len(inputs_t))
         batch = inputs_t[0].shape[0]
@@ -121,9 +143,9 @@ class NoiseTunnel:
         for s in _calls(nt_samples, per_call):
             # Copies are stacked example-major: row i·s + k is copy k of example i.
             rows = copy_examples(batch, s)
-            noisy = tuple(_noisy(x, sigma, s) for x, sigma in zip(inputs_t, sigmas))
+            noisy = tuple(_noisy(x, sigma, s, generator) for x, sigma in zip(inputs_t, sigmas))
             call = dict(kwargs)
-            call["baselines"] = _baselines_for(baselines, inputs_t, s, draw_baseline_from_distrib)
+            call["baselines"] = _baselines_for(baselines, inputs_t, s, draw_baseline_from_distrib, generator)
             if takes_target:
                 call["target"] = None if target_t is None else target_t.index_select(0, rows.to(target_t.device))
             if args:
@@ -184,21 +206,26 @@ def copy_examples(batch: int, nt_samples: int, nt_samples_batch_size: int | None
     )
 
 
-def _noisy(x: Tensor, sigma: float, samples: int) -> Tensor:
-    """``samples`` copies of each example (example-major) plus ``N(0, σ²)`` noise drawn from torch's global generator
-    in the default dtype, in the input's dtype."""
-    noise = sigma * torch.randn((samples * x.shape[0],) + x.shape[1:], dtype=torch.get_default_dtype(), device=x.device)
+def _noisy(x: Tensor, sigma: float, samples: int, generator: torch.Generator | None = None) -> Tensor:
+    """``samples`` copies of each example (example-major) plus ``N(0, σ²)`` noise drawn in the default dtype from
+    ``generator`` (on its device) or torch's global generator (on the input's), in the input's dtype."""
+    shape = (samples * x.shape[0],) + x.shape[1:]
+    if generator is None:
+        noise = sigma * torch.randn(shape, dtype=torch.get_default_dtype(), device=x.device)
+    else:
+        drawn = torch.randn(shape, dtype=torch.get_default_dtype(), device=generator.device, generator=generator)
+        noise = sigma * drawn.to(x.device)
     noisy = x.detach().repeat_interleave(samples, dim=0) + noise
     return noisy if noisy.dtype == x.dtype else noisy.to(x.dtype)
 
 
-def _baselines_for(baselines: Any, inputs_t, samples: int, draw: bool):
+def _baselines_for(baselines: Any, inputs_t, samples: int, draw: bool, generator: torch.Generator | None = None):
     """Baselines for ``samples`` copies of each example (example-major): repeated per copy, or drawn at random from
     the rows of a distribution of baselines.
 
     A draw takes ``numpy.random.choice(rows, samples × batch)`` from numpy's global generator, once per call of the
-    wrapped method, and uses the same drawn rows for every baseline tensor with that many rows, so that the baselines
-    of a tuple stay paired.
+    wrapped method (``torch.randint`` with ``generator`` when one is given), and uses the same drawn rows for every
+    baseline tensor with that many rows, so that the baselines of a tuple stay paired.
     """
     if baselines is None:
         return None
@@ -211,15 +238,20 @@ def _baselines_for(baselines: Any, inputs_t, samples: int, draw: bool):
             out.append(b)
         elif draw:
             if b.shape[0] not in picks:
-                picks[b.shape[0]] = torch.from_numpy(np.random.choice(b.shape[0], samples * batch)).to(
-                    b.device, torch.long
-                )
+                picks[b.shape[0]] = _draw_rows(b.shape[0], samples * batch, generator).to(b.device, torch.long)
             out.append(b.index_select(0, picks[b.shape[0]]))
         elif b.shape[0] == batch and batch > 1:
             out.append(b.repeat_interleave(samples, dim=0))
         else:
             out.append(b)
     return tuple(out) if isinstance(baselines, tuple) else out[0]
+
+
+def _draw_rows(rows: int, count: int, generator: torch.Generator | None) -> Tensor:
+    """``count`` row indices drawn uniformly from ``range(rows)``, with replacement."""
+    if generator is None:
+        return torch.from_numpy(np.random.choice(rows, count))
+    return torch.randint(rows, (count,), generator=generator, device=generator.device)
 
 
 def _flatten(out: Any):

@@ -130,7 +130,7 @@ class PathIntegratedGradients(PathAttribution):
         result = self._integrate(probe, line, settings, need_ends=return_convergence_delta)
         attributions = restore_structure(self._finish(result, [x.dtype for x in inputs_t]), was_tuple)
         if return_convergence_delta:
-            return attributions, self.last_report.delta
+            return attributions, result.report.delta
         return attributions
 
 
