@@ -283,13 +283,14 @@ def test_get_tunables_structure_for_images(trained, batch):
     tunables = explainer.get_tunables(x)
     assert tunables == explainer.get_tunables()  # guessed from the model's first Conv2d
     for name, (kind, space) in tunables.items():
-        assert kind in (int, float, str), name
-        if kind is str:
+        assert kind in (int, float, str, bool), name
+        if kind in (str, bool):
             assert space["choices"], name
         else:
             assert space["low"] <= space["high"], name
     assert tunables["n_steps"][0] is int
-    assert tunables["method"] == (str, {"choices": list(METHODS)})
+    assert tunables["method"] == (str, {"choices": list(METHODS), "when": {"idgi": False}})
+    assert tunables["idgi"] == (bool, {"choices": [False, True]})
     assert tunables["baseline_fn"][1]["choices"] == ["zeros", "mean", "invert", "gaussian_blur", "uniform", "gaussian"]
     assert tunables["baseline_fn.gaussian_blur.sigma"][1]["when"] == {"baseline_fn": "gaussian_blur"}
     assert tunables["noise_level"][0] is float and tunables["noise_level"][1]["low"] == 0.0
@@ -325,6 +326,7 @@ def test_apply_tunables_builds_baselines_and_keeps_configured_ones(trained):
         "n_steps": 20,
         "noise_level": 0.0,
         "method": "gausslegendre",
+        "idgi": False,
         "baseline_fn": "zeros",
     }
 
@@ -451,7 +453,7 @@ def test_repr_shows_the_configuration(trained):
     )
     assert text == (
         "IntegratedGradients(n_steps=20, baseline_fn=gaussian_blur(sigma=2.0), layer='features.0', "
-        "noise_level=0.0, method='riemann_left')"
+        "noise_level=0.0, idgi=False, method='riemann_left')"
     )
     assert isinstance(get_baseline_fn("zeros"), ConfiguredBaseline) and gaussian_blur.TUNABLES
 
@@ -502,6 +504,7 @@ def test_current_tunables_include_the_baselines_default_parameters(trained):
         "method": "gausslegendre",
         "baseline_fn": "gaussian_blur",
         "baseline_fn.gaussian_blur.sigma": 1.0,
+        "idgi": False,
     }
     noisy = IntegratedGradients(trained.model, baseline_fn=get_baseline_fn("gaussian", seed=3))
     point = noisy.current_tunables()

@@ -689,6 +689,274 @@ def test_extractor_path_on_batch_with_label():
         )
 
 
+# --------------------------------------------------------------------------- degenerate input
+
+
+class AnchoredLinearExplainer:
+    """phi(z) = w_t * (z - anchor) for a Linear model: exact IG against the baseline ``anchor``."""
+
+    def __init__(self, model, anchor=0.0):
+        self.model = model
+        self.anchor = anchor
+
+    def attribute(self, inputs, targets):
+        return exact_ig(self.model, inputs, targets, self.anchor)
+
+
+def _entropy(phi):
+    """Complexity computed here: entropy of |phi| / sum |phi| per row, log d for an all-zero row."""
+    mass = phi.detach().abs().reshape(phi.shape[0], -1).to(torch.float64).numpy()
+    out = []
+    for row in mass:
+        if row.sum() == 0:
+            out.append(math.log(row.size))
+            continue
+        p = row / row.sum()
+        p = p[p > 0]
+        out.append(float(-(p * np.log(p)).sum()))
+    return torch.tensor(out, dtype=phi.dtype)
+
+
+def _degenerate(case, dtype):
+    """(model, inputs, attributions, targets, options for every metric, options per metric) of one degenerate case."""
+    g = torch.Generator().manual_seed(11)
+    d = 1 if case == "single_feature" else 6
+    n = 1 if case == "batch_of_one" else 4
+    model = Linear(d, c=3).to(dtype)
+    x = torch.randn(n, d, generator=g, dtype=DT).to(dtype)
+    t = torch.tensor([0, 2, 1, 0][:n])
+    base = 0.0
+    per_metric = {}
+    if case == "constant_model":
+        with torch.no_grad():
+            model.weight.zero_()  # F(x) = b: no input matters
+    if case == "input_equals_baseline":
+        base = torch.full((d,), 0.5, dtype=dtype)
+        x = base.expand(n, d).clone()
+    phi = exact_ig(model, x, t, base)
+    if case in ("zero_attributions", "input_equals_baseline"):
+        phi = torch.zeros_like(x)
+    if case in ("constant_model", "input_equals_baseline"):
+        phi = phi + torch.randn(x.shape, generator=g, dtype=DT).to(dtype)  # any attribution
+    if case == "uniform_attributions":
+        phi = torch.full_like(x, 0.3)
+    if case == "every_subset_all_features":
+        per_metric["mu_fidelity"] = {"subset_size": d}
+    options = {"baselines": base, "seed": 0, "explainer": AnchoredLinearExplainer(model, base)}
+    return model, x, phi, t, options, per_metric
+
+
+def _documented(case, name, model, x, phi, t, base):
+    """The value each metric's documentation gives for a degenerate case, computed here; None where none is."""
+    with torch.no_grad():
+        f_x = model(x)[torch.arange(x.shape[0]), t]
+        f_base = model(torch.zeros_like(x) + base)[torch.arange(x.shape[0]), t]
+    zero = torch.zeros(x.shape[0], dtype=x.dtype)
+    flat_output = case in ("constant_model", "input_equals_baseline")
+    ties = case in ("zero_attributions", "uniform_attributions", "single_feature")
+    if name == "completeness_error":
+        return (phi.sum(1) - (f_x - f_base)).abs()
+    if name == "complexity":
+        return _entropy(phi)
+    if name == "mu_fidelity" and case != "batch_of_one":
+        return zero  # every subset the same set or mass, or an output that does not respond
+    if name == "abpc" and (flat_output or ties):
+        return zero
+    if name in ("morf", "lerf") and flat_output:
+        return torch.softmax(model(x).detach(), 1)[torch.arange(x.shape[0]), t]
+    return None
+
+
+DEGENERATE_CASES = (
+    "zero_attributions",
+    "uniform_attributions",
+    "input_equals_baseline",
+    "constant_model",
+    "single_feature",
+    "every_subset_all_features",
+    "batch_of_one",
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", DEGENERATE_CASES)
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_degenerate_input_gives_a_finite_documented_score(name, case, dtype):
+    model, x, phi, t, options, per_metric = _degenerate(case, dtype)
+    score = METRICS[name](model, x, phi, t, **options, **per_metric.get(name, {}))
+    assert score.shape == (x.shape[0],) and score.dtype == dtype
+    assert torch.isfinite(score).all(), score
+    expected = _documented(case, name, model, x, phi, t, options["baselines"])
+    if expected is not None:
+        exact = expected.abs().max() == 0  # a 0 that the documentation promises is exact
+        tolerance = 0.0 if exact else 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(score, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_mu_fidelity_of_a_single_feature_or_full_subsets_is_zero_not_a_sign():
+    # Every subset is the same set, so the correlation is undefined: 0, where rounding of the centred values used to
+    # give +1 or -1 (which the tuner, maximising, rewarded).
+    model = Linear(1)
+    x = data(5, 1)
+    t = torch.tensor([0, 1, 2, 0, 1])
+    phi = exact_ig(model, x, t) + rand_like(x)
+    assert torch.equal(mu_fidelity(model, x, phi, t, seed=0), torch.zeros(5, dtype=DT))
+    model = Linear(6)
+    x = data(5, 6)
+    phi = exact_ig(model, x, t) + rand_like(x)
+    assert torch.equal(mu_fidelity(model, x, phi, t, seed=0, subset_size=6), torch.zeros(5, dtype=DT))
+    assert torch.equal(mu_fidelity(model, x, phi, t, seed=0, subset_size=0.99), torch.zeros(5, dtype=DT))
+    # One feature fewer than all: the subsets differ, and exact IG of a linear model correlates perfectly.
+    exact = mu_fidelity(model, x, exact_ig(model, x, t), t, seed=0, subset_size=5)
+    torch.testing.assert_close(exact, torch.ones(5, dtype=DT), atol=1e-9, rtol=0)
+
+
+def test_mu_fidelity_variation_above_rounding_still_counts():
+    # Attributions 1e-9 apart in float64 vary far above rounding (2e-16 relative): the correlation is measured, and
+    # a tiny attribution ordered like the output drops correlates perfectly.
+    model = Linear(8, scalar=True)
+    x = data(3, 8)
+    tiny = 1e-9 * exact_ig(model, x)
+    torch.testing.assert_close(mu_fidelity(model, x, tiny, None, seed=0), torch.ones(3, dtype=DT), atol=1e-9, rtol=0)
+    # An attribution uniform up to rounding does not.
+    nearly = torch.full_like(x, 0.1) + 1e-17 * rand_like(x)
+    assert torch.equal(mu_fidelity(model, x, nearly, None, seed=0), torch.zeros(3, dtype=DT))
+
+
+def test_sensitivity_of_zero_attributions_is_the_absolute_change():
+    # phi(x) = 0 and phi(x + delta) = w * delta: the relative change is undefined; the score divides by 1 (Captum's
+    # convention) and is max |w * delta|, at most r |w|, where it used to be inf.
+    model = Linear(5, scalar=True)
+    x = data(3, 5)
+    explainer = AnchoredLinearExplainer(model, anchor=x[0])
+    same = x[0].expand(3, 5).clone()
+    zero = torch.zeros_like(same)
+    r = 0.05
+    score = sensitivity_max(model, same, zero, None, explainer=explainer, radius=r, n_perturbations=200, seed=0)
+    bound = r * model.weight.detach()[0].norm()
+    assert torch.isfinite(score).all() and (score <= bound).all() and (score >= 0.5 * bound).all()
+
+    class Zeros:
+        def attribute(self, inputs, targets):
+            return torch.zeros_like(inputs)
+
+    assert torch.equal(sensitivity_max(model, x, zero, None, explainer=Zeros(), seed=0), torch.zeros(3, dtype=DT))
+
+
+@pytest.mark.parametrize("n_perturbations", [1, 7])
+def test_sensitivity_agrees_with_captum_with_and_without_zero_attributions(n_perturbations):
+    captum_metrics = pytest.importorskip("captum.metrics")
+    # Examples 0 and 2 sit on the anchor, so their attribution is zero; 1 and 3 do not.
+    model = Linear(5)
+    g = torch.Generator().manual_seed(8)
+    anchor = torch.randn(5, generator=g, dtype=DT)
+    x = torch.stack([anchor, anchor + 1, anchor, anchor - 2])
+    t = torch.tensor([0, 1, 2, 1])
+    explainer = AnchoredLinearExplainer(model, anchor)
+    phi = explainer.attribute(x, t)
+    assert phi[0].abs().max() == 0 and phi[1].abs().max() > 0
+    r, seed = 0.1, 4
+    ours = sensitivity_max(model, x, phi, t, explainer=explainer, radius=r, n_perturbations=n_perturbations, seed=seed)
+
+    def perturb(expanded, radius):
+        # The draws sensitivity_max makes: one (N, D) uniform draw per perturbation from a generator seeded with
+        # `seed`; Captum repeats every example n_perturbations times in a row, so reorder them to that layout.
+        gen = torch.Generator().manual_seed(seed)
+        draws = torch.stack([(torch.rand(x.shape, generator=gen, dtype=DT) * 2 - 1) * radius for _ in range(7)])
+        return expanded + draws[:n_perturbations].transpose(0, 1).reshape(expanded.shape)
+
+    def explain(inputs, target):
+        # Captum hands the clean inputs over as a 1-tuple and expects a tuple back; the perturbed ones as a tensor.
+        if isinstance(inputs, tuple):
+            return (explainer.attribute(inputs[0], target),)
+        return explainer.attribute(inputs, target)
+
+    reference = captum_metrics.sensitivity_max(
+        explain,
+        x,
+        perturb_func=perturb,
+        perturb_radius=r,
+        n_perturb_samples=n_perturbations,
+        target=t,
+    )
+    torch.testing.assert_close(ours, reference.to(DT), rtol=1e-12, atol=1e-15)
+
+
+def test_complexity_is_scale_free_and_an_empty_explanation_is_the_worst():
+    x = data(3, 6)
+    phi = rand_like(x)
+    reference = _entropy(phi)
+    for scale in (1e-300, 1e-30, 1.0, 1e30, 1e300):
+        torch.testing.assert_close(complexity(None, x, phi * scale, None), reference, rtol=1e-12, atol=0)
+    tiny = complexity(None, x.float(), (phi * 1e-42).float(), None)  # float32 subnormals
+    assert torch.isfinite(tiny).all() and tiny.dtype == torch.float32
+    zero = complexity(None, x, torch.zeros_like(x), None)
+    torch.testing.assert_close(zero, torch.full((3,), math.log(6), dtype=DT), rtol=1e-15, atol=0)
+    assert (zero >= reference).all()
+    one = complexity(None, x[:, :1], torch.zeros_like(x[:, :1]), None)
+    assert torch.equal(one, torch.zeros(3, dtype=DT))
+
+
+def test_infidelity_of_zero_attributions_at_the_baseline_is_exactly_zero():
+    # x = x': every perturbation x - eps (x - x') is x itself, the output does not move, and zero attributions explain
+    # that exactly, with or without the optimal rescaling.
+    model = Linear(6)
+    base = rand_like(torch.zeros(6, dtype=DT))
+    x = base.expand(4, 6).clone()
+    t = torch.tensor([0, 1, 2, 0])
+    for normalize in (False, True):
+        score = infidelity(model, x, torch.zeros_like(x), t, baselines=base, normalize=normalize, seed=0, batch_size=5)
+        assert torch.equal(score, torch.zeros(4, dtype=DT))
+
+
+def test_infidelity_normalisation_survives_extreme_scales():
+    # beta * phi does not depend on the scale of phi: the rescaled score is the same for tiny and huge attributions.
+    model = Linear(6, scalar=True)
+    x = data(3, 6)
+    phi = exact_ig(model, x) + 0.3 * rand_like(x)
+    reference = infidelity(model, x, phi, None, normalize=True, seed=0)
+    for scale in (1e-200, 1e200):
+        got = infidelity(model, x, phi * scale, None, normalize=True, seed=0)
+        torch.testing.assert_close(got, reference, rtol=1e-10, atol=0)
+
+
+class NaNModel(nn.Module):
+    """A linear model whose output is NaN for every row whose first feature exceeds 50."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.inner = Linear(d)
+
+    def forward(self, x):
+        out = self.inner(x)
+        return torch.where(x[:, :1] > 50, torch.full_like(out, math.nan), out)
+
+
+@pytest.mark.parametrize("name", sorted(set(METRICS) - {"complexity", "sensitivity_max"}))
+def test_a_nan_model_output_gives_nan_not_a_plausible_score(name):
+    # The output is NaN at examples 1 and 2; example 2 sits on its baseline, where a drop is otherwise taken as 0.
+    x = data(4, 6)
+    x[1:3, 0] = 100.0
+    base = torch.zeros_like(x)
+    base[2] = x[2]
+    model = NaNModel(6)
+    t = torch.tensor([0, 1, 2, 0])
+    score = METRICS[name](model, x, rand_like(x), t, baselines=base, seed=0)
+    assert torch.isnan(score[1:3]).all(), score
+    assert torch.isfinite(score[[0, 3]]).all(), score
+
+
+def test_a_nan_attribution_gives_nan_for_mu_fidelity_and_complexity():
+    model = Linear(6)
+    x = data(3, 6)
+    t = torch.tensor([0, 1, 2])
+    phi = exact_ig(model, x, t)
+    phi[1, 2] = math.nan
+    for fn in (mu_fidelity, complexity):
+        score = fn(model, x, phi, t, seed=0)
+        assert torch.isnan(score[1]) and torch.isfinite(score[[0, 2]]).all(), fn.__name__
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
@@ -707,10 +975,16 @@ def setup():
         (morf, {"n_perturbations": 3}, TypeError, r"'n_perturbations'.*accepted options: n_steps"),
         (infidelity, {"noise_std": -0.1}, ValueError, r"noise_std must be a positive"),
         (infidelity, {"noise_std": 0.0}, ValueError, r"noise_std must be a positive"),
-        (infidelity, {"noise_std": "big"}, TypeError, r"noise_std must be a positive real"),
-        (infidelity, {"n_perturbations": 0}, ValueError, r"n_perturbations must be an integer >= 1"),
-        (infidelity, {"n_perturbations": 2.5}, TypeError, r"n_perturbations must be an integer >= 1"),
-        (infidelity, {"normalize": "yes"}, TypeError, r"normalize must be True or False"),
+        (infidelity, {"noise_std": "big"}, TypeError, r"noise_std must be a positive finite real"),
+        (
+            infidelity,
+            {"n_perturbations": 0},
+            ValueError,
+            r"infidelity: n_perturbations must be a positive int; got int 0",
+        ),
+        (infidelity, {"n_perturbations": 2.5}, ValueError, r"n_perturbations must be a positive int; got float 2.5"),
+        (infidelity, {"normalize": "yes"}, TypeError, r"infidelity: normalize must be True or False"),
+        (infidelity, {"multiply_by_inputs": 1}, TypeError, r"multiply_by_inputs must be True or False"),
         (
             mu_fidelity,
             {"subset_size": 0},
@@ -721,9 +995,11 @@ def setup():
         (mu_fidelity, {"subset_size": 1.0}, ValueError, r"subset_size must be a fraction in \(0, 1\)"),
         (mu_fidelity, {"subset_size": -0.2}, ValueError, r"subset_size"),
         (mu_fidelity, {"subset_size": True}, TypeError, r"subset_size"),
-        (mu_fidelity, {"n_subsets": 1}, ValueError, r"n_subsets must be an integer >= 2"),
-        (morf, {"n_steps": 0}, ValueError, r"n_steps must be an integer >= 1"),
-        (morf, {"apply_softmax": 1}, TypeError, r"apply_softmax must be True or False or None"),
+        (mu_fidelity, {"n_subsets": 1}, ValueError, r"mu_fidelity: n_subsets must be an int >= 2"),
+        (mu_fidelity, {"n_subsets": 2.0}, ValueError, r"n_subsets must be an int >= 2"),
+        (morf, {"n_steps": 0}, ValueError, r"morf: n_steps must be a positive int; got int 0"),
+        (lerf, {"n_steps": "auto"}, ValueError, r"lerf: n_steps must be a positive int; got str 'auto'"),
+        (morf, {"apply_softmax": 1}, TypeError, r"apply_softmax must be True or False; got int 1 \(or None, which"),
         (morf, {"reduce_channels": None}, TypeError, r"reduce_channels must be True or False"),
         (morf, {"feature_mask": torch.zeros(5, dtype=torch.long)}, ValueError, r"feature_mask must be broadcastable"),
         (morf, {"feature_mask": torch.zeros(4)}, TypeError, r"feature_mask must be None, an integer tensor"),
@@ -741,8 +1017,9 @@ def setup():
         ),
         (lerf, {"baselines": (0.0, 1.0)}, ValueError, r"baselines must have one entry per attributed input \(1\)"),
         (lerf, {"baselines": "zeros"}, TypeError, r"baselines must be None \(zeros\), a number"),
-        (abpc, {"seed": 1.5}, TypeError, r"seed must be an integer or None"),
-        (abpc, {"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1 or None"),
+        (abpc, {"seed": 1.5}, TypeError, r"abpc: seed must be an int or None"),
+        (abpc, {"batch_size": 0}, ValueError, r"abpc: batch_size must be a positive int or None; got int 0"),
+        (abpc, {"batch_size": True}, ValueError, r"batch_size must be a positive int or None; got bool"),
         (completeness_error, {"forward_arg_extractor": 3}, TypeError, r"forward_arg_extractor must be a callable"),
         (completeness_error, {"forward_arg_extractor": lambda b: "x"}, TypeError, r"forward_arg_extractor"),
         (sensitivity_max, {}, TypeError, r"requires explainer="),
@@ -750,7 +1027,7 @@ def setup():
             sensitivity_max,
             {"explainer": ConstantGradientExplainer(Linear(4)), "norm": "l3"},
             ValueError,
-            r"norm must be one of 'l2', 'l1', 'linf'",
+            r"sensitivity_max: norm must be one of l2, l1, linf; got str 'l3'",
         ),
         (
             sensitivity_max,
@@ -778,16 +1055,24 @@ def test_bad_shapes_and_targets(setup):
         complexity(model, x, phi[:2], t)
     with pytest.raises(TypeError, match=r"attributions must be floating-point"):
         complexity(model, x, phi.long(), t)
-    with pytest.raises(ValueError, match=r"all input tensors must share the batch size N"):
+    with pytest.raises(ValueError, match=r"every tensor in inputs must have the same batch size \(dim 0\)"):
         completeness_error(model, (x, x[:2]), (phi, phi[:2]), t)
-    with pytest.raises(TypeError, match=r"inputs must be a tensor or a non-empty tuple of tensors"):
+    with pytest.raises(TypeError, match=r"completeness_error: inputs\[0\] must be a torch.Tensor"):
         completeness_error(model, [1, 2], phi, t)
-    with pytest.raises(ValueError, match=r"targets must have shape \(N,\) = \(3,\)"):
+    with pytest.raises(ValueError, match=r"inputs must be a tensor or a non-empty tuple of tensors"):
+        completeness_error(model, (), phi, t)
+    with pytest.raises(ValueError, match=r"inputs holds no examples"):
+        completeness_error(model, x[:0], phi[:0], None)
+    with pytest.raises(ValueError, match=r"completeness_error: target is a tensor of shape \(2,\), but there are 3"):
         completeness_error(model, x, phi, t[:2])
-    with pytest.raises(ValueError, match=r"targets must have shape \(N,\)"):
-        completeness_error(model, x, phi, t[:, None])
-    with pytest.raises(TypeError, match=r"targets must be an integer tensor"):
+    with pytest.raises(ValueError, match=r"target is a list of length 2, but there are 3 examples"):
+        completeness_error(model, x, phi, [0, 1])
+    with pytest.raises(TypeError, match=r"target must hold integer indices"):
         completeness_error(model, x, phi, t.float())
+    with pytest.raises(TypeError, match=r"target must not be a bool"):
+        completeness_error(model, x, phi, True)
+    with pytest.raises(ValueError, match=r"targets must select one column of \(N, C\) outputs per example"):
+        completeness_error(model, x, phi, (0, 1))
     with pytest.raises(ValueError, match=r"targets must be non-negative"):
         completeness_error(model, x, phi, -t)
     with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 2\]"):
@@ -805,6 +1090,23 @@ def test_bad_shapes_and_targets(setup):
         infidelity(lambda z: z.tolist(), x, phi, t)
     with pytest.raises(TypeError, match=r"infidelity adds Gaussian noise .* floating-point.*int64"):
         infidelity(model, x.long(), phi, t)
+
+
+def test_targets_in_every_form_the_methods_take_score_alike(setup):
+    model, x, phi, _ = setup
+    same = torch.ones(3, dtype=torch.long)
+    expected = completeness_error(model, x, phi, same)
+    for form in (1, torch.tensor(1), torch.tensor([1]), [1, 1, 1], same[:, None], np.int64(1)):
+        torch.testing.assert_close(completeness_error(model, x, phi, form), expected, rtol=0, atol=0)
+    t = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(morf(model, x, phi, [2, 0, 1]), morf(model, x, phi, t), rtol=0, atol=0)
+
+
+def test_numpy_bools_and_ints_are_accepted_as_options(setup):
+    model, x, phi, t = setup
+    plain = infidelity(model, x, phi, t, normalize=True, n_perturbations=3, seed=0)
+    numpy = infidelity(model, x, phi, t, normalize=np.bool_(True), n_perturbations=np.int64(3), seed=np.int64(0))
+    torch.testing.assert_close(numpy, plain, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- with the library's explainer

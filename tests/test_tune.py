@@ -102,16 +102,20 @@ def test_grid_over_the_default_space_leaves_dependent_entries_at_defaults(traine
     )
     assert len(result.study.trials) == 3
     for trial in result.study.trials:
-        assert set(trial.params) == {"n_steps", "method", "baseline_fn", "noise_level"}
+        # The rule and the noise tunnel exist only without IDGI.
+        ruled = {"method", "noise_level"} if not trial.params["idgi"] else set()
+        assert set(trial.params) == {"n_steps", "baseline_fn", "idgi"} | ruled
 
 
-def test_nan_trials_are_pruned_not_fatal(trained, tuning_batch):
+def test_non_finite_trials_fail_and_the_search_goes_on(trained, tuning_batch):
     x, y = tuning_batch
 
     def broken_for_mean(model, inputs, attributions, targets, *, explainer=None):
-        # A metric that breaks down (NaN) for one of the baselines.
+        # A metric that breaks down (NaN at two examples) for one of the baselines.
         score = attributions.abs().sum(dim=(1, 2, 3))
-        return score * float("nan") if explainer.baseline_fn.name == "mean" else score
+        if explainer.baseline_fn.name == "mean":
+            score[[2, 5]] = float("nan")
+        return score
 
     broken_for_mean.higher_is_better = True
     result = optimize(
@@ -119,21 +123,23 @@ def test_nan_trials_are_pruned_not_fatal(trained, tuning_batch):
     )
     states = [(t.params["baseline_fn"], t.state) for t in result.study.trials]
     assert len(states) == 12
-    assert all(state == optuna.trial.TrialState.PRUNED for name, state in states if name == "mean")
+    assert all(state == optuna.trial.TrialState.FAIL for name, state in states if name == "mean")
     assert all(state == optuna.trial.TrialState.COMPLETE for name, state in states if name == "zeros")
     assert result.params["baseline_fn"] == "zeros" and math.isfinite(result.value)
-    pruned = [t for t in result.study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert pruned[0].user_attrs["pruned_because"] == "metric mean is nan"
+    failed = [t for t in result.study.trials if t.state == optuna.trial.TrialState.FAIL]
+    reason = failed[0].user_attrs["failed_because"]
+    assert reason.startswith("metric broken_for_mean is nan for 2 of 8 example(s) (indices 2, 5) with {")
+    assert "'baseline_fn': 'mean'" in reason
 
 
-def test_all_trials_pruned_is_an_error(trained, tuning_batch):
+def test_all_trials_failing_is_an_error_that_says_why(trained, tuning_batch):
     x, y = tuning_batch
 
     def always_inf(model, inputs, attributions, targets, **options):
         return torch.full((len(targets),), float("inf"))
 
     always_inf.higher_is_better = False
-    with pytest.raises(RuntimeError, match="all 2 trial\\(s\\) were pruned"):
+    with pytest.raises(RuntimeError, match=r"all 2 trial\(s\) failed .*; the first: metric always_inf is infinite"):
         optimize(
             IntegratedGradients(trained.model),
             x,
@@ -144,6 +150,82 @@ def test_all_trials_pruned_is_an_error(trained, tuning_batch):
             seed=0,
             tunables=SMALL_SPACE,
         )
+
+
+class _NaNAt(torch.nn.Module):
+    """The digits model, with a NaN output for one example (recognised by its first pixel)."""
+
+    def __init__(self, model, marker):
+        super().__init__()
+        self.model = model
+        self.marker = marker
+
+    def forward(self, x):
+        out = self.model(x)
+        hit = x[:, 0, 0, 0] == self.marker
+        return torch.where(hit[:, None], torch.full_like(out, float("nan")), out)
+
+
+def test_a_nan_model_output_fails_every_trial_with_a_clear_message(trained, tuning_batch):
+    # A library metric on a model whose output is NaN at example 3: no configuration can be ranked.
+    x, y = tuning_batch
+    x = x.clone()
+    x[3, 0, 0, 0] = 7.0
+    model = _NaNAt(trained.model, 7.0)
+    with pytest.raises(RuntimeError, match=r"metric abpc is nan for 1 of 8 example\(s\) \(indices 3\)"):
+        optimize(
+            IntegratedGradients(model, n_steps=4),
+            x,
+            y,
+            "abpc",
+            n_trials=2,
+            sampler="random",
+            seed=0,
+            tunables={"n_steps": SMALL_SPACE["n_steps"]},
+            metric_kwargs={"n_steps": 4},
+        )
+
+
+def test_zero_attributions_tune_with_finite_sensitivity(trained, tuning_batch):
+    # At x = x' every IG attribution is 0 while those of the perturbed inputs are not: sensitivity_max used to be inf
+    # there, failing every trial; it is the absolute change now, finite and comparable between configurations.
+    x, y = tuning_batch
+    zeros = torch.zeros_like(x)
+    result = optimize(
+        IntegratedGradients(trained.model),
+        zeros,
+        y,
+        "sensitivity_max",
+        n_trials=3,
+        sampler="grid",
+        seed=0,
+        tunables={"n_steps": SMALL_SPACE["n_steps"]},
+        metric_kwargs={"n_perturbations": 2},
+    )
+    values = [t.value for t in result.study.trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in result.study.trials)
+    assert all(math.isfinite(v) and v > 0 for v in values) and result.value == min(values)
+
+
+def test_mu_fidelity_of_identical_subsets_scores_zero_in_every_trial():
+    # Subsets of all features are all the same set: the correlation is undefined and scored 0, never +1 (which the
+    # tuner, maximising, would pick).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double().eval()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    result = optimize(
+        IntegratedGradients(model),
+        x,
+        y,
+        "mu_fidelity",
+        n_trials=6,
+        sampler="grid",
+        seed=0,
+        tunables={"n_steps": SMALL_SPACE["n_steps"], "method": SMALL_SPACE["method"]},
+        metric_kwargs={"subset_size": 5, "n_subsets": 7},
+    )
+    assert [t.value for t in result.study.trials] == [0.0] * 6
 
 
 def test_seed_makes_the_search_reproducible_and_restores_state(trained, tuning_batch):
@@ -192,11 +274,21 @@ def test_bad_arguments(trained, tuning_batch, monkeypatch):
 
     with pytest.raises(TypeError, match="higher_is_better"):
         optimize(explainer, x, y, no_direction)
-    with pytest.raises(ValueError, match=r"sampler must be one of \['tpe', 'random', 'grid'\]"):
+    with pytest.raises(ValueError, match=r"sampler must be one of tpe, random, grid; got str 'cmaes' \(or pass an"):
         optimize(explainer, x, y, _completeness, sampler="cmaes")
-    with pytest.raises(ValueError, match="n_trials must be a positive int"):
+    with pytest.raises(TypeError, match=r"sampler must be one of tpe, random, grid, or an optuna sampler; got int"):
+        optimize(explainer, x, y, _completeness, sampler=3)
+    with pytest.raises(ValueError, match="n_trials must be a positive int; got int 0"):
         optimize(explainer, x, y, _completeness, n_trials=0)
-    with pytest.raises(ValueError, match="unknown metric 'fidelity'"):
+    with pytest.raises(ValueError, match="n_trials must be a positive int; got bool"):
+        optimize(explainer, x, y, _completeness, n_trials=True)
+    with pytest.raises(TypeError, match="seed must be an int or None; got 1.5"):
+        optimize(explainer, x, y, _completeness, seed=1.5)
+    with pytest.raises(TypeError, match="verbose must be True or False; got str 'yes'"):
+        optimize(explainer, x, y, _completeness, verbose="yes")
+    with pytest.raises(TypeError, match="metric_kwargs must be a dict"):
+        optimize(explainer, x, y, _completeness, metric_kwargs=[("n_steps", 3)])
+    with pytest.raises(ValueError, match=r"metric must be one of .*mu_fidelity.*; got str 'fidelity'"):
         optimize(explainer, x, y, "fidelity")
     with pytest.raises(ValueError, match="search space is empty"):
         optimize(explainer, x, y, _completeness, tunables={})

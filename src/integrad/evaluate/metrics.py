@@ -33,7 +33,10 @@ attributions
 targets
     ``LongTensor[N]`` (one class index per example) selecting column
     ``targets[n]`` of ``(N, C)`` outputs, or ``None`` for models returning one
-    scalar per example (``(N,)`` or ``(N, 1)``).
+    scalar per example (``(N,)`` or ``(N, 1)``).  The other forms the
+    attribution methods take for one index per example are accepted too: an
+    int or a 0-d tensor (the same class for every example), a list of ``N``
+    ints, an ``(N, 1)`` tensor.
 baselines
     The reference input ``x'``: ``None`` (zeros), a Python number, a tensor
     broadcastable to the input shape, or a tuple of those (one per input).
@@ -68,7 +71,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..arguments import model_output
+from ..arguments import (
+    check_bool,
+    check_choice,
+    check_n_steps,
+    check_positive_int,
+    is_int,
+    is_real,
+    model_output,
+    normalize_inputs,
+    normalize_target,
+)
 from ..methods.base import restore_training_state, training_state_saved
 
 __all__ = [
@@ -146,32 +159,29 @@ def _metric(higher_is_better: bool, evaluates: str | None = "model"):
 # --------------------------------------------------------------------------- validation
 
 
-def _check_int(metric: str, name: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{metric}: {name} must be {accepted}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{metric}: {name} must be {accepted}; got {value!r}")
-    return int(value)
+def _checked(metric: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, a check of :mod:`integrad.arguments`, with the metric's name put before its error."""
+    try:
+        return check(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{metric}: {error}") from None
 
 
 def _check_positive(metric: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{metric}: {name} must be a positive real number; got {value!r}")
+    if not is_real(value):
+        raise TypeError(f"{metric}: {name} must be a positive finite real number; got {value!r}")
     if not math.isfinite(float(value)) or value <= 0:
         raise ValueError(f"{metric}: {name} must be a positive finite real number; got {value!r}")
     return float(value)
 
 
-def _check_bool(metric: str, name: str, value: Any, allow_none: bool = False) -> bool | None:
-    if value is None and allow_none:
+def _check_optional_bool(metric: str, name: str, value: Any, none_means: str) -> bool | None:
+    if value is None:
         return None
-    if not isinstance(value, bool):
-        accepted = "True or False" + (" or None" if allow_none else "")
-        raise TypeError(f"{metric}: {name} must be {accepted}; got {value!r}")
-    return value
+    try:
+        return check_bool(name, value)
+    except TypeError as error:
+        raise TypeError(f"{metric}: {error} (or None, which {none_means})") from None
 
 
 def _check_explainer(explainer: Any) -> None:
@@ -279,56 +289,14 @@ def _prepare(
     additional_forward_arg_extractor: Any,
 ) -> _Context:
     """Validate the model call and the common options; ``model=None`` skips the model check."""
-    if model is not None and not callable(model):
-        raise TypeError(f"{metric}: model must be callable (an nn.Module or function); got {type(model).__name__}")
-    for name, fn in (
-        ("forward_arg_extractor", forward_arg_extractor),
-        ("additional_forward_arg_extractor", additional_forward_arg_extractor),
-    ):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"{metric}: {name} must be a callable batch -> tensor(s) or None; got {type(fn).__name__}")
-    batch_size = _check_int(metric, "batch_size", batch_size, 1, allow_none=True)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"{metric}: seed must be an integer or None; got {seed!r}")
-
-    if forward_arg_extractor is not None:
-        picked = forward_arg_extractor(inputs)
-        try:
-            xs, was_tuple = _as_tensor_tuple(metric, "forward_arg_extractor(inputs)", picked)
-        except TypeError as err:
-            raise TypeError(f"{err} (forward_arg_extractor must return a tensor or a tuple of tensors)") from None
-    else:
-        xs, was_tuple = _as_tensor_tuple(metric, "inputs", inputs)
-
+    _check_callables(metric, model, forward_arg_extractor, additional_forward_arg_extractor)
+    batch_size = _checked(metric, check_positive_int, "batch_size", batch_size)
+    if seed is not None and not is_int(seed):
+        raise TypeError(f"{metric}: seed must be an int or None; got {seed!r}")
+    xs, was_tuple = _attributed_inputs(metric, inputs, forward_arg_extractor)
     extra = None if additional_forward_arg_extractor is None else additional_forward_arg_extractor(inputs)
     extra = () if extra is None else tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
-
-    if any(x.dim() == 0 for x in xs):
-        raise ValueError(f"{metric}: inputs must have a leading batch dimension (N, ...); got a 0-d tensor")
     n = xs[0].shape[0]
-    if n == 0:
-        raise ValueError(f"{metric}: inputs must contain at least one example; got N = 0")
-    shapes = [tuple(x.shape) for x in xs]
-    if any(s[0] != n for s in shapes):
-        raise ValueError(f"{metric}: all input tensors must share the batch size N; got shapes {shapes}")
-
-    if targets is not None:
-        if isinstance(targets, (list, tuple)):
-            targets = torch.as_tensor(targets)
-        if not _is_int_tensor(targets):
-            raise TypeError(
-                f"{metric}: targets must be an integer tensor of shape (N,) = ({n},) or None; "
-                f"got {targets.dtype if isinstance(targets, Tensor) else type(targets).__name__}"
-            )
-        if targets.dim() != 1 or targets.shape[0] != n:
-            raise ValueError(
-                f"{metric}: targets must have shape (N,) = ({n},), one class index per example, or be None; "
-                f"got shape {tuple(targets.shape)}"
-            )
-        if (targets < 0).any():
-            raise ValueError(f"{metric}: targets must be non-negative class indices; got {int(targets.min())}")
-        targets = targets.to(device=xs[0].device, dtype=torch.long)
-
     return _Context(
         metric,
         model,
@@ -337,13 +305,57 @@ def _prepare(
         was_tuple,
         extra,
         n,
-        targets,
+        _check_targets(metric, targets, n, xs[0].device),
         batch_size,
         forward_arg_extractor is not None,
         baselines,
         None if seed is None else int(seed),
         explainer,
     )
+
+
+def _check_callables(metric: str, model: Any, forward_extractor: Any, additional_extractor: Any) -> None:
+    if model is not None and not callable(model):
+        raise TypeError(f"{metric}: model must be callable (an nn.Module or function); got {type(model).__name__}")
+    for name, fn in (
+        ("forward_arg_extractor", forward_extractor),
+        ("additional_forward_arg_extractor", additional_extractor),
+    ):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{metric}: {name} must be a callable batch -> tensor(s) or None; got {type(fn).__name__}")
+
+
+def _attributed_inputs(metric: str, inputs: Any, forward_extractor: Any) -> tuple[tuple[Tensor, ...], bool]:
+    """The tensors the attributions refer to (checked as the attribution methods check theirs), and whether they came
+    as a tuple (a list counts as one)."""
+    name, picked = "inputs", inputs
+    if forward_extractor is not None:
+        name, picked = "forward_arg_extractor(inputs)", forward_extractor(inputs)
+    picked = tuple(picked) if isinstance(picked, list) else picked
+    try:
+        # Integer inputs (token ids) are fine for the metrics that only remove features; those that add noise ask
+        # for floating point themselves.
+        return normalize_inputs(picked, name=name, need_grad=False)
+    except (TypeError, ValueError) as error:
+        hint = " (forward_arg_extractor must return a tensor or a tuple of tensors)" if forward_extractor else ""
+        raise type(error)(f"{metric}: {error}{hint}") from None
+
+
+def _check_targets(metric: str, targets: Any, n: int, device: torch.device) -> Tensor | None:
+    """Targets as a LongTensor ``(N,)`` of class indices (one column of ``(N, C)`` outputs per example), or None."""
+    # A list is one entry per example for the metrics, as it is for the attribution methods.
+    targets = _checked(metric, normalize_target, targets, n, device)
+    if targets is None:
+        return None
+    if targets.shape[1] != 1:
+        raise ValueError(
+            f"{metric}: targets must select one column of (N, C) outputs per example: an int, a list of N ints or a "
+            f"LongTensor of shape (N,) = ({n},); got {targets.shape[1]} indices per example (a tuple of ints indexes "
+            "one entry of an output with more dimensions, which the metrics do not score)"
+        )
+    if (targets < 0).any():
+        raise ValueError(f"{metric}: targets must be non-negative class indices; got {int(targets.min())}")
+    return targets[:, 0]
 
 
 def _attributions(ctx: _Context, attributions: Any, mode: str) -> tuple[Tensor, ...]:
@@ -507,7 +519,7 @@ class _Groups:
 
 
 def _groups(ctx: _Context, feature_mask: Any, reduce_channels: Any) -> _Groups:
-    reduce_channels = _check_bool(ctx.metric, "reduce_channels", reduce_channels)
+    reduce_channels = _checked(ctx.metric, check_bool, "reduce_channels", reduce_channels)
     accepted = (
         "None, an integer tensor of non-negative group ids broadcastable to the input shape, "
         "or a tuple of those (one per input)"
@@ -576,11 +588,17 @@ def _remove(
 # --------------------------------------------------------------------------- metrics
 
 
-def _safe_div(num: Tensor, den: Tensor, fallback: Tensor | float = 0.0) -> Tensor:
-    """``num / den`` where ``den > 0``, else ``fallback`` (without dividing by zero anywhere)."""
-    ok = den > 0
-    fallback = fallback if isinstance(fallback, Tensor) else torch.full_like(num * den, fallback)
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), fallback)
+# Spread below this many units in the last place (ulps) of the values' magnitude is taken for rounding, not variation.
+# Numbers that are equal in exact arithmetic but computed in another order (a sum vectorised differently, a forward
+# run in a batch of another size, a mean of equal values) differ by a few ulps of the magnitudes involved, growing
+# slowly with the number of terms; 64 ulps is well above that and, relative to the largest value involved, still far
+# below any difference a model or an attribution means (1.4e-14 in float64, 7.6e-6 in float32).
+_ROUNDING_ULPS = 64
+
+
+def _nonzero(den: Tensor) -> Tensor:
+    """``den`` with its zeros replaced by 1, to divide by where a zero denominator is handled by the caller."""
+    return torch.where(den == 0, torch.ones_like(den), den)
 
 
 def _draw(ctx: _Context, k: int, sample: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -594,6 +612,37 @@ def _all_rows(ctx: _Context) -> Tensor:
     return torch.arange(ctx.n, device=ctx.xs[0].device)
 
 
+def _drops(ctx: _Context, f_x: Tensor, pert: tuple[Tensor, ...], k: int) -> Tensor:
+    """``F(x) - F(x~)`` for ``k`` perturbations ``x~`` of every example stacked in ``pert``: shape ``(k, N)``."""
+    rows = _tile_rows(ctx, k)
+    drop = f_x.unsqueeze(0) - _forward(ctx, pert, rows).view(k, ctx.n)
+    # A perturbation that leaves a row exactly as it was (its features already at the baseline) changes nothing: its
+    # drop is exactly 0, not the last-bit difference a model may show between batches of different sizes.
+    # A NaN output stays NaN.
+    same = torch.stack([(p == x.index_select(0, rows)).reshape(rows.shape[0], -1).all(1) for p, x in zip(pert, ctx.xs)])
+    same = same.all(0).view(k, ctx.n).to(drop.device) & torch.isfinite(drop)
+    return torch.where(same, torch.zeros_like(drop), drop)
+
+
+def _standardised(values: Tensor, scale: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Rows of ``values`` (N, P) centred and divided by their spread, in float64, and whether each row varies.
+
+    A row varies when its root-mean-square deviation exceeds :data:`_ROUNDING_ULPS` ulps (``eps``) of ``scale``
+    (N,), the largest magnitude its values were formed from. Rows that do not vary come back as zeros.
+    """
+    v = values.to(torch.float64)
+    # Shifting by the first value before centring makes a row of equal values centre to exact zeros (their mean,
+    # rounded, need not equal them).
+    v = v - v[:, :1]
+    v = v - v.mean(1, keepdim=True)
+    # Divided by the largest deviation first, so that squaring neither overflows nor underflows.
+    largest = v.abs().amax(1, keepdim=True)
+    v = v / _nonzero(largest)
+    rms = v.pow(2).mean(1, keepdim=True).sqrt()
+    varies = (rms * largest)[:, 0] > _ROUNDING_ULPS * eps * scale.to(torch.float64)
+    return torch.where(varies[:, None], v / _nonzero(rms), torch.zeros_like(v)), varies
+
+
 @_metric(higher_is_better=False)
 def completeness_error(ctx: _Context, attributions):
     r"""Violation of the completeness axiom.
@@ -604,6 +653,10 @@ def completeness_error(ctx: _Context, attributions):
     integration (Sundararajan et al., 2017), so the score measures the
     integration error of an IG attribution.  ``F`` is the raw target output
     (no softmax), the function IG explains.
+
+    The score is defined for every input: all-zero attributions score
+    ``|F(x) - F(x')|``, an input equal to its baseline ``|sum_i phi_i|`` (0 for
+    zero attributions); one feature and one example need nothing special.
 
     Parameters
     ----------
@@ -663,6 +716,12 @@ def infidelity(
     ``beta = E[(I^T phi) * dF] / E[(I^T phi)^2]`` per example (``beta = 0`` when
     ``I^T phi`` vanishes), so only the shape of the attribution is scored.
 
+    Degenerate cases have the values of the formula, all finite: for an input
+    equal to its baseline with ``multiply_by_inputs=True`` every perturbation
+    is zero, ``F`` does not change (the drop is taken as exactly 0) and the
+    score is ``E[(eps^T phi)^2]``, which is 0 for zero attributions; all-zero
+    attributions score ``E[dF^2]``, with ``normalize=True`` too (``beta = 0``).
+
     Parameters
     ----------
     model, inputs, attributions, targets
@@ -694,14 +753,23 @@ def infidelity(
     """
     name = ctx.metric
     noise_std = _check_positive(name, "noise_std", noise_std)
-    n_perturbations = _check_int(name, "n_perturbations", n_perturbations, 1)
-    normalize = _check_bool(name, "normalize", normalize)
-    multiply_by_inputs = _check_bool(name, "multiply_by_inputs", multiply_by_inputs)
+    n_perturbations = _checked(name, check_positive_int, "n_perturbations", n_perturbations, allow_none=False)
+    normalize = _checked(name, check_bool, "normalize", normalize)
+    multiply_by_inputs = _checked(name, check_bool, "multiply_by_inputs", multiply_by_inputs)
     attrs = _attributions(ctx, attributions, "equal")
     _require_float_inputs(ctx, "adds Gaussian noise to the inputs")
+    dot, diff = _infidelity_terms(ctx, attrs, noise_std, n_perturbations, multiply_by_inputs)
+    if normalize:
+        dot = _best_multiple(dot, diff)
+    return ((dot - diff) ** 2).mean(1)
+
+
+def _infidelity_terms(
+    ctx: _Context, attrs: tuple[Tensor, ...], noise_std: float, n_perturbations: int, multiply_by_inputs: bool
+) -> tuple[Tensor, Tensor]:
+    """``(I^T phi, F(x) - F(x - I))`` for every example and perturbation, each ``(N, P)``."""
     scale = tuple(x - b for x, b in zip(ctx.xs, _baselines(ctx))) if multiply_by_inputs else (None,) * len(ctx.xs)
     gen = ctx.generator()
-
     f_x = _forward(ctx, ctx.xs, _all_rows(ctx))
     dots, diffs = [], []
     for start, stop in _chunk_sizes(ctx, n_perturbations):
@@ -713,15 +781,18 @@ def infidelity(
             step = e if s is None else e * s
             pert.append((x.unsqueeze(0) - step).reshape(k * ctx.n, *x.shape[1:]))
             dot = dot + (e * a.unsqueeze(0)).reshape(k, ctx.n, -1).sum(-1)
-        f_pert = _forward(ctx, tuple(pert), _tile_rows(ctx, k)).view(k, ctx.n)
         dots.append(dot)
-        diffs.append(f_x.unsqueeze(0) - f_pert)
-    dot = torch.cat(dots).T.to(f_x.dtype)  # (N, P)
-    diff = torch.cat(diffs).T
-    if normalize:
-        beta = _safe_div((dot * diff).mean(1), (dot * dot).mean(1))
-        dot = dot * beta.unsqueeze(1)
-    return ((dot - diff) ** 2).mean(1)
+        diffs.append(_drops(ctx, f_x, tuple(pert), k))
+    return torch.cat(dots).T.to(f_x.dtype), torch.cat(diffs).T
+
+
+def _best_multiple(dot: Tensor, diff: Tensor) -> Tensor:
+    """``beta * dot`` with the least-squares ``beta = sum(dot diff) / sum(dot^2)`` of each row; 0 where dot is 0."""
+    # Formed on dot / max|dot|, so that neither the products nor the squares overflow or underflow.
+    largest = dot.abs().amax(1, keepdim=True)
+    unit = dot / _nonzero(largest)
+    beta = (unit * diff).sum(1, keepdim=True) / _nonzero(unit.pow(2).sum(1, keepdim=True))
+    return unit * beta
 
 
 def _norm(values: Tensor, norm: str) -> Tensor:
@@ -781,8 +852,15 @@ def sensitivity_max(ctx: _Context, attributions, *, radius=0.02, n_perturbations
     (elementwise).  ``phi(x)`` is ``attributions``; ``phi(x + delta)`` is
     computed by ``explainer.attribute`` on batches of perturbed copies of all
     examples at once.  Norms are taken over all attribution elements of an
-    example (all tensors of a tuple together).  When ``phi(x) = 0`` the ratio is
-    0 if ``phi(x + delta) = 0`` too and ``inf`` otherwise.
+    example (all tensors of a tuple together).
+
+    When ``phi(x) = 0`` the ratio is undefined; the denominator is then taken
+    as 1, as Captum's ``sensitivity_max`` does, so the score is the absolute
+    change ``max ||phi(x + delta)||``: 0 when the explanation stays zero, and
+    finite otherwise, so that an all-zero explanation is neither rewarded nor
+    scored infinite.  One feature or one example needs nothing special.  A
+    NaN or infinite attribution (from the explainer or in ``attributions``)
+    gives a NaN or infinite score.
 
     Parameters
     ----------
@@ -821,52 +899,57 @@ def sensitivity_max(ctx: _Context, attributions, *, radius=0.02, n_perturbations
     """
     name = ctx.metric
     radius = _check_positive(name, "radius", radius)
-    n_perturbations = _check_int(name, "n_perturbations", n_perturbations, 1)
-    if norm not in ("l2", "l1", "linf"):
-        raise ValueError(f"sensitivity_max: norm must be one of 'l2', 'l1', 'linf'; got {norm!r}")
+    n_perturbations = _checked(name, check_positive_int, "n_perturbations", n_perturbations, allow_none=False)
+    norm = _checked(name, check_choice, "norm", norm, ("l2", "l1", "linf"))
     attrs = _attributions(ctx, attributions, "leading")
     _require_float_inputs(ctx, "adds uniform noise to the inputs")
     gen = ctx.generator()
-
     ref = torch.cat([a.reshape(ctx.n, -1) for a in attrs], dim=1)  # (N, D)
-    ref_norm = _norm(ref, norm)
+    # Where phi(x) = 0 the relative change is undefined: dividing by 1 there scores the absolute change (Captum's
+    # convention), finite and 0 only for an explanation that stays zero.
+    ref_norm = _nonzero(_norm(ref, norm))
     ratios = []
     for start, stop in _chunk_sizes(ctx, n_perturbations):
         k = stop - start
         delta = _draw(ctx, k, lambda x: (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * radius)
         pert = tuple((x.unsqueeze(0) + d).reshape(k * ctx.n, *x.shape[1:]) for x, d in zip(ctx.xs, delta))
-        rows = _tile_rows(ctx, k)
-        # At most batch_size rows per explainer call: a perturbation of a batch larger than that is split too.
-        step = k * ctx.n if ctx.batch_size is None else min(k * ctx.n, ctx.batch_size)
-        parts = []
-        for lo in range(0, k * ctx.n, step):
-            sub_rows = rows[lo : lo + step]
-            batch = _rebuild_batch(ctx, tuple(p[lo : lo + step] for p in pert), sub_rows)
-            tgt = None if ctx.targets is None else ctx.targets[sub_rows]
-            with torch.enable_grad():
-                new = ctx.explainer.attribute(batch, tgt)
-            new_attrs = (new,) if isinstance(new, Tensor) else tuple(new) if isinstance(new, (tuple, list)) else None
-            expected = [(len(sub_rows), *a.shape[1:]) for a in attrs]
-            if new_attrs is None or [tuple(a.shape) for a in new_attrs] != expected:
-                got = type(new).__name__ if new_attrs is None else [tuple(a.shape) for a in new_attrs]
-                raise ValueError(
-                    f"sensitivity_max: explainer.attribute on {len(sub_rows)} perturbed rows must return attributions "
-                    f"shaped like attributions with batch size {len(sub_rows)}, {expected}; got {got}"
-                )
-            parts.append(new_attrs)
-        new_attrs = tuple(torch.cat([p[i].detach() for p in parts]) for i in range(len(attrs)))
+        new_attrs = _explain_perturbed(ctx, pert, _tile_rows(ctx, k), attrs)
         flat = torch.cat([a.reshape(k, ctx.n, -1).to(ref.dtype) for a in new_attrs], dim=2)
-        change = _norm(flat - ref.unsqueeze(0), norm)  # (k, N)
-        infinite = torch.where(change > 0, torch.full_like(change, math.inf), torch.zeros_like(change))
-        ratios.append(_safe_div(change, ref_norm, infinite))
+        ratios.append(_norm(flat - ref.unsqueeze(0), norm) / ref_norm)  # (k, N)
     return torch.cat(ratios).amax(0)
+
+
+def _explain_perturbed(
+    ctx: _Context, pert: tuple[Tensor, ...], rows: Tensor, attrs: tuple[Tensor, ...]
+) -> tuple[Tensor, ...]:
+    """``explainer.attribute`` of the perturbed rows (``rows[r]`` the example of row r), detached."""
+    # At most batch_size rows per explainer call: a perturbation of a batch larger than that is split too.
+    total = rows.shape[0]
+    step = total if ctx.batch_size is None else min(total, ctx.batch_size)
+    parts = []
+    for lo in range(0, total, step):
+        sub_rows = rows[lo : lo + step]
+        batch = _rebuild_batch(ctx, tuple(p[lo : lo + step] for p in pert), sub_rows)
+        tgt = None if ctx.targets is None else ctx.targets[sub_rows]
+        with torch.enable_grad():
+            new = ctx.explainer.attribute(batch, tgt)
+        new_attrs = (new,) if isinstance(new, Tensor) else tuple(new) if isinstance(new, (tuple, list)) else None
+        expected = [(len(sub_rows), *a.shape[1:]) for a in attrs]
+        if new_attrs is None or [tuple(a.shape) for a in new_attrs] != expected:
+            got = type(new).__name__ if new_attrs is None else [tuple(a.shape) for a in new_attrs]
+            raise ValueError(
+                f"sensitivity_max: explainer.attribute on {len(sub_rows)} perturbed rows must return attributions "
+                f"shaped like attributions with batch size {len(sub_rows)}, {expected}; got {got}"
+            )
+        parts.append(new_attrs)
+    return tuple(torch.cat([p[i].detach() for p in parts]) for i in range(len(attrs)))
 
 
 def _subset_count(name: str, subset_size: Any, total: int) -> int:
     accepted = f"a fraction in (0, 1) or an integer count in [1, {total}] (the number of features)"
-    if isinstance(subset_size, bool) or not isinstance(subset_size, numbers.Real):
+    if not is_real(subset_size):
         raise TypeError(f"{name}: subset_size must be {accepted}; got {subset_size!r}")
-    if isinstance(subset_size, numbers.Integral):
+    if is_int(subset_size):
         if not 1 <= subset_size <= total:
             raise ValueError(f"{name}: subset_size must be {accepted}; got {subset_size!r}")
         return int(subset_size)
@@ -886,8 +969,19 @@ def mu_fidelity(ctx: _Context, attributions, *, subset_size=0.2, n_subsets=50, f
     the Pearson correlation, over ``n_subsets`` random feature subsets ``S`` of
     fixed size, between the attribution mass of ``S`` and the output drop when
     the features in ``S`` are set to the baseline.  ``F`` is the raw target
-    output.  If either side has zero variance over the subsets the correlation
-    is undefined and 0 is returned.
+    output.
+
+    If either side does not vary over the subsets the correlation is
+    undefined, and the score is 0: no evidence for or against the
+    attribution.  That is the case when every subset is the same set
+    (``subset_size`` equal to the number of features ``d``, or ``d = 1``), for
+    all-zero or uniform attributions (every subset holds the same mass), and
+    when the output does not respond: a constant model, or an input equal to
+    its baseline (a perturbation that changes no value is taken to change the
+    output by exactly 0).  A spread within rounding, 64 units in the last place
+    of the largest magnitude involved (``sum_i |phi_i|`` for the masses,
+    ``|F(x)|`` plus the largest drop for the drops), counts as none.  A NaN or
+    infinite attribution or output gives NaN.
 
     Parameters
     ----------
@@ -918,32 +1012,46 @@ def mu_fidelity(ctx: _Context, attributions, *, subset_size=0.2, n_subsets=50, f
     Bhatt, Weller and Moura (2020). "Evaluating and Aggregating Feature-based
     Model Explanations." IJCAI.
     """
-    n_subsets = _check_int(ctx.metric, "n_subsets", n_subsets, 2)
+    n_subsets = _check_n_subsets(ctx.metric, n_subsets)
     attrs = _attributions(ctx, attributions, "reducible")
     groups = _groups(ctx, feature_mask, reduce_channels)
     count = _subset_count(ctx.metric, subset_size, groups.total)
+    group_attr = _group_attributions(attrs, groups)  # (N, G)
+    masses, drops, f_x = _subset_masses_and_drops(ctx, group_attr, groups, count, n_subsets)
+    a, a_varies = _standardised(masses, group_attr.abs().sum(1), torch.finfo(masses.dtype).eps)
+    d, d_varies = _standardised(drops, f_x.abs() + drops.abs().amax(1), torch.finfo(drops.dtype).eps)
+    # Rows that do not vary come back as zeros, so their correlation is 0; the clamp only removes rounding.
+    corr = (a * d).mean(1).clamp(-1.0, 1.0)
+    finite = torch.isfinite(masses).all(1) & torch.isfinite(drops).all(1)
+    return torch.where(finite, corr, torch.full_like(corr, math.nan)).to(f_x.dtype)
+
+
+def _check_n_subsets(metric: str, n_subsets: Any) -> int:
+    # No check of arguments.py takes a lower bound above 1.
+    if not is_int(n_subsets) or n_subsets < 2:
+        raise ValueError(f"{metric}: n_subsets must be an int >= 2 (a correlation needs two values); got {n_subsets!r}")
+    return int(n_subsets)
+
+
+def _subset_masses_and_drops(
+    ctx: _Context, group_attr: Tensor, groups: _Groups, count: int, n_subsets: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``n_subsets`` random subsets of ``count`` features: each one's attribution mass and the output drop when
+    it is removed, both ``(N, P)``, and the outputs ``F(x)``."""
     base = _baselines(ctx)
     gen = ctx.generator()
-
-    group_attr = _group_attributions(attrs, groups)  # (N, G)
     device = group_attr.device
     f_x = _forward(ctx, ctx.xs, _all_rows(ctx))
-    sums, drops = [], []
+    masses, drops = [], []
     for start, stop in _chunk_sizes(ctx, n_subsets):
         k = stop - start
         keys = torch.stack([torch.rand(ctx.n, groups.total, generator=gen) for _ in range(k)]).to(device)
         chosen = keys.topk(count, dim=-1).indices
         removed = torch.zeros(k, ctx.n, groups.total, dtype=torch.bool, device=device).scatter(-1, chosen, True)
-        sums.append((group_attr.unsqueeze(0) * removed).sum(-1))
-        rows = _tile_rows(ctx, k)
-        f_pert = _forward(ctx, _remove(ctx, base, groups, removed.reshape(k * ctx.n, -1), rows), rows).view(k, ctx.n)
-        drops.append(f_x.unsqueeze(0) - f_pert)
-    a = torch.cat(sums).T.to(f_x.dtype)  # (N, P)
-    d = torch.cat(drops).T
-    a = a - a.mean(1, keepdim=True)
-    d = d - d.mean(1, keepdim=True)
-    corr = _safe_div((a * d).sum(1), (a.pow(2).sum(1) * d.pow(2).sum(1)).sqrt())
-    return corr.clamp(-1.0, 1.0)
+        masses.append((group_attr.unsqueeze(0) * removed).sum(-1))
+        pert = _remove(ctx, base, groups, removed.reshape(k * ctx.n, -1), _tile_rows(ctx, k))
+        drops.append(_drops(ctx, f_x, pert, k))
+    return torch.cat(masses).T, torch.cat(drops).T, f_x
 
 
 def _flip_area(
@@ -976,6 +1084,14 @@ _FLIP_DOC = r"""
     the score is the trapezoid area under the curve over fractions in [0, 1]:
 
     .. math:: \mathrm{AUC} = \frac{1}{n}\sum_{k=0}^{n-1} \frac{y_k + y_{k+1}}{2}
+
+    Ties in the attribution are broken by feature position, the same way in
+    both orders, so that tied features leave in one order for ``morf`` and
+    ``lerf`` alike: with all attributions tied (all zero, for one) or a single
+    feature the two curves coincide and ``abpc`` is exactly 0.  An input
+    equal to its baseline, or a constant model, gives a flat curve: ``morf``
+    and ``lerf`` equal ``F(x)`` and ``abpc`` is 0.  Every value is finite for
+    a finite model output; a NaN output gives NaN.
 
     Parameters
     ----------
@@ -1019,8 +1135,10 @@ def _flip_metric(name: str, higher_is_better: bool, orders: tuple[bool, ...], su
     """Define a feature-flipping metric: the first order's area minus the second's, if any."""
 
     def core(ctx: _Context, attributions, *, n_steps=20, apply_softmax=None, feature_mask=None, reduce_channels=True):
-        n_steps = _check_int(ctx.metric, "n_steps", n_steps, 1)
-        apply_softmax = _check_bool(ctx.metric, "apply_softmax", apply_softmax, allow_none=True)
+        n_steps = _checked(ctx.metric, check_n_steps, n_steps)
+        apply_softmax = _check_optional_bool(
+            ctx.metric, "apply_softmax", apply_softmax, "scores the softmax for (N, C) outputs with C > 1"
+        )
         attrs = _attributions(ctx, attributions, "reducible")
         groups = _groups(ctx, feature_mask, reduce_channels)
         base = _baselines(ctx)
@@ -1068,8 +1186,12 @@ def complexity(ctx: _Context, attributions, *, feature_mask=None):
         p_i = \frac{|\phi_i(x)|}{\sum_j |\phi_j(x)|}
 
     with ``0 log 0 = 0``.  A one-hot attribution scores 0, a uniform one
-    ``log d``.  An all-zero attribution ranks nothing and is scored as uniform,
-    ``log d``.  The model is not evaluated.
+    ``log d``.  An all-zero attribution ranks nothing: ``p`` is undefined, and
+    it is scored as uniform, ``log d``, the worst value, so that an empty
+    explanation never passes for a concise one.  A single feature scores 0
+    (``log 1``), all-zero or not.  The scale of the attributions does not
+    matter, however small or large.  A NaN or infinite attribution gives NaN.
+    The model is not evaluated.
 
     Parameters
     ----------
@@ -1100,6 +1222,12 @@ def complexity(ctx: _Context, attributions, *, feature_mask=None):
     else:
         attrs = _attributions(ctx, attributions, "reducible")
         mass = _group_attributions(tuple(a.abs() for a in attrs), _groups(ctx, feature_mask, False))
-    p = _safe_div(mass, mass.sum(1, keepdim=True), torch.full_like(mass, 1.0 / mass.shape[1]))
+    if mass.shape[1] == 0:
+        return mass.sum(1)  # no features: an empty sum
+    # Divided by the largest mass first, so that the total neither overflows nor underflows.
+    share = mass / _nonzero(mass.amax(1, keepdim=True))
+    total = share.sum(1, keepdim=True)
+    p = torch.where(total > 0, share / _nonzero(total), torch.full_like(share, 1.0 / mass.shape[1]))
     plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
-    return -plogp.sum(1)
+    entropy = -plogp.sum(1)
+    return torch.where(torch.isfinite(mass).all(1), entropy, torch.full_like(entropy, math.nan))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..arguments import check_bool, check_choice, check_positive_int, is_int
 from ..explainers.integrated_gradients import check_targets as check_explainer_targets
 
 __all__ = ["OptimizationResult", "grid_values", "optimize"]
@@ -42,7 +43,7 @@ class OptimizationResult:
     params : dict
         The best point of the search space, ``{name: value}`` as in ``get_tunables``.
     study : optuna.study.Study
-        The study, with every trial (pruned ones included).
+        The study, with every trial (failed ones included).
     """
 
     explainer: Any
@@ -64,12 +65,12 @@ def _import_optuna():
 
 def _resolve_metric(metric: str | Callable[..., Any]) -> Callable[..., Any]:
     if isinstance(metric, str):
-        from integrad import metrics as metric_module
+        from .metrics import METRICS
 
-        found = getattr(metric_module, metric, None)
-        if not callable(found) or not hasattr(found, "higher_is_better"):
-            raise ValueError(f"unknown metric {metric!r}; pass a function from integrad.metrics or its name")
-        return found
+        try:
+            return METRICS[check_choice("metric", metric, tuple(METRICS))]
+        except ValueError as error:
+            raise ValueError(f"{error} (the names in integrad.metrics; or pass a metric function)") from None
     if not callable(metric):
         raise TypeError(
             "metric must be a callable metric(model, inputs, attributions, targets, **options) -> Tensor[N] "
@@ -210,6 +211,112 @@ def _metric_options(metric: Callable[..., Any], explainer: Any, seed: int | None
     return options
 
 
+class _NonFiniteScore(ArithmeticError):
+    """A metric scored NaN or infinity: the trial fails, and the search goes on without it."""
+
+
+def _non_finite_reason(metric: Callable[..., Any], scores: torch.Tensor, params: dict[str, Any]) -> str:
+    name = getattr(metric, "__name__", type(metric).__name__)
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if not bad:
+        return f"the mean of metric {name} over the examples overflows with {params}"
+    kinds = sorted({"nan" if math.isnan(v) else "infinite" for v in scores[bad].tolist()})
+    shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+    return (
+        f"metric {name} is {' or '.join(kinds)} for {len(bad)} of {scores.numel()} example(s) (indices {shown}) "
+        f"with {params}: it could not be computed there (a NaN or infinite model output or attribution, for "
+        "instance), so this configuration cannot be ranked"
+    )
+
+
+@dataclass
+class _Search:
+    """What every trial shares: the explainer and examples, the metric and the space it is searched over."""
+
+    explainer: Any
+    current: dict[str, Any]
+    inputs: Any
+    targets: Any
+    metric: Callable[..., Any]
+    space: dict[str, tuple[type, dict[str, Any]]]
+    grid: bool
+    seed: int | None
+    metric_kwargs: dict[str, Any]
+
+    def enqueue_current(self, study: Any) -> None:
+        """Try the explainer's own configuration (the part of it in the space) first, except on a grid."""
+        if self.grid:
+            return
+        start = {name: v for name, v in self.current.items() if name in self.space and _in_space(v, *self.space[name])}
+        if start:
+            study.enqueue_trial(start)
+
+    def objective(self, trial: Any) -> float:
+        params = _suggest(trial, self.space, conditional=not self.grid)
+        candidate = self.explainer.apply_tunables(params)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices, enabled=self.seed is not None):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            attributions = candidate.attribute(self.inputs, self.targets)
+            options = {**_metric_options(self.metric, candidate, self.seed), **self.metric_kwargs}
+            scores = self.metric(candidate.model, self.inputs, attributions, self.targets, **options)
+        scores = torch.as_tensor(scores).detach().to(torch.float64).reshape(-1)
+        value = float(scores.mean())
+        if not math.isfinite(value):
+            # One example the metric cannot score makes the mean meaningless; the trial fails (Optuna logs why)
+            # rather than entering the study with a value that would win or lose every comparison.
+            reason = _non_finite_reason(self.metric, scores, params)
+            trial.set_user_attr("failed_because", reason)
+            raise _NonFiniteScore(reason)
+        return value
+
+
+def _check_settings(n_trials: Any, seed: Any, metric_kwargs: Any, verbose: Any) -> None:
+    check_positive_int("n_trials", n_trials, allow_none=False)
+    if seed is not None and not is_int(seed):
+        raise TypeError(f"seed must be an int or None; got {seed!r}")
+    if metric_kwargs is not None and not isinstance(metric_kwargs, dict):
+        raise TypeError(
+            f"metric_kwargs must be a dict of options for the metric, or None; got {type(metric_kwargs).__name__}"
+        )
+    check_bool("verbose", verbose)
+
+
+def _make_sampler(
+    optuna: Any, sampler: Any, space: dict[str, tuple[type, dict[str, Any]]], seed: int | None, n_trials: int
+) -> tuple[Any, bool, int]:
+    """The Optuna sampler, whether it searches a grid, and the number of trials (at most the grid's size)."""
+    accepted = f"one of {', '.join(_SAMPLERS)}, or an optuna sampler"
+    if isinstance(sampler, str):
+        try:
+            check_choice("sampler", sampler, _SAMPLERS)
+        except ValueError as error:
+            raise ValueError(f"{error} (or pass an optuna sampler)") from None
+        if sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed), False, n_trials
+        if sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed), False, n_trials
+        search_space = {name: grid_values(kind, spec) for name, (kind, spec) in space.items() if "when" not in spec}
+        size = math.prod(len(values) for values in search_space.values())
+        return optuna.samplers.GridSampler(search_space, seed=seed), True, min(n_trials, size)
+    if isinstance(sampler, optuna.samplers.BaseSampler):
+        return sampler, isinstance(sampler, optuna.samplers.GridSampler), n_trials
+    raise TypeError(f"sampler must be {accepted}; got {type(sampler).__name__}")
+
+
+def _result(optuna: Any, study: Any, explainer: Any) -> OptimizationResult:
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        failed = [t for t in study.trials if "failed_because" in t.user_attrs]
+        first = f"; the first: {failed[0].user_attrs['failed_because']}" if failed else ""
+        raise RuntimeError(
+            f"no trial completed: all {len(study.trials)} trial(s) failed because the metric's score was NaN or "
+            f"infinite{first}. Check the metric on these inputs, or narrow the search space"
+        )
+    best = study.best_trial
+    return OptimizationResult(explainer.apply_tunables(dict(best.params)), float(best.value), dict(best.params), study)
+
+
 def optimize(
     explainer: Any,
     inputs: Any,
@@ -227,10 +334,11 @@ def optimize(
 
     Each trial draws a point of the space, builds ``explainer.apply_tunables(point)`` (a copy; ``explainer`` is not
     changed), attributes ``inputs`` at ``targets``, and scores
-    ``metric(model, inputs, attributions, targets, **options).mean()``. Trials whose score is NaN or infinite are
-    pruned (recorded, not fatal). For TPE and random search the explainer's own configuration (the part of it that
-    lies in the space) is tried first, so when all of it lies there the result scores at least as well as the
-    explainer on these examples.
+    ``metric(model, inputs, attributions, targets, **options).mean()``. A trial where the metric scores NaN or
+    infinity for any example fails: Optuna logs why (which examples, which configuration), the reason is kept in the
+    trial's ``user_attrs["failed_because"]``, and the search goes on without it. For TPE and random search the
+    explainer's own configuration (the part of it that lies in the space) is tried first, so when all of it lies
+    there the result scores at least as well as the explainer on these examples.
 
     Parameters
     ----------
@@ -280,97 +388,27 @@ def optimize(
     TypeError
         ``targets`` of another form than the ones above.
     RuntimeError
-        Every trial was pruned.
+        Every trial failed (the metric scored NaN or infinity in each).
     """
     optuna = _import_optuna()
     metric = _resolve_metric(metric)
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
-    if metric_kwargs is not None and not isinstance(metric_kwargs, dict):
-        raise TypeError(f"metric_kwargs must be a dict or None, got {type(metric_kwargs).__name__}")
+    _check_settings(n_trials, seed, metric_kwargs, verbose)
     space = explainer.get_tunables(inputs) if tunables is None else dict(tunables)
     _check_space(space)
     current = explainer.current_tunables() if hasattr(explainer, "current_tunables") else {}
     space = _fix_conditions(space, current)
     targets = _targets_tensor(targets, *_batch_of(explainer, inputs))
+    sampler_object, grid, n_trials = _make_sampler(optuna, sampler, space, seed, int(n_trials))
+    search = _Search(explainer, current, inputs, targets, metric, space, grid, seed, dict(metric_kwargs or {}))
 
-    grid = False
-    if isinstance(sampler, str):
-        if sampler not in _SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(_SAMPLERS)} or an optuna sampler, got {sampler!r}")
-        if sampler == "tpe":
-            sampler_object = optuna.samplers.TPESampler(seed=seed)
-        elif sampler == "random":
-            sampler_object = optuna.samplers.RandomSampler(seed=seed)
-        else:
-            grid = True
-            search_space = {name: grid_values(kind, spec) for name, (kind, spec) in space.items() if "when" not in spec}
-            size = math.prod(len(values) for values in search_space.values())
-            n_trials = min(n_trials, size)
-            sampler_object = optuna.samplers.GridSampler(search_space, seed=seed)
-    elif isinstance(sampler, optuna.samplers.BaseSampler):
-        sampler_object = sampler
-        grid = isinstance(sampler, optuna.samplers.GridSampler)
-    else:
-        raise TypeError(f"sampler must be one of {list(_SAMPLERS)} or an optuna sampler, got {type(sampler).__name__}")
-
-    direction = "maximize" if metric.higher_is_better else "minimize"
     verbosity = optuna.logging.get_verbosity()
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        direction = "maximize" if metric.higher_is_better else "minimize"
         study = optuna.create_study(direction=direction, sampler=sampler_object)
-        _run(optuna, study, explainer, current, inputs, targets, metric, space, grid, seed, metric_kwargs, n_trials)
+        search.enqueue_current(study)
+        study.optimize(search.objective, n_trials=n_trials, catch=(_NonFiniteScore,))
     finally:
         optuna.logging.set_verbosity(verbosity)
-
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise RuntimeError(
-            f"no trial completed: all {len(study.trials)} trial(s) were pruned because the metric's mean was NaN or "
-            "infinite; check the metric on these inputs or narrow the search space"
-        )
-    best = study.best_trial
-    return OptimizationResult(explainer.apply_tunables(dict(best.params)), float(best.value), dict(best.params), study)
-
-
-def _run(
-    optuna: Any,
-    study: Any,
-    explainer: Any,
-    current: dict[str, Any],
-    inputs: Any,
-    targets: Any,
-    metric: Callable[..., Any],
-    space: dict[str, tuple[type, dict[str, Any]]],
-    grid: bool,
-    seed: int | None,
-    metric_kwargs: dict[str, Any] | None,
-    n_trials: int,
-) -> None:
-    if not grid:
-        start = {name: value for name, value in current.items() if name in space and _in_space(value, *space[name])}
-        if start:
-            study.enqueue_trial(start)
-
-    extra = dict(metric_kwargs or {})
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-
-    def objective(trial: Any) -> float:
-        params = _suggest(trial, space, conditional=not grid)
-        candidate = explainer.apply_tunables(params)
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            attributions = candidate.attribute(inputs, targets)
-            options = {**_metric_options(metric, candidate, seed), **extra}
-            scores = metric(candidate.model, inputs, attributions, targets, **options)
-        value = float(torch.as_tensor(scores, dtype=torch.float64).mean())
-        if not math.isfinite(value):
-            trial.set_user_attr("pruned_because", f"metric mean is {value}")
-            raise optuna.TrialPruned(f"metric mean is {value} for {params}")
-        return value
-
-    study.optimize(objective, n_trials=n_trials)
+    return _result(optuna, study, explainer)

@@ -7,14 +7,19 @@
 
 from .base import Explainer
 from .baselines import BASELINES, get_baseline_fn
+from .core import CoreExplainer
 from .integrated_gradients import IntegratedGradients
 from .support import SUPPORTED_MODULES, Attention, Convolution, Linear, ModuleCategory, SupportReport, check_support
+from .variants import BlurIntegratedGradients, GuidedIntegratedGradients
 
 __all__ = [
     "Attention",
     "BASELINES",
+    "BlurIntegratedGradients",
     "Convolution",
+    "CoreExplainer",
     "Explainer",
+    "GuidedIntegratedGradients",
     "IntegratedGradients",
     "Linear",
     "ModuleCategory",
