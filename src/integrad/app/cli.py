@@ -45,8 +45,8 @@ import torch
 
 from .. import arguments
 from ..engine import parse_bytes
-from ..report import plot_attributions, token_scores
-from ..visualize import text_html
+from ..viz import text_html
+from ..viz.report import plot_attributions, token_scores
 from .demo import run_demo
 from .files import save_tensors, umask
 from .io import InputError, load_inputs, load_model

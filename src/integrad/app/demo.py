@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import visualize
+from .. import viz as visualize
 from ..evaluate import metrics
 from ..explainers.baselines import get_baseline_fn
 from ..methods import IntegratedGradients, LayerIntegratedGradients
-from ..report import HtmlReport, plot_attributions, token_scores
+from ..viz.report import HtmlReport, plot_attributions, token_scores
 from .files import save_tensors
 
 __all__ = ["run_demo", "DemoConfig", "digits_cnn", "cancer_mlp", "SentenceSimilarity"]
@@ -718,7 +718,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     log = log or (lambda s: print(s, file=sys.stderr))
-    from ..report import _use_agg
+    from ..viz.report import _use_agg
 
     _use_agg()
     report = HtmlReport("integrad demo: integrated gradients on three models")
