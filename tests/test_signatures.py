@@ -14,7 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from integrad.methods.conductance import LayerConductance, NeuronConductance
+from integrad.methods.gradient_shap import GradientShap, LayerGradientShap
 from integrad.methods.integrated_gradients import IntegratedGradients
+from integrad.methods.internal_influence import InternalInfluence
 from integrad.methods.layer import LayerIntegratedGradients
 from integrad.methods.neuron import NeuronIntegratedGradients
 from integrad.methods.noise_tunnel import NoiseTunnel
@@ -33,6 +36,11 @@ PAIRS = [
     (LayerIntegratedGradients, captum_attr.LayerIntegratedGradients),
     (NeuronIntegratedGradients, captum_attr.NeuronIntegratedGradients),
     (NoiseTunnel, captum_attr.NoiseTunnel),
+    (GradientShap, captum_attr.GradientShap),
+    (LayerGradientShap, captum_attr.LayerGradientShap),
+    (LayerConductance, captum_attr.LayerConductance),
+    (NeuronConductance, captum_attr.NeuronConductance),
+    (InternalInfluence, captum_attr.InternalInfluence),
 ]
 IDS = [ours.__name__ for ours, _ in PAIRS]
 
@@ -41,6 +49,8 @@ LEFT_OUT = {
     # captum's compares the attributions with F(end) − F(start) of the model output, which a neuron's attributions do
     # not add up to; both say has_convergence_delta() is False.
     ("NeuronIntegratedGradients", "compute_convergence_delta"),
+    ("NeuronConductance", "compute_convergence_delta"),
+    ("InternalInfluence", "compute_convergence_delta"),
 }
 
 POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

@@ -411,6 +411,66 @@ def convergence_delta(attributions: tuple[Tensor, ...], f_start: Tensor, f_end: 
     return (total - (f_end - f_start)).to(device=attributions[0].device, dtype=dtype)
 
 
+class InputConvergenceDelta:
+    """``compute_convergence_delta`` of a method that attributes to its inputs, as captum has it."""
+
+    forward_func: Callable
+
+    @keeps_model_state
+    def compute_convergence_delta(
+        self,
+        attributions: Any,
+        start_point: Any,
+        end_point: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
+
+        ``attributions`` has the structure and shapes of ``end_point``; ``start_point`` accepts every form
+        ``baselines`` accepts.
+        """
+        ends, _ = arguments.normalize_inputs(end_point, name="end_point")
+        attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
+        if len(attrs) != len(ends) or any(a.shape != e.shape for a, e in zip(attrs, ends)):
+            raise ValueError("attributions must have the same structure and shapes as end_point")
+        return model_convergence_delta(
+            self.forward_func, attrs, start_point, end_point, target, additional_forward_args
+        )
+
+
+class LayerConvergenceDelta:
+    """``compute_convergence_delta`` of a method that attributes to a layer, as captum has it: the attributions are
+    the layer's, the end points model inputs."""
+
+    forward_func: Callable
+
+    @keeps_model_state
+    def compute_convergence_delta(
+        self,
+        attributions: Any,
+        start_point: Any,
+        end_point: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
+
+        ``attributions`` is one layer's attributions (a tensor, or a tuple for a layer whose value is a tuple);
+        ``start_point`` and ``end_point`` are model inputs, as ``baselines`` and ``inputs`` of ``attribute``
+        (token ids included).
+        """
+        if isinstance(attributions, list):
+            raise TypeError(
+                "attributions must be one layer's attributions (a tensor or a tuple of tensors); for a list of layers "
+                "pass one element of the list: each layer's attributions add up to F(end_point) − F(start_point) alone"
+            )
+        attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
+        return model_convergence_delta(
+            self.forward_func, attrs, start_point, end_point, target, additional_forward_args, need_grad=False
+        )
+
+
 def model_convergence_delta(
     forward_func: Callable,
     attributions: tuple[Tensor, ...],

@@ -15,13 +15,21 @@ from .. import arguments
 from ..engine import Rows, WeightedSum, probe_values, run_chunked
 from ..paths import Path, Points, moved
 from ..probes import RepeatedLayerCall, TargetProbe, check_layer, run_until, scoped_hooks
-from .base import PathAttribution, keeps_model_state, output_probe, restore_structure
+from .base import (
+    InputConvergenceDelta,
+    LayerConvergenceDelta,
+    PathAttribution,
+    keeps_model_state,
+    output_probe,
+    restore_structure,
+)
 from .expected_gradients import PairedLine, evaluate_sampled, pair_probe
+from .layer import LayerIntegratedGradients
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
 
-class GradientShap(PathAttribution):
+class GradientShap(InputConvergenceDelta, PathAttribution):
     r"""GradientShap: SHAP values approximated by expected gradients over Gaussian-noised inputs.
 
     For each example ``x`` and each of ``n = n_samples`` rows ``k``: a noisy input ``x̃_k = x + ε_k``
@@ -159,7 +167,7 @@ class GradientShap(PathAttribution):
         return restore_structure(attributions, call.was_tuple), delta
 
 
-class LayerGradientShap(PathAttribution):
+class LayerGradientShap(LayerConvergenceDelta, PathAttribution):
     r"""GradientShap with respect to a layer's value (its output, or its input).
 
     With ``h`` the layer's value and the rows of :class:`GradientShap` (noisy input ``x̃_k``, drawn baseline
@@ -274,6 +282,8 @@ class LayerGradientShap(PathAttribution):
             return out
         plain = output_probe(self.forward_func, lambda points, examples: points, call.target, call.args, call.flags)
         return out, call.delta(reduction, pair_probe(plain, call.example_of), line)
+
+    interpolate = staticmethod(LayerIntegratedGradients.interpolate)
 
 
 class _RowTotals(WeightedSum):

@@ -11,12 +11,18 @@ from torch import Tensor
 from .. import arguments
 from ..engine import Chunking, RowGradients, Rows, evaluate_rows
 from ..paths import StraightLine
-from .base import PathAttribution, keeps_model_state, model_convergence_delta, output_probe, restore_structure
+from .base import (
+    InputConvergenceDelta,
+    PathAttribution,
+    keeps_model_state,
+    output_probe,
+    restore_structure,
+)
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
 
-class IntegratedGradients(PathAttribution):
+class IntegratedGradients(InputConvergenceDelta, PathAttribution):
     r"""Integrated Gradients: ``A_i = (x_i − x′_i) · ∫_0^1 ∂F(x′ + α (x − x′)) / ∂x_i dα``.
 
     The integral is approximated by ``Σ_k w_k ∂F(x′ + α_k (x − x′))/∂x_i`` with a quadrature rule from
@@ -145,28 +151,6 @@ class IntegratedGradients(PathAttribution):
         if return_convergence_delta:
             return attributions, result.report.delta
         return attributions
-
-    @keeps_model_state
-    def compute_convergence_delta(
-        self,
-        attributions: TensorOrTuple,
-        start_point: Any,
-        end_point: TensorOrTuple,
-        target: Any = None,
-        additional_forward_args: Any = None,
-    ) -> Tensor:
-        """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
-
-        ``attributions`` has the structure and shapes of ``end_point``; ``start_point`` accepts every form
-        ``baselines`` accepts.
-        """
-        ends, _ = arguments.normalize_inputs(end_point, name="end_point")
-        attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
-        if len(attrs) != len(ends) or any(a.shape != e.shape for a, e in zip(attrs, ends)):
-            raise ValueError("attributions must have the same structure and shapes as end_point")
-        return model_convergence_delta(
-            self.forward_func, attrs, start_point, end_point, target, additional_forward_args
-        )
 
     def integrand(
         self,

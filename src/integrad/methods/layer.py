@@ -21,10 +21,10 @@ from ..probes import (
     run_until,
     scoped_hooks,
 )
-from .base import PathAttribution, keeps_model_state, model_convergence_delta, output_probe
+from .base import LayerConvergenceDelta, PathAttribution, keeps_model_state, output_probe
 
 
-class LayerIntegratedGradients(PathAttribution):
+class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
     r"""Integrated gradients with respect to a layer's activations (or inputs).
 
     With ``h(x)`` the layer's value, the path runs from ``h(x′)`` to ``h(x)`` in activation space; the model is run
@@ -231,32 +231,6 @@ class LayerIntegratedGradients(PathAttribution):
         if return_convergence_delta:
             return out, first_delta
         return out
-
-    @keeps_model_state
-    def compute_convergence_delta(
-        self,
-        attributions: Any,
-        start_point: Any,
-        end_point: Any,
-        target: Any = None,
-        additional_forward_args: Any = None,
-    ) -> Tensor:
-        """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
-
-        ``attributions`` is one layer's attributions (a tensor, or a tuple for a layer whose value is a tuple);
-        ``start_point`` and ``end_point`` are model inputs, as ``baselines`` and ``inputs`` of :meth:`attribute`
-        (token ids included). The delta that :meth:`attribute` returns evaluates the model at the ends of the layer
-        path instead; the two agree for layers that every input flows through.
-        """
-        if isinstance(attributions, list):
-            raise TypeError(
-                "attributions must be one layer's attributions (a tensor or a tuple of tensors); for a list of layers "
-                "pass one element of the list: each layer's attributions add up to F(end_point) − F(start_point) alone"
-            )
-        attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
-        return model_convergence_delta(
-            self.forward_func, attrs, start_point, end_point, target, additional_forward_args, need_grad=False
-        )
 
     @staticmethod
     def interpolate(
