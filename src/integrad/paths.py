@@ -7,6 +7,8 @@ row ``k·B + b``), which fixed rules use and which can be built faster.
 
 * :class:`StraightLine` — ``γ(α) = x′ + α (x − x′)``, IG's path. Its velocity is the same everywhere, so the
   engine sums gradients alone and multiplies by ``x − x′`` once (``velocity_factored``).
+* :class:`PairedLine` — straight lines between rows of two sets (inputs against a background), one per pair,
+  without copies of either set.
 * :class:`FunctionPath` — any path given by a function ``fn(alphas) -> (points, velocities)``.
 * :class:`DiscretePath` — an explicit sequence of points ``x_0 … x_K``; the displacement ``x_{k+1} − x_k`` of each
   segment takes the place of the velocity, and the rule is the sequence itself (``Σ_k ∇F(x_k) ⊙ (x_{k+1} − x_k)``).
@@ -290,3 +292,66 @@ class DiscretePath(Path):
         flat = [p.reshape((-1,) + p.shape[2:]) for p in self.sequence]
         points = tuple(f.index_select(0, here) for f in flat)
         return points, tuple(f.index_select(0, there) - z for f, z in zip(flat, points))
+
+
+class PairedLine(Path):
+    r"""Straight lines between rows of two sets of tensors, one line per pair:
+    ``γ_p(α) = s_p + α (e_p − s_p)`` with ``s_p = starts[i][start_rows[i][p]]`` and ``e_p = ends[i][end_rows[p]]``.
+
+    The pairs index into the two sets, so that ``B`` inputs against ``M`` baselines make ``B·M`` lines without
+    ``B·M`` copies of either: a chunk gathers the rows it needs.
+
+    Parameters
+    ----------
+    starts, ends : tuple of Tensor
+        One tensor per path tensor: the rows the lines start from (``(M_i, ...)``) and end at (``(N, ...)``).
+    start_rows : tuple of LongTensor
+        Per path tensor, the start row of every pair (``(P,)``); each tensor may pair its rows its own way.
+    end_rows : LongTensor
+        The end row of every pair (``(P,)``), shared by the path tensors.
+    factored : bool, default True
+        Leave the velocity ``e_p − s_p`` out of the rows (the caller multiplies once per pair); False hands every row
+        its velocity, for sums that mix rows of different pairs.
+    """
+
+    straight = True
+
+    def __init__(
+        self, starts: Points, start_rows: tuple[Tensor, ...], ends: Points, end_rows: Tensor, factored: bool = True
+    ):
+        pairs = int(end_rows.shape[0])
+        # Shapes, dtypes and device of the points, without memory per pair.
+        super().__init__(tuple(e[:1].expand((pairs,) + tuple(e.shape[1:])) for e in ends))
+        self.start_sets = tuple(moved(s.detach(), self.device, x.dtype) for s, x in zip(starts, self.like))
+        self.start_rows = tuple(moved(r, self.device) for r in start_rows)
+        self.end_sets = tuple(e.detach() for e in ends)
+        self.end_rows = moved(end_rows, self.device)
+        self.velocity_factored = factored
+        self._velocity: Points | None = None
+
+    def _gather(self, pairs: Tensor) -> tuple[Points, Points]:
+        starts = tuple(s.index_select(0, r.index_select(0, pairs)) for s, r in zip(self.start_sets, self.start_rows))
+        rows = self.end_rows.index_select(0, pairs)
+        return starts, tuple(e.index_select(0, rows) for e in self.end_sets)
+
+    @property
+    def velocity(self) -> Points:
+        """``e_p − s_p`` of every pair, in the compute dtype."""
+        if self._velocity is None:
+            starts, ends = self.ends()
+            self._velocity = tuple(e.to(self.compute) - s.to(self.compute) for s, e in zip(starts, ends))
+        return self._velocity
+
+    def ends(self) -> tuple[Points, Points]:
+        return self._gather(torch.arange(self.batch, device=self.device))
+
+    def at(self, examples: Tensor, alphas: Tensor) -> tuple[Points, Points | None]:
+        starts, ends = self._gather(examples)
+        points, velocities = [], []
+        for s, e, dtype in zip(starts, ends, self.dtypes):
+            s, e = s.to(self.compute), e.to(self.compute)
+            d = e - s
+            z = torch.addcmul(s, alphas.view((-1,) + (1,) * (s.dim() - 1)).to(self.compute), d)
+            points.append(z if z.dtype == dtype else z.to(dtype))
+            velocities.append(d)
+        return tuple(points), None if self.velocity_factored else tuple(velocities)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,20 +238,26 @@ class PathAttribution:
                 "one declared not smooth, has no integrand between its points to estimate an error from); give an int "
                 "n_steps"
             )
+        with self._chunking(path, settings) as chunking:
+            if settings["n_steps"] == "auto":
+                result = integrate_adaptive(probe, path, settings["tolerance"], chunking, need_ends)
+            else:
+                result = integrate(probe, path, settings["method"], settings["n_steps"], chunking, need_ends, reduction)
+        self.last_report = result.report
+        return result
+
+    @contextlib.contextmanager
+    def _chunking(self, path: Path, settings: dict) -> Iterator[Chunking]:
+        """The call's chunking for rows along ``path``, sized by what earlier calls on rows of the same shapes,
+        under the same budget, measured (a call under another budget runs chunks of other sizes: its timings would
+        not compare); what this call measures is kept when it succeeds."""
         chunking = settings["chunking"].fresh()
-        # What earlier calls on rows of the same shapes, under the same budget, measured sizes this call's chunks
-        # (a call under another budget runs chunks of other sizes: its timings would not compare).
         key = (tuple((tuple(x.shape[1:]), x.dtype) for x in path.like), path.device, settings["budget_key"])
         memory = self._row_shapes.checkout(key)
         memory.apply(chunking)
-        if settings["n_steps"] == "auto":
-            result = integrate_adaptive(probe, path, settings["tolerance"], chunking, need_ends)
-        else:
-            result = integrate(probe, path, settings["method"], settings["n_steps"], chunking, need_ends, reduction)
+        yield chunking
         memory.learn(chunking, path.device)
         self._row_shapes.checkin(key, memory)
-        self.last_report = result.report
-        return result
 
     @staticmethod
     def _with_grad_kwargs(settings: dict, grad_kwargs: Any, memory_budget: Any) -> dict:

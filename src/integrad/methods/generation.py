@@ -11,8 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..engine import run_chunked
+from ..engine import IntegrationReport, PathIntegral, Rows, WeightedSum, evaluate_rows, run_chunked
+from ..engine.evaluate import end_values
 from ..paths import StraightLine
+from ..rules import alphas_and_weights
 from ..probes import check_layer, replaced, run_until
 from .base import PathAttribution, keeps_model_state
 
@@ -277,8 +279,12 @@ class GenerationAttribution(PathAttribution):
         ids = sequence.expand(n_generated, width).contiguous()
         mask = (torch.arange(width, device=sequence.device) < lengths.unsqueeze(1)).long()
         start, end = self._embedding_ends(ids, torch.where(mask.bool(), baseline, ids), mask, settings)
-        probe = self._probe(ids, mask, lengths - 1, generated, score)
-        result = self._integrate(probe, StraightLine((start,), (end,)), settings, need_ends=True)
+        probe = self._probe(ids, mask, lengths, generated, score)
+        path = StraightLine((start,), (end,))
+        if settings["n_steps"] == "auto":
+            result = self._integrate(probe, path, settings, need_ends=True)
+        else:
+            result = self._integrate_by_position(probe, path, settings)
         (attributions,) = self._finish(result, [end.dtype])
         tokens = attributions.sum(-1)
         return GenerationAttributions(
@@ -295,6 +301,37 @@ class GenerationAttribution(PathAttribution):
             prompt_tokens=self._token_strings(prompt_ids),
             generated_tokens=self._token_strings(generated),
         )
+
+    def _integrate_by_position(self, probe: Callable, path: StraightLine, settings: dict) -> PathIntegral:
+        """A fixed rule's rows in order of generated position, the longest prefixes first.
+
+        Each chunk then holds a few neighbouring positions, and the probe runs it at the width of its longest prefix
+        instead of the whole padded width. The first chunk, measured against the memory budget, costs the most per
+        row, so the chunks sized from it fit too.
+        """
+        alphas, weights = alphas_and_weights(settings["method"], settings["n_steps"])
+        positions, n_alphas = path.batch, len(alphas)
+        examples = torch.arange(positions - 1, -1, -1).repeat_interleave(n_alphas)
+        rows = Rows(
+            examples,
+            torch.from_numpy(alphas).repeat(positions),
+            torch.from_numpy(weights).repeat(positions).unsqueeze(1),
+            examples,
+            positions,
+        )
+        chunking = settings["chunking"].fresh()
+        # What earlier calls learned about rows of these shapes (their memory cost, the fastest chunk size).
+        key = (tuple((tuple(x.shape[1:]), x.dtype) for x in path.like), path.device, settings["budget_key"])
+        memory = self._row_shapes.checkout(key)
+        memory.apply(chunking)
+        sums = WeightedSum(rows, path)
+        evaluate_rows(probe, path, rows, sums, chunking, keep_values=False)
+        f_start, f_end = end_values(probe, path, chunking)
+        memory.learn(chunking, path.device)
+        self._row_shapes.checkin(key, memory)
+        report = IntegrationReport.of(chunking, torch.full((positions,), n_alphas, dtype=torch.long))
+        self.last_report = report
+        return PathIntegral([sums.sums[0][0]], f_start, f_end, report, path, sums)
 
     def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         output = arguments.model_output(self.model(input_ids=input_ids, attention_mask=attention_mask))
@@ -330,21 +367,26 @@ class GenerationAttribution(PathAttribution):
         return torch.where(inside, start, end), end
 
     def _probe(
-        self, ids: Tensor, mask: Tensor, positions: Tensor, generated: Tensor, score: str
+        self, ids: Tensor, mask: Tensor, lengths: Tensor, generated: Tensor, score: str
     ) -> Callable[[tuple[Tensor, ...], Tensor], Tensor]:
-        """The score of each row's generated token, with the embedding layer's output replaced by the row's point."""
+        """The score of each row's generated token, with the embedding layer's output replaced by the row's point.
+
+        A chunk runs at the width of its longest prefix: the columns after it are padding for every row in it.
+        """
 
         def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
             rows = examples.to(ids.device)
-            with replaced([self.embedding_layer], [points[0]], use_input=False):
-                logits = self._logits(ids.index_select(0, rows), mask.index_select(0, rows))
-            at_position = logits[torch.arange(rows.shape[0], device=logits.device), positions.index_select(0, rows)]
+            row_lengths = lengths.index_select(0, rows)
+            width = int(row_lengths.max())
+            with replaced([self.embedding_layer], [points[0][:, :width]], use_input=False):
+                logits = self._logits(ids.index_select(0, rows)[:, :width], mask.index_select(0, rows)[:, :width])
+            at_end = logits[torch.arange(rows.shape[0], device=logits.device), row_lengths - 1]
             token = generated.index_select(0, rows).unsqueeze(1)
             if score == "logit":
-                return at_position.gather(1, token).squeeze(1)
+                return at_end.gather(1, token).squeeze(1)
             if score == "log_probability":
-                return torch.log_softmax(at_position, -1).gather(1, token).squeeze(1)
-            return torch.softmax(at_position, -1).gather(1, token).squeeze(1)
+                return torch.log_softmax(at_end, -1).gather(1, token).squeeze(1)
+            return torch.softmax(at_end, -1).gather(1, token).squeeze(1)
 
         return probe
 

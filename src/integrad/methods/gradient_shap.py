@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..engine import Rows, WeightedSum, probe_values, run_chunked
-from ..paths import Path, Points, moved
+from ..paths import PairedLine, Path, Points, moved
 from ..probes import RepeatedLayerCall, TargetProbe, check_layer, run_until, scoped_hooks
 from .base import (
     InputConvergenceDelta,
@@ -23,7 +23,7 @@ from .base import (
     output_probe,
     restore_structure,
 )
-from .expected_gradients import PairedLine, evaluate_sampled, pair_probe
+from .expected_gradients import evaluate_sampled, pair_probe
 from .layer import LayerIntegratedGradients
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
@@ -39,7 +39,7 @@ class GradientShap(InputConvergenceDelta, PathAttribution):
     ``A = (1/n) Σ_k (x̃_k − b_k) ⊙ ∇F(b_k + α_k (x̃_k − b_k))``,
 
     a one-point sample of the integrated gradients from ``b_k`` to ``x̃_k`` per row. The rows of all examples are
-    one expanded batch (a :class:`~integrad.methods.expected_gradients.PairedLine` per row, each at its own ``α``),
+    one expanded batch (a :class:`~integrad.paths.PairedLine` per row, each at its own ``α``),
     evaluated in chunks under the memory budget.
 
     A drop-in replacement for ``captum.attr.GradientShap``: after the same ``torch.manual_seed`` and

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +12,8 @@ from torch import Tensor
 from .. import arguments
 from ..engine import PathIntegral, Reduction, Rows
 from ..engine.evaluate import accumulation_dtype
-from ..paths import Path, StraightLine
-from .base import convergence_delta, keeps_model_state, output_probe, restore_structure
+from ..paths import Path
+from .base import convergence_delta, keeps_model_state, restore_structure
 from .blur import BlurIntegratedGradients
 from .guided import GuidedIntegratedGradients
 from .integrated_gradients import IntegratedGradients
@@ -183,37 +182,4 @@ class IDGI:
 
 def _points_of(method: Any) -> Callable[..., tuple[PathIntegral, bool]]:
     """The wrapped method's function that hands its points' gradients and outputs to a reduction."""
-    if isinstance(method, (BlurIntegratedGradients, GuidedIntegratedGradients)):
-        return method._reduce_points
-    return functools.partial(_straight_line_points, method)
-
-
-def _straight_line_points(
-    method: IntegratedGradients,
-    reduction: Callable[..., Reduction],
-    inputs: TensorOrTuple,
-    baselines: Any = None,
-    target: Any = None,
-    additional_forward_args: Any = None,
-    n_steps: int = 50,
-    internal_batch_size: int | None = None,
-    memory_budget: int | str | None = None,
-) -> tuple[PathIntegral, bool]:
-    """Integrated gradients' points ``x′ + (j/N)(x − x′)``, ``j = 0 … N``, handed to ``reduction`` by the engine (the
-    trapezoid rule's ``N + 1`` positions; its weights are not used)."""
-    n_steps = arguments.check_positive_int("n_steps", n_steps, allow_none=False)
-    line = method._input_path(
-        inputs,
-        baselines,
-        additional_forward_args,
-        n_steps=n_steps + 1,
-        method="riemann_trapezoid",
-        internal_batch_size=internal_batch_size,
-        memory_budget=memory_budget,
-        tolerance=1e-3,
-    )
-    target_t = arguments.normalize_target(target, line.batch, line.inputs[0].device)
-    probe = output_probe(method.forward_func, lambda points, examples: points, target_t, line.args, line.per_example)
-    # A factored straight line hands the engine's reduction the raw gradients.
-    path = StraightLine(line.start, line.end, factored=True)
-    return method._integrate(probe, path, line.settings, need_ends=False, reduction=reduction), line.was_tuple
+    return method._reduce_points

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import arguments
-from ..engine import Chunking, RowGradients, Rows, evaluate_rows
+from ..engine import Chunking, PathIntegral, Reduction, RowGradients, Rows, evaluate_rows
 from ..paths import StraightLine
 from .base import (
     InputConvergenceDelta,
@@ -151,6 +152,36 @@ class IntegratedGradients(InputConvergenceDelta, PathAttribution):
         if return_convergence_delta:
             return attributions, result.report.delta
         return attributions
+
+    def _reduce_points(
+        self,
+        reduction: Callable[..., Reduction],
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        internal_batch_size: int | None = None,
+        memory_budget: int | str | None = None,
+    ) -> tuple[PathIntegral, bool]:
+        """Integrated gradients' points ``x′ + (j/N)(x − x′)``, ``j = 0 … N``, handed to ``reduction`` by the engine
+        (the trapezoid rule's ``N + 1`` positions; its weights are not used), as IDGI takes them."""
+        n_steps = arguments.check_positive_int("n_steps", n_steps, allow_none=False)
+        line = self._input_path(
+            inputs,
+            baselines,
+            additional_forward_args,
+            n_steps=n_steps + 1,
+            method="riemann_trapezoid",
+            internal_batch_size=internal_batch_size,
+            memory_budget=memory_budget,
+            tolerance=1e-3,
+        )
+        target_t = arguments.normalize_target(target, line.batch, line.inputs[0].device)
+        probe = output_probe(self.forward_func, lambda points, examples: points, target_t, line.args, line.per_example)
+        # A factored straight line hands the engine's reduction the raw gradients.
+        path = StraightLine(line.start, line.end, factored=True)
+        return self._integrate(probe, path, line.settings, need_ends=False, reduction=reduction), line.was_tuple
 
     def integrand(
         self,
