@@ -1,12 +1,16 @@
 """The explainers of the integrated-gradients variants (Blur IG, Guided IG, IDGI on or off) agree with their cores,
 offer their parameters as tunables, and refuse what does not apply."""
 
+import numpy as np
 import pytest
 import torch
 
 import integrad
 from integrad.explainers import IntegratedGradients
+from integrad.explainers.variants import XRAI as XRAIExplainer
 from integrad.explainers.variants import BlurIntegratedGradients, GuidedIntegratedGradients
+from integrad.explainers.variants import ExpectedGradients as ExpectedGradientsExplainer
+from integrad.explainers.variants import GradientShap as GradientShapExplainer
 from integrad.tune import optimize
 
 from _models import digits
@@ -100,3 +104,50 @@ def test_variants_offer_their_parameters_and_the_tuner_uses_them(trained, batch)
     result = optimize(guided, x, y, "complexity", n_trials=3, sampler="random", seed=0, tunables=small)
     assert isinstance(result.explainer, GuidedIntegratedGradients)
     assert result.explainer.fraction == result.params["fraction"] and result.explainer.idgi == result.params["idgi"]
+
+
+def test_expected_gradients_explainer_equals_its_core_and_repeats_its_draws(trained, batch):
+    x, y = batch
+    background = trained.test_x[10:16]
+    explainer = ExpectedGradientsExplainer(trained.model, background, n_samples=6, seed=3)
+    generator = torch.Generator().manual_seed(3)
+    expected = integrad.ExpectedGradients(trained.model).attribute(
+        x, background, target=y, n_samples=6, generator=generator
+    )
+    torch.testing.assert_close(explainer.attribute(x, y), expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(explainer.attribute(x, y), expected, rtol=1e-6, atol=1e-7)
+    exact = ExpectedGradientsExplainer(trained.model, background, n_steps=16)
+    mean_ig = torch.stack(
+        [
+            integrad.IntegratedGradients(trained.model).attribute(x, b.expand_as(x), target=y, n_steps=16)
+            for b in background
+        ]
+    ).mean(0)
+    torch.testing.assert_close(exact.attribute(x, y), mean_ig, rtol=1e-4, atol=1e-6)
+    assert set(explainer.get_tunables()) == {"n_samples"}
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        ExpectedGradientsExplainer(trained.model, background, seed=-1)
+
+
+def test_gradient_shap_explainer_draws_as_its_core(trained, batch):
+    x, y = batch
+    background = trained.test_x[10:16]
+    # It draws as captum does, from torch's and numpy's global generators.
+    torch.manual_seed(5)
+    np.random.seed(5)
+    expected = integrad.GradientShap(trained.model).attribute(x, background, n_samples=4, stdevs=0.1, target=y)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    got = GradientShapExplainer(trained.model, background, n_samples=4, stdevs=0.1).attribute(x, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert set(GradientShapExplainer(trained.model, background).get_tunables()) == {"n_samples", "stdevs"}
+
+
+def test_xrai_explainer_gives_one_map_per_image(trained, batch):
+    pytest.importorskip("skimage")
+    x, y = batch
+    explainer = XRAIExplainer(trained.model, n_steps=8)
+    got = explainer.attribute(x, y)
+    expected = integrad.XRAI(trained.model).attribute(x, target=y, n_steps=8)
+    assert got.shape == (x.shape[0], 1) + x.shape[2:]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

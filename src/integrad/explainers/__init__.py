@@ -10,7 +10,7 @@ from .baselines import BASELINES, get_baseline_fn
 from .core import CoreExplainer
 from .integrated_gradients import IntegratedGradients
 from .support import SUPPORTED_MODULES, Attention, Convolution, Linear, ModuleCategory, SupportReport, check_support
-from .variants import BlurIntegratedGradients, GuidedIntegratedGradients
+from .variants import XRAI, BlurIntegratedGradients, ExpectedGradients, GradientShap, GuidedIntegratedGradients
 
 __all__ = [
     "Attention",
@@ -19,12 +19,15 @@ __all__ = [
     "Convolution",
     "CoreExplainer",
     "Explainer",
+    "ExpectedGradients",
+    "GradientShap",
     "GuidedIntegratedGradients",
     "IntegratedGradients",
     "Linear",
     "ModuleCategory",
     "SUPPORTED_MODULES",
     "SupportReport",
+    "XRAI",
     "check_support",
     "get_baseline_fn",
 ]
