@@ -557,6 +557,7 @@ class _TwoArguments(nn.Module):
         return torch.tanh(self.image(pixels)) + self.tabular(features) ** 2
 
 
+@pytest.mark.filterwarnings("ignore:Multiple layers provided")  # captum's note on its list of layers
 def test_a_layer_named_by_a_forward_argument_attributes_to_that_argument():
     # pnpxai's meaning: layer=["pixels"] wraps the argument in an identity module (captum's ModelInputWrapper).
     from captum.attr import LayerIntegratedGradients as CaptumLayerIG

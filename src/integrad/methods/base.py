@@ -418,10 +418,12 @@ def convergence_delta(attributions: tuple[Tensor, ...], f_start: Tensor, f_end: 
     return (total - (f_end - f_start)).to(device=attributions[0].device, dtype=dtype)
 
 
-class InputConvergenceDelta:
-    """``compute_convergence_delta`` of a method that attributes to its inputs, as captum has it."""
+class ConvergenceDelta:
+    """``compute_convergence_delta`` as captum has it: ``Σ attributions − (F(end_point) − F(start_point))``."""
 
     forward_func: Callable
+    #: The end points may be token ids (the attributions are a layer's, not the inputs').
+    _ENDS_MAY_BE_IDS = False
 
     @keeps_model_state
     def compute_convergence_delta(
@@ -434,48 +436,46 @@ class InputConvergenceDelta:
     ) -> Tensor:
         """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
 
-        ``attributions`` has the structure and shapes of ``end_point``; ``start_point`` accepts every form
-        ``baselines`` accepts.
+        ``start_point`` accepts every form ``baselines`` accepts. For a method on the inputs, ``attributions`` has
+        the structure and shapes of ``end_point``; for a layer method it is one layer's attributions (a tensor, or a
+        tuple for a layer whose value is one), and the end points are model inputs (token ids included).
         """
+        attrs = self._delta_attributions(attributions, end_point)
+        return model_convergence_delta(
+            self.forward_func,
+            attrs,
+            start_point,
+            end_point,
+            target,
+            additional_forward_args,
+            need_grad=not self._ENDS_MAY_BE_IDS,
+        )
+
+    def _delta_attributions(self, attributions: Any, end_point: Any) -> tuple[Tensor, ...]:
         ends, _ = arguments.normalize_inputs(end_point, name="end_point")
         attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
         if len(attrs) != len(ends) or any(a.shape != e.shape for a, e in zip(attrs, ends)):
             raise ValueError("attributions must have the same structure and shapes as end_point")
-        return model_convergence_delta(
-            self.forward_func, attrs, start_point, end_point, target, additional_forward_args
-        )
+        return attrs
 
 
-class LayerConvergenceDelta:
-    """``compute_convergence_delta`` of a method that attributes to a layer, as captum has it: the attributions are
-    the layer's, the end points model inputs."""
+#: ``compute_convergence_delta`` of a method that attributes to its inputs.
+InputConvergenceDelta = ConvergenceDelta
 
-    forward_func: Callable
 
-    @keeps_model_state
-    def compute_convergence_delta(
-        self,
-        attributions: Any,
-        start_point: Any,
-        end_point: Any,
-        target: Any = None,
-        additional_forward_args: Any = None,
-    ) -> Tensor:
-        """``Σ attributions − (F(end_point) − F(start_point))`` per example (completeness error).
+class LayerConvergenceDelta(ConvergenceDelta):
+    """``compute_convergence_delta`` of a method that attributes to a layer: the attributions are the layer's, the
+    end points model inputs."""
 
-        ``attributions`` is one layer's attributions (a tensor, or a tuple for a layer whose value is a tuple);
-        ``start_point`` and ``end_point`` are model inputs, as ``baselines`` and ``inputs`` of ``attribute``
-        (token ids included).
-        """
+    _ENDS_MAY_BE_IDS = True
+
+    def _delta_attributions(self, attributions: Any, end_point: Any) -> tuple[Tensor, ...]:
         if isinstance(attributions, list):
             raise TypeError(
                 "attributions must be one layer's attributions (a tensor or a tuple of tensors); for a list of layers "
                 "pass one element of the list: each layer's attributions add up to F(end_point) − F(start_point) alone"
             )
-        attrs, _ = arguments.normalize_inputs(attributions, name="attributions", need_grad=False)
-        return model_convergence_delta(
-            self.forward_func, attrs, start_point, end_point, target, additional_forward_args, need_grad=False
-        )
+        return arguments.normalize_inputs(attributions, name="attributions", need_grad=False)[0]
 
 
 def model_convergence_delta(
