@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from _saliency_reference import blur_ig, small_cnn
 from scipy import ndimage
 from torch import nn
 
 from integrad.methods.blur import BlurIntegratedGradients, blur_matrices, gaussian_blur
+
+from _saliency_reference import blur_ig, small_cnn
 
 pytest.importorskip("saliency")
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _saliency_reference import guided_ig, quantile_accepting_interpolation, small_cnn
 from torch import nn
 
 from integrad import IntegratedGradients
 from integrad.methods.guided import GuidedIntegratedGradients
+
+from _saliency_reference import guided_ig, quantile_accepting_interpolation, small_cnn
 
 pytest.importorskip("saliency")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _saliency_reference import guided_ig, quantile_accepting_interpolation, small_cnn
 from scipy import ndimage
 from torch import nn
 
@@ -16,6 +15,8 @@ from integrad.methods.blur import BlurIntegratedGradients
 from integrad.methods.guided import GuidedIntegratedGradients
 from integrad.methods.idgi import IDGI, ImportantDirectionSum
 from integrad.paths import StraightLine
+
+from _saliency_reference import guided_ig, quantile_accepting_interpolation, small_cnn
 
 TARGET = [1, 3, 0]
 

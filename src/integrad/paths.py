@@ -258,6 +258,8 @@ class DiscretePath(Path):
     points : Tensor or tuple of Tensor
         ``(K + 1, B, ...)``: the points of every example, from the start (``x_0``) to the end (``x_K``).
 
+    Notes
+    -----
     The rule is the sequence itself: row ``k`` (weight 1, position ``k / K``) is the gradient at ``x_k`` times the
     segment's displacement. The attributions add up to ``F(x_K) − F(x_0)`` as the segments shrink; the left-point
     sum is exact for a model linear along each segment.

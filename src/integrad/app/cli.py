@@ -8,14 +8,25 @@ Subcommands
     write an HTML report.
 ``integrad explain``
     Attribute one input file with a model given by a factory, a TorchScript
-    file or a ``torch.export`` program.
+    file or a ``torch.export`` program, by the method family ``--method``
+    chooses (integrated gradients, blur IG, guided IG, expected gradients,
+    GradientSHAP or XRAI; IDGI with ``--idgi``).
+``integrad explain-text``
+    Attribute each token a causal language model generates (or a given
+    continuation) to the prompt, with
+    :class:`integrad.methods.generation.GenerationAttribution`.
 ``integrad attribute-dataset``
     Attribute a whole data set into resumable shards; runs distributed under
     ``torchrun``.
 
+Each shows a progress bar on standard error while it runs (``--no-progress``
+turns it off) and ends with one line saying where its output went.
+
 Unusable arguments end the program with one line ``integrad: error:
 --ARGUMENT: what is wrong`` on standard error and exit status 2, before
-anything is written. An example found unusable part-way (a token id outside
+anything is written; so are options that do not fit the method family
+(``--layer`` with blur, an image family on inputs that are not images, ...).
+An example found unusable part-way (a token id outside
 the vocabulary, a label out of range) ends it the same way, naming the batch
 and the examples; ``explain`` then writes nothing, ``attribute-dataset``
 keeps the shards it finished, and the same command resumes after them.
@@ -37,6 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +57,26 @@ import torch
 
 from .. import arguments
 from ..engine import parse_bytes
+from ..methods.generation import SCORES, GenerationAttribution
 from ..viz import text_html
 from ..viz.report import plot_attributions, token_scores
 from .demo import run_demo
 from .files import save_tensors, umask
-from .io import InputError, load_inputs, load_model
+from .io import InputError, load_inputs, load_language_model, load_model, load_tokenizer, resolve_layer
 from .jobs import BASELINE_NAMES as BASELINES
-from .jobs import BATCH_ERRORS, SEED_MAX, Attributor, _version, attribute_dataset, check_seed, summarize
+from .jobs import (
+    BATCH_ERRORS,
+    FAMILIES,
+    SEED_MAX,
+    Attributor,
+    _version,
+    attribute_dataset,
+    background_indices,
+    check_fraction,
+    check_seed,
+    choose_method,
+    summarize,
+)
 from .progress import progress_bar
 
 __all__ = ["main", "build_parser"]
@@ -61,6 +86,8 @@ METHODS = arguments.METHOD_NAMES
 
 #: Parameters whose option is not ``--`` followed by the parameter's name with dashes.
 _OPTIONS = {"baselines": "--baseline"}
+#: What explain and explain-text write into their folder: an earlier run's files that a new run does not write go.
+_EXPLAIN_FILES = r"attributions\.(safetensors|png|html)|summary\.(json|txt)"
 
 
 def option(parameter: str) -> str:
@@ -97,6 +124,10 @@ def _library_check(check, kind: type):
 
 _n_steps = _library_check(lambda value: arguments.check_n_steps(value, allow_auto=True), int)
 _tolerance = _library_check(arguments.check_tolerance, float)
+
+
+def _non_negative(parameter: str):
+    return _library_check(lambda value: arguments.check_non_negative(parameter, value), float)
 
 
 def _positive_int(text: str) -> int:
@@ -153,7 +184,7 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
         "--layer",
         default=None,
         metavar="NAME",
-        help="attribute to this submodule's output (layer integrated gradients), named as in "
+        help="ig only: attribute to this submodule's output (layer integrated gradients), named as in "
         "model.named_modules(), e.g. 'embeddings' or 'features.3'. Integer inputs (token ids) "
         "default to the first nn.Embedding",
     )
@@ -161,10 +192,11 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
     every = "--data (one pass over it before the first batch)" if dataset else "--inputs"
     p.add_argument(
         "--baseline",
-        default="zeros",
+        default=None,
         choices=BASELINES,
         metavar="NAME",
-        help="reference input: " + ", ".join(BASELINES) + " (default zeros). Integer token ids always "
+        help="reference input of ig, guided and xrai: " + ", ".join(BASELINES) + " (default zeros; xrai: each "
+        "image's own minimum and maximum). Integer token ids always "
         f"use 'token' ({pad}). uniform and gaussian are seeded (--seed), so results are "
         "reproducible. mean and invert (max + min - x) take the mean, max and min per "
         f"position/feature over all the examples of {every}, so results do not depend on "
@@ -173,18 +205,80 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
     )
     p.add_argument(
         "--method",
-        default="gausslegendre",
+        default="ig",
+        choices=FAMILIES + METHODS,
+        metavar="NAME",
+        help="method family: ig (integrated gradients, the default), blur (blur IG, images), guided (guided IG), "
+        "expected (expected gradients), gradientshap, xrai (regions, images; needs scikit-image). A quadrature "
+        "rule given here (" + ", ".join(METHODS) + ") is taken as --rule with ig, as earlier command lines wrote it",
+    )
+    p.add_argument(
+        "--rule",
+        default=None,
         choices=METHODS,
-        metavar="M",
-        help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre)",
+        metavar="RULE",
+        help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre for ig, xrai and "
+        "expected with --n-steps; blur sums over its blur levels unless a rule is given; guided, gradientshap and "
+        "--idgi have none)",
+    )
+    p.add_argument(
+        "--idgi",
+        action="store_true",
+        help="IDGI: sum the path's points along the important directions (ig, blur and guided; not with a rule, "
+        "--layer or --n-steps auto)",
     )
     p.add_argument(
         "--n-steps",
         type=_n_steps,
-        default=50,
+        default=None,
         metavar="N|auto",
         help="points on the path per example (default 50), or 'auto' to add points until the "
-        "estimated relative error is below --tolerance",
+        "estimated relative error is below --tolerance (ig, blur, expected). expected samples its positions "
+        "unless --n-steps is given; gradientshap takes none",
+    )
+    p.add_argument(
+        "--max-sigma",
+        type=_non_negative("max_sigma"),
+        default=None,
+        metavar="PIXELS",
+        help="blur: standard deviation of the most blurred image, the path's start (default 50)",
+    )
+    p.add_argument(
+        "--fraction",
+        type=_library_check(check_fraction, float),
+        default=None,
+        metavar="FLOAT",
+        help="guided: share of the features moved at each step, in (0, 1] (default 0.25)",
+    )
+    p.add_argument(
+        "--max-dist",
+        type=_non_negative("max_dist"),
+        default=None,
+        metavar="FLOAT",
+        help="guided: how far (relative L1) the path may stray from the straight line (default 0.02)",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="expected and gradientshap: background draws per example (default 50 for expected, 5 for gradientshap)",
+    )
+    p.add_argument(
+        "--stdevs",
+        type=_non_negative("stdevs"),
+        default=None,
+        metavar="FLOAT",
+        help="gradientshap: standard deviation of the Gaussian noise added to the inputs (default 0)",
+    )
+    source = "--data" if dataset else "--inputs"
+    p.add_argument(
+        "--background",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"expected and gradientshap (required there): N examples of {source}, drawn without replacement "
+        "(seeded by --seed), are the baselines",
     )
     p.add_argument(
         "--tolerance",
@@ -212,7 +306,8 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
         type=_seed,
         default=0,
         metavar="INT",
-        help=f"seed of random baselines, an integer from 0 to {SEED_MAX} (default 0)",
+        help=f"seed of random baselines, of the --background draw and of the draws of expected and gradientshap, "
+        f"an integer from 0 to {SEED_MAX} (default 0)",
     )
     p.add_argument(
         "--device",
@@ -220,6 +315,115 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
         choices=("auto", "cpu", "cuda"),
         help="where to run (default auto: CUDA if available)",
     )
+
+
+def _add_explain_text(sub, common: argparse.ArgumentParser) -> None:
+    text = sub.add_parser(
+        "explain-text",
+        parents=[common],
+        help="attribute each generated token of a causal language model to the prompt",
+        description="Attribute each token a causal language model generates (or the tokens of a given "
+        "continuation) to the tokens before it, by integrated gradients over their embeddings. Writes "
+        "attributions.safetensors (the generated x prompt matrix, the matrix over every earlier token, deltas, "
+        "scores and token ids), attributions.html (a heatmap: prompt tokens across, generated tokens down) and "
+        "summary.json (tokens, text, deltas per generated token).",
+    )
+    text.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="the model: 'package.module:factory' returning a causal language model called as "
+        "model(input_ids=..., attention_mask=...) (any transformers AutoModelForCausalLM), or (model, tokenizer)",
+    )
+    text.add_argument("--prompt", required=True, metavar="TEXT", help="the text the model continues")
+    text.add_argument(
+        "--continuation",
+        default=None,
+        metavar="TEXT",
+        help="the tokens to attribute, encoded without special tokens (or give --max-new-tokens)",
+    )
+    text.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="generate up to N tokens greedily (stopping after an end-of-sequence token) and attribute them",
+    )
+    text.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="a transformers tokenizer folder (loaded offline), in place of the one the factory returns",
+    )
+    text.add_argument(
+        "--token-ids",
+        action="store_true",
+        help="--prompt and --continuation are token ids separated by spaces or commas (a model without a tokenizer)",
+    )
+    text.add_argument(
+        "--embedding-layer",
+        default=None,
+        metavar="NAME",
+        help="the module whose output is integrated, as in model.named_modules() (default: "
+        "model.get_input_embeddings())",
+    )
+    text.add_argument(
+        "--score",
+        default="logit",
+        choices=SCORES,
+        help="what is attributed for each generated token: " + ", ".join(SCORES) + " (default logit)",
+    )
+    text.add_argument(
+        "--baseline-token-id",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="the token whose embedding starts every path (default: the tokenizer's pad token, else its "
+        "end-of-sequence token)",
+    )
+    text.add_argument(
+        "--n-steps",
+        type=_n_steps,
+        default=50,
+        metavar="N|auto",
+        help="points on the path per generated token (default 50), or 'auto' to add points until the estimated "
+        "relative error is below --tolerance",
+    )
+    text.add_argument(
+        "--rule",
+        default="gausslegendre",
+        choices=METHODS,
+        metavar="RULE",
+        help="quadrature rule along the path: " + ", ".join(METHODS) + " (default gausslegendre)",
+    )
+    text.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=1e-3,
+        metavar="FLOAT",
+        help="relative L1 error allowed with --n-steps auto (default 1e-3)",
+    )
+    text.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        default=None,
+        metavar="SIZE",
+        help="cap the memory of a forward/backward chunk, e.g. 512MiB (default: no cap)",
+    )
+    text.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where to run (default auto: CUDA if available)",
+    )
+    text.add_argument(
+        "--out",
+        default="integrad-explain-text",
+        metavar="DIR",
+        help="output folder (default integrad-explain-text); the files explain-text writes there replace those "
+        "of an earlier run, other files are left alone",
+    )
+    text.set_defaults(func=_cmd_explain_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         "explain",
         parents=[common],
         help="attribute the examples in one input file",
-        description="Attribute a model's output for the examples in one file. Writes attributions.safetensors "
+        description="Attribute a model's output for the examples in one file, by the method family of --method "
+        "(integrated gradients unless another is chosen). Writes attributions.safetensors "
         "(attributions, deltas, targets, predictions, steps), attributions.png and summary.json / "
         "summary.txt, and prints prediction, target and convergence delta per example.",
     )
@@ -293,13 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
         "those of an earlier run, other files are left alone",
     )
     explain.set_defaults(func=_cmd_explain)
+    _add_explain_text(sub, common)
 
     ds = sub.add_parser(
         "attribute-dataset",
         parents=[common],
         help="attribute a whole data set into resumable shards",
         description="Attribute every example of a data set. Writes shard-NNNNN.safetensors per batch "
-        "(attributions, deltas, indices, targets, steps) and manifest.json (parameters, data "
+        "(attributions, deltas, indices, targets, steps) and manifest.json (parameters, the method family and its "
+        "options among them, data "
         "fingerprint, progress). Rerunning the same command resumes after an interruption; a folder "
         "made with other parameters is refused. Under 'torchrun --nproc_per_node K -m integrad "
         "attribute-dataset ...' batch b runs on rank b % K. Read the result with "
@@ -394,8 +601,7 @@ def _cmd_demo(args) -> int:
         summary = run_demo(stage, quick=args.quick, progress=not args.no_progress)
     index = (out / "index.html").resolve()
     print(summary.rstrip())
-    print(f"Report written to {index}")
-    print(f"Open it with a browser: file://{index}")
+    print(f"Report written to {index} (open file://{index} in a browser)")
     return 0
 
 
@@ -449,7 +655,7 @@ def _cmd_explain(args) -> int:
     rows = _example_rows(result)
     out = Path(args.out)
     # The files of an earlier run that this one does not write (attributions.html of a text run) go; others stay.
-    with _staged(out, prune=r"attributions\.(safetensors|png|html)|summary\.(json|txt)") as stage:
+    with _staged(out, prune=_EXPLAIN_FILES) as stage:
         _save_explained(stage, args, loaded, att, result)
         pictures = _draw_explained(stage, loaded, att, result, _titles(rows))
         lines = _write_summaries(stage, args, loaded, att, result, rows)
@@ -463,10 +669,18 @@ def _cmd_explain(args) -> int:
     return 0
 
 
+def _method_options(args) -> dict:
+    """The method family and its options as given (None where not)."""
+    names = ("n_steps", "baseline", "rule", "idgi", "background", "max_sigma", "fraction", "max_dist", "n_samples")
+    return {"method": args.method, **{name: getattr(args, name) for name in names}, "stdevs": args.stdevs}
+
+
 def _explain_job(args):
     """The inputs and the configured attributor of ``integrad explain``, checked on the first example."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
+    # Options that do not fit the family are refused before anything is read.
+    choose_method(**_method_options(args), layer=args.layer)
     loaded = load_inputs(args.inputs, args.tokenizer)
     model = load_model(args.model)
     device = torch.device(
@@ -474,9 +688,7 @@ def _explain_job(args):
     )
     att = Attributor(
         model.to(device),
-        method=args.method,
-        n_steps=args.n_steps,
-        baseline=args.baseline,
+        **_method_options(args),
         layer=args.layer,
         target=args.target,
         pad_token_id=loaded.meta.get("pad_token_id"),
@@ -485,6 +697,9 @@ def _explain_job(args):
         device=device,
         tolerance=args.tolerance,
     )
+    if att.choice.background is not None:
+        picked = background_indices(att.choice.background, loaded.inputs.shape[0], args.seed, "inputs")
+        att.use_background(loaded.inputs[picked])
     att.validate(loaded.inputs, loaded.extra, parameter="inputs", labels=loaded.labels)
     if args.target == "label" and loaded.labels.shape[0] != loaded.inputs.shape[0]:
         raise InputError("target", f"{loaded.labels.shape[0]} labels for {loaded.inputs.shape[0]} examples")
@@ -579,8 +794,7 @@ def _save_explained(stage: Path, args, loaded, att, result: _Explained) -> None:
     metadata = {
         "model": args.model,
         "inputs": args.inputs,
-        "method": args.method,
-        "n_steps": args.n_steps,
+        **{key: "" if value is None else value for key, value in att.choice.parameters().items()},
         "layer": att.layer_name or "",
     }
     save_tensors(stage / "attributions.safetensors", tensors, metadata)
@@ -631,16 +845,15 @@ def _token_page(path: Path, loaded, attributions: torch.Tensor, titles: list[str
 def _write_summaries(stage: Path, args, loaded, att, result: _Explained, rows: list[dict]) -> list[str]:
     """``summary.txt`` and ``summary.json``; returns the per-example lines."""
     x, attributions = loaded.inputs, result.attributions
-    baseline = "token" if not x.is_floating_point() else args.baseline
+    baseline = "token" if not x.is_floating_point() else att.baseline
     summary = {
         "model": args.model,
         "inputs": args.inputs,
         "kind": loaded.kind,
         "input_shape": list(x.shape),
         "attribution_shape": list(attributions.shape),
-        "method": args.method,
-        "n_steps": args.n_steps,
-        "tolerance": args.tolerance if args.n_steps == "auto" else None,
+        **att.choice.parameters(),
+        "tolerance": args.tolerance if att.n_steps == "auto" else None,
         "baseline": baseline,
         "layer": att.layer_name,
         "target": args.target,
@@ -655,7 +868,7 @@ def _write_summaries(stage: Path, args, loaded, att, result: _Explained, rows: l
         f"integrad explain: {args.model} on {args.inputs}",
         f"{len(rows)} example(s), input {tuple(x.shape)}, attributions {tuple(attributions.shape)}"
         + (f" at layer {att.layer_name!r}" if att.layer_name else ""),
-        f"method {args.method}, n_steps {args.n_steps}, baseline {baseline}, {result.seconds:.2f} s",
+        f"method {att.choice.describe()}, n_steps {att.n_steps}, baseline {baseline}, {result.seconds:.2f} s",
     ]
     (stage / "summary.txt").write_text("\n".join(header + lines) + "\n", encoding="utf-8")
     (stage / "summary.json").write_text(
@@ -682,20 +895,254 @@ def fmt_num(v: float) -> str:
     return f"{v:.4g}"
 
 
+# --------------------------------------------------------------------------- explain-text
+
+#: Library parameters of GenerationAttribution whose errors name them first, and the option of each.
+_TEXT_PARAMETERS = {
+    "prompt": "prompt",
+    "continuation": "continuation",
+    "max_new_tokens": "max_new_tokens",
+    "baseline_token_id": "baseline_token_id",
+    "n_steps": "n_steps",
+    "method": "rule",
+    "tolerance": "tolerance",
+    "memory_budget": "memory_budget",
+    "score": "score",
+    "embedding_layer": "embedding_layer",
+}
+
+
+@dataclass
+class _TextJob:
+    """What ``integrad explain-text`` attributes, checked."""
+
+    attribution: GenerationAttribution
+    prompt: str | list[int]
+    continuation: str | list[int] | None
+    tokenizer: object
+
+
+def _cmd_explain_text(args) -> int:
+    _check_out(Path(args.out))
+    job = _text_job(args)
+    result, seconds = _attribute_text(job, args)
+    out = Path(args.out)
+    with _staged(out, prune=_EXPLAIN_FILES) as stage:
+        _save_text(stage, args, job, result, seconds)
+    shown = (
+        _decoded(job.tokenizer, result.generated_ids) if job.tokenizer is not None else result.generated_ids.tolist()
+    )
+    print(
+        f"{result.generated_ids.numel()} generated token(s) {shown!r} attributed to {result.prompt_ids.numel()} "
+        f"prompt token(s); max |delta| {float(result.deltas.abs().max()):.3e}"
+    )
+    print(f"wrote {out}/attributions.safetensors, attributions.html, summary.json")
+    return 0
+
+
+def _text_job(args) -> _TextJob:
+    """The model, tokenizer and token sequences of ``explain-text``; every option checked before anything runs."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device", "cuda was asked for but PyTorch sees no CUDA device; use cpu or auto")
+    if args.prompt == "":
+        raise InputError("prompt", "is empty; give the text the model continues")
+    if args.continuation == "":
+        raise InputError("continuation", "is empty; give the tokens to attribute, or --max-new-tokens instead")
+    if args.continuation is None and args.max_new_tokens is None:
+        raise InputError(
+            "continuation", "give the tokens to attribute, or --max-new-tokens N to generate them greedily"
+        )
+    if args.continuation is not None and args.max_new_tokens is not None:
+        raise InputError("max_new_tokens", "give --continuation or --max-new-tokens, not both")
+    prompt, continuation = args.prompt, args.continuation
+    if args.token_ids:
+        prompt = _token_id_list(prompt, "prompt")
+        continuation = None if continuation is None else _token_id_list(continuation, "continuation")
+    model, tokenizer = load_language_model(args.model)
+    if args.tokenizer is not None:
+        tokenizer = load_tokenizer(args.tokenizer)
+    if not args.token_ids and tokenizer is None:
+        raise InputError(
+            "tokenizer",
+            f"text needs a tokenizer and {args.model!r} returns none: give --tokenizer DIR, or token ids with "
+            "--token-ids",
+        )
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    model = model.to(device)
+    layer = None if args.embedding_layer is None else resolve_layer(model, args.embedding_layer, "embedding_layer")
+    with _library_errors():
+        attribution = GenerationAttribution(model, tokenizer, layer)
+    return _TextJob(attribution, prompt, continuation, tokenizer)
+
+
+def _token_id_list(text: str, parameter: str) -> list[int]:
+    parts = [part for part in re.split(r"[\s,]+", text.strip()) if part]
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        raise InputError(
+            parameter, f"with --token-ids, token ids are integers separated by spaces or commas; got {text!r}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _library_errors():
+    """A ValueError or TypeError of GenerationAttribution as an :class:`InputError` naming the parameter its message
+    begins with (the model otherwise: what is left is the model failing on its input)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, TypeError, IndexError) as exc:
+        message = " ".join(str(exc).split())
+        # "prompt and max_new_tokens need prefixes of ... tokens": the length asked for is what to change.
+        first = re.match(r"(?:prompt and )?(\w+)", message)
+        parameter = _TEXT_PARAMETERS.get(first.group(1) if first else "", "model")
+        if parameter == "model" and not message.startswith("model"):
+            message = f"the model failed: {type(exc).__name__}: {message}"
+        raise InputError(parameter, message) from exc
+
+
+def _attribute_text(job: _TextJob, args):
+    """The attributions, with a progress bar over the sequences the model runs (an estimate of their number: the
+    bar ends at the count reached)."""
+    attribution = job.attribution
+    total = None
+    if isinstance(args.n_steps, int):
+        if job.continuation is None:
+            n_generated, greedy = args.max_new_tokens, args.max_new_tokens
+        elif isinstance(job.continuation, list):
+            n_generated, greedy = len(job.continuation), 0
+        else:
+            n_generated, greedy = len(job.tokenizer.encode(job.continuation, add_special_tokens=False)), 0
+        # The greedy steps, the path ends twice (embedding values, then the scores), and the path's points.
+        total = greedy + n_generated * (args.n_steps + 4)
+    began = time.perf_counter()
+    with _row_bar(total, "attributing", not args.no_progress) as bar:
+
+        def count(module, positional, named):
+            ids = named.get("input_ids", positional[0] if positional else None)
+            if isinstance(ids, torch.Tensor):
+                bar.update(int(ids.shape[0]))
+
+        handle = attribution.model.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            with _library_errors():
+                result = attribution.attribute(
+                    job.prompt,
+                    job.continuation,
+                    max_new_tokens=args.max_new_tokens,
+                    baseline_token_id=args.baseline_token_id,
+                    n_steps=args.n_steps,
+                    method=args.rule,
+                    memory_budget=args.memory_budget,
+                    score=args.score,
+                    tolerance=args.tolerance,
+                )
+        finally:
+            handle.remove()
+    return result, time.perf_counter() - began
+
+
+@contextlib.contextmanager
+def _row_bar(total: int | None, what: str, show: bool):
+    """A tqdm bar counting the sequences the model runs, on standard error; its total is an estimate, set to the
+    count reached at the end."""
+    if not show:
+        yield types.SimpleNamespace(update=lambda n: None)
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="seq", desc=what, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    try:
+        yield bar
+        bar.total = bar.n
+    finally:
+        bar.close()
+
+
+def _decoded(tokenizer, ids: torch.Tensor) -> str:
+    return tokenizer.decode(ids.tolist())
+
+
+def _save_text(stage: Path, args, job: _TextJob, result, seconds: float) -> None:
+    """``attributions.safetensors``, ``attributions.html`` and ``summary.json`` of ``explain-text``."""
+    report = job.attribution.last_report
+    steps = torch.as_tensor(report.steps).reshape(-1).to(torch.long)
+    tensors = {
+        "prompt_attributions": result.prompt_attributions,
+        "token_attributions": result.token_attributions,
+        "deltas": result.deltas,
+        "scores": result.scores,
+        "baseline_scores": result.baseline_scores,
+        "prompt_ids": result.prompt_ids,
+        "generated_ids": result.generated_ids,
+        "steps": steps,
+    }
+    settings = {
+        "model": args.model,
+        "score": result.score,
+        "n_steps": args.n_steps,
+        "rule": args.rule,
+        "tolerance": args.tolerance if args.n_steps == "auto" else None,
+        "baseline_token_id": result.baseline_token_id,
+    }
+    save_tensors(stage / "attributions.safetensors", tensors, {k: "" if v is None else v for k, v in settings.items()})
+    caption = f"{args.score} of each generated token (rows) attributed to the prompt's tokens (columns)"
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>integrad explain-text</title></head><body>\n"
+        + result.to_html(title=caption)
+        + "\n</body></html>\n"
+    )
+    (stage / "attributions.html").write_text(page, encoding="utf-8")
+    summary = {**settings, **_text_summary(args, job.tokenizer, result, steps), "seconds": round(seconds, 3)}
+    (stage / "summary.json").write_text(
+        json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+
+
+def _text_summary(args, tokenizer, result, steps: torch.Tensor) -> dict:
+    """The texts, the tokens and, per generated token, its score, baseline score, delta and path points."""
+    n_generated = result.generated_ids.numel()
+    generated = [
+        {
+            "position": t,
+            "token": None if result.generated_tokens is None else result.generated_tokens[t],
+            "id": int(result.generated_ids[t]),
+            "score": float(result.scores[t]),
+            "baseline_score": float(result.baseline_scores[t]),
+            "delta": float(result.deltas[t]),
+            "steps": int(steps[t]) if steps.numel() == n_generated else None,
+        }
+        for t in range(n_generated)
+    ]
+    return {
+        "prompt": args.prompt,
+        "continuation": args.continuation,
+        "max_new_tokens": args.max_new_tokens,
+        "prompt_text": None if tokenizer is None else _decoded(tokenizer, result.prompt_ids),
+        "generated_text": None if tokenizer is None else _decoded(tokenizer, result.generated_ids),
+        "prompt_tokens": result.prompt_tokens,
+        "prompt_ids": result.prompt_ids.tolist(),
+        "generated": generated,
+        "max_abs_delta": float(result.deltas.abs().max()) if n_generated else 0.0,
+        "integrad_version": _version(),
+    }
+
+
 # --------------------------------------------------------------------------- attribute-dataset
 
 
 def _cmd_attribute_dataset(args) -> int:
-
     out = attribute_dataset(
         args.model,
         args.data,
         args.out,
+        **_method_options(args),
         target=args.target,
         batch_size=args.batch_size,
-        n_steps=args.n_steps,
-        method=args.method,
-        baseline=args.baseline,
         layer=args.layer,
         seed=args.seed,
         tolerance=args.tolerance,
@@ -705,11 +1152,11 @@ def _cmd_attribute_dataset(args) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         info = summarize(out)
+        where = Path(out).resolve()
         print(
-            f"{info['shards']} of {info['n_batches']} shards, {info['examples']} examples in "
-            f"{Path(out).resolve()}; max |delta| {info['max_abs_delta']:.3e}"
+            f"wrote {info['shards']} of {info['n_batches']} shards, {info['examples']} examples, to {where} "
+            f"(max |delta| {info['max_abs_delta']:.3e}); load with integrad.datasets.load_attributions({str(out)!r})"
         )
-        print("load with: integrad.datasets.load_attributions(" + repr(str(out)) + ")")
     return 0
 
 

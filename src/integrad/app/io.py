@@ -52,6 +52,7 @@ __all__ = [
     "ARRAY_SUFFIXES",
     "LoadedInputs",
     "DataSource",
+    "load_language_model",
     "load_model",
     "model_fingerprint",
     "load_inputs",
@@ -159,18 +160,7 @@ def load_model(spec: str, parameter: str = "model") -> nn.Module:
                     "(a state_dict is not a model: use 'package.module:factory')",
                 ) from exc
     else:
-        factory = _import_attr(spec, parameter)
-        if isinstance(factory, nn.Module):
-            model = factory
-        elif callable(factory):
-            try:
-                model = factory()
-            except Exception as exc:
-                raise InputError(parameter, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
-        else:
-            raise InputError(
-                parameter, f"{spec!r} is a {type(factory).__name__}, expected a callable returning an nn.Module"
-            )
+        model = _built(spec, parameter)
         if not isinstance(model, nn.Module):
             raise InputError(
                 parameter,
@@ -178,6 +168,57 @@ def load_model(spec: str, parameter: str = "model") -> nn.Module:
             )
     _set_eval(model)
     return model
+
+
+def _built(spec: str, parameter: str) -> Any:
+    """What the ``module:factory`` of ``spec`` names: the object itself if it is a module, else what calling it
+    returns."""
+    factory = _import_attr(spec, parameter)
+    if isinstance(factory, nn.Module):
+        return factory
+    if not callable(factory):
+        raise InputError(
+            parameter, f"{spec!r} is a {type(factory).__name__}, expected a callable returning an nn.Module"
+        )
+    try:
+        return factory()
+    except Exception as exc:
+        raise InputError(parameter, f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def load_language_model(spec: str, parameter: str = "model") -> tuple[nn.Module, Any]:
+    """Load a causal language model, with its tokenizer where the factory returns one, in evaluation mode.
+
+    Parameters
+    ----------
+    spec : str
+        As for :func:`load_model`; a ``package.module:factory`` may also return ``(model, tokenizer)``.
+    parameter : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    (torch.nn.Module, tokenizer or None)
+    """
+    if _is_spec_file(spec) or (os.sep in spec and ":" not in spec):
+        return load_model(spec, parameter), None
+    built = _built(spec, parameter)
+    tokenizer = None
+    if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
+        built, tokenizer = built
+    if not isinstance(built, nn.Module):
+        raise InputError(
+            parameter,
+            f"factory {spec!r} returned {type(built).__name__}, expected a torch.nn.Module or (model, tokenizer)",
+        )
+    if tokenizer is not None and not callable(getattr(tokenizer, "encode", None)):
+        raise InputError(
+            parameter,
+            f"factory {spec!r} returned a {type(tokenizer).__name__} as the tokenizer, which has no encode(); "
+            "return a transformers tokenizer",
+        )
+    _set_eval(built)
+    return built, tokenizer
 
 
 def _set_eval(model: nn.Module) -> None:

@@ -7,8 +7,14 @@ the progress. Each file is written to a temporary file in the same folder,
 flushed to disk and renamed over its final name, so a run killed at any moment
 leaves only whole shards; running the same command again computes the missing
 batches only. Baselines are fixed or drawn from a generator seeded by
-``(seed, batch index)``, so a resumed run gives the same numbers as one that was
-never interrupted.
+``(seed, batch index)``, and so are the draws of expected gradients and
+GradientSHAP, so a resumed run gives the same numbers as one that was never
+interrupted.
+
+The method family (:data:`FAMILIES`: integrated gradients, blur IG, guided IG,
+expected gradients, GradientSHAP, XRAI) and its options are chosen and checked
+together by :func:`choose_method`; :class:`Attributor` runs every batch through
+the family's explainer of :mod:`integrad.explainers`.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) batch ``b`` goes to rank
 ``b % world_size``; rank 0 owns the manifest. Shards are per batch, not per
@@ -22,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib.util
+import inspect
 import json
 import math
 import operator
@@ -33,14 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import arguments
 from ..arguments import model_output
 from ..engine import parse_bytes
+from ..explainers import XRAI, BlurIntegratedGradients, ExpectedGradients, GradientShap, GuidedIntegratedGradients
 from ..explainers import IntegratedGradients as IntegratedGradientsExplainer
 from ..explainers.baselines import BASELINES, get_baseline_fn
+from ..explainers.core import CoreExplainer
 from .files import save_tensors, write_json
 from .io import DataSource, InputError, load_model, model_fingerprint, open_data, resolve_layer
 from .progress import progress_bar
@@ -49,6 +60,12 @@ __all__ = [
     "AttributionSet",
     "Attributor",
     "BASELINE_NAMES",
+    "FAMILIES",
+    "MethodChoice",
+    "background_indices",
+    "check_fraction",
+    "choose_method",
+    "seeded_random",
     "attribute_dataset",
     "load_attributions",
     "summarize",
@@ -152,6 +169,299 @@ def make_baselines(
         raise InputError("baseline", f"{name!r} does not fit inputs of shape {tuple(x.shape)}: {exc}") from exc
 
 
+# --------------------------------------------------------------------------- method families
+
+#: The method families of the command line, each computed by its explainer in :mod:`integrad.explainers`.
+FAMILIES = ("ig", "blur", "guided", "expected", "gradientshap", "xrai")
+#: What each family is, for messages and help.
+FAMILY_TITLES = {
+    "ig": "integrated gradients",
+    "blur": "blur integrated gradients",
+    "guided": "guided integrated gradients",
+    "expected": "expected gradients",
+    "gradientshap": "GradientSHAP",
+    "xrai": "XRAI",
+}
+#: Families IDGI's reduction applies to.
+IDGI_FAMILIES = ("ig", "blur", "guided")
+#: Families that attribute (N, C, H, W) images only.
+IMAGE_FAMILIES = ("blur", "xrai")
+#: Families whose integral follows a quadrature rule (expected gradients only with ``n_steps``; blur IG sums over
+#: its blur levels unless a rule is given).
+RULE_FAMILIES = ("ig", "blur", "expected", "xrai")
+#: Families that start from a baseline (XRAI: by default each image's own minimum and maximum).
+BASELINE_FAMILIES = ("ig", "guided", "xrai")
+#: Families that draw their baselines from a background of examples.
+BACKGROUND_FAMILIES = ("expected", "gradientshap")
+#: The options of each family beyond the shared ones, and the explainer whose defaults they take.
+FAMILY_OPTIONS = {
+    "blur": ("max_sigma",),
+    "guided": ("fraction", "max_dist"),
+    "expected": ("n_samples",),
+    "gradientshap": ("n_samples", "stdevs"),
+}
+_OPTION_DEFAULTS_FROM = {
+    "blur": BlurIntegratedGradients,
+    "guided": GuidedIntegratedGradients,
+    "expected": ExpectedGradients,
+    "gradientshap": GradientShap,
+}
+#: Path points per example where none are given (expected gradients sample positions instead).
+DEFAULT_N_STEPS = 50
+
+
+def check_fraction(value: Any) -> float:
+    if not arguments.is_real(value) or not 0 < float(value) <= 1:
+        raise ValueError(
+            f"fraction must be a number in (0, 1], the share of features moved at each step; got {value!r}"
+        )
+    return float(value)
+
+
+_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "max_sigma": lambda value: arguments.check_non_negative("max_sigma", value),
+    "fraction": check_fraction,
+    "max_dist": lambda value: arguments.check_non_negative("max_dist", value),
+    "n_samples": lambda value: arguments.check_positive_int("n_samples", value, allow_none=False),
+    "stdevs": lambda value: arguments.check_non_negative("stdevs", value),
+}
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A method family with every option it takes, checked and with the defaults filled in.
+
+    Attributes
+    ----------
+    family : str
+        One of :data:`FAMILIES`.
+    rule : str or None
+        The quadrature rule; None where the family has none (guided IG, GradientSHAP, IDGI, sampled expected
+        gradients) or sums by its own (blur IG without a rule).
+    idgi : bool
+        IDGI's important-direction sum over the path's points.
+    n_steps : int, "auto" or None
+        Path points per example; None for the families that draw their points.
+    baseline : str or None
+        A name of :data:`BASELINE_NAMES`; None for the families without one, and for XRAI's own.
+    options : tuple of (name, value)
+        The family's own options (:data:`FAMILY_OPTIONS`).
+    background : int or None
+        How many examples make the background of expected gradients and GradientSHAP.
+    """
+
+    family: str = "ig"
+    rule: str | None = "gausslegendre"
+    idgi: bool = False
+    n_steps: int | str | None = DEFAULT_N_STEPS
+    baseline: str | None = "zeros"
+    options: tuple[tuple[str, Any], ...] = ()
+    background: int | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        """What a run records about the method: the family and the options that apply to it."""
+        recorded: dict[str, Any] = {"method": self.family}
+        if self.family in RULE_FAMILIES:
+            recorded["rule"] = self.rule
+        if self.family in IDGI_FAMILIES:
+            recorded["idgi"] = self.idgi
+        recorded["n_steps"] = self.n_steps
+        recorded["baseline"] = self.baseline
+        recorded.update(self.options)
+        if self.family in BACKGROUND_FAMILIES:
+            recorded["background"] = self.background
+        return recorded
+
+    def describe(self) -> str:
+        """One line, e.g. ``blur (max_sigma 10, idgi)``."""
+        details = [f"{k} {v}" for k, v in self.options]
+        if self.rule is not None:
+            details.insert(0, f"rule {self.rule}")
+        if self.idgi:
+            details.append("idgi")
+        if self.background is not None:
+            details.append(f"background {self.background}")
+        return self.family + (f" ({', '.join(details)})" if details else "")
+
+
+def choose_method(
+    method: str = "ig",
+    *,
+    rule: str | None = None,
+    idgi: bool = False,
+    n_steps: Any = None,
+    baseline: str | None = None,
+    layer: str | None = None,
+    background: int | None = None,
+    **options: Any,
+) -> MethodChoice:
+    """Check a method family and its options together, filling in each family's defaults.
+
+    Parameters
+    ----------
+    method : str
+        A family of :data:`FAMILIES`, or a quadrature rule of :data:`integrad.arguments.METHOD_NAMES`, which means
+        ``ig`` with that rule (as the rule was once given).
+    rule, idgi, n_steps, baseline, layer, background
+        None (or False) where not given; each is refused for a family it does not apply to.
+    **options
+        ``max_sigma``, ``fraction``, ``max_dist``, ``n_samples``, ``stdevs``: None where not given.
+
+    Returns
+    -------
+    MethodChoice
+
+    Raises
+    ------
+    InputError
+        Naming the parameter that does not fit, or whose value is unusable.
+    """
+    family, rule = _family_and_rule(method, rule)
+    idgi = checked("idgi", arguments.check_bool, "idgi", idgi)
+    title = FAMILY_TITLES[family]
+    if idgi and family not in IDGI_FAMILIES:
+        raise InputError("idgi", f"IDGI applies to {', '.join(IDGI_FAMILIES)}, not to {family} ({title})")
+    if layer is not None and family != "ig":
+        raise InputError("layer", f"{title} attributes to the inputs; layer attribution is for ig")
+    if layer is not None and idgi:
+        raise InputError("layer", "IDGI attributes to the inputs, not to a layer; leave out the layer or IDGI")
+    if family == "xrai" and importlib.util.find_spec("skimage") is None:
+        raise InputError("method", "xrai needs scikit-image for its segments: pip install 'integrad[xrai]'")
+    n_steps = _family_n_steps(family, n_steps, rule, idgi)
+    rule = _family_rule(family, rule, idgi, n_steps)
+    return MethodChoice(
+        family=family,
+        rule=rule,
+        idgi=idgi,
+        n_steps=n_steps,
+        baseline=_family_baseline(family, baseline),
+        options=_family_options(family, options),
+        background=_family_background(family, background),
+    )
+
+
+def _family_and_rule(method: Any, rule: Any) -> tuple[str, str | None]:
+    """The family, and the rule given: a rule given as the method is ig's."""
+    if rule is not None:
+        rule = checked("rule", arguments.check_method, rule)
+    if isinstance(method, str) and method in arguments.METHOD_NAMES:
+        if rule is not None and rule != method:
+            raise InputError(
+                "rule", f"{rule!r} differs from the rule {method!r} given as the method; give the rule once"
+            )
+        return "ig", method
+    if not isinstance(method, str) or method not in FAMILIES:
+        raise InputError(
+            "method",
+            f"unknown method {method!r}; choose a family ({', '.join(FAMILIES)}) or a quadrature rule of ig "
+            f"({', '.join(arguments.METHOD_NAMES)})",
+        )
+    return method, rule
+
+
+def _family_n_steps(family: str, n_steps: Any, rule: str | None, idgi: bool) -> int | str | None:
+    if family == "gradientshap":
+        if n_steps is not None:
+            raise InputError("n_steps", "GradientSHAP draws one point per sample: the number of samples sets how many")
+        return None
+    if n_steps is None:
+        return None if family == "expected" else DEFAULT_N_STEPS
+    allow_auto = family in ("ig", "blur", "expected") and not idgi
+    if n_steps == "auto" and not allow_auto:
+        raise InputError(
+            "n_steps",
+            f"'auto' applies to ig, blur and expected without IDGI; {FAMILY_TITLES[family]}"
+            f"{' with IDGI' if idgi else ''} needs a number of steps",
+        )
+    n_steps = checked("n_steps", arguments.check_n_steps, n_steps, rule or "gausslegendre", allow_auto)
+    return n_steps
+
+
+def _family_rule(family: str, rule: str | None, idgi: bool, n_steps: Any) -> str | None:
+    title = FAMILY_TITLES[family]
+    if rule is not None:
+        if family not in RULE_FAMILIES:
+            raise InputError("rule", f"{title} follows no quadrature rule")
+        if idgi:
+            raise InputError("rule", "IDGI sums over the points of a fixed grid; no quadrature rule applies")
+        if family == "expected" and n_steps is None:
+            raise InputError(
+                "rule", "expected gradients draw their positions unless n_steps is given; a rule needs n_steps"
+            )
+        return rule
+    if idgi or family in ("guided", "gradientshap", "blur") or (family == "expected" and n_steps is None):
+        return None  # blur IG's own sum over its blur levels, or no rule at all
+    return "gausslegendre"
+
+
+def _family_baseline(family: str, baseline: str | None) -> str | None:
+    if baseline is None:
+        return "zeros" if family in ("ig", "guided") else None
+    if family not in BASELINE_FAMILIES:
+        start = "the blurred inputs" if family == "blur" else "the background (its rows are the baselines)"
+        raise InputError("baseline", f"{FAMILY_TITLES[family]} starts from {start}; it takes no baseline")
+    if baseline not in BASELINE_NAMES:
+        raise InputError("baseline", f"unknown baseline {baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
+    return baseline
+
+
+def _family_options(family: str, options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    unknown = sorted(set(options) - set(_OPTION_CHECKS))
+    if unknown:
+        raise TypeError(f"unknown method option(s) {unknown}; accepted: {sorted(_OPTION_CHECKS)}")
+    own = FAMILY_OPTIONS.get(family, ())
+    for name, value in options.items():
+        if value is not None and name not in own:
+            takers = [f for f, names in FAMILY_OPTIONS.items() if name in names]
+            raise InputError(name, f"applies to {' and '.join(takers)}, not to {family} ({FAMILY_TITLES[family]})")
+    defaults = inspect.signature(_OPTION_DEFAULTS_FROM[family].__init__).parameters if own else {}
+    return tuple(
+        (
+            name,
+            checked(name, _OPTION_CHECKS[name], defaults[name].default if options.get(name) is None else options[name]),
+        )
+        for name in own
+    )
+
+
+def _family_background(family: str, background: Any) -> int | None:
+    if family not in BACKGROUND_FAMILIES:
+        if background is not None:
+            raise InputError("background", f"applies to {' and '.join(BACKGROUND_FAMILIES)}, not to {family}")
+        return None
+    if background is None:
+        raise InputError(
+            "background",
+            f"{FAMILY_TITLES[family]} needs a background: give how many examples to draw from the data as its "
+            "baselines",
+        )
+    return checked("background", arguments.check_positive_int, "background", background, False)
+
+
+def background_indices(count: int, n: int, seed: int, parameter: str = "data") -> list[int]:
+    """``count`` of ``n`` examples drawn without replacement by a generator seeded with ``seed``, in data order."""
+    if count > n:
+        raise InputError("background", f"{count} examples asked for, but the {parameter} hold {n}; give at most {n}")
+    generator = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(n, generator=generator)[:count].tolist())
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int):
+    """torch's and numpy's global generators seeded with ``seed`` while the block runs, and put back after it.
+
+    GradientSHAP draws from both, as captum does; a 64-bit seed reaches numpy as its two 32-bit halves.
+    """
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            np.random.seed([int(seed) & 0xFFFFFFFF, int(seed) >> 32])
+            yield
+    finally:
+        np.random.set_state(state)
+
+
 # --------------------------------------------------------------------------- attribution of one batch
 
 
@@ -212,18 +522,20 @@ class BatchResult:
 
 
 class Attributor:
-    """Integrated gradients for the command line: one model, one set of options.
+    """Attribution for the command line: one model, one method family, one set of options.
 
     Parameters
     ----------
     model : torch.nn.Module
     method : str
-        Quadrature rule (see :mod:`integrad.rules`).
-    n_steps : int or "auto"
-    baseline : str
-        A name from :data:`BASELINE_NAMES`. ``mean`` and ``invert`` use the
-        statistics recorded by :meth:`fit_baseline` (all the data), if it
-        was called, and those of each batch otherwise.
+        A family of :data:`FAMILIES` (default ``ig``, integrated gradients), or a quadrature rule, which means
+        ``ig`` with that rule (see :func:`choose_method`).
+    n_steps : int, "auto" or None
+        Path points per example; None: the family's default.
+    baseline : str or None
+        A name from :data:`BASELINE_NAMES` for the families with a baseline; None: the family's default.
+        ``mean`` and ``invert`` use the statistics recorded by :meth:`fit_baseline` (all the data), if it was
+        called, and those of each batch otherwise.
     layer : str, optional
         Dotted submodule name for layer integrated gradients.
     target : "predicted", "label" or int
@@ -233,15 +545,18 @@ class Attributor:
         Bytes, passed to the core.
     tolerance : float
         Relative error allowed with ``n_steps="auto"``.
+    rule, idgi, background, max_sigma, fraction, max_dist, n_samples, stdevs
+        The family's options (see :func:`choose_method`); ``background`` is a number of examples, given with
+        :meth:`use_background`.
     """
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        method: str = "gausslegendre",
-        n_steps: Any = 50,
-        baseline: str = "zeros",
+        method: str = "ig",
+        n_steps: Any = None,
+        baseline: str | None = None,
         layer: str | None = None,
         target: Any = "predicted",
         pad_token_id: int | None = None,
@@ -249,15 +564,39 @@ class Attributor:
         memory_budget: int | None = None,
         device: torch.device | None = None,
         tolerance: float = 1e-3,
+        rule: str | None = None,
+        idgi: bool = False,
+        background: int | None = None,
+        max_sigma: float | None = None,
+        fraction: float | None = None,
+        max_dist: float | None = None,
+        n_samples: int | None = None,
+        stdevs: float | None = None,
     ):
         self.model = model
         self.forward = _Forward(model)
-        self.method = checked("method", arguments.check_method, method)
-        self.n_steps = checked("n_steps", arguments.check_n_steps, n_steps, method, True)
+        family_options = {
+            "max_sigma": max_sigma,
+            "fraction": fraction,
+            "max_dist": max_dist,
+            "n_samples": n_samples,
+            "stdevs": stdevs,
+        }
+        self.choice = choose_method(
+            method,
+            rule=rule,
+            idgi=idgi,
+            n_steps=n_steps,
+            baseline=baseline,
+            layer=layer,
+            background=background,
+            **family_options,
+        )
+        self.n_steps = self.choice.n_steps
         checked("tolerance", arguments.check_tolerance, tolerance)
         if memory_budget is not None:
             checked("memory_budget", parse_bytes, memory_budget)
-        self.baseline = baseline
+        self.baseline = self.choice.baseline
         self.layer_name = layer
         self.target = target
         self.pad_token_id = pad_token_id
@@ -265,11 +604,12 @@ class Attributor:
         self.memory_budget = memory_budget
         self.tolerance = tolerance
         self.device = device or torch.device("cpu")
+        self.background: torch.Tensor | None = None
         self.layer = resolve_layer(model, layer) if layer else None
         self.n_outputs: int | None = None
         # mean: the data's mean per position/feature; invert: its max + min (see fit_baseline).
         self._statistic: torch.Tensor | None = None
-        self._explainer: IntegratedGradientsExplainer | None = None
+        self._explainer: CoreExplainer | None = None
 
     # -- checks before anything is written
 
@@ -299,8 +639,18 @@ class Attributor:
             what = f"to layer {self.layer_name!r}" if self.layer is not None else "the model's output"
             raise InputError(culprit, f"attributing {what} fails on the first example: {_describe(exc)}") from exc
 
+    def use_background(self, rows: torch.Tensor) -> None:
+        """The background of expected gradients and GradientSHAP: ``(M, ...)`` examples shaped like the inputs (see
+        :func:`background_indices` for drawing them)."""
+        if self.choice.background is None:
+            raise InputError("background", f"{self.choice.family} takes no background")
+        self.background = rows.detach().cpu()
+        self._explainer = None
+
     def _check_inputs(self, x: torch.Tensor) -> None:
-        """Integer inputs need an embedding layer (the first one, unless one was named); the baseline must fit."""
+        """Integer inputs need an embedding layer (the first one, unless one was named); the family and the baseline
+        must fit the inputs."""
+        self._check_family(x)
         if not x.is_floating_point() and self.layer is None:
             guess = _first_embedding(self.model)
             if guess is None:
@@ -313,8 +663,34 @@ class Attributor:
             self.layer = resolve_layer(self.model, guess)
         if self.baseline == "token" and x.is_floating_point():
             raise InputError("baseline", "'token' is for integer token ids; use zeros, mean, invert, ...")
-        if self.baseline not in BASELINE_NAMES:
+        if self.baseline is not None and self.baseline not in BASELINE_NAMES:
             raise InputError("baseline", f"unknown baseline {self.baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
+
+    def _check_family(self, x: torch.Tensor) -> None:
+        """Integer token ids are for ig (at their embedding layer); image families need (N, C, H, W) images; a
+        background must be given and shaped like the inputs."""
+        family = self.choice.family
+        title = FAMILY_TITLES[family]
+        if family != "ig" and not x.is_floating_point():
+            raise InputError(
+                "method",
+                f"{family} ({title}) attributes floating-point inputs, and these are integers ({x.dtype}); token ids "
+                "are attributed at their embedding layer by ig",
+            )
+        if family in IMAGE_FAMILIES and x.dim() != 4:
+            raise InputError(
+                "method",
+                f"{family} ({title}) attributes images shaped (N, C, H, W); these inputs have shape {tuple(x.shape)}",
+            )
+        if self.choice.background is not None:
+            if self.background is None:
+                raise InputError("background", f"{title} needs its background rows: call use_background first")
+            if tuple(self.background.shape[1:]) != tuple(x.shape[1:]):
+                raise InputError(
+                    "background",
+                    f"background rows of shape {tuple(self.background.shape[1:])} do not fit inputs of shape "
+                    f"{tuple(x.shape[1:])}",
+                )
 
     def _first_output(self, one: torch.Tensor, extra_one: tuple, parameter: str) -> torch.Tensor:
         """The model on one example (and on a batch of two: integrated gradients needs batches), seeing the layer."""
@@ -455,7 +831,10 @@ class Attributor:
             )
         return count
 
-    def baselines_for(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def baselines_for(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor | None:
+        """The baselines of a batch; None for the families without one (and XRAI's own, each image's range)."""
+        if self.baseline is None and x.is_floating_point():
+            return None
         stat = self._statistic
         if stat is not None and x.is_floating_point() and tuple(x.shape[1:]) == tuple(stat.shape):
             stat = stat.to(x.dtype)
@@ -499,61 +878,101 @@ class Attributor:
     def attribute(self, x: torch.Tensor, targets: torch.Tensor | None, extra: tuple = (), seed: int = 0) -> BatchResult:
         """Attributions, convergence deltas and steps used for one batch.
 
-        Random baselines come from a generator seeded with ``seed``, so the
-        same batch and seed give the same numbers in any process.
+        Random baselines come from a generator seeded with ``seed``, and so do
+        the draws of expected gradients (their explainer's ``seed``) and of
+        GradientSHAP (torch's and numpy's global generators, see
+        :func:`seeded_random`), so the same batch and seed give the same
+        numbers in any process. Deltas and steps are per example: averaged
+        and added up over the example's paths where a method integrates
+        several (see :func:`_per_example`).
         """
         return self._explain(x, self.baselines_for(x, seed), targets, extra, seed, self.n_steps)
 
     def _explain(
         self,
         x: torch.Tensor,
-        base: torch.Tensor,
+        base: torch.Tensor | None,
         targets: torch.Tensor | None,
         extra: tuple,
         seed: int,
         n_steps: Any,
     ) -> BatchResult:
         x = x.to(self.device)
-        base = base.to(self.device)
+        base = None if base is None else base.to(self.device)
         extra = tuple(e.to(self.device) for e in extra)
         tgt = None if targets is None else targets.to(self.device)
         explainer = self.explainer
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+        if isinstance(explainer, ExpectedGradients):
+            # The explainer seeds its own generator from .seed at every call: each batch gets the batch's seed, as
+            # random baselines do, so that a batch's draws do not depend on which process or run computes it.
+            explainer.seed = int(seed)
+        with seeded_random(seed):
             attr = explainer.attribute((x, *extra), tgt, baselines=base)
         if isinstance(attr, (tuple, list)):
             attr = attr[0]
-        report = explainer.last_report
-        steps = getattr(report, "steps", None)
+        n = x.shape[0]
+        steps = getattr(explainer.last_report, "steps", None)
         if steps is None:
-            n = n_steps if isinstance(n_steps, int) else 0
-            steps = torch.full((x.shape[0],), n, dtype=torch.long)
+            steps = torch.full((n,), n_steps if isinstance(n_steps, int) else 0, dtype=torch.long)
         return BatchResult(
             attr.detach().cpu(),
-            explainer.last_delta.detach().reshape(-1).cpu(),
-            torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(),
+            _per_example(explainer.last_delta.detach().reshape(-1).cpu(), n, self.choice.family, mean=True),
+            _per_example(torch.as_tensor(steps).reshape(-1).to(torch.long).cpu(), n, self.choice.family, mean=False),
             None if targets is None else targets.cpu(),
         )
 
     @property
-    def explainer(self) -> IntegratedGradientsExplainer:
+    def explainer(self) -> CoreExplainer:
         """The explainer every batch goes through: one object per layer, so that what its core learns about
         chunk sizes carries over from batch to batch."""
-        if self._explainer is None or self._explainer.layer is not self.layer:
-            options: dict[str, Any] = {"method": self.method}
-            if self.memory_budget is not None:
-                options["memory_budget"] = self.memory_budget
-            if self.n_steps == "auto":
-                options["tolerance"] = self.tolerance
-            self._explainer = IntegratedGradientsExplainer(
-                self.forward,
-                n_steps=self.n_steps,
-                layer=self.layer,
-                forward_arg_extractor=operator.itemgetter(0),
-                additional_forward_arg_extractor=_additional,
-                **options,
+        if self._explainer is None or getattr(self._explainer, "layer", None) is not self.layer:
+            self._explainer = _build_explainer(
+                self.choice, self.forward, self.layer, self.background, self._core_options()
             )
         return self._explainer
+
+    def _core_options(self) -> dict[str, Any]:
+        """The keywords every family's explainer passes to its core: the batch reading, the memory budget, and the
+        tolerance of ``n_steps="auto"``."""
+        options: dict[str, Any] = {
+            "forward_arg_extractor": operator.itemgetter(0),
+            "additional_forward_arg_extractor": _additional,
+        }
+        if self.memory_budget is not None:
+            options["memory_budget"] = self.memory_budget
+        if self.n_steps == "auto":
+            options["tolerance"] = self.tolerance
+        return options
+
+
+def _build_explainer(
+    choice: MethodChoice, forward: nn.Module, layer: nn.Module | None, background: torch.Tensor | None, options: dict
+) -> CoreExplainer:
+    """The explainer of ``choice``'s family, configured with its options."""
+    family, own = choice.family, dict(choice.options)
+    if choice.rule is not None:
+        options = {**options, "method": choice.rule}
+    if family == "ig":
+        return IntegratedGradientsExplainer(forward, n_steps=choice.n_steps, layer=layer, idgi=choice.idgi, **options)
+    if family == "blur":
+        return BlurIntegratedGradients(forward, n_steps=choice.n_steps, idgi=choice.idgi, **own, **options)
+    if family == "guided":
+        return GuidedIntegratedGradients(forward, n_steps=choice.n_steps, idgi=choice.idgi, **own, **options)
+    if family == "expected":
+        return ExpectedGradients(forward, background, n_steps=choice.n_steps, **own, **options)
+    if family == "gradientshap":
+        return GradientShap(forward, background, **own, **options)
+    return XRAI(forward, n_steps=choice.n_steps, **options)
+
+
+def _per_example(values: torch.Tensor, n: int, family: str, mean: bool) -> torch.Tensor:
+    """One value per example of what a core reports per path: GradientSHAP's deltas per draw and expected gradients'
+    steps per background row come example by example, XRAI's steps baseline by baseline. Deltas are averaged (the
+    attributions are the mean over the paths), steps added up (the points evaluated for the example)."""
+    if values.numel() == n or n == 0:
+        return values
+    per_path = values.view(-1, n).transpose(0, 1) if family == "xrai" else values.view(n, -1)
+    return per_path.mean(1) if mean else per_path.sum(1)
 
 
 def _additional(batch: tuple) -> tuple | None:
@@ -668,9 +1087,9 @@ def attribute_dataset(
     *,
     target: Any = "predicted",
     batch_size: int = 32,
-    n_steps: Any = 50,
-    method: str = "gausslegendre",
-    baseline: str = "zeros",
+    n_steps: Any = None,
+    method: str = "ig",
+    baseline: str | None = None,
     layer: str | None = None,
     seed: int = 0,
     tolerance: float = 1e-3,
@@ -678,6 +1097,14 @@ def attribute_dataset(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    rule: str | None = None,
+    idgi: bool = False,
+    background: int | None = None,
+    max_sigma: float | None = None,
+    fraction: float | None = None,
+    max_dist: float | None = None,
+    n_samples: int | None = None,
+    stdevs: float | None = None,
 ) -> Path:
     """Attribute every example of a data set into a folder of shards.
 
@@ -693,15 +1120,21 @@ def attribute_dataset(
     target : "predicted", "label" or int
     batch_size : int
         Examples per batch and per shard.
-    n_steps : int or "auto"
-    method, baseline, layer
+    n_steps : int, "auto" or None
+        Path points per example; None: the family's default (50; expected
+        gradients then sample their positions).
+    method : str
+        A family of :data:`FAMILIES` (default ``ig``) or a quadrature rule
+        (``ig`` with that rule); see :func:`choose_method`.
+    baseline, layer
         As for :class:`Attributor`. ``mean`` and ``invert`` take their
         statistics over the whole data set (one pass over the data before
         the first batch), except for 4-D images, whose statistics are each
         image's own, so the results do not depend on ``batch_size``.
     seed : int
-        Seed of random baselines, 0 to :data:`SEED_MAX`; batch ``b`` uses
-        ``seed * 1_000_003 + b``.
+        Seed of random baselines and of the draws of the sampled families,
+        0 to :data:`SEED_MAX`; batch ``b`` uses ``seed * 1_000_003 + b``.
+        The background examples are drawn with ``seed`` itself.
     tolerance : float
         Relative error allowed with ``n_steps="auto"``.
     memory_budget : int, optional
@@ -709,6 +1142,12 @@ def attribute_dataset(
     device : "auto", "cpu" or "cuda"
     progress : bool
         Show a progress bar on standard error.
+    rule, idgi, max_sigma, fraction, max_dist, n_samples, stdevs
+        The family's options (see :func:`choose_method`).
+    background : int, optional
+        For expected gradients and GradientSHAP: this many examples of the
+        data, drawn without replacement (seeded by ``seed``), are the
+        background.
 
     Returns
     -------
@@ -726,6 +1165,21 @@ def attribute_dataset(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
     seed = check_seed(seed)
+    method_options = {
+        "method": method,
+        "n_steps": n_steps,
+        "baseline": baseline,
+        "rule": rule,
+        "idgi": idgi,
+        "background": background,
+        "max_sigma": max_sigma,
+        "fraction": fraction,
+        "max_dist": max_dist,
+        "n_samples": n_samples,
+        "stdevs": stdevs,
+    }
+    # Options that do not fit the family are refused before the data and the model are read.
+    choose_method(**method_options, layer=layer)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("out", f"exists and is not a folder: {out}")
@@ -737,11 +1191,9 @@ def attribute_dataset(
             out,
             dist_,
             dev,
+            method_options,
             target=target,
             batch_size=batch_size,
-            n_steps=n_steps,
-            method=method,
-            baseline=baseline,
             layer=layer,
             seed=seed,
             tolerance=tolerance,
@@ -763,12 +1215,10 @@ def _run(
     out: Path,
     dist_: _Dist,
     dev,
+    method_options: dict,
     *,
     target,
     batch_size,
-    n_steps,
-    method,
-    baseline,
     layer,
     seed,
     tolerance,
@@ -778,8 +1228,15 @@ def _run(
 ) -> Path:
     source: DataSource = open_data(data_spec)
     net = load_model(model_spec).to(dev)
-    options = {"method": method, "n_steps": n_steps, "baseline": baseline, "layer": layer, "target": target}
-    att = Attributor(net, **options, memory_budget=memory_budget, device=dev, tolerance=tolerance)
+    att = Attributor(
+        net, **method_options, layer=layer, target=target, memory_budget=memory_budget, device=dev, tolerance=tolerance
+    )
+    if att.choice.background is not None:
+        picked = background_indices(att.choice.background, len(source), seed)
+        try:
+            att.use_background(source.batch(picked))
+        except BATCH_ERRORS as exc:
+            raise InputError("data", f"reading the background examples failed: {_describe(exc)}") from exc
     first, first_label = source.batch_with_labels([0])
     labels_known = source.labels if source.labels is not None else (first_label if source.has_labels else None)
     att.validate(first, parameter="data", labels=labels_known)
@@ -789,15 +1246,18 @@ def _run(
             (source.batch(job.indices(b)) for b in range(job.n_batches)), log=log if dist_.rank == 0 else None
         )
     except BATCH_ERRORS as exc:
-        raise InputError("data", f"reading every example for baseline {baseline!r} failed: {_describe(exc)}") from exc
+        raise InputError(
+            "data", f"reading every example for baseline {att.baseline!r} failed: {_describe(exc)}"
+        ) from exc
     params = {
         "model": model_spec,
         "model_fingerprint": {**model_fingerprint(model_spec), "weights_sha256": _weights_hash(net)},
         "data": data_spec,
         "data_fingerprint": source.fingerprint,
         "n_examples": len(source),
-        **options,
-        "tolerance": tolerance if n_steps == "auto" else None,
+        **att.choice.parameters(),
+        "target": target,
+        "tolerance": tolerance if att.n_steps == "auto" else None,
         **({"baseline_statistics": "whole data set"} if fitted else {}),
         "layer": att.layer_name,
         "batch_size": batch_size,

@@ -4,6 +4,7 @@ from .blur import BlurIntegratedGradients
 from .conductance import LayerConductance, NeuronConductance
 from .discretized import DiscretizedIntegratedGradients, MonotonicPath, MonotonicPathBuilder
 from .expected_gradients import ExpectedGradients
+from .generation import GenerationAttribution, GenerationAttributions
 from .gradient_shap import GradientShap, LayerGradientShap
 from .guided import GuidedIntegratedGradients
 from .idgi import IDGI
@@ -20,6 +21,8 @@ __all__ = [
     "BlurIntegratedGradients",
     "DiscretizedIntegratedGradients",
     "ExpectedGradients",
+    "GenerationAttribution",
+    "GenerationAttributions",
     "GradientShap",
     "GuidedIntegratedGradients",
     "IDGI",

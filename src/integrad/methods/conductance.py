@@ -255,6 +255,8 @@ class NeuronConductance(PathAttribution):
             the probe holds ``∂F/∂n`` fixed while the input gradient is taken, so the result has no graph through
             it. The other options change nothing.
 
+        Notes
+        -----
         ``inputs``, ``baselines``, ``target``, ``additional_forward_args``, ``internal_batch_size`` and
         ``memory_budget`` are those of :meth:`integrad.IntegratedGradients.attribute`.
 

@@ -358,6 +358,8 @@ class DiscretizedIntegratedGradients(PathAttribution):
         return_convergence_delta : bool, default False
             Also return ``Σ attributions − (F(x_K) − F(x_0))`` per example.
 
+        Notes
+        -----
         ``target``, ``additional_forward_args``, ``internal_batch_size`` and ``memory_budget`` are those of
         :meth:`integrad.IntegratedGradients.attribute`.
 

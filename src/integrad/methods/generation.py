@@ -14,12 +14,16 @@ from .. import arguments
 from ..engine import IntegrationReport, PathIntegral, Rows, WeightedSum, evaluate_rows, run_chunked
 from ..engine.evaluate import end_values
 from ..paths import StraightLine
-from ..rules import alphas_and_weights
 from ..probes import check_layer, replaced, run_until
+from ..rules import alphas_and_weights
 from .base import PathAttribution, keeps_model_state
 
 #: What is attributed at each generated position (see :class:`GenerationAttribution`).
 SCORES = ("logit", "log_probability", "probability")
+
+#: Rows of a chunk run in one pass, padded to the longest prefix among them, while their prefixes are at least this
+#: share of it.
+WIDTH_SHARE = 0.75
 
 #: Colours of positive and negative attributions, as :func:`integrad.visualize.text_html` draws them.
 _POSITIVE_RGB = (214, 39, 40)
@@ -156,7 +160,9 @@ class GenerationAttribution(PathAttribution):
     All generated positions are attributed together: their prefixes, padded on the right to the longest with an
     attention mask (each prefix keeps positions ``0 … len − 1``), form one batch of paths, evaluated in chunks of
     ``(position, α)`` rows under the memory budget. A causal model's prediction at a position does not depend on
-    the padding after it, so each row is the model on its prefix alone.
+    the padding after it, so each row is the model on its prefix alone, and the padding need not be computed: rows
+    come longest prefix first, and each chunk runs its rows in a few groups of similar lengths, each cut to the
+    width of its longest prefix.
 
     Parameters
     ----------
@@ -314,21 +320,15 @@ class GenerationAttribution(PathAttribution):
         examples = torch.arange(positions - 1, -1, -1).repeat_interleave(n_alphas)
         rows = Rows(
             examples,
-            torch.from_numpy(alphas).repeat(positions),
-            torch.from_numpy(weights).repeat(positions).unsqueeze(1),
+            torch.tensor(alphas, dtype=torch.float64).repeat(positions),
+            torch.tensor(weights, dtype=torch.float64).repeat(positions).unsqueeze(1),
             examples,
             positions,
         )
-        chunking = settings["chunking"].fresh()
-        # What earlier calls learned about rows of these shapes (their memory cost, the fastest chunk size).
-        key = (tuple((tuple(x.shape[1:]), x.dtype) for x in path.like), path.device, settings["budget_key"])
-        memory = self._row_shapes.checkout(key)
-        memory.apply(chunking)
         sums = WeightedSum(rows, path)
-        evaluate_rows(probe, path, rows, sums, chunking, keep_values=False)
-        f_start, f_end = end_values(probe, path, chunking)
-        memory.learn(chunking, path.device)
-        self._row_shapes.checkin(key, memory)
+        with self._chunking(path, settings) as chunking:
+            evaluate_rows(probe, path, rows, sums, chunking, keep_values=False)
+            f_start, f_end = end_values(probe, path, chunking)
         report = IntegrationReport.of(chunking, torch.full((positions,), n_alphas, dtype=torch.long))
         self.last_report = report
         return PathIntegral([sums.sums[0][0]], f_start, f_end, report, path, sums)
@@ -371,14 +371,15 @@ class GenerationAttribution(PathAttribution):
     ) -> Callable[[tuple[Tensor, ...], Tensor], Tensor]:
         """The score of each row's generated token, with the embedding layer's output replaced by the row's point.
 
-        A chunk runs at the width of its longest prefix: the columns after it are padding for every row in it.
+        A chunk's rows run in groups of similar prefix lengths, each group at the width of its longest prefix (the
+        columns after it are padding for every row of the group): padding costs as much as real tokens, and a few
+        passes per chunk cost less than padding every prefix to the longest. Rows of a fixed rule come longest
+        first; others are sorted, and their scores put back in order.
         """
 
-        def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
-            rows = examples.to(ids.device)
-            row_lengths = lengths.index_select(0, rows)
-            width = int(row_lengths.max())
-            with replaced([self.embedding_layer], [points[0][:, :width]], use_input=False):
+        def group_scores(z: Tensor, rows: Tensor, row_lengths: Tensor) -> Tensor:
+            width = int(row_lengths[0])
+            with replaced([self.embedding_layer], [z[:, :width]], use_input=False):
                 logits = self._logits(ids.index_select(0, rows)[:, :width], mask.index_select(0, rows)[:, :width])
             at_end = logits[torch.arange(rows.shape[0], device=logits.device), row_lengths - 1]
             token = generated.index_select(0, rows).unsqueeze(1)
@@ -387,6 +388,18 @@ class GenerationAttribution(PathAttribution):
             if score == "log_probability":
                 return torch.log_softmax(at_end, -1).gather(1, token).squeeze(1)
             return torch.softmax(at_end, -1).gather(1, token).squeeze(1)
+
+        def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
+            rows = examples.to(ids.device)
+            row_lengths = lengths.index_select(0, rows)
+            z, order = points[0], None
+            if bool((row_lengths[1:] > row_lengths[:-1]).any()):
+                order = torch.argsort(row_lengths, descending=True, stable=True)
+                rows, row_lengths, z = rows[order], row_lengths[order], z.index_select(0, order.to(z.device))
+            scores = torch.cat(
+                [group_scores(z[a:b], rows[a:b], row_lengths[a:b]) for a, b in _width_groups(row_lengths.tolist())]
+            )
+            return scores if order is None else scores.index_select(0, torch.argsort(order).to(scores.device))
 
         return probe
 
@@ -404,12 +417,11 @@ class GenerationAttribution(PathAttribution):
         return sequence[prompt_ids.shape[0] :]
 
     def _end_of_sequence_ids(self) -> set[int]:
+        """The tokenizer's end-of-sequence id and those of the model's generation config (its config's without
+        one), as ``model.generate`` stops at."""
+        config = getattr(self.model, "generation_config", None) or getattr(self.model, "config", None)
         found: set[int] = set()
-        for source in (
-            self.tokenizer,
-            getattr(self.model, "generation_config", None),
-            getattr(self.model, "config", None),
-        ):
+        for source in (self.tokenizer, config):
             value = getattr(source, "eos_token_id", None)
             values = value if isinstance(value, (list, tuple)) else [value]
             found.update(int(v) for v in values if arguments.is_int(v))
@@ -489,6 +501,18 @@ class GenerationAttribution(PathAttribution):
         if self.tokenizer is None:
             return None
         return [self.tokenizer.decode([i]) for i in ids.tolist()]
+
+
+def _width_groups(lengths: list[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of runs of prefix lengths (sorted longest first) that share a width: a run ends before the
+    first length under :data:`WIDTH_SHARE` of its longest."""
+    bounds, start = [], 0
+    for i, length in enumerate(lengths):
+        if length < WIDTH_SHARE * lengths[start]:
+            bounds.append((start, i))
+            start = i
+    bounds.append((start, len(lengths)))
+    return bounds
 
 
 def _check_score(score: Any) -> str:

@@ -74,6 +74,8 @@ class NeuronIntegratedGradients(PathAttribution):
         attribute_to_neuron_input : bool, default False
             Select the neuron from the layer's input instead of its output.
 
+        Notes
+        -----
         Other parameters are those of :meth:`IntegratedGradients.attribute`. Returns attributions shaped like
         ``inputs``.
         """

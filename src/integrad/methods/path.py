@@ -113,6 +113,8 @@ class PathIntegratedGradients(PathAttribution):
         return_convergence_delta : bool, default False
             Also return ``Σ attributions − (F(γ(1)) − F(γ(0)))`` per example.
 
+        Notes
+        -----
         ``target``, ``additional_forward_args``, ``method``, ``internal_batch_size``, ``memory_budget`` and
         ``tolerance`` are those of :meth:`IntegratedGradients.attribute`. The path function is called once per
         chunk, on that chunk's positions.

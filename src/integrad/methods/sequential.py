@@ -180,6 +180,8 @@ class SequentialIntegratedGradients(PathAttribution):
             Also return, per example and position, ``Σ_{position i} A − (F(x) − F(x^{(i)}))``, shaped
             ``(batch, length)``.
 
+        Notes
+        -----
         ``baselines``, ``target``, ``additional_forward_args``, ``n_steps`` (an int or ``"auto"``), ``method``,
         ``internal_batch_size``, ``memory_budget`` and ``tolerance`` are those of
         :meth:`integrad.IntegratedGradients.attribute`; a baseline is used one position at a time.
@@ -289,6 +291,8 @@ class LayerSequentialIntegratedGradients(PathAttribution):
         return_convergence_delta : bool, default False
             Also return the delta per example and position, ``(batch, length)``.
 
+        Notes
+        -----
         The other parameters are those of :meth:`SequentialIntegratedGradients.attribute`.
 
         Returns

@@ -3,7 +3,8 @@
 :func:`plot_attributions` draws a batch in the form that suits the input (image heatmaps over the inputs, feature
 bars, token bars) with the functions of :mod:`integrad.viz`; :class:`HtmlReport` collects headings, paragraphs,
 tables, pictures and HTML fragments and writes one self-contained ``index.html`` that refers to the pictures next
-to it. The pictures here are only written to files, never shown.
+to it: one column of a fixed width with every picture scaled to it, and a table of contents at the top. The
+pictures here are only written to files, never shown.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as _dt
 import html
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,26 +224,71 @@ class _Bars:
 class HtmlReport:
     """A static HTML page built from parts, written atomically.
 
+    The page is laid out for reading in a browser: its text, tables and figures share one column of at most
+    ``page_width`` CSS pixels, every picture is scaled to that column's width (so that figures drawn at different
+    sizes line up), wide tables scroll inside the column instead of widening the page, and a table of contents at
+    the top links to every section heading (levels 2 and 3).
+
+    Parameters
+    ----------
+    title : str
+        The page's title and top heading.
+    page_width : int, default 960
+        Width in CSS pixels of the column of text, tables and pictures (at least 320).
+    contents : bool, default True
+        Put a table of contents, linking to every section heading, before the first one.
+
     Examples
     --------
     >>> r = HtmlReport("Attributions")
     >>> r.heading("Digits"); r.paragraph("A small CNN.")
+    'digits'
     >>> r.table(["example", "delta"], [[0, 1e-4]])
     >>> r.write("out/index.html")  # doctest: +SKIP
     """
 
     title: str
     parts: list = field(default_factory=list)
+    page_width: int = 960
+    contents: bool = True
+    sections: list = field(default_factory=list, init=False, repr=False)
+    #: Where the table of contents goes: before the part that is the first section heading, after the introduction.
+    contents_at: int | None = field(default=None, init=False, repr=False)
 
-    def heading(self, text: str, level: int = 2) -> None:
-        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+    def __post_init__(self) -> None:
+        if not isinstance(self.title, str):
+            raise TypeError(f"title must be a str; got {type(self.title).__name__}")
+        self.page_width = check_int(self.page_width, "page_width", 320)
+        if not isinstance(self.contents, (bool, np.bool_)):
+            raise TypeError(f"contents must be True or False; got {self.contents!r}")
+
+    def heading(self, text: str, level: int = 2) -> str:
+        """A section heading (``level`` 2 to 6; the title is the only level 1); returns its anchor, ``#anchor``
+        links to it. Levels 2 and 3 are listed in the table of contents."""
+        level = check_int(level, "level", 2, below=7)
+        anchor = self._new_anchor(str(text))
+        if self.contents_at is None:
+            self.contents_at = len(self.parts)
+        self.sections.append((level, anchor, str(text)))
+        self.parts.append(f'<h{level} id="{anchor}">{html.escape(str(text))}</h{level}>')
+        return anchor
+
+    def _new_anchor(self, text: str) -> str:
+        """A fragment identifier made from the heading's words, unique in the page."""
+        base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+        taken = {anchor for _, anchor, _ in self.sections} | {"contents"}
+        anchor, n = base, 2
+        while anchor in taken:
+            anchor, n = f"{base}-{n}", n + 1
+        return anchor
 
     def paragraph(self, text: str, raw: bool = False) -> None:
         self.parts.append(f"<p>{text if raw else html.escape(text)}</p>")
 
     def image(self, src: str | os.PathLike, caption: str = "", width: int | None = None) -> None:
-        """A picture; ``src`` is its path relative to the page (any file name: it is percent-encoded here)."""
-        style = f' style="max-width:{width}px"' if width else ""
+        """A picture, scaled to the page's column (or to at most ``width`` CSS pixels when given); ``src`` is its path
+        relative to the page (any file name: it is percent-encoded here)."""
+        style = f' style="max-width:{check_int(width, "width", 1)}px"' if width is not None else ""
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         self.parts.append(
             f'<figure><img src="{_href(src, "src")}" alt="{html.escape(caption or os.fspath(src))}"{style}>{cap}'
@@ -252,25 +299,57 @@ class HtmlReport:
         self.parts.append(fragment)
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> None:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+        """A table; numbers are formatted with :func:`fmt` and aligned right, text aligned left. A table wider than
+        the page scrolls sideways on its own."""
+        text_columns = {j for row in rows for j, c in enumerate(row) if not _is_number(c)}
+        head = "".join(
+            ('<th class="text">' if j in text_columns else "<th>") + f"{html.escape(str(h))}</th>"
+            for j, h in enumerate(header)
+        )
+        body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        self.parts.append(
+            f'<div class="table-scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+        )
 
     def links(self, items: Sequence[tuple[str, str | os.PathLike]]) -> None:
         """A list of ``(text, path)`` links; each path is relative to the page and percent-encoded here."""
         lis = "".join(f'<li><a href="{_href(h, "items")}">{html.escape(t)}</a></li>' for t, h in items)
         self.parts.append(f"<ul>{lis}</ul>")
 
+    def table_of_contents(self) -> str:
+        """The ``<nav>`` listing the level-2 sections with their level-3 subsections ("" without sections).
+
+        A plain list: section headings usually carry their own numbers."""
+        if not self.contents or not any(level == 2 for level, _, _ in self.sections):
+            return ""
+        groups: list[tuple[str, list[str]]] = []
+        for level, anchor, text in self.sections:
+            link = f'<a href="#{anchor}">{html.escape(text)}</a>'
+            if level == 2:
+                groups.append((link, []))
+            elif level == 3 and groups:
+                groups[-1][1].append(f"<li>{link}</li>")
+        items = "".join(
+            f"<li>{link}" + (f"<ul>{''.join(subsections)}</ul>" if subsections else "") + "</li>"
+            for link, subsections in groups
+        )
+        return f'<nav id="contents" aria-label="Contents"><p>Contents</p><ul>{items}</ul></nav>'
+
     def render(self) -> str:
-        """The whole page, with the parts in the order they were added and a footer naming the version."""
+        """The whole page: the title, the parts in the order they were added, with the table of contents before the
+        first section heading, and a footer naming the version."""
         now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         version = html.escape(_version())
-        body = "\n".join(self.parts)
+        parts = list(self.parts)
+        parts.insert(len(parts) if self.contents_at is None else self.contents_at, self.table_of_contents())
+        body = "\n".join(part for part in parts if part)
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(self.title)}</title>
 <style>
+:root {{ --page-width: {self.page_width}px; }}
 {_STYLE}
 </style></head>
 <body>
@@ -288,15 +367,45 @@ class HtmlReport:
         return path
 
 
+def _is_number(value: Any) -> bool:
+    """Numbers, and None (a missing number, shown as "n/a")."""
+    if value is None:
+        return True
+    return isinstance(value, (int, float, np.integer, np.floating, torch.Tensor)) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> str:
+    """One ``<td>``: numbers right-aligned (the default), text left-aligned."""
+    text = html.escape(fmt(value))
+    return f"<td>{text}</td>" if _is_number(value) else f'<td class="text">{text}</td>'
+
+
+# One column of at most --page-width for everything; pictures are scaled to it, so that figures drawn at different
+# sizes line up and none is wider than the page; tables too wide for it scroll inside their own box.
 _STYLE = """\
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+body { font: 16px/1.5 system-ui, sans-serif; max-width: var(--page-width); margin: 2em auto; padding: 0 1em;
+       color: #222; }
+h1 { font-size: 1.7em; line-height: 1.25; }
+h2 { margin-top: 2.2em; padding-bottom: 0.2em; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 1.6em; }
+nav#contents { background: #f6f7f9; border: 1px solid #e1e4e8; border-radius: 4px; padding: 0.5em 1.2em;
+               margin: 1em 0 2em 0; }
+nav#contents p { margin: 0.2em 0; font-weight: 600; }
+nav#contents ul { margin: 0.2em 0; padding-left: 0; list-style: none; }
+nav#contents ul ul { padding-left: 1.5em; }
+a { color: #0b5cad; }
+.table-scroll { max-width: 100%; overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d0d4d9; padding: 0.3em 0.6em; text-align: right; }
+td { white-space: nowrap; }
+th { background: #eef1f4; vertical-align: bottom; }
+td.text, th.text, th:first-child, td:first-child { text-align: left; }
+tbody tr:nth-child(even) { background: #f8f9fa; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.3em; }
-figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #555; }
+figure { margin: 1.2em 0; }
+figure img { display: block; box-sizing: border-box; width: 100%; max-width: var(--page-width); height: auto;
+             border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; margin-top: 0.3em; }
 code { background: #f5f5f5; padding: 0 0.2em; }
 .tokens { line-height: 2; margin: 0.5em 0 1em 0; }
 footer { margin-top: 3em; font-size: 0.8em; color: #777; }"""
