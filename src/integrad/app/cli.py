@@ -162,6 +162,13 @@ def _bytes(text: str) -> int:
 
 
 def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
+    _add_model_options(p, dataset)
+    _add_method_options(p, dataset)
+    _add_run_options(p, dataset)
+
+
+def _add_model_options(p: argparse.ArgumentParser, dataset: bool) -> None:
+    """What is explained: the model, the target, the layer, the baseline."""
     p.add_argument(
         "--model",
         required=True,
@@ -203,6 +210,10 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
         "--batch-size (a single example is its own mean: all attributions zero, with a warning); "
         "4-D images (N, C, H, W) use each image's own values per channel",
     )
+
+
+def _add_method_options(p: argparse.ArgumentParser, dataset: bool) -> None:
+    """How: the method family, its rule and points, and each family's own options."""
     p.add_argument(
         "--method",
         default="ig",
@@ -280,6 +291,10 @@ def _add_attribution_options(p: argparse.ArgumentParser, dataset: bool) -> None:
         help=f"expected and gradientshap (required there): N examples of {source}, drawn without replacement "
         "(seeded by --seed), are the baselines",
     )
+
+
+def _add_run_options(p: argparse.ArgumentParser, dataset: bool) -> None:
+    """Where and in what pieces it runs: tolerance, batches, memory, seed, device."""
     p.add_argument(
         "--tolerance",
         type=_tolerance,
@@ -373,6 +388,11 @@ def _add_explain_text(sub, common: argparse.ArgumentParser) -> None:
         choices=SCORES,
         help="what is attributed for each generated token: " + ", ".join(SCORES) + " (default logit)",
     )
+    _add_explain_text_run_options(text)
+
+
+def _add_explain_text_run_options(text: argparse.ArgumentParser) -> None:
+    """explain-text's rule, points, memory and device options."""
     text.add_argument(
         "--baseline-token-id",
         type=int,

@@ -1110,43 +1110,32 @@ def attribute_dataset(
 
     Parameters
     ----------
-    model : str
-        Model specification (see :func:`integrad.io.load_model`).
-    data : str
-        Data specification (see :func:`integrad.io.open_data`).
+    model, data : str
+        Model and data specifications (see :func:`integrad.app.io.load_model` and :func:`integrad.app.io.open_data`).
     out : path
-        Output folder. An existing folder must hold a run with the same
-        parameters (it is then resumed) or be empty.
+        Output folder. An existing folder must hold a run with the same parameters (it is then resumed) or be empty.
     target : "predicted", "label" or int
     batch_size : int
         Examples per batch and per shard.
     n_steps : int, "auto" or None
-        Path points per example; None: the family's default (50; expected
-        gradients then sample their positions).
+        Path points per example; None: the family's default (50; expected gradients then sample their positions).
     method : str
-        A family of :data:`FAMILIES` (default ``ig``) or a quadrature rule
-        (``ig`` with that rule); see :func:`choose_method`.
+        A family of :data:`FAMILIES` (default ``ig``) or a quadrature rule (``ig`` with that rule); see
+        :func:`choose_method`.
     baseline, layer
-        As for :class:`Attributor`. ``mean`` and ``invert`` take their
-        statistics over the whole data set (one pass over the data before
-        the first batch), except for 4-D images, whose statistics are each
-        image's own, so the results do not depend on ``batch_size``.
+        As for :class:`Attributor`. ``mean`` and ``invert`` take their statistics over the whole data set (one pass
+        before the first batch), except for 4-D images (each image's own), so results do not depend on
+        ``batch_size``.
     seed : int
-        Seed of random baselines and of the draws of the sampled families,
-        0 to :data:`SEED_MAX`; batch ``b`` uses ``seed * 1_000_003 + b``.
-        The background examples are drawn with ``seed`` itself.
-    tolerance : float
-        Relative error allowed with ``n_steps="auto"``.
-    memory_budget : int, optional
-        Bytes for path points (see the core's ``memory_budget``).
-    device : "auto", "cpu" or "cuda"
-    progress : bool
-        Show a progress bar on standard error.
+        Seed of random baselines and of the sampled families' draws, 0 to :data:`SEED_MAX`; batch ``b`` uses
+        ``seed * 1_000_003 + b``, the background draw ``seed`` itself.
+    tolerance, memory_budget, device, progress
+        The error allowed with ``n_steps="auto"``; bytes for path points; ``"auto"``, ``"cpu"`` or ``"cuda"``; a
+        progress bar on standard error.
     rule, idgi, max_sigma, fraction, max_dist, n_samples, stdevs
         The family's options (see :func:`choose_method`).
     background : int, optional
-        For expected gradients and GradientSHAP: this many examples of the
-        data, drawn without replacement (seeded by ``seed``), are the
+        For expected gradients and GradientSHAP: this many examples of the data, drawn without replacement, are the
         background.
 
     Returns
@@ -1157,56 +1146,51 @@ def attribute_dataset(
     Raises
     ------
     InputError
-        For unusable arguments, before anything is written; and for an
-        example that cannot be attributed (a label out of range, a value the
-        model refuses) found part-way, naming the batch and the examples. The
-        shards finished before it stay, and the same call resumes after them.
+        For unusable arguments, before anything is written; and for an example that cannot be attributed (a label
+        out of range, a value the model refuses) found part-way, naming the batch and the examples. The shards
+        finished before it stay, and the same call resumes after them.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
     seed = check_seed(seed)
-    method_options = {
-        "method": method,
-        "n_steps": n_steps,
-        "baseline": baseline,
-        "rule": rule,
-        "idgi": idgi,
-        "background": background,
-        "max_sigma": max_sigma,
-        "fraction": fraction,
-        "max_dist": max_dist,
-        "n_samples": n_samples,
-        "stdevs": stdevs,
-    }
     # Options that do not fit the family are refused before the data and the model are read.
+    method_options = _chosen_family(locals())
     choose_method(**method_options, layer=layer)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("out", f"exists and is not a folder: {out}")
+    run = {"target": target, "batch_size": batch_size, "layer": layer, "seed": seed, "tolerance": tolerance}
+    run.update(memory_budget=memory_budget, progress=progress, log=log)
     dist_, dev = _init_distributed(device)
     try:
-        return _run(
-            model,
-            data,
-            out,
-            dist_,
-            dev,
-            method_options,
-            target=target,
-            batch_size=batch_size,
-            layer=layer,
-            seed=seed,
-            tolerance=tolerance,
-            memory_budget=memory_budget,
-            progress=progress,
-            log=log,
-        )
+        return _run(model, data, out, dist_, dev, method_options, **run)
     finally:
         if dist_.active:
             import torch.distributed as dist
 
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+
+
+#: The arguments of :func:`attribute_dataset` that choose the method family and configure it.
+_METHOD_ARGUMENTS = (
+    "method",
+    "n_steps",
+    "baseline",
+    "rule",
+    "idgi",
+    "background",
+    "max_sigma",
+    "fraction",
+    "max_dist",
+    "n_samples",
+    "stdevs",
+)
+
+
+def _chosen_family(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The family's options among a call's arguments."""
+    return {name: arguments[name] for name in _METHOD_ARGUMENTS}
 
 
 def _run(

@@ -173,28 +173,7 @@ class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
         args, per_example = arguments.normalize_additional_args(additional_forward_args, batch)
 
-        # Layer values at the inputs and baselines, in one forward pass stopped after the last layer.
-        both = tuple(torch.cat([x.detach(), b]) for x, b in zip(inputs_t, base_t))
-        rows = torch.arange(batch).repeat(2)
-
-        def layer_values(part: slice) -> list:
-            return run_until(
-                self.forward_func,
-                self.layers,
-                use_input,
-                tuple(t[part] for t in both) + arguments.select_rows(args, per_example, rows[part]),
-            )
-
-        with torch.no_grad():
-            values = _concat(run_chunked(layer_values, 2 * batch, settings["chunking"]))
-        structures = [isinstance(v, tuple) for v in values]
-        flat = [v if isinstance(v, tuple) else (v,) for v in values]
-        for i, parts in enumerate(flat):
-            if not all(isinstance(p, Tensor) and p.is_floating_point() for p in parts):
-                raise TypeError(
-                    f"layer {type(self.layers[i]).__name__} produced a value that is not a floating-point tensor or a "
-                    "tuple of them, so it cannot be interpolated"
-                )
+        flat, structures = self._layer_ends(inputs_t, base_t, args, per_example, use_input, settings)
         results: list[Any] = [None] * len(self.layers)
         first_delta = None
         # This call's own switch: a concurrent call that turns expanding off does not change how this one's chunks
@@ -209,15 +188,7 @@ class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
             to_values = functools.partial(_layer_values, group=group, sizes=sizes, structures=structures)
 
             probe = _layer_probe(
-                self.forward_func,
-                inputs_t,
-                group_layers,
-                to_values,
-                use_input,
-                target_t,
-                args,
-                per_example,
-                expand,
+                self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args, per_example, expand
             )
             result = self._integrate(probe, StraightLine(start, end), settings, need_ends=return_convergence_delta)
             attributions = self._finish(result, [p.dtype for p in end])
@@ -231,6 +202,28 @@ class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
         if return_convergence_delta:
             return out, first_delta
         return out
+
+    def _layer_ends(self, inputs_t, base_t, args, per_example, use_input: bool, settings: dict):
+        """The layers' values at the inputs and at the baselines (rows ``:B`` and ``B:``), flattened to tuples of
+        tensors, in one forward pass stopped after the last layer; and which values were tuples."""
+        batch = inputs_t[0].shape[0]
+        both = tuple(torch.cat([x.detach(), b]) for x, b in zip(inputs_t, base_t))
+        rows = torch.arange(batch).repeat(2)
+
+        def layer_values(part: slice) -> list:
+            extra = arguments.select_rows(args, per_example, rows[part])
+            return run_until(self.forward_func, self.layers, use_input, tuple(t[part] for t in both) + extra)
+
+        with torch.no_grad():
+            values = _concat(run_chunked(layer_values, 2 * batch, settings["chunking"]))
+        flat = [v if isinstance(v, tuple) else (v,) for v in values]
+        for i, parts in enumerate(flat):
+            if not all(isinstance(p, Tensor) and p.is_floating_point() for p in parts):
+                raise TypeError(
+                    f"layer {type(self.layers[i]).__name__} produced a value that is not a floating-point tensor or a "
+                    "tuple of them, so it cannot be interpolated"
+                )
+        return flat, [isinstance(v, tuple) for v in values]
 
     @staticmethod
     def interpolate(

@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import arguments
 from .base import PathAttribution, spaced_name
 
-NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+NT_TYPES = arguments.NT_TYPES
 
 
 class NoiseTunnel:
@@ -108,8 +108,7 @@ class NoiseTunnel:
             Passed to the wrapped method's ``attribute`` (``baselines``, ``target``, ``n_steps``, ...).
             ``return_convergence_delta=True`` returns the deltas of all ``nt_samples × batch`` copies as well.
         """
-        if nt_type not in NT_TYPES:
-            raise ValueError(f"nt_type must be one of {', '.join(NT_TYPES)}; got {nt_type!r}")
+        arguments.check_nt_type(nt_type)
         nt_samples = arguments.check_positive_int("nt_samples", nt_samples, allow_none=False)
         per_call = arguments.check_positive_int("nt_samples_batch_size", nt_samples_batch_size) or nt_samples
         arguments.check_bool("draw_baseline_from_distrib", draw_baseline_from_distrib)
@@ -136,9 +135,7 @@ class NoiseTunnel:
         target_t = arguments.normalize_target(target, batch, inputs_t[0].device)
         args, per_example = arguments.normalize_additional_args(extra, batch)
 
-        # Mean and sum of squared deviations, merged call by call in float64 (Chan et al.): stable where
-        # E[A²] − E[A]² would cancel, and exactly zero for identical samples.
-        count, mean, m2 = 0, None, None
+        moments = _Moments()
         deltas = []
         for s in _calls(nt_samples, per_call):
             # Copies are stacked example-major: row i·s + k is copy k of example i.
@@ -155,27 +152,41 @@ class NoiseTunnel:
                 out, delta = out
                 deltas.append(delta)
             leaves, rebuild = _flatten(out)
-            grouped = [a.reshape((batch, s) + a.shape[1:]).to(torch.float64) for a in leaves]
-            part_mean = [g.mean(1) for g in grouped]
-            part_m2 = [((g - pm.unsqueeze(1)) ** 2).sum(1) for g, pm in zip(grouped, part_mean)]
-            if mean is None:
-                mean, m2 = part_mean, part_m2
-            else:
-                total = count + s
-                shift = [pm - m for pm, m in zip(part_mean, mean)]
-                mean = [m + d * (s / total) for m, d in zip(mean, shift)]
-                m2 = [a + b + d * d * (count * s / total) for a, b, d in zip(m2, part_m2, shift)]
-            count += s
-        if nt_type == "smoothgrad":
-            result = mean
-        elif nt_type == "smoothgrad_sq":
-            result = [v / count + m * m for v, m in zip(m2, mean)]
-        else:
-            result = [v / count for v in m2]
-        result = rebuild([r.to(a.dtype) for r, a in zip(result, leaves)])
+            moments.add([a.reshape((batch, s) + a.shape[1:]).to(torch.float64) for a in leaves])
+        result = rebuild([r.to(a.dtype) for r, a in zip(moments.result(nt_type), leaves)])
         if want_delta:
             return result, torch.cat(deltas)
         return result
+
+
+class _Moments:
+    """Mean and sum of squared deviations of the copies' attributions, merged call by call in float64 (Chan et al.):
+    stable where E[A²] − E[A]² would cancel, and exactly zero for identical samples."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, grouped: list[Tensor]) -> None:
+        """Merge one call's copies: per leaf ``(batch, copies, ...)``."""
+        s = grouped[0].shape[1]
+        part_mean = [g.mean(1) for g in grouped]
+        part_m2 = [((g - pm.unsqueeze(1)) ** 2).sum(1) for g, pm in zip(grouped, part_mean)]
+        if self.mean is None:
+            self.mean, self.m2 = part_mean, part_m2
+        else:
+            total = self.count + s
+            shift = [pm - m for pm, m in zip(part_mean, self.mean)]
+            self.mean = [m + d * (s / total) for m, d in zip(self.mean, shift)]
+            self.m2 = [a + b + d * d * (self.count * s / total) for a, b, d in zip(self.m2, part_m2, shift)]
+        self.count += s
+
+    def result(self, nt_type: str) -> list[Tensor]:
+        """The mean (smoothgrad), the mean square (smoothgrad_sq) or the variance (vargrad)."""
+        if nt_type == "smoothgrad":
+            return self.mean
+        if nt_type == "smoothgrad_sq":
+            return [v / self.count + m * m for v, m in zip(self.m2, self.mean)]
+        return [v / self.count for v in self.m2]
 
 
 def _accepted(method: PathAttribution) -> set[str]:
