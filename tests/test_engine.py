@@ -540,6 +540,31 @@ def test_ordinary_model_errors_are_never_retried(error):
     assert not saved_tensor_hooks_left()
 
 
+def test_auto_steps_leave_the_budget_room_for_the_gradients_they_keep(monkeypatch):
+    # n_steps="auto" keeps gradients between its rounds (up to half the budget in the piecewise-linear phase): the
+    # chunks evaluated meanwhile get only what is left, so that the two together stay within the budget.
+    torch.manual_seed(0)
+    model = mlp(in_dim=256, hidden=64, out=3, act=nn.ReLU)
+    x = torch.rand(8, 256)
+    budget = parse_bytes("2MiB")
+    seen = []
+    real = chunking.Chunking.record
+
+    def record(self, rows):
+        seen.append((rows, self.held, self.row_cost))
+        return real(self, rows)
+
+    monkeypatch.setattr(chunking.Chunking, "record", record)
+    ig = IntegratedGradients(model)
+    got = ig.attribute(x, target=1, n_steps="auto", tolerance=1e-3, memory_budget=budget)
+    assert max(held for _, held, _ in seen) > budget // 8  # the rounds do keep gradients
+    sized = [(rows, held, cost) for rows, held, cost in seen if cost is not None and rows > 1]
+    assert sized and all(rows * cost <= max(budget - held, budget // 4) for rows, held, cost in sized), sized
+    # The budget decides which examples keep gradients (others go on with panels): both meet the tolerance.
+    unlimited = IntegratedGradients(model).attribute(x, target=1, n_steps="auto", tolerance=1e-3)
+    assert bool(((got - unlimited).abs().sum(1) <= 2e-3 * unlimited.abs().sum(1)).all())
+
+
 def test_budget_and_oom_together_never_exceed_the_failing_size(wide):
     model, x = wide
     limited = RowLimited(model, 9, ERRORS["cpu_alloc"])

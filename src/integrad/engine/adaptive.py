@@ -21,7 +21,9 @@ with ``F`` linear between them are taken as the sign of one region. Every other 
 its path and each segment ``[a, b]`` between neighbours, of width ``w``, is classified:
 
 * equal ``g ⊙ (x − x′)`` (to rounding) and ``F(b) − F(a) = s_a w`` (to F's rounding, or √eps of the change),
-  with the directional slope ``s = g · (x − x′)``: a linear piece, integrated exactly;
+  with the directional slope ``s = g · (x − x′)``: a linear piece, integrated exactly. F's rounding is taken
+  relative to the terms it sums: ``|F|`` and, in a linear region where ``F(z) = g · z + c``, ``|g ⊙ z|₁`` at each
+  end (a float32 output of 3e-3 made of terms near 1 is rounded to about 1e-7, not 4e-10);
 * different gradients with one kink ``t = a + τ`` explaining the values,
   ``F(b) − F(a) = s_a τ + s_b (w − τ)`` with ``0 ≤ τ ≤ w``: the integral is ``g_a τ + g_b (w − τ)``, exact when
   the segment holds one kink;
@@ -38,9 +40,15 @@ rule do err by about their bound, and theirs are added. The sum, in the L1 norm 
 kink gets points at ``t ± max(10⁻³ w, 2 × the uncertainty of τ from F's rounding)``, which leave two outer
 segments that are checked to be linear and a narrow one around the kink whose bound is about a thousandth of the
 old one; where the uncertainty leaves no room, and for segments without a solved kink, the segment is bisected
-down to ``MIN_WIDTH``. When the first refinement shows no linear piece at all, the example is treated as smooth.
-This phase keeps the gradients of the points that bound its segments (a point between two linear pieces is dropped,
-the pieces being one region); where they would pass half the memory budget, the examples go on with panels.
+down to ``MIN_WIDTH``. Below that width F's rounding hides what a kink does to F (float32 models reach it at
+tolerances near 1e-4), but the gradients still show it: a segment whose gradient jump alone,
+``|(g_b − g_a) ⊙ (x − x′)|₁ w / 2``, exceeds its share is bisected on, the gradient at its middle telling which
+half holds the kink, down to the width at which that example's points stop changing (``RESOLUTION_ULPS`` units of
+rounding of its largest coordinate, over the fastest a coordinate moves). What F alone shows below ``MIN_WIDTH``
+(equal gradients with F off the line) is its rounding, and is not refined. When the first refinement shows no
+linear piece at all, the example is treated as smooth. This phase keeps the gradients of the points that bound its
+segments (a point between two linear pieces is dropped, the pieces being one region); where they would pass half
+the memory budget, the examples go on with panels.
 
 **Smooth models.** The remaining examples start again from two Lobatto–Kronrod panels. Panel errors of varying
 sign add up like a random walk, so an example's estimate is the root-sum-square over its panels of ``D_p``, per
@@ -49,8 +57,8 @@ share ``tol · |A|₁ / √P`` (or half the example's worst) are bisected.
 
 Within each phase, all rows of a round (every example, segment and panel) are evaluated together, in
 memory-budgeted chunks. An example stops at ``MAX_POINTS`` path points, or when only segments narrower than
-``MIN_WIDTH`` are left; a RuntimeWarning then says the tolerance was not reached. The estimate is reported per
-example in ``last_report.error_estimate`` and the points used in ``last_report.steps``.
+``MIN_WIDTH`` (or its own resolution) are left; a RuntimeWarning then says the tolerance was not reached. The
+estimate is reported per example in ``last_report.error_estimate`` and the points used in ``last_report.steps``.
 
 **What the end values prove.** The exact attributions add up to ``F(1) − F(0)``, so ``|Σ A − (F(1) − F(0))|``, the
 completeness gap, is a lower bound on ``|A − A*|₁``; beyond F's rounding (in the model's least precise dtype), it is
@@ -115,8 +123,12 @@ EXTENDED_WEIGHTS_NEW = np.array(
     [_NEW_WEIGHTS[2], _NEW_WEIGHTS[1], _NEW_WEIGHTS[0], _NEW_WEIGHTS[0], _NEW_WEIGHTS[1], _NEW_WEIGHTS[2]]
 )
 POINTS_PER_PANEL = len(NODES)
-#: Panels and segments narrower than this are accepted whatever their estimate; bounds the work on a discontinuity.
+#: Panels and segments narrower than this are accepted whatever their estimate (bounds the work on a discontinuity),
+#: except segments whose gradients jump by more than their share (see RESOLUTION_ULPS).
 MIN_WIDTH = 2.0**-16
+#: Below MIN_WIDTH, segments whose gradients jump are bisected on down to this many units of rounding of the
+#: example's points (relative to their largest coordinate): the width at which the points stop changing.
+RESOLUTION_ULPS = 8
 #: Most path points one example may use.
 MAX_POINTS = 4096
 #: Points around a solved kink are placed this fraction of the segment's width either side of it.
@@ -180,8 +192,20 @@ class _Auto:
         # the rows), 1 where the rows carry their own.
         self.velocity = path.velocity if path.velocity_factored else tuple(torch.ones_like(x) for x in path.like)
         self.piecewise_linear_capable = path.straight and path.velocity_factored
+        self.first: _Rows | None = None
+        self.second: _Rows | None = None
 
-    def row_gradients(self, examples: Tensor, alphas: Tensor) -> _Rows:
+    def hold(self, kept: int = 0) -> None:
+        """Tell the chunking what this run keeps alive besides the chunks: the first stages' gradients and ``kept``
+        bytes more (a refinement's rows, the panels' sums)."""
+        for rows in (self.first, self.second):
+            if rows is not None:
+                kept += rows.G.numel() * rows.G.element_size()
+        self.chunking.held = kept
+
+    def row_gradients(self, examples: Tensor, alphas: Tensor, held: int = 0) -> _Rows:
+        """Gradients and values at the rows ``(examples, alphas)``, while ``held`` bytes more are kept elsewhere."""
+        self.hold(held)
         n = examples.numel()
         rows = Rows(examples, alphas, torch.ones(n, 1, dtype=torch.float64), torch.arange(n), n)
         kept = RowGradients(rows, self.path)
@@ -197,6 +221,12 @@ class _Auto:
         G = first.G
         self.d = torch.cat([v.reshape(batch, -1) for v in self.velocity], 1).to(G.dtype)
         self.eps = _rounding(self.path, G.dtype)
+        self.start = None
+        self.min_width = torch.full((batch,), float("inf"), dtype=torch.float64)
+        if self.piecewise_linear_capable:
+            starts, _ = self.path.ends()
+            self.start = torch.cat([s.reshape(batch, -1) for s in starts], 1).to(G.device, G.dtype)
+            self.min_width = _resolution(self.start, self.d, self.eps)
         per_example = G.view(batch, POINTS_PER_PANEL, -1)
         rule = torch.from_numpy(np.stack([KRONROD_WEIGHTS, LOBATTO_WEIGHTS]) / 2).to(G.device, G.dtype)
         kron, lob = rule[0] @ per_example, rule[1] @ per_example
@@ -305,12 +335,21 @@ def _warn_unmet(finite: Tensor, estimate: Tensor, tolerance: float) -> None:
     elif bool((~(estimate <= tolerance)).any()):
         unmet = ~(estimate <= tolerance)
         warnings.warn(
-            f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or pieces of width {MIN_WIDTH:g}) for "
+            f"n_steps='auto' reached its limit of {MAX_POINTS} path points (or pieces of width {MIN_WIDTH:g}, or of "
+            "its points' resolution where the gradients still jump) for "
             f"{int(unmet.sum())} example(s) before the estimated error fell below tolerance={tolerance:g}; the "
             f"largest estimate is {float(estimate.max()):.3g} (see last_report.error_estimate)",
             RuntimeWarning,
             stacklevel=6,
         )
+
+
+def _resolution(start: Tensor, d: Tensor, eps: float) -> Tensor:
+    """Per example, the width in α below which its points ``x′ + α (x − x′)`` hardly change:
+    ``RESOLUTION_ULPS`` units of rounding of its largest coordinate, over the fastest a coordinate moves."""
+    largest = torch.maximum(start.abs().amax(1), (start + d).abs().amax(1)).double().cpu()
+    speed = d.abs().amax(1).double().cpu()
+    return torch.where(speed > 0, RESOLUTION_ULPS * eps * largest / speed, float("inf"))
 
 
 def _rounding(path: Path, accumulated: torch.dtype) -> float:
@@ -359,13 +398,16 @@ class _Segments:
     solved: Tensor  # one kink explains the values: integrated exactly if there is only one
     integral: Tensor  # (segments, D)
     bound: Tensor  # (segments, D), per feature
+    kink_error: Tensor  # the part of the error the gradients' jump alone accounts for, per segment (L1)
 
 
-def _segments(rows: _Rows, d: Tensor, eps: float, f_eps: float) -> _Segments:
+def _segments(rows: _Rows, d: Tensor, eps: float, f_eps: float, start: Tensor | None = None) -> _Segments:
     """Neighbouring points of every example: each segment's integral of the gradient and its error bound.
 
     Gradients count as equal to ``eps`` (that of the dtype they are accumulated in); F's values are known to
-    ``f_eps`` (that of the model's least precise dtype)."""
+    ``f_eps`` (that of the model's least precise dtype) relative to the terms that make them up: ``|F|`` and, with
+    ``start`` (the path's start per example, flattened), ``|g ⊙ z|₁`` at the point ``z``, the size of the terms a
+    piecewise-linear F sums (``F(z) = g · z + c`` in a linear region)."""
     ex, alpha, F, G = rows.ex, rows.alpha, rows.F, rows.G
     order = torch.argsort(alpha, stable=True)
     order = order[torch.argsort(ex[order], stable=True)]
@@ -385,7 +427,13 @@ def _segments(rows: _Rows, d: Tensor, eps: float, f_eps: float) -> _Segments:
     scale = torch.maximum((ga * dd).abs().amax(1), (gb * dd).abs().amax(1))
     same_g = ((jump * dd).abs().amax(1) <= SAME_GRADIENT_ULPS * eps * scale).cpu()
     rise = F[b] - F[a]
-    ftol = F_ROUNDING_ULPS * f_eps * (F[a].abs() + F[b].abs() + (sa.abs() + sb.abs()) * w)
+    terms = F[a].abs() + F[b].abs() + (sa.abs() + sb.abs()) * w
+    if start is not None:
+        x0 = start[seg_ex.to(dev)]
+        za = x0 + alpha[a].to(dev, G.dtype).unsqueeze(1) * dd
+        zb = x0 + alpha[b].to(dev, G.dtype).unsqueeze(1) * dd
+        terms = terms + ((ga * za).abs().sum(1) + (gb * zb).abs().sum(1)).double().cpu()
+    ftol = F_ROUNDING_ULPS * f_eps * terms
     # Equal gradients with a non-linear F would mean the path left the region and came back. F carries the
     # rounding of its largest intermediate terms, which can exceed its own size: a relative √eps of the segment's
     # change is allowed besides.
@@ -407,7 +455,9 @@ def _segments(rows: _Rows, d: Tensor, eps: float, f_eps: float) -> _Segments:
     # gradients cannot show, such as a bump between two points of equal (e.g. saturated, zero) gradient.
     missed = ((rise - (integral * dd).sum(1).double().cpu()).abs() - ftol).clamp_min(0.0).to(dev, G.dtype)
     bound = bound + dd.abs() * (missed / dd.abs().sum(1).clamp_min(torch.finfo(G.dtype).tiny)).unsqueeze(1)
-    return _Segments(a, b, seg_ex, alpha[a], w, tau, dtau, linear, solved, integral, bound)
+    kink_error = torch.where(hidden, 0.0, jump.abs() * width / 2) * dd.abs()
+    kink_error = kink_error.sum(1).double().cpu()
+    return _Segments(a, b, seg_ex, alpha[a], w, tau, dtau, linear, solved, integral, bound, kink_error)
 
 
 class _Refinement:
@@ -426,7 +476,7 @@ class _Refinement:
         """Refine until every member converged or left; returns the examples that go on with panels."""
         first = True
         while True:
-            seg = _segments(self.rows, self.auto.d, self.grad_eps, self.auto.eps)
+            seg = _segments(self.rows, self.auto.d, self.grad_eps, self.auto.eps, self.auto.start)
             seg_error, converged = self._record(seg)
             if not first:
                 # After the first refinement, an unfinished example without a single linear piece is not piecewise
@@ -445,7 +495,7 @@ class _Refinement:
             new_ex, new_alpha = self._keep_within_quota(seg, new_ex, new_alpha)
             if new_ex.numel() == 0:
                 return self.smooth
-            fresh = self.auto.row_gradients(new_ex, new_alpha)
+            fresh = self.auto.row_gradients(new_ex, new_alpha, self.rows.G.numel() * self.rows.G.element_size())
             self.auto.points_used += torch.bincount(new_ex, minlength=self.auto.batch)
             self.rows = self.rows.select(self.keep).join(fresh)
             members = self.members.index_select(0, self.rows.ex)
@@ -478,20 +528,25 @@ class _Refinement:
         """Points that refine the segments over their share of the tolerance, and the points kept (``self.keep``)."""
         run, batch = self.auto, self.auto.batch
         l1 = run.attr_l1
-        refine = seg_error > torch.where(
+        allowed = torch.where(
             seg.solved,
             _share(seg_error, seg.ex, batch, run.tolerance, l1),
             _share(seg_error, seg.ex, batch, run.tolerance, l1, linear=True),
         )
+        refine = seg_error > allowed
         refine &= self.members.index_select(0, seg.ex)
         # A solved kink is bracketed by two points just outside the uncertainty of τ. Where the bracket leaves no
         # room (τ too uncertain), and for segments without a solved kink, the segment is bisected, down to MIN_WIDTH.
+        # Below it, F's rounding hides what a kink does to F, but the gradients at the ends still differ: where that
+        # jump alone accounts for more than the segment's share, it is bisected on, the gradient at the middle
+        # telling which half holds the kink, down to the width at which the example's points stop changing.
         w, tau = seg.width, seg.tau
         offset = torch.maximum(torch.maximum(BRACKET * w, 2 * seg.dtau), torch.full_like(w, 16 * self.grad_eps))
         bracket = refine & seg.solved & (4 * offset < w)
         left = bracket & (tau >= 2 * offset)
         right = bracket & (w - tau >= 2 * offset)
-        split = refine & ~bracket & (w > MIN_WIDTH)
+        by_gradients = (seg.kink_error > allowed) & (w > run.min_width.index_select(0, seg.ex))
+        split = refine & ~bracket & ((w > MIN_WIDTH) | by_gradients)
         new_alpha = torch.cat(
             [(seg.start + tau - offset)[left], (seg.start + tau + offset)[right], (seg.start + w / 2)[split]]
         )
@@ -606,6 +661,7 @@ def _evaluate_panels(run: _Auto, panels: _Panels, idx: Tensor) -> Tensor:
     rows_example = ex.repeat_interleave(POINTS_PER_PANEL)
     rows = Rows(rows_example, alphas, weights, torch.arange(n_new).repeat_interleave(POINTS_PER_PANEL), n_new)
     reduction = WeightedSum(rows, run.path)
+    run.hold(sum(t.numel() * t.element_size() for t in (panels.kron or []) + (panels.diff or [])))
     values = evaluate_rows(run.probe, run.path, rows, reduction, run.chunking)
     sums = reduction.sums
     scales = [v.index_select(0, ex.to(v.device)).to(s.dtype) for s, v in zip(sums, run.velocity)]

@@ -1,9 +1,16 @@
 """Chunking: how many path rows go into one forward pass, under a row count or a memory budget.
 
 A memory budget is parsed from bytes or a string (``"256MiB"``), or defaults to a share of the device's free memory.
-A chunk's memory is dominated by the activations autograd saves for the backward pass. They are counted as they
-are saved (``torch.autograd.graph.saved_tensors_hooks``), so a chunk that would exceed the budget is stopped during
-its forward pass, before the backward pass would have doubled the footprint. An allocation failure halves the chunk.
+A chunk's memory is the path points, the activations autograd saves for the backward pass, and the gradients the
+backward pass makes. The first chunk is measured (:class:`ActivationMeter`): saved tensors as they are saved
+(``torch.autograd.graph.saved_tensors_hooks``), so that a chunk that would exceed the budget is stopped during its
+forward pass, before the backward pass would have doubled the footprint; the backward pass through hooks on the
+graph's nodes. Later chunks are sized from what it held at most. An allocation failure halves the chunk.
+
+The budget bounds the tensors a call allocates. The resident memory of a CPU process follows them when the
+allocator hands freed memory back; glibc keeps blocks below its mapping threshold, which it raises up to 32 MiB
+as large blocks are freed, and the memory freed at the top of its heap up to twice that, so a process may hold more
+(``benchmarks/budget.py`` measures both ways).
 """
 
 from __future__ import annotations
@@ -105,25 +112,64 @@ class BudgetExceeded(Exception):
 
 
 class ActivationMeter:
-    """Counts the bytes autograd saves during a forward pass, once per storage, and stops it over ``limit``.
+    """The memory of one chunk's forward and backward pass, counted in the bytes of the tensors that grow with it.
 
-    The estimate of the chunk's peak is ``fixed + saved + 2 × largest`` : what stays saved, plus the gradient of the
-    largest activation and its neighbour alive together during the backward pass.
+    **Forward.** The tensors autograd saves are counted as they are saved, once per storage
+    (``torch.autograd.graph.saved_tensors_hooks``); parameters, and views of them such as a transposed weight, are
+    not. While the pass runs, the chunk is forecast to need ``fixed + saved + 2 × largest`` (what stays saved, and
+    the gradient of the largest activation with its neighbour's, alive together in the backward pass); past
+    ``limit`` the pass is stopped with :class:`BudgetExceeded`, before the backward pass would have doubled it.
+
+    **Backward.** Hooks on the nodes of the graph (:meth:`watch`) follow what the backward pass holds: the saved
+    tensors not yet released (a node releases what it saved once it has run), and the gradients alive (those a node
+    produced, until the node that receives them has run; the gradients of the points stay). Their largest sum is the
+    backward pass's peak.
+
+    :attr:`used`, once the pass is over, is what the chunk held at most: ``fixed`` (the points), plus the larger of
+    the forward's end (all saved tensors and one activation being made) and the backward's peak, plus the largest
+    saved tensor again for what no hook sees (a kernel's workspace, a gradient being summed into another). Three
+    copies of the points' gradients (in the accumulation dtype) bound the reduction that follows.
+
+    On a CUDA ``device`` the allocator's own count takes part besides: its high-water mark is read (never reset)
+    when the meter is made and once the chunk is over; where the chunk raised it, the chunk's true peak is the new
+    mark less what was allocated at the start, workspaces of kernels included, and :attr:`used` is at least that.
+
+    Every hook runs outside compiled code (``torch.compiler.disable``): the forward of a compiled model calls the
+    pack hook, and dynamo would otherwise trace the meter into the model's graph.
     """
 
-    def __init__(self, limit: int | None, rows: int, fixed: int = 0):
+    def __init__(self, limit: int | None, rows: int, fixed: int = 0, device: torch.device | None = None):
         self.limit = limit
         self.rows = rows
         self.fixed = fixed
+        self._cuda = device if device is not None and device.type == "cuda" else None
+        self._allocated = self._high_water = 0
+        if self._cuda is not None:
+            self._allocated = torch.cuda.memory_allocated(self._cuda)
+            self._high_water = torch.cuda.max_memory_allocated(self._cuda)
+        self._raised = 0
         self.saved = 0
         self.largest = 0
-        self._storages: set[int] = set()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        #: Storage (by address) -> [bytes, saved references not yet unpacked by the backward pass].
+        self._storages: dict[int, list[int]] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._backward: _BackwardTally | None = None
+        self._gradient_bytes = 0
 
     @property
     def estimate(self) -> int:
+        """The forecast of the chunk's peak from its forward pass so far."""
         return self.fixed + self.saved + 2 * self.largest
 
+    @property
+    def used(self) -> int:
+        """What the chunk held at most, from its whole forward and backward pass (see the class docstring)."""
+        held = self.saved + self.largest
+        if self._backward is not None:
+            held = max(held, self._backward.peak + self.largest)
+        return max(self.fixed + max(held, 3 * self._gradient_bytes), self._raised)
+
+    @torch.compiler.disable
     def _pack(self, tensor: Tensor) -> Tensor:
         # Parameters (and views of them, such as a transposed weight) do not grow with the chunk. What does: tensors
         # computed from the path points (they require grad) and per-row bookkeeping such as pooling indices.
@@ -133,14 +179,37 @@ class ActivationMeter:
         if grows and not is_parameter:
             storage = tensor.untyped_storage()
             key = storage.data_ptr()
-            if key not in self._storages:
-                self._storages.add(key)
-                size = storage.nbytes()
-                self.saved += size
-                self.largest = max(self.largest, size)
-                if self.limit is not None and self.estimate > self.limit:
-                    raise BudgetExceeded(self.estimate)
+            entry = self._storages.get(key)
+            if entry is not None:
+                entry[1] += 1
+                return tensor
+            size = storage.nbytes()
+            self._storages[key] = [size, 1]
+            self.saved += size
+            self.largest = max(self.largest, size)
+            if self.limit is not None and self.estimate > self.limit:
+                raise BudgetExceeded(self.estimate)
         return tensor
+
+    @torch.compiler.disable
+    def _unpack(self, tensor: Tensor) -> Tensor:
+        if self._backward is not None:
+            self._backward.unpacked(tensor.untyped_storage().data_ptr(), self._storages)
+        return tensor
+
+    def watch(self, output: Tensor, points: tuple[Tensor, ...]) -> None:
+        """Follow the backward pass from ``output`` to ``points`` (call after the forward, before the backward)."""
+        if output.grad_fn is not None:
+            self._backward = _BackwardTally(output.grad_fn, points, self.saved)
+
+    def gradients(self, grads: list[Tensor]) -> None:
+        """Record the points' gradients (in the accumulation dtype) that the reduction will take; the chunk's passes
+        are over."""
+        self._gradient_bytes = sum(g.numel() * g.element_size() for g in grads)
+        if self._cuda is not None:
+            high_water = torch.cuda.max_memory_allocated(self._cuda)
+            if high_water > self._high_water:
+                self._raised = high_water - self._allocated
 
     def __enter__(self) -> ActivationMeter:
         self._hooks.__enter__()
@@ -150,8 +219,91 @@ class ActivationMeter:
         self._hooks.__exit__(*exc)
 
 
-def _unpack(tensor: Tensor) -> Tensor:
-    return tensor
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages among ``tensors`` (None skipped): views of one storage count once."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is not None:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+class _BackwardTally:
+    """What a backward pass holds, followed through hooks on every node that leads to the points.
+
+    A node runs with the saved tensors not yet released, the gradients still waiting to be consumed and the
+    gradients it produces all alive; after it has run, the gradients it received are freed, and so are the saved
+    tensors whose last reference it unpacked. Gradients sent to a node that never runs (a parameter's) are freed at
+    once; those of the points are kept (they are the result).
+    """
+
+    def __init__(self, root, points: tuple[Tensor, ...], saved: int):
+        self.saved = saved
+        self.alive = 0
+        self.peak = saved
+        self.pending: dict = {}
+        self.released: list[int] = []
+        self.runs, self.kept = _nodes_to(root, points)
+        for node in self.runs:
+            node.register_prehook(self._received(node))
+            node.register_hook(self._ran(node))
+
+    def unpacked(self, key: int, storages: dict[int, list[int]]) -> None:
+        entry = storages.get(key)
+        if entry is not None and entry[1] > 0:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self.released.append(entry[0])
+
+    def _received(self, node):
+        @torch.compiler.disable
+        def hook(grad_outputs):
+            # What arrived (summed, where several nodes sent gradients here) replaces what was sent.
+            self.alive += _storage_bytes(grad_outputs) - self.pending.pop(node, 0)
+
+        return hook
+
+    def _ran(self, node):
+        @torch.compiler.disable
+        def hook(grad_inputs, grad_outputs):
+            produced = _storage_bytes(grad_inputs)
+            self.peak = max(self.peak, self.saved + self.alive + produced)
+            self.alive -= _storage_bytes(grad_outputs)
+            for (target, _), g in zip(node.next_functions, grad_inputs):
+                if g is not None and target is not None and (target in self.runs or target in self.kept):
+                    size = g.untyped_storage().nbytes()
+                    self.pending[target] = self.pending.get(target, 0) + size
+                    self.alive += size
+            self.saved -= sum(self.released)
+            self.released.clear()
+
+        return hook
+
+
+def _nodes_to(root, points: tuple[Tensor, ...]) -> tuple[set, set]:
+    """The nodes of the graph under ``root`` from which a point can be reached (those the backward pass runs), and
+    the points' own accumulation nodes (where the gradients that are kept arrive)."""
+    targets = {id(p) for p in points}
+    reaches: dict = {root: False}
+    kept: set = set()
+    stack = [(root, iter(root.next_functions))]
+    while stack:  # depth first: a node is settled once all its children are
+        node, children = stack[-1]
+        for child, _ in children:
+            if child is not None and child not in reaches:
+                reaches[child] = False
+                stack.append((child, iter(child.next_functions)))
+                break
+        else:
+            stack.pop()
+            variable = getattr(node, "variable", None)
+            if variable is not None and id(variable) in targets:
+                kept.add(node)
+                reaches[node] = True
+            else:
+                reaches[node] = any(c is not None and reaches[c] for c, _ in node.next_functions)
+    return {node for node, reached in reaches.items() if reached and node not in kept}, kept
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -186,6 +338,9 @@ class Chunking:
     #: The probe gets copies of the points: the model writes into them (an in-place operation on its input or on a
     #: replaced layer value), which autograd forbids on the points themselves.
     copy_points: bool = False
+    #: Bytes the caller keeps alive through the evaluation besides the chunks (the gradients ``n_steps="auto"``
+    #: keeps between rounds): the chunks get what is left of the budget.
+    held: int = 0
     stats: dict = field(
         default_factory=lambda: {"rows": 0, "chunk_rows": 0, "chunks": 0, "seconds": 0.0, "metered": 0, "step": None}
     )
@@ -211,6 +366,12 @@ class Chunking:
                 size = min(size, bound)
         return max(1, size)
 
+    @property
+    def room(self) -> int:
+        """The bytes a chunk may take: the budget less what the caller holds, but at least a quarter of it (a caller
+        holding more has passed the budget already; chunks of a few rows would only make it slower)."""
+        return max(self.budget - self.held, self.budget // 4)
+
     def first_size(self, total: int, row_bytes: int, step: int | None) -> int:
         if self.rows is not None:
             return self.limit(total)
@@ -219,7 +380,7 @@ class Chunking:
         # Nothing is known yet about how much a row's activations take, and a chunk stopped by the meter has
         # already allocated its latest activation: the first chunk's points take at most 1/64 of the budget, and
         # later chunks are sized from what the first one measured.
-        return whole_steps(self.limit(min(total, self.budget // max(1, FIRST_CHUNK_SHARE * 3 * row_bytes))), step)
+        return whole_steps(self.limit(min(total, self.room // max(1, FIRST_CHUNK_SHARE * 3 * row_bytes))), step)
 
     def spread(self, remaining: int, fits: int, step: int | None) -> int:
         """Chunk size that covers ``remaining`` rows evenly in as few chunks of at most ``fits`` rows as possible,
@@ -231,8 +392,8 @@ class Chunking:
         return self.limit(even)
 
     def fits(self) -> int:
-        """Rows whose measured cost fits the budget."""
-        return int(self.budget / self.row_cost)
+        """Rows whose measured cost fits the budget (what the caller does not hold of it)."""
+        return int(self.room / self.row_cost)
 
     def measured(self, rows: int, used: int) -> None:
         """Record what a chunk of ``rows`` rows was measured to take."""

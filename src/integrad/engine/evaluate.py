@@ -258,7 +258,9 @@ def evaluate_rows(
         metered = (
             chunking.budget is not None and chunking.row_cost is None and not (n == 1 and chunking.over_budget_row)
         )
-        meter = ActivationMeter(chunking.budget, rows=n, fixed=3 * n * path.row_bytes) if metered else None
+        # The meter counts what grows with the chunk besides the points: those it is told of (with their copies).
+        points_bytes = n * path.row_bytes * (2 if chunking.copy_points else 1)
+        meter = ActivationMeter(chunking.room, rows=n, fixed=points_bytes, device=path.device) if metered else None
         began = time.perf_counter()
         try:
             points, velocities = chunk_points(pos, n, tiled)
@@ -270,12 +272,14 @@ def evaluate_rows(
             continue
         chunking.record(n)
         if meter is not None:
-            chunking.measured(n, meter.estimate)
+            chunking.measured(n, meter.used)
         if velocities is not None:
             grads = [g * moved(v, g.device, g.dtype) for g, v in zip(grads, velocities)]
         if values is not None:
             values[pos : pos + n] = out
         reduction.add(grads, out, pos, n, tiled)
+        # This chunk's gradients must not stay alive through the next chunk's passes.
+        grads = out = points = velocities = None
         chunking.stats["seconds"] += time.perf_counter() - began
         chunking.stats["metered"] += meter is not None
         pos += n
@@ -290,7 +294,7 @@ def _retry_size(error: Exception, n: int, chunking: Chunking, step: int | None) 
     if isinstance(error, BudgetExceeded):
         if n == 1:
             chunking.warn_single_row(error.used)
-        return whole_steps(chunking.limit(min(n // 2, int(n * chunking.budget / error.used * 0.9))), step)
+        return whole_steps(chunking.limit(min(n // 2, int(n * chunking.room / error.used * 0.9))), step)
     if n > 1 and is_out_of_memory(error):
         return whole_steps(chunking.out_of_memory(n), step)
     if not chunking.copy_points and writes_into_leaf(error):
@@ -347,11 +351,18 @@ def _gradients(
         with meter:
             out = probe(inputs, examples)
     # An output that does not depend on the points (a constant model) has zero gradient.
-    grads = torch.autograd.grad(out.sum(), points, allow_unused=True) if out.requires_grad else (None,) * len(points)
+    grads = (None,) * len(points)
+    if out.requires_grad:
+        total = out.sum()
+        if meter is not None:
+            meter.watch(total, points)
+        grads = torch.autograd.grad(total, points, allow_unused=True)
     grads = [
         torch.zeros_like(z, dtype=acc_dtype) if g is None else g if g.dtype == acc_dtype else g.to(acc_dtype)
         for z, g in zip(points, grads)
     ]
+    if meter is not None:
+        meter.gradients(grads)
     return grads, out.detach()
 
 
