@@ -3,10 +3,9 @@ meter that sizes the chunks counts what a chunk's forward and backward pass real
 
 Measured as a user would, in a child process per budget: one warm-up call, the allocator's free pages handed back
 (``malloc_trim``) and the kernel's high-water mark reset (``/proc/self/clear_refs``), then the measured call; its
-peak increase is the high-water mark over the resident set before it. The children run with glibc's mapping
-threshold fixed (``MALLOC_TRIM_THRESHOLD_``), so that the resident set follows the memory in use (see
-``benchmarks/budget.py``). The same child measures the call without a budget (every row in one pass), which must
-need well over the budget, or the budget would not be what limits the call.
+peak increase is the high-water mark over the resident set before it. The children run with glibc's default
+settings, as users do (see ``benchmarks/budget.py``). The same child measures the call without a budget (every row
+in one pass), which must need well over the budget, or the budget would not be what limits the call.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from torch import nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from integrad.engine import evaluate
+from integrad.engine import chunking, evaluate
 from integrad.engine.chunking import ActivationMeter
 
 CHILD = textwrap.dedent(
@@ -68,7 +67,7 @@ CHILD = textwrap.dedent(
 
 
 def measure(budget: str) -> dict:
-    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_=str(128 * 2**10), MALLOC_ARENA_MAX="2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run(
         [sys.executable, "-c", CHILD, budget], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -158,7 +157,9 @@ def test_the_meter_counts_what_forward_and_backward_hold(name, rows):
     evaluate._gradients(probe, points, examples, torch.float32, None)  # first-call allocations out of the way
     meter = ActivationMeter(None, rows=rows)
     peak = tensor_peak(lambda: evaluate._gradients(probe, points, examples, torch.float32, meter))
-    assert peak <= meter.used <= 1.5 * peak, (peak, meter.used)
+    assert peak <= meter.counted <= 1.5 * peak, (peak, meter.counted)
+    # What the allocator kept besides the tensors (the process's resident memory) may add to that, up to its cap.
+    assert meter.counted <= meter.used <= chunking.ALLOCATOR_SHARE_CAP * meter.counted
     assert meter._backward is not None and meter._backward.peak > meter.saved  # the backward pass was followed
 
 
