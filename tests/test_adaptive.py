@@ -14,10 +14,12 @@ from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
 
-from _behaviour_models import (
+from models import (
     gl_rule,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DT = torch.float64
 

@@ -14,13 +14,15 @@ from torch import nn
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
 from integrad.engine import parse_bytes
 
-from _behaviour_models import (
+from models import (
     Body,
     TextClassifier,
     TwoInputs,
     mlp,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BAD = (ValueError, TypeError)
 

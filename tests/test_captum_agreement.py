@@ -19,8 +19,7 @@ from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
 
-from _behaviour_models import deadline
-from _core_models import (
+from models import (
     METHODS,
     GridOutput,
     SmallCNN,
@@ -29,6 +28,7 @@ from _core_models import (
     TwoBranches,
     WithExtras,
     assert_close_scaled,
+    deadline,
     mlp,
     randn,
     seeded,
@@ -95,7 +95,7 @@ def _check_delta(ours, theirs, attr, f, inputs, baselines, target=None, extra=()
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("target_form", ("list", "tensor"))
 def test_mlp_with_per_example_targets(method, target_form):
-    model = mlp(seed=1)
+    model = mlp(seed=1, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x, base = randn(4, 5, seed=2), randn(4, 5, seed=3)
     target = [0, 2, 1, 2] if target_form == "list" else torch.tensor([0, 2, 1, 2])
     ours, delta = IntegratedGradients(model).attribute(
@@ -192,7 +192,7 @@ def test_additional_forward_args_tensor_per_example_and_non_tensor(method):
 
 @pytest.mark.parametrize("internal_batch_size", (4, 7, 13, 1000))
 def test_internal_batch_size_chunks_give_the_same_result(internal_batch_size):
-    model = mlp(seed=18)
+    model = mlp(seed=18, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x, base = randn(4, 5, seed=19), randn(4, 5, seed=20)
     ig = IntegratedGradients(model)
     whole = ig.attribute(x, base, target=[1, 0, 2, 1], n_steps=11)
@@ -218,7 +218,7 @@ def test_internal_batch_size_chunks_give_the_same_result(internal_batch_size):
 
 @pytest.mark.parametrize("memory_budget", ("64KiB", 20000))
 def test_memory_budget_chunks_give_the_same_result(memory_budget):
-    model = mlp(hidden=64, seed=18)
+    model = mlp(hidden=64, seed=18, n_in=5, n_out=3, dtype=torch.float64)
     x, base = randn(6, 5, seed=19), randn(6, 5, seed=20)
     ig = IntegratedGradients(model)
     whole = ig.attribute(x, base, target=1, n_steps=20, internal_batch_size=120)
@@ -231,7 +231,7 @@ def test_memory_budget_chunks_give_the_same_result(memory_budget):
 def test_memory_budget_below_one_rows_activations_finishes_or_says_so():
     """A budget too small even for one path row cannot be met by splitting further: evaluating one row at a time
     (or a ValueError naming memory_budget) are both acceptable; retrying the same row forever is not."""
-    model = mlp(hidden=64, seed=18)
+    model = mlp(hidden=64, seed=18, n_in=5, n_out=3, dtype=torch.float64)
     x = randn(2, 5, seed=19)
     ig = IntegratedGradients(model)
     expected = ig.attribute(x, target=1, n_steps=4)
@@ -261,7 +261,7 @@ def test_memory_budget_limits_activations_not_the_models_parameters():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_multiply_by_inputs_false_returns_the_path_averaged_gradient(method):
-    model = mlp(seed=21)
+    model = mlp(seed=21, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x, base = randn(3, 5, seed=22), randn(3, 5, seed=23)
     local = IntegratedGradients(model, multiply_by_inputs=False)
     assert local.multiplies_by_inputs is False
@@ -279,7 +279,7 @@ def test_compute_convergence_delta_agrees(tuple_inputs):
         inputs = (randn(2, 4, seed=25), randn(2, 2, 3, seed=26), randn(2, 5, seed=27))
         baselines = (0.5, randn(1, 2, 3, seed=28), randn(2, 5, seed=29))
     else:
-        model = mlp(seed=24)
+        model = mlp(seed=24, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
         inputs, baselines = randn(2, 5, seed=25), randn(2, 5, seed=26)
     ours_ig, theirs_ig = IntegratedGradients(model), CaptumIG(model)
     attr = ours_ig.attribute(inputs, baselines, target=2, n_steps=6)
@@ -293,7 +293,7 @@ def test_compute_convergence_delta_agrees(tuple_inputs):
 
 
 def test_negative_int_target_counts_from_the_end():
-    model = mlp(seed=80)
+    model = mlp(seed=80, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=81)
     ours = IntegratedGradients(model).attribute(x, target=-1, n_steps=10)
     assert_close_scaled(ours, CaptumIG(model).attribute(x, target=-1, n_steps=10), RTOL)
@@ -369,7 +369,7 @@ def test_layer_ig_compute_convergence_delta_agrees_on_floats_and_token_ids():
 
 
 def test_layer_ig_compute_convergence_delta_refuses_what_it_cannot_sum():
-    model = mlp(hidden=7, seed=35)
+    model = mlp(hidden=7, seed=35, n_in=5, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=36)
     lig = LayerIntegratedGradients(model, [model[0], model[2]])
     attrs = lig.attribute(x, target=1, n_steps=4)
@@ -385,7 +385,7 @@ def test_layer_ig_compute_convergence_delta_refuses_what_it_cannot_sum():
 
 
 def test_layer_ig_attributes_to_a_layers_input():
-    model = mlp(hidden=7, seed=35)
+    model = mlp(hidden=7, seed=35, n_in=5, n_out=3, dtype=torch.float64)
     x, base = randn(3, 5, seed=36), randn(3, 5, seed=37)
     ours, delta = LayerIntegratedGradients(model, model[2]).attribute(
         x, base, target=1, attribute_to_layer_input=True, n_steps=15, return_convergence_delta=True
@@ -435,7 +435,7 @@ def test_layer_ig_internal_batch_size(internal_batch_size):
 
 
 def test_layer_ig_multiply_by_inputs_false():
-    model = mlp(seed=44)
+    model = mlp(seed=44, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=45)
     ours = LayerIntegratedGradients(model, model[0], multiply_by_inputs=False).attribute(x, target=2, n_steps=9)
     theirs = CaptumLayerIG(model, model[0], multiply_by_inputs=False).attribute(x, target=2, n_steps=9)
@@ -453,7 +453,7 @@ def _neuron_pair(model, layer, inputs, selector, **kw):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_neuron_ig_int_selector_on_a_linear_layer(method):
-    model = mlp(hidden=8, seed=46)
+    model = mlp(hidden=8, seed=46, n_in=5, n_out=3, dtype=torch.float64)
     x, base = randn(4, 5, seed=47), randn(4, 5, seed=48)
     ours, theirs = _neuron_pair(model, model[0], x, 3, baselines=base, method=method, n_steps=9)
     assert_close_scaled(ours, _rescale(theirs, method, 9), RTOL)
@@ -485,7 +485,7 @@ def test_neuron_ig_slice_selector_sums_the_selected_neurons():
 
 
 def test_neuron_ig_callable_selector():
-    model = mlp(hidden=8, seed=53)
+    model = mlp(hidden=8, seed=53, n_in=5, n_out=3, dtype=torch.float64)
     x, base = randn(3, 5, seed=54), randn(3, 5, seed=55)
     selector = lambda out: out[:, 2] * out[:, 5] + out[:, 0]  # noqa: E731
     ours, theirs = _neuron_pair(model, model[1], x, selector, baselines=base, n_steps=16)
@@ -494,7 +494,7 @@ def test_neuron_ig_callable_selector():
 
 @pytest.mark.parametrize("method", ("gausslegendre", "riemann_left"))
 def test_neuron_ig_attribute_to_neuron_input(method):
-    model = mlp(hidden=8, seed=56)
+    model = mlp(hidden=8, seed=56, n_in=5, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=57)
     ours, theirs = _neuron_pair(model, model[2], x, 4, attribute_to_neuron_input=True, method=method, n_steps=11)
     assert_close_scaled(ours, theirs, RTOL)
@@ -528,7 +528,7 @@ def test_neuron_ig_of_a_neuron_that_sees_one_input_gives_the_others_exact_zeros(
 
 
 def test_noise_tunnel_with_zero_noise_equals_the_wrapped_method():
-    model = mlp(seed=63)
+    model = mlp(seed=63, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x, base = randn(3, 5, seed=64), randn(3, 5, seed=65)
     ig = IntegratedGradients(model)
     plain, plain_delta = ig.attribute(x, base, target=[0, 1, 2], n_steps=10, return_convergence_delta=True)
@@ -619,7 +619,7 @@ def test_noise_tunnel_draws_what_captum_draws(case):
     """Same seeds, same noise on the same copies: results (and deltas, in captum's order) agree with captum's."""
     kwargs = dict(n_steps=6)
     if case == "float32_delta":
-        model = mlp(seed=72, dtype=torch.float32)
+        model = mlp(seed=72, dtype=torch.float32, n_in=5, hidden=8, n_out=3)
         inputs = randn(4, 5, seed=73, dtype=torch.float32)
         ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
         kwargs.update(
@@ -645,7 +645,7 @@ def test_noise_tunnel_draws_what_captum_draws(case):
         )
         rtol = 1e-7
     elif case == "drawn_baselines":
-        model = mlp(seed=80)
+        model = mlp(seed=80, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
         inputs = randn(3, 5, seed=81)
         ours, theirs = NoiseTunnel(IntegratedGradients(model)), CaptumNoiseTunnel(CaptumIG(model))
         kwargs.update(
@@ -698,7 +698,7 @@ def _all_methods(model, x):
 def test_attribution_inside_torch_no_grad_works_as_in_captum(which):
     """Explanations are often computed in evaluation code under ``torch.no_grad()``; captum enables gradients
     internally and gives the same result there."""
-    model = mlp(seed=82)
+    model = mlp(seed=82, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=83)
     run = _all_methods(model, x)[which]
     expected = run()
@@ -714,7 +714,7 @@ def test_attribution_inside_torch_no_grad_works_as_in_captum(which):
 @pytest.mark.parametrize("which", ("ig", "layer", "neuron", "noise_tunnel", "auto"))
 def test_attribution_inside_inference_mode_raises_instead_of_returning_zeros(which):
     """No gradient can be taken in inference mode (captum raises); all-zero attributions would be silently wrong."""
-    model = mlp(seed=84)
+    model = mlp(seed=84, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=85)
     with torch.inference_mode(), pytest.raises((RuntimeError, ValueError)):
         _all_methods(model, x)[which]()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from integrad.app.cli import build_parser, main
 
-import fixtures_models as fm
+import cli_factories as fm
 
 TESTS = Path(__file__).resolve().parent
 
@@ -125,7 +125,7 @@ def test_explain_array_files(tmp_path, features, suffix, capsys):
         torch.save(torch.from_numpy(features), path)
     else:
         np.savez(path, X=features, y=np.arange(len(features)) % fm.N_CLASSES)
-    args = ["--model", "fixtures_models:mlp", "--inputs", str(path), "--n-steps", "32"]
+    args = ["--model", "cli_factories:mlp", "--inputs", str(path), "--n-steps", "32"]
     labels = None
     if suffix == ".npz":
         args += ["--target", "label"]
@@ -142,7 +142,7 @@ def test_explain_csv_with_header_matches_linear_closed_form(tmp_path, features):
     lines = [",".join(f"f{i}" for i in range(fm.N_FEATURES))] + [",".join(f"{v:.9g}" for v in r) for r in features]
     path.write_text("\n".join(lines) + "\n")
     code, out = _explain(
-        tmp_path, "--model", "fixtures_models:linear", "--inputs", str(path), "--target", "2", "--n-steps", "3"
+        tmp_path, "--model", "cli_factories:linear", "--inputs", str(path), "--target", "2", "--n-steps", "3"
     )
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
@@ -163,7 +163,7 @@ def test_explain_auto_steps_follow_the_tolerance(tmp_path, features):
                 [
                     "explain",
                     "--model",
-                    "fixtures_models:mlp",
+                    "cli_factories:mlp",
                     "--inputs",
                     str(tmp_path / "x.npy"),
                     "--n-steps",
@@ -186,7 +186,7 @@ def test_explain_auto_steps_follow_the_tolerance(tmp_path, features):
 
 def test_explain_scalar_output_needs_no_target(tmp_path, features):
     np.save(tmp_path / "x.npy", features)
-    code, out = _explain(tmp_path, "--model", "fixtures_models:scalar_mlp", "--inputs", str(tmp_path / "x.npy"))
+    code, out = _explain(tmp_path, "--model", "cli_factories:scalar_mlp", "--inputs", str(tmp_path / "x.npy"))
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
     assert "targets" not in saved
@@ -202,7 +202,7 @@ def test_explain_image(tmp_path, suffix):
     pixels = (rng.random((6, 7, 3)) * 255).astype(np.uint8)
     path = tmp_path / f"img{suffix}"
     Image.fromarray(pixels).save(path)
-    code, out = _explain(tmp_path, "--model", "fixtures_models:rgb_cnn", "--inputs", str(path), "--n-steps", "32")
+    code, out = _explain(tmp_path, "--model", "cli_factories:rgb_cnn", "--inputs", str(path), "--n-steps", "32")
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
     # The input tensor is the decoded image in [0, 1], channels first, with a batch dimension.
@@ -218,7 +218,7 @@ def test_explain_layer(tmp_path):
 
     path = tmp_path / "img.png"
     Image.fromarray((np.random.default_rng(2).random((8, 8, 3)) * 255).astype(np.uint8)).save(path)
-    code, out = _explain(tmp_path, "--model", "fixtures_models:rgb_cnn", "--inputs", str(path), "--layer", "1")
+    code, out = _explain(tmp_path, "--model", "cli_factories:rgb_cnn", "--inputs", str(path), "--layer", "1")
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
     assert saved["attributions"].shape == (1, 4, 8, 8)  # the Tanh layer's output
@@ -237,7 +237,7 @@ def test_explain_text_with_minilm_tokenizer(tmp_path, capsys):
     code, out = _explain(
         tmp_path,
         "--model",
-        "fixtures_models:text_classifier",
+        "cli_factories:text_classifier",
         "--inputs",
         str(path),
         "--tokenizer",
@@ -278,7 +278,7 @@ def test_explain_torchscript_and_export_match_factory(tmp_path, features):
     program = torch.export.export(fm.mlp(), (torch.zeros(2, fm.N_FEATURES),), dynamic_shapes=({0: Dim("batch")},))
     torch.export.save(program, str(ep))
     results = {}
-    for spec in ("fixtures_models:mlp", str(ts), str(ep)):
+    for spec in ("cli_factories:mlp", str(ts), str(ep)):
         out = tmp_path / f"out-{Path(spec).suffix or 'factory'}"
         code = main(
             [
@@ -296,7 +296,7 @@ def test_explain_torchscript_and_export_match_factory(tmp_path, features):
         )
         assert code == 0, spec
         results[spec] = load_file(str(out / "attributions.safetensors"))
-    ref = results["fixtures_models:mlp"]
+    ref = results["cli_factories:mlp"]
     for spec, saved in results.items():
         assert torch.allclose(saved["attributions"], ref["attributions"], atol=1e-6), spec
         assert torch.equal(saved["targets"], ref["targets"]), spec
@@ -322,7 +322,7 @@ def test_explain_into_existing_folder_replaces_its_files(tmp_path, features):
             [
                 "explain",
                 "--model",
-                "fixtures_models:mlp",
+                "cli_factories:mlp",
                 "--inputs",
                 str(tmp_path / "x.npy"),
                 "--out",
@@ -342,7 +342,7 @@ def test_progress_bar_on_stderr_and_no_progress(tmp_path, features):
     res = _run(
         "explain",
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--inputs",
         str(tmp_path / "x.npy"),
         "--out",
@@ -354,7 +354,7 @@ def test_progress_bar_on_stderr_and_no_progress(tmp_path, features):
     res = _run(
         "explain",
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--inputs",
         str(tmp_path / "x.npy"),
         "--out",
@@ -374,26 +374,26 @@ def _bad_cases(tmp_path, features):
     (tmp_path / "t.txt").write_text("hello\n")
     x = str(tmp_path / "x.npy")
     return [
-        (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "missing.npy")], "--inputs", "file not found"),
+        (["--model", "cli_factories:mlp", "--inputs", str(tmp_path / "missing.npy")], "--inputs", "file not found"),
         (
-            ["--model", "fixtures_models:rgb_cnn", "--inputs", str(tmp_path / "broken.png")],
+            ["--model", "cli_factories:rgb_cnn", "--inputs", str(tmp_path / "broken.png")],
             "--inputs",
             "cannot read image",
         ),
         (["--model", "no_such_package.models:make", "--inputs", x], "--model", "cannot import"),
-        (["--model", "fixtures_models:no_such_factory", "--inputs", x], "--model", "no attribute"),
-        (["--model", "fixtures_models:not_a_module", "--inputs", x], "--model", "expected a torch.nn.Module"),
+        (["--model", "cli_factories:no_such_factory", "--inputs", x], "--model", "no attribute"),
+        (["--model", "cli_factories:not_a_module", "--inputs", x], "--model", "expected a torch.nn.Module"),
         (["--model", str(tmp_path / "missing.pt"), "--inputs", x], "--model", "file not found"),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--target", "3"], "--target", "out of range"),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--target", "-1"], "--target", "out of range"),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--target", "label"], "--target", "labels"),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--layer", "decoder"], "--layer", "no layer named"),
-        (["--model", "fixtures_models:small_cnn", "--inputs", x], "--inputs", "rejected an input of shape (1, 6)"),
-        (["--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "t.txt")], "--tokenizer", "needs --tokenizer"),
+        (["--model", "cli_factories:mlp", "--inputs", x, "--target", "3"], "--target", "out of range"),
+        (["--model", "cli_factories:mlp", "--inputs", x, "--target", "-1"], "--target", "out of range"),
+        (["--model", "cli_factories:mlp", "--inputs", x, "--target", "label"], "--target", "labels"),
+        (["--model", "cli_factories:mlp", "--inputs", x, "--layer", "decoder"], "--layer", "no layer named"),
+        (["--model", "cli_factories:small_cnn", "--inputs", x], "--inputs", "rejected an input of shape (1, 6)"),
+        (["--model", "cli_factories:mlp", "--inputs", str(tmp_path / "t.txt")], "--tokenizer", "needs --tokenizer"),
         (
             [
                 "--model",
-                "fixtures_models:mlp",
+                "cli_factories:mlp",
                 "--inputs",
                 str(tmp_path / "t.txt"),
                 "--tokenizer",
@@ -403,17 +403,17 @@ def _bad_cases(tmp_path, features):
             "not found",
         ),
         (
-            ["--model", "fixtures_models:mlp", "--inputs", x, "--n-steps", "0"],
+            ["--model", "cli_factories:mlp", "--inputs", x, "--n-steps", "0"],
             "--n-steps",
             "n_steps must be a positive int or 'auto'",
         ),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--method", "simpson"], "--method", "invalid choice"),
+        (["--model", "cli_factories:mlp", "--inputs", x, "--method", "simpson"], "--method", "invalid choice"),
         (
-            ["--model", "fixtures_models:mlp", "--inputs", x, "--tolerance", "2"],
+            ["--model", "cli_factories:mlp", "--inputs", x, "--tolerance", "2"],
             "--tolerance",
             "tolerance must be a number in (0, 1)",
         ),
-        (["--model", "fixtures_models:mlp", "--inputs", x, "--memory-budget", "lots"], "--memory-budget", "size"),
+        (["--model", "cli_factories:mlp", "--inputs", x, "--memory-budget", "lots"], "--memory-budget", "size"),
     ]
 
 
@@ -438,7 +438,7 @@ def test_bad_input_leaves_existing_folder_unchanged(tmp_path, features, capsys):
         [
             "explain",
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--inputs",
             str(tmp_path / "x.npy"),
             "--target",
@@ -452,7 +452,7 @@ def test_bad_input_leaves_existing_folder_unchanged(tmp_path, features, capsys):
 
 
 def test_bad_input_through_the_real_entry_point(tmp_path):
-    res = _run("explain", "--model", "fixtures_models:mlp", "--inputs", "x.npy", "--out", "o", cwd=tmp_path)
+    res = _run("explain", "--model", "cli_factories:mlp", "--inputs", "x.npy", "--out", "o", cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip() == "integrad: error: --inputs: file not found: x.npy"
     assert not (tmp_path / "o").exists()
@@ -500,12 +500,12 @@ def _one_line_error(capsys, code, argument, *words):
 
 
 def test_token_id_outside_the_vocabulary_names_the_example(tmp_path, capsys):
-    import fixtures_cli_models as cm
+    import cli_factories as cm
 
-    ids = np.random.default_rng(6).integers(1, cm.VOCAB, (4, 6))
-    ids[2, 3] = cm.VOCAB + 70  # only row 2 is beyond the vocabulary; row 0 passes the first-example check
+    ids = np.random.default_rng(6).integers(1, cm.TOKEN_VOCAB, (4, 6))
+    ids[2, 3] = cm.TOKEN_VOCAB + 70  # only row 2 is beyond the vocabulary; row 0 passes the first-example check
     np.save(tmp_path / "ids.npy", ids)
-    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:token_ids", "--inputs", str(tmp_path / "ids.npy"))
+    code, out = _explain(tmp_path, "--model", "cli_factories:token_ids", "--inputs", str(tmp_path / "ids.npy"))
     _one_line_error(capsys, code, "--inputs", "example 2 (", "examples 0..3", "IndexError", "nothing was written")
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -514,7 +514,7 @@ def test_token_id_outside_the_vocabulary_names_the_example(tmp_path, capsys):
 def test_layer_the_core_cannot_interpolate_is_an_argument_error(tmp_path, capsys):
     np.save(tmp_path / "seq.npy", np.random.default_rng(7).normal(size=(5, 10, 4)).astype(np.float32))
     code, out = _explain(
-        tmp_path, "--model", "fixtures_cli_models:recurrent", "--inputs", str(tmp_path / "seq.npy"), "--layer", "lstm"
+        tmp_path, "--model", "cli_factories:recurrent", "--inputs", str(tmp_path / "seq.npy"), "--layer", "lstm"
     )
     _one_line_error(capsys, code, "--layer", "'lstm'", "first example", "TypeError")
     assert not out.exists()
@@ -525,7 +525,7 @@ def test_options_the_core_refuses_are_named(tmp_path, features, capsys):
     code, out = _explain(
         tmp_path,
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--inputs",
         str(tmp_path / "x.npy"),
         "--method",
@@ -544,7 +544,7 @@ def test_seed_range_is_checked_up_front(tmp_path, features, capsys, baseline):
         code, out = _explain(
             tmp_path,
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--inputs",
             str(tmp_path / "x.npy"),
             "--baseline",
@@ -559,7 +559,7 @@ def test_seed_range_is_checked_up_front(tmp_path, features, capsys, baseline):
     code, out = _explain(
         tmp_path,
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--inputs",
         str(tmp_path / "x.npy"),
         "--baseline",
@@ -576,11 +576,11 @@ def test_seed_range_is_checked_up_front(tmp_path, features, capsys, baseline):
 
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_first_dimension_of_an_array_is_the_batch(tmp_path, n):
-    import fixtures_cli_models as cm
+    import cli_factories as cm
 
     x = np.random.default_rng(8).normal(size=(n, 10, cm.SEQ_FEATURES)).astype(np.float32)
     np.save(tmp_path / "seq.npy", x)
-    code, out = _explain(tmp_path, "--model", "fixtures_cli_models:sequence", "--inputs", str(tmp_path / "seq.npy"))
+    code, out = _explain(tmp_path, "--model", "cli_factories:sequence", "--inputs", str(tmp_path / "seq.npy"))
     assert code == 0
     saved = load_file(str(out / "attributions.safetensors"))
     assert torch.equal(saved["inputs"], torch.from_numpy(x))
@@ -603,7 +603,7 @@ def test_data_baselines_use_every_example_whatever_the_batches(tmp_path, feature
                 [
                     "explain",
                     "--model",
-                    "fixtures_models:linear",
+                    "cli_factories:linear",
                     "--inputs",
                     str(tmp_path / "x.npy"),
                     "--target",
@@ -636,7 +636,7 @@ def test_data_baselines_use_every_example_whatever_the_batches(tmp_path, feature
 def test_data_baseline_of_a_single_example_warns(tmp_path, features, capsys):
     np.save(tmp_path / "x.npy", features[:1])
     code, out = _explain(
-        tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "x.npy"), "--baseline", "mean"
+        tmp_path, "--model", "cli_factories:mlp", "--inputs", str(tmp_path / "x.npy"), "--baseline", "mean"
     )
     assert code == 0
     assert "warning: --baseline mean" in capsys.readouterr().err
@@ -655,7 +655,7 @@ def test_explain_removes_its_own_stale_files_only(tmp_path, features):
             [
                 "explain",
                 "--model",
-                "fixtures_models:mlp",
+                "cli_factories:mlp",
                 "--inputs",
                 str(tmp_path / "x.npy"),
                 "--out",
@@ -682,7 +682,7 @@ def test_target_help_agrees_with_one_score_models(tmp_path, features, capsys):
     np.save(tmp_path / "x.npy", features)
     for target, expected in (("1", 2), ("predicted", 0)):
         code, _ = _explain(
-            tmp_path, "--model", "fixtures_models:scalar_mlp", "--inputs", str(tmp_path / "x.npy"), "--target", target
+            tmp_path, "--model", "cli_factories:scalar_mlp", "--inputs", str(tmp_path / "x.npy"), "--target", target
         )
         assert code == expected, target
     assert "--target" in capsys.readouterr().err
@@ -700,14 +700,14 @@ def test_non_finite_inputs_are_a_one_line_error(tmp_path, capsys):
         + ",".join(["nan"] + ["2"] * (fm.N_FEATURES - 1))
         + "\n"
     )
-    code, out = _explain(tmp_path, "--model", "fixtures_models:mlp", "--inputs", str(tmp_path / "nan.csv"))
+    code, out = _explain(tmp_path, "--model", "cli_factories:mlp", "--inputs", str(tmp_path / "nan.csv"))
     _one_line_error(capsys, code, "--inputs", "example 1 holds NaN or infinite values")
     assert not out.exists()
 
     images = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
     images[1, 0, 3, 3] = np.inf
     np.save(tmp_path / "img.npy", images)
-    code, out = _explain(tmp_path, "--model", "fixtures_models:small_cnn", "--inputs", str(tmp_path / "img.npy"))
+    code, out = _explain(tmp_path, "--model", "cli_factories:small_cnn", "--inputs", str(tmp_path / "img.npy"))
     _one_line_error(capsys, code, "--inputs", "example 1 holds NaN or infinite values")
     assert not out.exists()
 
@@ -719,7 +719,7 @@ def test_non_finite_inputs_are_a_one_line_error(tmp_path, capsys):
         [
             "attribute-dataset",
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--data",
             str(tmp_path / "d.npz"),
             "--out",
@@ -743,7 +743,7 @@ def test_image_pillow_refuses_is_a_one_line_error(tmp_path, capsys):
     raw[i + 4 : i + 12] = struct.pack(">II", 20000, 20000)  # a header claiming 400 million pixels
     raw[i + 17 : i + 21] = struct.pack(">I", zlib.crc32(bytes(raw[i : i + 17])))
     (tmp_path / "big.png").write_bytes(bytes(raw))
-    code, out = _explain(tmp_path, "--model", "fixtures_models:small_cnn", "--inputs", str(tmp_path / "big.png"))
+    code, out = _explain(tmp_path, "--model", "cli_factories:small_cnn", "--inputs", str(tmp_path / "big.png"))
     _one_line_error(capsys, code, "--inputs", "cannot read image", "exceeds limit")
     assert not out.exists()
 
@@ -754,7 +754,7 @@ def test_a_picture_that_cannot_be_drawn_does_not_cost_the_attributions(tmp_path,
     X[0, 0] = 0.0
     np.save(tmp_path / "x.npy", X)
     code, out = _explain(
-        tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs", str(tmp_path / "x.npy"), "--n-steps", "8"
+        tmp_path, "--model", "cli_factories:root_features", "--inputs", str(tmp_path / "x.npy"), "--n-steps", "8"
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -775,7 +775,7 @@ def test_non_finite_deltas_are_null_in_summary_json_and_nan_in_dataset_summaries
     X[0, 0] = 0.0  # an infinite gradient: the first example's delta is NaN
     np.save(tmp_path / "x.npy", X)
     code, out = _explain(
-        tmp_path, "--model", "fixtures_cli_models:root_features", "--inputs", str(tmp_path / "x.npy"), "--n-steps", "8"
+        tmp_path, "--model", "cli_factories:root_features", "--inputs", str(tmp_path / "x.npy"), "--n-steps", "8"
     )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text(), parse_constant=_refuse_constant)
@@ -788,7 +788,7 @@ def test_non_finite_deltas_are_null_in_summary_json_and_nan_in_dataset_summaries
         [
             "attribute-dataset",
             "--model",
-            "fixtures_cli_models:root_features",
+            "cli_factories:root_features",
             "--data",
             str(tmp_path / "d.npz"),
             "--out",

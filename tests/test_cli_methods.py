@@ -27,8 +27,8 @@ from integrad.explainers import (
     get_baseline_fn,
 )
 
-import fixtures_methods as fmeth
-import fixtures_models as fm
+import cli_factories as fm
+import cli_factories as fmeth
 
 #: The seed of batch b is seed * 1_000_003 + b (the command line's documented rule).
 SEED = 2
@@ -106,17 +106,17 @@ def _direct(family: str, x: torch.Tensor, targets: torch.Tensor):
 
 
 CASES = {
-    "ig": (["--model", "fixtures_models:mlp", "--method", "ig", "--rule", "riemann_middle", "--n-steps", "12"], "x"),
-    "ig-idgi": (["--model", "fixtures_models:mlp", "--idgi", "--n-steps", "12"], "x"),
-    "blur": (["--model", "fixtures_methods:grey_cnn", "--method", "blur", "--max-sigma", "3", "--n-steps", "8"], "img"),
+    "ig": (["--model", "cli_factories:mlp", "--method", "ig", "--rule", "riemann_middle", "--n-steps", "12"], "x"),
+    "ig-idgi": (["--model", "cli_factories:mlp", "--idgi", "--n-steps", "12"], "x"),
+    "blur": (["--model", "cli_factories:grey_cnn", "--method", "blur", "--max-sigma", "3", "--n-steps", "8"], "img"),
     "blur-idgi": (
-        ["--model", "fixtures_methods:grey_cnn", "--method", "blur", "--idgi", "--max-sigma", "3", "--n-steps", "8"],
+        ["--model", "cli_factories:grey_cnn", "--method", "blur", "--idgi", "--max-sigma", "3", "--n-steps", "8"],
         "img",
     ),
     "guided": (
         [
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--method",
             "guided",
             "--n-steps",
@@ -130,15 +130,15 @@ CASES = {
         ],
         "x",
     ),
-    "guided-idgi": (["--model", "fixtures_models:mlp", "--method", "guided", "--idgi", "--n-steps", "8"], "x"),
+    "guided-idgi": (["--model", "cli_factories:mlp", "--method", "guided", "--idgi", "--n-steps", "8"], "x"),
     "expected": (
-        ["--model", "fixtures_models:mlp", "--method", "expected", "--background", "3", "--n-samples", "7"],
+        ["--model", "cli_factories:mlp", "--method", "expected", "--background", "3", "--n-samples", "7"],
         "x",
     ),
     "expected-rule": (
         [
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--method",
             "expected",
             "--background",
@@ -155,7 +155,7 @@ CASES = {
     "gradientshap": (
         [
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--method",
             "gradientshap",
             "--background",
@@ -167,7 +167,7 @@ CASES = {
         ],
         "x",
     ),
-    "xrai": (["--model", "fixtures_methods:grey_cnn", "--method", "xrai", "--n-steps", "8"], "img"),
+    "xrai": (["--model", "cli_factories:grey_cnn", "--method", "xrai", "--n-steps", "8"], "img"),
 }
 
 
@@ -200,9 +200,7 @@ def test_each_family_writes_what_its_explainer_computes(files, case):
 
 def test_family_defaults_are_the_explainers(files):
     """Options left out take the explainer's defaults (max_sigma 50, fraction 0.25, max_dist 0.02, n_samples 5)."""
-    code, out = _explain(
-        files, "--model", "fixtures_models:mlp", "--method", "guided", "--inputs", str(files / "x.npy")
-    )
+    code, out = _explain(files, "--model", "cli_factories:mlp", "--method", "guided", "--inputs", str(files / "x.npy"))
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["fraction"], summary["max_dist"], summary["n_steps"], summary["baseline"]) == (
@@ -216,7 +214,7 @@ def test_family_defaults_are_the_explainers(files):
     expected = GuidedIntegratedGradients(fm.mlp(), n_steps=50).attribute(x, saved["targets"])
     torch.testing.assert_close(saved["attributions"], expected, rtol=1e-5, atol=1e-6)
     code, out = _explain(
-        files, "--model", "fixtures_methods:grey_cnn", "--method", "blur", "--inputs", str(files / "img.npy"), out="b"
+        files, "--model", "cli_factories:grey_cnn", "--method", "blur", "--inputs", str(files / "img.npy"), out="b"
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -225,7 +223,7 @@ def test_family_defaults_are_the_explainers(files):
 
 @pytest.mark.parametrize("family", ["blur", "guided", "xrai"])
 def test_deterministic_families_do_not_depend_on_the_batch(files, family):
-    kind, model = ("x", "fixtures_models:mlp") if family == "guided" else ("img", "fixtures_methods:grey_cnn")
+    kind, model = ("x", "cli_factories:mlp") if family == "guided" else ("img", "cli_factories:grey_cnn")
     results = []
     for batch_size in ("1", "5"):
         code, out = _explain(
@@ -255,7 +253,7 @@ def test_a_rule_given_as_the_method_is_ig_with_that_rule(files, capsys):
         ("both", ["--method", "riemann_trapezoid", "--rule", "riemann_trapezoid"]),
     ):
         code, out = _explain(
-            files, "--model", "fixtures_models:mlp", "--inputs", str(files / "x.npy"), "--n-steps", "9", *args, out=name
+            files, "--model", "cli_factories:mlp", "--inputs", str(files / "x.npy"), "--n-steps", "9", *args, out=name
         )
         assert code == 0
         summary = json.loads((out / "summary.json").read_text())
@@ -279,15 +277,15 @@ def test_a_rule_given_as_the_method_is_ig_with_that_rule(files, capsys):
 def _refusals(files):
     x, img, ids = str(files / "x.npy"), str(files / "img.npy"), str(files / "ids.npy")
     mlp, cnn = (
-        ["--model", "fixtures_models:mlp", "--inputs", x],
-        ["--model", "fixtures_methods:grey_cnn", "--inputs", img],
+        ["--model", "cli_factories:mlp", "--inputs", x],
+        ["--model", "cli_factories:grey_cnn", "--inputs", img],
     )
     return [
         ([*cnn, "--method", "blur", "--layer", "0"], "--layer", "layer attribution is for ig"),
         ([*mlp, "--method", "blur"], "--method", "images shaped (N, C, H, W)"),
         ([*mlp, "--method", "xrai"], "--method", "images shaped (N, C, H, W)"),
         (
-            ["--model", "fixtures_cli_models:token_ids", "--inputs", ids, "--method", "guided"],
+            ["--model", "cli_factories:token_ids", "--inputs", ids, "--method", "guided"],
             "--method",
             "floating-point inputs",
         ),
@@ -338,7 +336,7 @@ def test_dataset_refusals_name_the_option_and_write_nothing(files, capsys):
     ):
         out = files / "shards"
         code = main(
-            ["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(files / "d.npz"), *args]
+            ["attribute-dataset", "--model", "cli_factories:mlp", "--data", str(files / "d.npz"), *args]
             + ["--out", str(out), "--no-progress"]
         )
         err = capsys.readouterr().err.strip()
@@ -359,7 +357,7 @@ def npz(tmp_path):
 
 
 def _dataset(npz, out, *extra):
-    args = ["--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out), "--batch-size", "4"]
+    args = ["--model", "cli_factories:mlp", "--data", str(npz), "--out", str(out), "--batch-size", "4"]
     return main(["attribute-dataset", *args, "--seed", str(SEED), "--no-progress", *extra])
 
 
@@ -442,7 +440,7 @@ def test_dataset_rerun_with_another_family_or_option_is_refused(tmp_path, npz, c
 def test_progress_bar_and_closing_line(files, capsys):
     out = files / "shown"
     code = main(
-        ["explain", "--model", "fixtures_models:mlp", "--inputs", str(files / "x.npy"), "--method", "guided"]
+        ["explain", "--model", "cli_factories:mlp", "--inputs", str(files / "x.npy"), "--method", "guided"]
         + ["--n-steps", "4", "--out", str(out)]
     )
     assert code == 0

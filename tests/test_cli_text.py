@@ -1,7 +1,7 @@
 """``integrad explain-text``: attribution of generated text for causal language models.
 
 The files it writes are compared with :class:`integrad.methods.generation.GenerationAttribution` called directly on
-the tests' small GPT-2 (``tests/_causal_lm.py``), the scores it records with the model's own logits, and bad input
+the tests' small GPT-2 (``tests/trained.py``), the scores it records with the model's own logits, and bad input
 is refused with a one-line error naming the option, exit status 2 and nothing written.
 """
 
@@ -18,17 +18,17 @@ from safetensors.torch import load_file
 from integrad.app.cli import main
 from integrad.methods.generation import GenerationAttribution
 
-import _causal_lm
+import trained
 
 N_STEPS = 8
 
 
 @pytest.fixture(scope="module")
 def lm():
-    return _causal_lm.trained_model(), _causal_lm.tokenizer()
+    return trained.trained_model(), trained.tokenizer()
 
 
-def _explain_text(tmp_path, *args, model="fixtures_methods:causal_lm", out="out", progress=False):
+def _explain_text(tmp_path, *args, model="cli_factories:causal_lm", out="out", progress=False):
     folder = tmp_path / out
     extra = [] if progress else ["--no-progress"]
     code = main(["explain-text", "--model", model, *args, "--n-steps", str(N_STEPS), "--out", str(folder), *extra])
@@ -106,7 +106,7 @@ def test_continuation_with_a_tokenizer_folder_and_another_score(tmp_path, lm):
         "log_probability",
         "--rule",
         "riemann_middle",
-        model="fixtures_methods:causal_lm_alone",
+        model="cli_factories:causal_lm_alone",
     )
     assert code == 0
     direct = GenerationAttribution(model, tokenizer).attribute(
@@ -127,7 +127,7 @@ def test_token_ids_without_a_tokenizer(tmp_path, lm):
         "--token-ids",
         "--baseline-token-id",
         "2",
-        model="fixtures_methods:causal_lm_alone",
+        model="cli_factories:causal_lm_alone",
     )
     assert code == 0
     direct = GenerationAttribution(model).attribute([75, 79, 82], [81, 84], baseline_token_id=2, n_steps=N_STEPS)
@@ -137,7 +137,7 @@ def test_token_ids_without_a_tokenizer(tmp_path, lm):
 
 
 def test_bad_input_is_one_line_naming_the_option_and_nothing_is_written(tmp_path, capsys):
-    alone = "fixtures_methods:causal_lm_alone"
+    alone = "cli_factories:causal_lm_alone"
     cases = [
         (["--prompt", "", "--max-new-tokens", "3"], None, "--prompt", "is empty"),
         (["--prompt", "abc"], None, "--continuation", "--max-new-tokens"),
@@ -157,10 +157,10 @@ def test_bad_input_is_one_line_naming_the_option_and_nothing_is_written(tmp_path
         (["--prompt", "abc", "--max-new-tokens", "0"], None, "--max-new-tokens", "positive"),
         (["--prompt", "abc", "--max-new-tokens", "200"], None, "--max-new-tokens", "positions"),
         (["--prompt", "abc", "--max-new-tokens", "2", "--tokenizer", str(tmp_path / "no")], None, "--tokenizer", "not"),
-        (["--prompt", "abc", "--max-new-tokens", "2"], "fixtures_models:not_a_module", "--model", "nn.Module"),
+        (["--prompt", "abc", "--max-new-tokens", "2"], "cli_factories:not_a_module", "--model", "nn.Module"),
     ]
     for args, model, option, words in cases:
-        code, out = _explain_text(tmp_path, *args, model=model or "fixtures_methods:causal_lm")
+        code, out = _explain_text(tmp_path, *args, model=model or "cli_factories:causal_lm")
         err = capsys.readouterr().err.strip()
         assert code == 2, (args, err)
         line = err.splitlines()[-1]

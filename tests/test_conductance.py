@@ -22,7 +22,7 @@ from integrad import IntegratedGradients
 from integrad.methods.conductance import LayerConductance, NeuronConductance
 from integrad.rules import alphas_and_weights
 
-from _core_models import METHODS, SmallCNN, ThreeInputs, WithExtras, assert_close_scaled, mlp, randn, seeded
+from models import METHODS, SmallCNN, ThreeInputs, WithExtras, assert_close_scaled, mlp, randn, seeded
 
 RTOL = 1e-7
 
@@ -369,7 +369,7 @@ def test_neuron_conductance_with_an_in_place_operation_after_the_layer():
 
 
 def test_neuron_conductance_with_auto_steps_converges_to_the_fine_rule():
-    model = mlp(seed=45)
+    model = mlp(seed=45, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x = randn(3, 5, seed=46)
     conductance = NeuronConductance(model, model[1])
     fine = conductance.attribute(x, 4, target=1, n_steps=64, method="gausslegendre")

@@ -25,7 +25,7 @@ from integrad.app.files import atomic_write_bytes
 from integrad.app.io import InputError, open_data
 from integrad.datasets import attribute_dataset, load_attributions
 
-import fixtures_models as fm
+import cli_factories as fm
 
 TESTS = Path(__file__).resolve().parent
 
@@ -57,7 +57,7 @@ def npz(tmp_path):
 def _attribute(npz, out, **kw):
     options = dict(batch_size=5, n_steps=16, progress=False)
     options.update(kw)
-    return attribute_dataset("fixtures_models:mlp", str(npz), out, **options)
+    return attribute_dataset("cli_factories:mlp", str(npz), out, **options)
 
 
 # --------------------------------------------------------------------------- results
@@ -113,7 +113,7 @@ def test_predicted_target_and_other_data_kinds(tmp_path):
     for i, p in enumerate(pixels):
         Image.fromarray(p).save(folder / f"img{i}.png")
     out = attribute_dataset(
-        "fixtures_models:rgb_cnn", str(folder), tmp_path / "a", batch_size=3, n_steps=16, progress=False
+        "cli_factories:rgb_cnn", str(folder), tmp_path / "a", batch_size=3, n_steps=16, progress=False
     )
     res = load_attributions(out)
     x = torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
@@ -129,8 +129,8 @@ def test_predicted_target_and_other_data_kinds(tmp_path):
     csv.write_text("\n".join(",".join(repr(float(v)) for v in row) for row in X.tolist()) + "\n")
     a = load_attributions(
         attribute_dataset(
-            "fixtures_models:mlp",
-            "fixtures_models:tensor_dataset",
+            "cli_factories:mlp",
+            "cli_factories:tensor_dataset",
             tmp_path / "b",
             batch_size=4,
             n_steps=8,
@@ -138,7 +138,7 @@ def test_predicted_target_and_other_data_kinds(tmp_path):
         )
     )
     b = load_attributions(
-        attribute_dataset("fixtures_models:mlp", str(csv), tmp_path / "c", batch_size=4, n_steps=8, progress=False)
+        attribute_dataset("cli_factories:mlp", str(csv), tmp_path / "c", batch_size=4, n_steps=8, progress=False)
     )
     assert torch.allclose(a.attributions, b.attributions, atol=1e-6)
 
@@ -198,7 +198,7 @@ def test_different_parameters_refused_folder_unchanged(tmp_path, npz, capsys):
         ["--target", "1"],
         ["--method", "riemann_middle"],
     ):
-        args = ["--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out), "--no-progress"]
+        args = ["--model", "cli_factories:mlp", "--data", str(npz), "--out", str(out), "--no-progress"]
         defaults = {"--n-steps": "16", "--batch-size": "5"}
         for k, v in defaults.items():
             if k not in extra:
@@ -217,7 +217,7 @@ def test_different_parameters_refused_folder_unchanged(tmp_path, npz, capsys):
             [
                 "attribute-dataset",
                 "--model",
-                "fixtures_models:mlp",
+                "cli_factories:mlp",
                 "--data",
                 str(npz),
                 "--out",
@@ -239,7 +239,7 @@ def test_non_empty_foreign_folder_refused(tmp_path, npz, capsys):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "notes.txt").write_text("x")
-    assert main(["attribute-dataset", "--model", "fixtures_models:mlp", "--data", str(npz), "--out", str(out)]) == 2
+    assert main(["attribute-dataset", "--model", "cli_factories:mlp", "--data", str(npz), "--out", str(out)]) == 2
     assert "--out" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -252,17 +252,17 @@ def test_bad_dataset_inputs(tmp_path, npz, capsys):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / "a.png")
     Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(images / "b.png")
     cases = [
-        (["--model", "fixtures_models:mlp", "--data", str(tmp_path / "none.npz")], "--data", "file not found"),
-        (["--model", "fixtures_models:small_cnn", "--data", str(npz)], "--data", "rejected an input of shape"),
-        (["--model", "fixtures_models:mlp", "--data", str(images)], "--data", "differ in size"),
-        (["--model", "fixtures_models:mlp", "--data", "fixtures_models:mlp"], "--data", "expected a map-style"),
-        (["--model", "fixtures_models:mlp", "--data", "fixtures_models:not_a_module"], "--data", "map-style"),
-        (["--model", "fixtures_models:mlp", "--data", "nowhere_module:data"], "--data", "cannot import"),
-        (["--model", "fixtures_models:nothing", "--data", str(npz)], "--model", "no attribute"),
-        (["--model", "fixtures_models:not_a_module", "--data", str(npz)], "--model", "nn.Module"),
-        (["--model", "fixtures_models:mlp", "--data", str(npz), "--target", "5"], "--target", "out of range"),
-        (["--model", "fixtures_models:mlp", "--data", str(npz), "--layer", "9"], "--layer", "no layer named"),
-        (["--model", "fixtures_models:mlp", "--data", str(npz), "--batch-size", "0"], "--batch-size", "positive"),
+        (["--model", "cli_factories:mlp", "--data", str(tmp_path / "none.npz")], "--data", "file not found"),
+        (["--model", "cli_factories:small_cnn", "--data", str(npz)], "--data", "rejected an input of shape"),
+        (["--model", "cli_factories:mlp", "--data", str(images)], "--data", "differ in size"),
+        (["--model", "cli_factories:mlp", "--data", "cli_factories:mlp"], "--data", "expected a map-style"),
+        (["--model", "cli_factories:mlp", "--data", "cli_factories:not_a_module"], "--data", "map-style"),
+        (["--model", "cli_factories:mlp", "--data", "nowhere_module:data"], "--data", "cannot import"),
+        (["--model", "cli_factories:nothing", "--data", str(npz)], "--model", "no attribute"),
+        (["--model", "cli_factories:not_a_module", "--data", str(npz)], "--model", "nn.Module"),
+        (["--model", "cli_factories:mlp", "--data", str(npz), "--target", "5"], "--target", "out of range"),
+        (["--model", "cli_factories:mlp", "--data", str(npz), "--layer", "9"], "--layer", "no layer named"),
+        (["--model", "cli_factories:mlp", "--data", str(npz), "--batch-size", "0"], "--batch-size", "positive"),
     ]
     for args, argument, words in cases:
         out = tmp_path / "out"
@@ -297,7 +297,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     np.savez(data, X=rng.normal(size=(40, fm.N_FEATURES)).astype(np.float32))
     args = [
         "--model",
-        "fixtures_models:slow_mlp",
+        "cli_factories:slow_mlp",
         "--data",
         str(data),
         "--batch-size",
@@ -362,7 +362,7 @@ def test_two_processes_equal_one(tmp_path, npz):
         "integrad",
         "attribute-dataset",
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--data",
         str(npz),
         "--out",
@@ -423,7 +423,7 @@ def test_baseline_that_does_not_fit_is_refused_before_writing(tmp_path, npz, cap
     args = [
         "attribute-dataset",
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--data",
         str(npz),
         "--out",
@@ -445,9 +445,9 @@ def test_label_out_of_range_part_way_keeps_finished_shards_and_resumes(tmp_path,
     args = [
         "attribute-dataset",
         "--model",
-        "fixtures_models:mlp",
+        "cli_factories:mlp",
         "--data",
-        "fixtures_cli_models:bad_last_label",
+        "cli_factories:bad_last_label",
         "--target",
         "label",
         "--batch-size",
@@ -485,17 +485,17 @@ def test_label_out_of_range_part_way_keeps_finished_shards_and_resumes(tmp_path,
 
 
 def test_value_the_model_refuses_part_way_names_the_example(tmp_path, capsys):
-    import fixtures_cli_models as cm
+    import cli_factories as cm
 
-    ids = np.random.default_rng(9).integers(1, cm.VOCAB, (8, 5))
-    ids[5, 0] = cm.VOCAB  # one past the vocabulary
+    ids = np.random.default_rng(9).integers(1, cm.TOKEN_VOCAB, (8, 5))
+    ids[5, 0] = cm.TOKEN_VOCAB  # one past the vocabulary
     np.save(tmp_path / "ids.npy", ids)
     out = tmp_path / "run"
     code = main(
         [
             "attribute-dataset",
             "--model",
-            "fixtures_cli_models:token_ids",
+            "cli_factories:token_ids",
             "--data",
             str(tmp_path / "ids.npy"),
             "--batch-size",
@@ -525,9 +525,9 @@ def test_dataset_items_of_different_shapes(tmp_path, capsys):
         [
             "attribute-dataset",
             "--model",
-            "fixtures_models:mlp",
+            "cli_factories:mlp",
             "--data",
-            "fixtures_cli_models:Ragged",
+            "cli_factories:Ragged",
             "--batch-size",
             "3",
             "--n-steps",
@@ -547,7 +547,7 @@ def test_seed_is_checked_before_writing(tmp_path, npz, capsys):
             [
                 "attribute-dataset",
                 "--model",
-                "fixtures_models:mlp",
+                "cli_factories:mlp",
                 "--data",
                 str(npz),
                 "--out",
@@ -573,7 +573,7 @@ def test_data_baselines_do_not_depend_on_batch_size(tmp_path, npz, baseline):
     runs = {
         bs: load_attributions(
             attribute_dataset(
-                "fixtures_models:linear",
+                "cli_factories:linear",
                 str(npz),
                 tmp_path / f"b{bs}",
                 batch_size=bs,
@@ -605,7 +605,7 @@ def test_data_named_another_way_resumes(tmp_path, npz, monkeypatch, capsys):
                 [
                     "attribute-dataset",
                     "--model",
-                    "fixtures_models:mlp",
+                    "cli_factories:mlp",
                     "--data",
                     spelling,
                     "--out",

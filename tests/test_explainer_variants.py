@@ -13,7 +13,7 @@ from integrad.explainers.variants import ExpectedGradients as ExpectedGradientsE
 from integrad.explainers.variants import GradientShap as GradientShapExplainer
 from integrad.tune import optimize
 
-from _models import digits
+from trained import digits
 
 
 @pytest.fixture(scope="module")

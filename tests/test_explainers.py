@@ -18,7 +18,7 @@ from integrad.explainers import (
 from integrad.explainers.baselines import ConfiguredBaseline, gaussian_blur, get_baseline_fn, invert, mean, token
 from integrad.rules import METHODS
 
-from _models import MaskedDigits, digits
+from trained import MaskedDigits, digits
 
 
 @pytest.fixture(scope="module")

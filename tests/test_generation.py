@@ -20,7 +20,7 @@ from torch import nn
 from integrad.methods.generation import GenerationAttribution
 from integrad.methods.layer import LayerIntegratedGradients
 
-from _causal_lm import VOCABULARY, double_model, held_out_accuracy, tokenizer, trained_model
+from trained import VOCABULARY, double_model, held_out_accuracy, tokenizer, trained_model
 
 PROMPT = "Return the "
 

@@ -18,7 +18,7 @@ from integrad import IntegratedGradients
 from integrad.methods.internal_influence import InternalInfluence
 from integrad.rules import alphas_and_weights
 
-from _core_models import METHODS, SmallCNN, ThreeInputs, WithExtras, assert_close_scaled, randn, seeded
+from models import METHODS, SmallCNN, ThreeInputs, WithExtras, assert_close_scaled, randn, seeded
 
 RTOL = 1e-7
 

@@ -159,7 +159,7 @@ def test_non_finite_data_is_refused(tmp_path):
         open_data(str(tmp_path / "d.npz"))
     assert info.value.parameter == "data"
 
-    source = open_data("fixtures_cli_models:NanItem")
+    source = open_data("cli_factories:NanItem")
     assert source.batch([0, 1]).shape == (2, 6)
     with pytest.raises(InputError, match="item 4 holds NaN"):
         source.batch([3, 4])

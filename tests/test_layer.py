@@ -9,7 +9,7 @@ from torch import nn
 
 from integrad import LayerIntegratedGradients
 
-from _behaviour_models import (
+from models import (
     TextClassifier,
     TupleLayerModel,
     TwoBranch,
@@ -17,8 +17,11 @@ from _behaviour_models import (
     layer_values,
     manual_layer_ig,
     no_hooks_left,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 N = 32  # points of both the library's and the reference Gauss–Legendre rule
 

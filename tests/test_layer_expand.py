@@ -12,10 +12,13 @@ from torch import nn
 
 from integrad import LayerIntegratedGradients
 
-from _behaviour_models import (
+from models import (
     manual_layer_ig,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 N = 16
 

@@ -9,13 +9,15 @@ from torch import nn
 
 from integrad import NeuronIntegratedGradients
 
-from _behaviour_models import (
+from models import (
     Body,
     Counting,
     manual_ig,
     no_hooks_left,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 24
 

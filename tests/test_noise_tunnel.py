@@ -17,13 +17,15 @@ import torch
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
 
-from _behaviour_models import (
+from models import (
     TwoInputs,
     deep_mlp,
     manual_ig,
     mlp,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 16
 B, D = 4, 4  # B * D = 16: a chunk of whole samples is a whole number of CPU randn blocks (see the batch test)
@@ -31,7 +33,7 @@ B, D = 4, 4  # B * D = 16: a chunk of whole samples is a whole number of CPU ran
 
 @pytest.fixture(scope="module")
 def setup():
-    model = mlp(in_dim=D, hidden=12, out=3)
+    model = mlp(n_in=D, hidden=12, n_out=3)
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
     return model, x
 
@@ -200,7 +202,7 @@ def test_nt_samples_batch_size_draws_each_call_for_its_own_copies(setup):
 def test_nt_samples_batch_size_matches_chunkwise_redraw_for_any_shape():
     # With 3 × 5 values per sample the chunks do not align with randn's blocks, so chunked and unchunked noise
     # differ; each still equals the mean over the copies drawn chunk by chunk in the documented order.
-    model = mlp(in_dim=5, hidden=8, out=2)
+    model = mlp(n_in=5, hidden=8, n_out=2)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
     seed(6)
     got = NoiseTunnel(IntegratedGradients(model)).attribute(

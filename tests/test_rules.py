@@ -20,7 +20,7 @@ from torch import nn
 from integrad import IntegratedGradients
 from integrad.rules import alphas_and_weights, exact_degree
 
-from _core_models import METHODS, PolynomialPath, assert_close_scaled, mlp, randn, seeded
+from models import METHODS, PolynomialPath, assert_close_scaled, mlp, randn, seeded
 
 # Degree of exactness derived by hand, independently of the library's own table.
 EXPECTED_DEGREE = {
@@ -266,8 +266,8 @@ def test_float64_reaches_full_precision_where_captum_stops_at_float32_weights():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_float32_inputs_give_float32_attributions_close_to_float64(method):
-    m64 = mlp(seed=4)
-    m32 = mlp(seed=4, dtype=torch.float32)
+    m64 = mlp(seed=4, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
+    m32 = mlp(seed=4, dtype=torch.float32, n_in=5, hidden=8, n_out=3)
     x = randn(3, 5, seed=5)
     a64 = IntegratedGradients(m64).attribute(x, target=1, method=method, n_steps=12)
     a32 = IntegratedGradients(m32).attribute(x.float(), target=1, method=method, n_steps=12)
@@ -278,9 +278,9 @@ def test_float32_inputs_give_float32_attributions_close_to_float64(method):
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("method", ("gausslegendre", "riemann_middle"))
 def test_half_precision_inputs_come_back_in_their_dtype_and_match_float32(dtype, rtol, method):
-    half_model = mlp(seed=6, dtype=dtype)
+    half_model = mlp(seed=6, dtype=dtype, n_in=5, hidden=8, n_out=3)
     # The float32 reference uses the very same (rounded) weights and inputs.
-    ref_model = mlp(seed=6, dtype=torch.float32)
+    ref_model = mlp(seed=6, dtype=torch.float32, n_in=5, hidden=8, n_out=3)
     ref_model.load_state_dict({k: v.float() for k, v in half_model.state_dict().items()})
     x = randn(4, 5, seed=7, dtype=dtype)
     attr, delta = IntegratedGradients(half_model).attribute(
@@ -296,7 +296,7 @@ def test_half_precision_inputs_come_back_in_their_dtype_and_match_float32(dtype,
 
 
 def test_mixed_precision_tuple_keeps_each_inputs_dtype():
-    body = mlp(n_in=6, seed=8, dtype=torch.float32)
+    body = mlp(n_in=6, seed=8, dtype=torch.float32, hidden=8, n_out=3)
     f = lambda a, b: body(torch.cat([a.float(), b.float()], 1))  # noqa: E731
     a16 = randn(3, 2, seed=9, dtype=torch.float16)
     b32 = randn(3, 4, seed=10, dtype=torch.float32)
@@ -317,7 +317,7 @@ def _relative_l1(attr: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("tolerance", (1e-3, 1e-6, 1e-9))
 def test_auto_steps_meet_the_tolerance_on_a_smooth_model(tolerance):
-    model = mlp(seed=12)
+    model = mlp(seed=12, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x, base = randn(3, 5, seed=13), randn(3, 5, seed=14)
     ig = IntegratedGradients(model)
     reference = ig.attribute(x, base, target=1, n_steps=200)  # converged to rounding for this analytic integrand
@@ -332,7 +332,7 @@ def test_auto_steps_meet_the_tolerance_on_a_smooth_model(tolerance):
 
 
 def test_auto_uses_more_points_for_a_tighter_tolerance():
-    model = mlp(seed=15)
+    model = mlp(seed=15, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
     x = randn(2, 5, seed=16)
     ig = IntegratedGradients(model)
     used = []
@@ -375,7 +375,7 @@ def _exact_ig_one_hidden_relu(model: nn.Sequential, x: torch.Tensor, base: torch
 
 
 def test_closed_form_relu_ig_is_what_a_very_fine_rule_converges_to():
-    model = mlp(n_in=10, hidden=32, act=nn.ReLU, seed=3)
+    model = mlp(n_in=10, hidden=32, act=nn.ReLU, seed=3, n_out=3, dtype=torch.float64)
     x, base = randn(3, 10, seed=103), randn(3, 10, seed=104)
     exact = _exact_ig_one_hidden_relu(model, x, base, 0)
     fine = IntegratedGradients(model).attribute(x, base, target=0, method="riemann_middle", n_steps=20000)
@@ -385,7 +385,7 @@ def test_closed_form_relu_ig_is_what_a_very_fine_rule_converges_to():
 def test_auto_steps_meet_the_tolerance_on_a_relu_network_from_the_zero_baseline():
     """The default baseline with small biases puts a ReLU network's kinks close to α = 0 (unit j switches at
     α = −b_j / (W_j x)): exactly where Gauss–Kronrod panels do not look."""
-    model = mlp(n_in=10, hidden=32, act=nn.ReLU, seed=7)
+    model = mlp(n_in=10, hidden=32, act=nn.ReLU, seed=7, n_out=3, dtype=torch.float64)
     with torch.no_grad():
         model[0].bias.mul_(0.01)
     x = randn(4, 10, seed=107)

@@ -17,7 +17,7 @@ from torch import nn
 from integrad import IntegratedGradients, LayerIntegratedGradients
 from integrad.methods.sequential import LayerSequentialIntegratedGradients, SequentialIntegratedGradients
 
-from _core_models import METHODS, assert_close_scaled, randn, seeded
+from models import METHODS, assert_close_scaled, randn, seeded
 
 
 @pytest.fixture

@@ -22,12 +22,14 @@ from integrad.methods.layer import LayerIntegratedGradients
 from integrad.methods.neuron import NeuronIntegratedGradients
 from integrad.methods.noise_tunnel import NoiseTunnel
 
-from _behaviour_models import (
+from models import (
     deep_mlp,
     gl_rule,
     no_hooks_left,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 captum_attr = pytest.importorskip("captum.attr")
 

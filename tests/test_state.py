@@ -13,7 +13,7 @@ from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients, NoiseTunnel
 
-from _behaviour_models import (
+from models import (
     Body,
     FailsOnCall,
     TextClassifier,
@@ -21,9 +21,11 @@ from _behaviour_models import (
     deep_mlp,
     mlp,
     no_hooks_left,
-    one_thread,  # noqa: F401  (autouse fixture)
     saved_tensor_hooks_left,
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(model: nn.Module, tensors: dict) -> dict:

@@ -24,12 +24,15 @@ from integrad.methods.neuron import NeuronIntegratedGradients
 from integrad.methods.noise_tunnel import NoiseTunnel
 from integrad.probes import LayerNotRun, replaced
 
-from _behaviour_models import (
+from models import (
     TextClassifier,
     deep_mlp,
     no_hooks_left,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
+
+#: Tiny models run faster and steadier on one thread (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 THREADS = 8
 CALLS = 20

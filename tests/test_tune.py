@@ -13,7 +13,7 @@ from integrad.explainers import IntegratedGradients
 from integrad.explainers.baselines import get_baseline_fn
 from integrad.tune import OptimizationResult, grid_values, optimize
 
-from _models import digits
+from trained import digits
 
 SMALL_SPACE = {
     "n_steps": (int, {"low": 4, "high": 12, "step": 4}),

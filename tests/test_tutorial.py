@@ -15,7 +15,7 @@ from torch import nn
 from integrad import IntegratedGradients
 from integrad.rules import alphas_and_weights
 
-from _core_models import assert_close_scaled, seeded
+from models import assert_close_scaled, seeded
 
 
 class ToyModel(nn.Module):
