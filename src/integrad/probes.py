@@ -153,6 +153,25 @@ def check_neuron_selector(selector: Any) -> Any:
     )
 
 
+def uncompiled(forward_func: Callable) -> Callable:
+    """The eager model or function inside a ``torch.compile`` wrapper (or behind ``model.compile()``); anything else
+    as it is.
+
+    Dynamo does not guard its graphs on module hooks, so a graph compiled before a layer hook was added (a model
+    that already ran, with dynamic shapes) would run without it. The passes of layer and neuron methods, whose
+    hooks replace or read a layer's value, therefore run the eager model; a hook breaks dynamo's graph there
+    anyway, so little of the compiled speed is lost.
+    """
+    if isinstance(forward_func, nn.Module):
+        inner = getattr(forward_func, "_orig_mod", None)
+        if isinstance(inner, nn.Module):  # torch.compile(model)
+            return inner
+        if getattr(forward_func, "_compiled_call_impl", None) is not None:  # model.compile(): the uncompiled call
+            return forward_func._call_impl
+        return forward_func
+    return getattr(forward_func, "_torchdynamo_orig_callable", forward_func)
+
+
 def check_layer(forward_func: Any, layer: Any, name: str = "layer") -> None:
     if not isinstance(layer, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module inside the model; got {type(layer).__name__}")

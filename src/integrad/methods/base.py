@@ -28,7 +28,7 @@ from ..engine import (
 )
 from ..engine.evaluate import accumulation_dtype, end_values
 from ..paths import Path, moved
-from ..probes import TargetProbe
+from ..probes import TargetProbe, uncompiled
 from ..rules import alphas_and_weights
 
 #: Modules whose forward in training mode makes a row's output random, or dependent on the other rows run with it.
@@ -176,6 +176,12 @@ class PathAttribution:
     def attribute_future(self) -> None:
         """Not implemented, as in captum: :meth:`attribute` returns its result itself."""
         raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
+
+    @property
+    def hooked_forward(self) -> Callable:
+        """``forward_func`` for passes through layer hooks: the eager model behind a ``torch.compile`` wrapper
+        (see :func:`integrad.probes.uncompiled`)."""
+        return uncompiled(self.forward_func)
 
     @property
     def multiplies_by_inputs(self) -> bool:

@@ -283,7 +283,7 @@ class NeuronConductance(PathAttribution):
                 "∂F/∂neuron fixed, and the result would have no graph through it; leave create_graph out"
             )
         target_t = arguments.normalize_target(target, path.batch, path.inputs[0].device)
-        probe = _conductance_probe(self.forward_func, self.layer, use_input, neuron, target_t, path)
+        probe = _conductance_probe(self.hooked_forward, self.layer, use_input, neuron, target_t, path)
         result = self._integrate(probe, StraightLine(path.start, path.end), path.settings, need_ends=False)
         return restore_structure(self._finish(result, path.dtypes), path.was_tuple)
 

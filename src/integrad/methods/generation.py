@@ -14,7 +14,7 @@ from .. import arguments
 from ..engine import IntegrationReport, PathIntegral, Rows, WeightedSum, evaluate_rows, run_chunked
 from ..engine.evaluate import end_values
 from ..paths import StraightLine
-from ..probes import check_layer, replaced, run_until
+from ..probes import check_layer, replaced, run_until, uncompiled
 from ..rules import alphas_and_weights
 from .base import PathAttribution, keeps_model_state
 
@@ -334,7 +334,7 @@ class GenerationAttribution(PathAttribution):
         return PathIntegral([sums.sums[0][0]], f_start, f_end, report, path, sums)
 
     def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        output = arguments.model_output(self.model(input_ids=input_ids, attention_mask=attention_mask))
+        output = arguments.model_output(uncompiled(self.model)(input_ids=input_ids, attention_mask=attention_mask))
         expected = tuple(input_ids.shape)
         if not isinstance(output, Tensor) or output.dim() != 3 or tuple(output.shape[:2]) != expected:
             got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__

@@ -258,7 +258,7 @@ class LayerGradientShap(LayerConvergenceDelta, PathAttribution):
         line = call.draw()
         starts, ends = line.ends()
         values = _layer_values(
-            self.forward_func, self.layer, use_input, call, tuple(torch.cat([e, s]) for s, e in zip(starts, ends))
+            self.hooked_forward, self.layer, use_input, call, tuple(torch.cat([e, s]) for s, e in zip(starts, ends))
         )
         structure = isinstance(values, tuple)
         parts = values if structure else (values,)
@@ -273,7 +273,7 @@ class LayerGradientShap(LayerConvergenceDelta, PathAttribution):
             examples = example_of.index_select(0, rows)
             extra = arguments.select_rows(call.args, call.flags, examples)
             with _shifted(self.layer, offsets, structure, use_input):
-                return select(self.forward_func(*points, *extra), examples)
+                return select(self.hooked_forward(*points, *extra), examples)
 
         reduction = call.run(probe, shift)
         attributions = call.means(reduction, [p.dtype for p in parts])

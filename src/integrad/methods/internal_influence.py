@@ -152,7 +152,7 @@ def layer_gradient_rows(
     batch = path.batch
     row_inputs = step_inputs(StraightLine(path.start, path.end), alphas)
     examples = torch.arange(batch, device=path.inputs[0].device).repeat(len(alphas))
-    forward_func, args, per_example = attribution.forward_func, path.args, path.per_example
+    forward_func, args, per_example = attribution.hooked_forward, path.args, path.per_example
     values, is_tuple = layer_values(
         forward_func, layer, use_input, row_inputs, examples, args, per_example, path.settings["chunking"]
     )

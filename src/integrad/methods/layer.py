@@ -188,7 +188,7 @@ class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
             to_values = functools.partial(_layer_values, group=group, sizes=sizes, structures=structures)
 
             probe = _layer_probe(
-                self.forward_func, inputs_t, group_layers, to_values, use_input, target_t, args, per_example, expand
+                self.hooked_forward, inputs_t, group_layers, to_values, use_input, target_t, args, per_example, expand
             )
             result = self._integrate(probe, StraightLine(start, end), settings, need_ends=return_convergence_delta)
             attributions = self._finish(result, [p.dtype for p in end])
@@ -212,7 +212,7 @@ class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
 
         def layer_values(part: slice) -> list:
             extra = arguments.select_rows(args, per_example, rows[part])
-            return run_until(self.forward_func, self.layers, use_input, tuple(t[part] for t in both) + extra)
+            return run_until(self.hooked_forward, self.layers, use_input, tuple(t[part] for t in both) + extra)
 
         with torch.no_grad():
             values = _concat(run_chunked(layer_values, 2 * batch, settings["chunking"]))
@@ -244,7 +244,7 @@ class LayerIntegratedGradients(LayerConvergenceDelta, PathAttribution):
         """Layers interpolated together: those not feeding each other; each entangled layer alone."""
         if len(self.layers) == 1:
             return [[0]]
-        entangled = _entangled_layers(self.forward_func, self.layers, inputs_t, args, per_example, use_input)
+        entangled = _entangled_layers(self.hooked_forward, self.layers, inputs_t, args, per_example, use_input)
         free = [i for i in range(len(self.layers)) if i not in entangled]
         return ([free] if free else []) + [[i] for i in sorted(entangled)]
 

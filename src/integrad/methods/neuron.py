@@ -94,7 +94,7 @@ class NeuronIntegratedGradients(PathAttribution):
 
         def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
             extra = arguments.select_rows(path.args, path.per_example, examples)
-            value = run_until(self.forward_func, [self.layer], use_input, points + extra)[0]
+            value = run_until(self.hooked_forward, [self.layer], use_input, points + extra)[0]
             return selector(value, examples.shape[0])
 
         result = self._integrate(probe, StraightLine(path.start, path.end), path.settings, need_ends=False)

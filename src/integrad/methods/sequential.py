@@ -316,7 +316,7 @@ class LayerSequentialIntegratedGradients(PathAttribution):
         # The layer's value at the inputs and at the baselines, in one pass stopped once the layer has run.
         both = tuple(torch.cat([x.detach(), b]) for x, b in zip(inputs_t, base_t))
         values, is_tuple = layer_values(
-            self.forward_func,
+            self.hooked_forward,
             self.layer,
             use_input,
             lambda rows: tuple(t.index_select(0, rows) for t in both),
@@ -332,7 +332,7 @@ class LayerSequentialIntegratedGradients(PathAttribution):
             return torch.div(lines, length, rounding_mode="floor")
 
         probe = replacing_probe(
-            self.forward_func,
+            self.hooked_forward,
             self.layer,
             use_input,
             is_tuple,
