@@ -261,12 +261,15 @@ class GuidedWalk:
 @dataclass
 class Box:
     """Every example's features flattened to ``(B, D)`` float64: baseline ``start``, input ``end``, ``span = end −
-    start``, the L1 length of the span, and whether the example moves at all (an input equal to its baseline gets
-    no path, and attributions of 0)."""
+    start`` (``safe_span`` has 1 where it is 0), whether a feature moves at all (``nonzero``), the L1 length of the
+    span, and whether the example moves at all (an input equal to its baseline gets no path, and attributions of
+    0)."""
 
     start: Tensor
     end: Tensor
     span: Tensor
+    safe_span: Tensor
+    nonzero: Tensor
     l1_total: Tensor
     moving: Tensor
 
@@ -274,13 +277,14 @@ class Box:
     def between(cls, line: StraightLine) -> Box:
         start, end = _flat(line.start), _flat(line.end)
         span = end - start
+        nonzero = span != 0
         l1_total = span.abs().sum(1)
-        return cls(start, end, span, l1_total, l1_total > 0)
+        return cls(start, end, span, torch.where(nonzero, span, 1.0), nonzero, l1_total, l1_total > 0)
 
-    def position(self, x: Tensor, fallback: float) -> Tensor:
-        """Each feature's place ``(x − start) / span`` along its own segment; ``fallback`` where the span is 0."""
-        nonzero = self.span != 0
-        return torch.where(nonzero, (x - self.start) / torch.where(nonzero, self.span, 1.0), fallback)
+    def behind(self, x: Tensor, alpha: float) -> Tensor:
+        """Which features lie behind ``alpha`` along their own segment, at ``(x − start) / span < alpha`` (never
+        one that does not move)."""
+        return (x - self.start).div_(self.safe_span).lt(alpha).logical_and_(self.nonzero)
 
 
 def guided_step(x: Tensor, gradient: Tensor, step: int, walk: GuidedWalk, box: Box) -> Tensor:
@@ -297,33 +301,32 @@ def guided_step(x: Tensor, gradient: Tensor, step: int, walk: GuidedWalk, box: B
     alpha_min, alpha_max = max(alpha - walk.max_dist, 0.0), min(alpha + walk.max_dist, 1.0)
     x_min, x_max = box.start + box.span * alpha_min, box.start + box.span * alpha_max
     l1_target = box.l1_total * (1 - (step + 1) / n)
-    # A feature whose input equals its baseline counts as ahead of every α_min (and it sits at its α_max).
-    position = box.position(x, alpha_max)
-    x = x.clone()
-    gradient = gradient.clone()
+    # |g|, set to inf where a feature sits at α_max (a feature whose input equals its baseline always does).
+    magnitude = gradient.abs()
     active = box.moving.clone()
     for _ in range(x.shape[1] + 1):
         if not bool(active.any()):
             break
         live = active.unsqueeze(1)
-        x = torch.where(live & (position < alpha_min), x_min, x)
-        l1_current = (x - box.end).abs().sum(1)
+        x = torch.where(box.behind(x, alpha_min).logical_and_(live), x_min, x)
+        l1_current = (x - box.end).abs_().sum(1)
         gap = l1_current - l1_target
-        # math.isclose(l1_target, l1_current) with relative and absolute tolerances CLOSE.
-        close = gap.abs() <= (CLOSE * torch.maximum(l1_target.abs(), l1_current.abs())).clamp(min=CLOSE)
-        active = active & ~close
+        # math.isclose(l1_target, l1_current) with relative and absolute tolerances CLOSE (both are >= 0).
+        close = gap.abs() <= torch.maximum(l1_target, l1_current).mul_(CLOSE).clamp_(min=CLOSE)
+        active = active.logical_and_(close.logical_not_())
+        if not bool(active.any()):
+            break
         live = active.unsqueeze(1)
-        gradient = torch.where(live & (x == x_max), math.inf, gradient)
-        magnitude = gradient.abs()
+        magnitude.masked_fill_((x == x_max).logical_and_(live), math.inf)
         threshold = lower_quantile(magnitude, walk.fraction)
-        chosen = live & (magnitude <= threshold.unsqueeze(1)) & (gradient != math.inf)
-        reach = ((x - x_max).abs() * chosen).sum(1)
+        chosen = (magnitude <= threshold.unsqueeze(1)).logical_and_(magnitude != math.inf).logical_and_(live)
+        reach = (x_max - x).abs_().mul_(chosen).sum(1)
         share = torch.where(reach > 0, gap / torch.where(reach > 0, reach, 1.0), math.inf)
-        whole = (share > 1).unsqueeze(1)
-        x = torch.where(chosen & whole, x_max, torch.where(chosen, x + (x_max - x) * share.unsqueeze(1), x))
+        whole = share > 1
+        moved_to = torch.where(whole.unsqueeze(1), x_max, x + (x_max - x) * share.unsqueeze(1))
+        x = torch.where(chosen, moved_to, x)
         # An example whose chosen features closed the gap is done with this step.
-        active = active & (share > 1)
-        position = box.position(x, alpha_max)
+        active = active.logical_and_(whole)
     return x
 
 
