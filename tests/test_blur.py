@@ -237,8 +237,14 @@ def test_bad_arguments_are_refused_with_the_parameter_named():
         blur.attribute(torch.zeros(3, 5, dtype=torch.float64), target=0)
     with pytest.raises(ValueError, match=r"inputs\[1\] must be images"):
         blur.attribute((images, images[:, :, 0]), target=0)
-    for bad in (0, -1.0, math.inf, "5", True):
-        with pytest.raises(ValueError, match="max_sigma must be a positive finite number"):
+    for bad, error in (
+        (0, ValueError),
+        (-1.0, ValueError),
+        (math.inf, ValueError),
+        ("5", TypeError),
+        (True, TypeError),
+    ):
+        with pytest.raises(error, match="max_sigma must be a positive finite number"):
             blur.attribute(images, target=TARGET, max_sigma=bad)
     with pytest.raises(ValueError, match="grad_step must be a positive finite number"):
         blur.attribute(images, target=TARGET, grad_step=0.0)

@@ -151,3 +151,17 @@ def test_xrai_explainer_gives_one_map_per_image(trained, batch):
     expected = integrad.XRAI(trained.model).attribute(x, target=y, n_steps=8)
     assert got.shape == (x.shape[0], 1) + x.shape[2:]
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_settings_out_of_range_are_refused_when_the_explainer_is_built():
+    # The method's own checks, before any data: the explainer does not wait for attribute() to refuse them.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\]"):
+            GuidedIntegratedGradients(model, fraction=bad)
+    with pytest.raises(ValueError, match=r"max_dist must be a number in \[0, 1\]"):
+        GuidedIntegratedGradients(model, max_dist=3)
+    with pytest.raises(ValueError, match="max_sigma must be a positive finite number"):
+        BlurIntegratedGradients(model, max_sigma=0)
+    with pytest.raises(ValueError, match="stdevs must be a non-negative"):
+        GradientShapExplainer(model, torch.zeros(2, 4), stdevs=-1.0)

@@ -153,11 +153,13 @@ def test_bad_arguments_are_refused_with_the_parameter_named():
     model = small_cnn()
     images, baselines = _batch()
     guided = GuidedIntegratedGradients(model)
+    # A number out of range is a ValueError, anything else a TypeError; both name the parameter.
     for bad in (0, 0.0, -0.1, 1.5, "0.5", True, None):
-        with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\]"):
+        error = ValueError if isinstance(bad, (int, float)) and not isinstance(bad, bool) else TypeError
+        with pytest.raises(error, match=r"fraction must be a number in \(0, 1\]"):
             guided.attribute(images, baselines, target=TARGET, fraction=bad)
-    for bad in (-0.01, 1.01, "0"):
-        with pytest.raises(ValueError, match=r"max_dist must be a number in \[0, 1\]"):
+    for bad, error in ((-0.01, ValueError), (1.01, ValueError), ("0", TypeError)):
+        with pytest.raises(error, match=r"max_dist must be a number in \[0, 1\]"):
             guided.attribute(images, baselines, target=TARGET, max_dist=bad)
     for bad in (0, 2.5, "auto"):
         with pytest.raises(ValueError, match="n_steps must be a positive int"):

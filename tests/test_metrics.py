@@ -975,7 +975,7 @@ def setup():
         (morf, {"n_perturbations": 3}, TypeError, r"'n_perturbations'.*accepted options: n_steps"),
         (infidelity, {"noise_std": -0.1}, ValueError, r"noise_std must be a positive"),
         (infidelity, {"noise_std": 0.0}, ValueError, r"noise_std must be a positive"),
-        (infidelity, {"noise_std": "big"}, TypeError, r"noise_std must be a positive finite real"),
+        (infidelity, {"noise_std": "big"}, TypeError, r"infidelity: noise_std must be a positive finite number"),
         (
             infidelity,
             {"n_perturbations": 0},

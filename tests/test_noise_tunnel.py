@@ -386,7 +386,7 @@ def test_delta_with_layer_ig(setup):
         (dict(stdevs=-0.1), ["stdevs", "non-negative"]),
         (dict(stdevs="big"), ["stdevs", "non-negative"]),
         (dict(stdevs=True), ["stdevs", "non-negative"]),
-        (dict(stdevs=(0.1, 0.2)), ["stdevs", "tuple of 1"]),
+        (dict(stdevs=(0.1, 0.2)), ["stdevs", "tuple of length 2 for 1 input"]),
         (dict(draw_baseline_from_distrib=1), ["draw_baseline_from_distrib"]),
     ],
 )

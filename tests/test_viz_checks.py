@@ -27,20 +27,25 @@ def _close_figures():
     plt.close("all")
 
 
-def _message(call) -> str:
-    with pytest.raises(ValueError) as caught:
+def _message(call, error: type[Exception] = ValueError) -> str:
+    with pytest.raises(error) as caught:
         call()
     return str(caught.value)
+
+
+def _error(bad) -> type[Exception]:
+    """A number out of range is a ValueError; anything else (a bool, a string, None) a TypeError."""
+    return TypeError if isinstance(bad, (bool, str)) or bad is None else ValueError
 
 
 @pytest.mark.parametrize("bad", [0, -5, 100.5, float("nan"), float("inf"), True, "99", None])
 def test_clip_percentile_is_refused_alike_everywhere(bad):
     image = np.ones((4, 4))
     messages = {
-        _message(lambda: normalize_attribution(image, "all", bad)),
-        _message(lambda: image_heatmap(image, clip_percentile=bad)),
-        _message(lambda: image_side_by_side(image, [image], clip_percentile=bad)),
-        _message(lambda: text_html(["a"], [1.0], clip_percentile=bad)),
+        _message(lambda: normalize_attribution(image, "all", bad), _error(bad)),
+        _message(lambda: image_heatmap(image, clip_percentile=bad), _error(bad)),
+        _message(lambda: image_side_by_side(image, [image], clip_percentile=bad), _error(bad)),
+        _message(lambda: text_html(["a"], [1.0], clip_percentile=bad), _error(bad)),
     }
     assert messages == {f"clip_percentile must be a number in (0, 100] (100 = no clipping); got {bad!r}"}
     assert plt.get_fignums() == []
@@ -48,7 +53,7 @@ def test_clip_percentile_is_refused_alike_everywhere(bad):
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), False, "0.5", None])
 def test_overlay_alpha_must_be_a_number_in_0_1(bad):
-    with pytest.raises(ValueError, match=rf"^overlay_alpha must be a number in \[0, 1\]; got {re.escape(repr(bad))}$"):
+    with pytest.raises(_error(bad), match=rf"^overlay_alpha must be a number in \[0, 1\]; got {re.escape(repr(bad))}$"):
         image_heatmap(np.ones((4, 4)), np.ones((4, 4)), overlay_alpha=bad)
     assert plt.get_fignums() == []
 
@@ -56,7 +61,7 @@ def test_overlay_alpha_must_be_a_number_in_0_1(bad):
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "100", None])
 def test_dpi_must_be_a_positive_number(bad, tmp_path):
     fig = feature_bars([1.0, -1.0]).figure
-    with pytest.raises(ValueError, match=rf"^dpi must be a positive number; got {re.escape(repr(bad))}$"):
+    with pytest.raises(_error(bad), match=rf"^dpi must be a positive number; got {re.escape(repr(bad))}$"):
         save_figure(fig, tmp_path / "bars.png", dpi=bad)
     assert not (tmp_path / "bars.png").exists()
 

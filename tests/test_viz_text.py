@@ -60,7 +60,7 @@ def test_text_html_errors_name_scores_and_always_check_clip_percentile():
         text_html(["a", "b"], [1.0, float("nan")])
     with pytest.raises(ValueError, match="^scores contains NaN"):
         text_html(["a"], torch.tensor([float("inf")]))
-    for bad in (500, "x", 0):
-        with pytest.raises(ValueError, match="clip_percentile"):
+    for bad, error in ((500, ValueError), ("x", TypeError), (0, ValueError)):
+        with pytest.raises(error, match="clip_percentile"):
             text_html([], [], clip_percentile=bad)
     assert "<div" in text_html([], [])

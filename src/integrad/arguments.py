@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,48 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
 def check_nt_type(nt_type: Any) -> str:
     return check_choice("nt_type", nt_type, NT_TYPES)
+
+
+def check_real_in(name: str, value: Any, accepted: str, within: Callable[[float], bool]) -> float:
+    """``value`` as a float: a finite real number (not a bool) for which ``within`` holds; else a TypeError (not a
+    number) or ValueError naming ``name``, where ``accepted`` completes "``name`` must be ..."."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be {accepted}; got {value!r}")
+    if not math.isfinite(float(value)) or not within(float(value)):
+        raise ValueError(f"{name} must be {accepted}; got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """A finite real number ``> 0`` as a float."""
+    return check_real_in(name, value, "a positive finite number", lambda v: v > 0)
+
+
+def check_fraction(value: Any) -> float:
+    """Guided IG's ``fraction``: the share of features moved at once, in (0, 1]."""
+    return check_real_in("fraction", value, "a number in (0, 1], the share of features moved at once", _in_0_1)
+
+
+def check_max_dist(value: Any) -> float:
+    """Guided IG's ``max_dist``, in [0, 1]."""
+    return check_real_in(
+        "max_dist", value, "a number in [0, 1], how far a feature may lead or lag the step", lambda v: 0 <= v <= 1
+    )
+
+
+def _in_0_1(v: float) -> bool:
+    return 0 < v <= 1
+
+
+def check_stdevs(stdevs: Any, count: int) -> tuple[float, ...]:
+    """Noise standard deviations: one non-negative number for every input, or a tuple with one per input."""
+    accepted = "a non-negative number, or a tuple with one per input"
+    values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * count
+    if len(values) != count:
+        raise ValueError(f"stdevs must be {accepted}; got a tuple of length {len(values)} for {count} input(s)")
+    if not all(is_real(v) and math.isfinite(float(v)) and float(v) >= 0 for v in values):
+        raise ValueError(f"stdevs must be {accepted}; got {stdevs!r}")
+    return tuple(float(v) for v in values)
 
 
 def check_non_negative(name: str, value: Any) -> float:

@@ -72,7 +72,6 @@ from .jobs import (
     _version,
     attribute_dataset,
     background_indices,
-    check_fraction,
     check_seed,
     choose_method,
     summarize,
@@ -256,7 +255,7 @@ def _add_method_options(p: argparse.ArgumentParser, dataset: bool) -> None:
     )
     p.add_argument(
         "--fraction",
-        type=_library_check(check_fraction, float),
+        type=_library_check(arguments.check_fraction, float),
         default=None,
         metavar="FLOAT",
         help="guided: share of the features moved at each step, in (0, 1] (default 0.25)",

@@ -75,6 +75,7 @@ from ..arguments import (
     check_bool,
     check_choice,
     check_n_steps,
+    check_positive,
     check_positive_int,
     is_int,
     is_real,
@@ -165,14 +166,6 @@ def _checked(metric: str, check: Callable[..., Any], *args: Any, **kwargs: Any) 
         return check(*args, **kwargs)
     except (TypeError, ValueError) as error:
         raise type(error)(f"{metric}: {error}") from None
-
-
-def _check_positive(metric: str, name: str, value: Any) -> float:
-    if not is_real(value):
-        raise TypeError(f"{metric}: {name} must be a positive finite real number; got {value!r}")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"{metric}: {name} must be a positive finite real number; got {value!r}")
-    return float(value)
 
 
 def _check_optional_bool(metric: str, name: str, value: Any, none_means: str) -> bool | None:
@@ -752,7 +745,7 @@ def infidelity(
     Sensitivity of Explanations." NeurIPS.
     """
     name = ctx.metric
-    noise_std = _check_positive(name, "noise_std", noise_std)
+    noise_std = _checked(name, check_positive, "noise_std", noise_std)
     n_perturbations = _checked(name, check_positive_int, "n_perturbations", n_perturbations, allow_none=False)
     normalize = _checked(name, check_bool, "normalize", normalize)
     multiply_by_inputs = _checked(name, check_bool, "multiply_by_inputs", multiply_by_inputs)
@@ -898,7 +891,7 @@ def sensitivity_max(ctx: _Context, attributions, *, radius=0.02, n_perturbations
     Sensitivity of Explanations." NeurIPS.
     """
     name = ctx.metric
-    radius = _check_positive(name, "radius", radius)
+    radius = _checked(name, check_positive, "radius", radius)
     n_perturbations = _checked(name, check_positive_int, "n_perturbations", n_perturbations, allow_none=False)
     norm = _checked(name, check_choice, "norm", norm, ("l2", "l1", "linf"))
     attrs = _attributions(ctx, attributions, "leading")

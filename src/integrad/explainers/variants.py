@@ -71,7 +71,7 @@ class BlurIntegratedGradients(CoreExplainer):
     ) -> None:
         super().__init__(model, forward_arg_extractor, additional_forward_arg_extractor)
         self.n_steps = arguments.check_n_steps(n_steps, allow_auto=True)
-        self.max_sigma = arguments.check_non_negative("max_sigma", max_sigma)
+        self.max_sigma = arguments.check_positive("max_sigma", max_sigma)
         self.sqrt = arguments.check_bool("sqrt", sqrt)
         accepted = ("internal_batch_size", "memory_budget") if idgi else self.ATTRIBUTE_KEYS
         hint = " (IDGI sums over the blur levels: no rule applies)" if idgi else ""
@@ -141,8 +141,8 @@ class GuidedIntegratedGradients(BaselineExplainer):
     ) -> None:
         super().__init__(model, forward_arg_extractor, additional_forward_arg_extractor)
         self.n_steps = arguments.check_positive_int("n_steps", n_steps, allow_none=False)
-        self.fraction = arguments.check_non_negative("fraction", fraction)
-        self.max_dist = arguments.check_non_negative("max_dist", max_dist)
+        self.fraction = arguments.check_fraction(fraction)
+        self.max_dist = arguments.check_max_dist(max_dist)
         self.baseline_fn = baseline_fn
         self._baseline_fns = resolve_baselines(baseline_fn)
         self._init_core(

@@ -363,7 +363,7 @@ class BlurIntegratedGradients(PathAttribution):
         """
         return_convergence_delta = arguments.check_bool("return_convergence_delta", return_convergence_delta)
         sqrt = arguments.check_bool("sqrt", sqrt)
-        grad_step = _check_positive_real("grad_step", grad_step)
+        grad_step = arguments.check_positive("grad_step", grad_step)
         images, was_tuple, probe, settings = self._prepare(
             inputs,
             target,
@@ -405,7 +405,7 @@ class BlurIntegratedGradients(PathAttribution):
                 raise ValueError(
                     f"{where} must be images shaped (N, C, H, W), blurred over H and W; got shape {tuple(x.shape)}"
                 )
-        _check_positive_real("max_sigma", max_sigma)
+        arguments.check_positive("max_sigma", max_sigma)
         if method is None:
             arguments.check_n_steps(n_steps, "riemann_left", allow_auto=True)
         settings = self._rule_settings(
@@ -453,9 +453,3 @@ class BlurIntegratedGradients(PathAttribution):
         )
         path = SigmaGridPath(images, sigma_grid(float(max_sigma), settings["n_steps"], sqrt), None)
         return self._integrate(probe, path, settings, need_ends=False, reduction=reduction), was_tuple
-
-
-def _check_positive_real(name: str, value: Any) -> float:
-    if not arguments.is_real(value) or not float(value) > 0 or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return float(value)

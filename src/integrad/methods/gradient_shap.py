@@ -391,7 +391,7 @@ class _Sampled:
         device = self.inputs[0].device
         self.settings = method._rule_settings(1, "gausslegendre", internal_batch_size, memory_budget, 1e-3, device)
         self.n = arguments.check_positive_int("n_samples", n_samples, allow_none=False)
-        self.sigmas = _check_stdevs(stdevs, len(self.inputs))
+        self.sigmas = arguments.check_stdevs(stdevs, len(self.inputs))
         self.batch = self.inputs[0].shape[0]
         self.target = arguments.normalize_target(target, self.batch, device)
         self.args, self.flags = arguments.normalize_additional_args(additional_forward_args, self.batch)
@@ -438,17 +438,6 @@ class _Sampled:
         dtype = torch.float64 if any(x.dtype == torch.float64 for x in self.inputs) else torch.float32
         self.method.last_report.delta = delta.to(device=self.inputs[0].device, dtype=dtype)
         return self.method.last_report.delta
-
-
-def _check_stdevs(stdevs: Any, count: int) -> tuple[float, ...]:
-    accepted = "a non-negative number, or a tuple with one per input"
-    values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * count
-    if len(values) != count:
-        raise ValueError(f"stdevs must be {accepted}; got a tuple of length {len(values)} for {count} input(s)")
-    for v in values:
-        if not arguments.is_real(v) or not float(v) >= 0:
-            raise ValueError(f"stdevs must be {accepted}; got {stdevs!r}")
-    return tuple(float(v) for v in values)
 
 
 def _noisy(x: Tensor, sigma: float, n: int) -> Tensor:

@@ -167,14 +167,7 @@ class GuidedIntegratedGradients(PathAttribution):
             )
         inputs_t, was_tuple = arguments.normalize_inputs(inputs)
         n_steps = arguments.check_positive_int("n_steps", n_steps, allow_none=False)
-        if not arguments.is_real(fraction) or not 0 < float(fraction) <= 1:
-            raise ValueError(
-                f"fraction must be a number in (0, 1], the share of features moved at once; got {fraction!r}"
-            )
-        if not arguments.is_real(max_dist) or not 0 <= float(max_dist) <= 1:
-            raise ValueError(
-                f"max_dist must be a number in [0, 1], how far a feature may lead or lag the step; got {max_dist!r}"
-            )
+        fraction, max_dist = arguments.check_fraction(fraction), arguments.check_max_dist(max_dist)
         device = inputs_t[0].device
         rows_per_pass = arguments.check_positive_int("internal_batch_size", internal_batch_size)
         chunking = Chunking.make(rows_per_pass, memory_budget, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -115,7 +116,7 @@ class NoiseTunnel:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
         inputs_t, was_tuple = arguments.normalize_inputs(inputs)
-        sigmas = _check_stdevs(stdevs, len(inputs_t))
+        sigmas = arguments.check_stdevs(stdevs, len(inputs_t))
         batch = inputs_t[0].shape[0]
         want_delta = kwargs.get("return_convergence_delta", False)
         if want_delta and not self.is_delta_supported:
@@ -190,19 +191,7 @@ class _Moments:
 
 
 def _accepted(method: PathAttribution) -> set[str]:
-    import inspect
-
     return set(inspect.signature(method.attribute).parameters)
-
-
-def _check_stdevs(stdevs: Any, n_inputs: int) -> tuple[float, ...]:
-    values = stdevs if isinstance(stdevs, tuple) else (stdevs,) * n_inputs
-    if len(values) != n_inputs or not all(arguments.is_real(v) and v >= 0 for v in values):
-        raise ValueError(
-            f"stdevs must be a non-negative number or a tuple of {n_inputs} non-negative numbers (one per input); "
-            f"got {stdevs!r}"
-        )
-    return tuple(float(v) for v in values)
 
 
 def _calls(samples: int, per_call: int) -> list[int]:

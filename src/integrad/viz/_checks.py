@@ -6,14 +6,13 @@ which names the parameter and says what it accepts. Nothing here needs matplotli
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..arguments import is_int, is_real
+from ..arguments import check_real_in, is_int
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -64,20 +63,10 @@ def check_sign(sign: Any) -> str:
     return sign
 
 
-def check_real(value: Any, name: str, accepted: str, within: Callable[[float], bool]) -> float:
-    """``value`` as a float: a finite real number (not a bool) for which ``within`` holds.
-
-    ``accepted`` completes the sentence "``name`` must be ..." in the error.
-    """
-    if not is_real(value) or not math.isfinite(float(value)) or not within(float(value)):
-        raise ValueError(f"{name} must be {accepted}; got {value!r}")
-    return float(value)
-
-
 def check_percentile(clip_percentile: Any) -> float:
     """``clip_percentile`` as a float in (0, 100]."""
-    return check_real(
-        clip_percentile, "clip_percentile", "a number in (0, 100] (100 = no clipping)", lambda v: 0.0 < v <= 100.0
+    return check_real_in(
+        "clip_percentile", clip_percentile, "a number in (0, 100] (100 = no clipping)", lambda v: 0.0 < v <= 100.0
     )
 
 

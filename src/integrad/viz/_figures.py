@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._checks import check_real
+from ..arguments import check_real_in
 
 INSTALL_HINT = 'pip install "integrad[viz]"'
 
@@ -136,7 +136,7 @@ def save_figure(fig_or_ax: Any, path: str | os.PathLike, dpi: float = 100) -> Pa
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"path must end in '.png' (PNG is the format written); got {str(path)!r}")
-    resolution = check_real(dpi, "dpi", "a positive number", lambda v: v > 0.0)
+    resolution = check_real_in("dpi", dpi, "a positive number", lambda v: v > 0.0)
     plt = pyplot()
     fig = figure_of(fig_or_ax)
     target.parent.mkdir(parents=True, exist_ok=True)

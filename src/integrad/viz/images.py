@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..arguments import check_real_in
 from ._checks import (
     ArrayLike,
     as_array,
     check_finite,
     check_labels,
     check_percentile,
-    check_real,
     check_sign,
     is_integer_data,
 )
@@ -249,7 +249,7 @@ def image_heatmap(
     sign = check_sign(sign)
     channel_sum = reduce_channels(as_array(attribution, "attribution"))
     heat = normalize_attribution(channel_sum, sign, clip_percentile)
-    alpha = check_real(overlay_alpha, "overlay_alpha", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+    alpha = check_real_in("overlay_alpha", overlay_alpha, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     background = None if image is None else prepare_image(image, channel_sum.shape, is_integer_data(image))
     with axes_or_new(pyplot(), ax, (4.0, 4.0)) as ax:
         _draw_heatmap(ax, heat, sign, cmap=cmap, background=background, alpha=alpha, colorbar=colorbar, title=title)
