@@ -389,7 +389,7 @@ def _bad_cases(tmp_path, features):
         (["--model", "cli_factories:mlp", "--inputs", x, "--target", "label"], "--target", "labels"),
         (["--model", "cli_factories:mlp", "--inputs", x, "--layer", "decoder"], "--layer", "no layer named"),
         (["--model", "cli_factories:small_cnn", "--inputs", x], "--inputs", "rejected an input of shape (1, 6)"),
-        (["--model", "cli_factories:mlp", "--inputs", str(tmp_path / "t.txt")], "--tokenizer", "needs --tokenizer"),
+        (["--model", "cli_factories:mlp", "--inputs", str(tmp_path / "t.txt")], "--tokenizer", "needs a tokenizer"),
         (
             [
                 "--model",
@@ -639,7 +639,7 @@ def test_data_baseline_of_a_single_example_warns(tmp_path, features, capsys):
         tmp_path, "--model", "cli_factories:mlp", "--inputs", str(tmp_path / "x.npy"), "--baseline", "mean"
     )
     assert code == 0
-    assert "warning: --baseline mean" in capsys.readouterr().err
+    assert "warning: the baseline 'mean'" in capsys.readouterr().err
     assert load_file(str(out / "attributions.safetensors"))["attributions"].abs().max() == 0
 
 

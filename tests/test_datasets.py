@@ -639,3 +639,26 @@ def test_summary_keeps_the_largest_delta_exactly(tmp_path, largest):
     got = datasets.summarize(tmp_path)
     assert got["examples"] == 3 and got["shards"] == 2
     assert got["max_abs_delta"] == largest or (largest != largest and got["max_abs_delta"] != got["max_abs_delta"])
+
+
+def test_the_public_path_keeps_its_names():
+    import integrad.app.files
+    import integrad.app.jobs
+    import integrad.datasets
+
+    names = {
+        "AttributionSet",
+        "Attributor",
+        "BASELINE_NAMES",
+        "attribute_dataset",
+        "load_attributions",
+        "summarize",
+        "make_baselines",
+        "check_seed",
+        "atomic_write_bytes",
+        "save_tensors",
+    }
+    assert set(integrad.datasets.__all__) == names
+    for name in names:
+        home = integrad.app.files if name in ("atomic_write_bytes", "save_tensors") else integrad.app.jobs
+        assert getattr(integrad.datasets, name) is getattr(home, name), name

@@ -624,7 +624,7 @@ def load_inputs(path: str | Path, tokenizer_dir: str | None = None, parameter: s
     if suffix == ".txt":
         if tokenizer_dir is None:
             _require_file(path, parameter)
-            raise InputError("tokenizer", "a .txt input needs --tokenizer DIR (a transformers tokenizer folder)")
+            raise InputError("tokenizer", "a .txt input needs a tokenizer: a transformers tokenizer folder")
         tok = load_tokenizer(tokenizer_dir)
         enc = load_text(path, tok, parameter)
         return LoadedInputs(

@@ -63,7 +63,6 @@ __all__ = [
     "FAMILIES",
     "MethodChoice",
     "background_indices",
-    "check_fraction",
     "choose_method",
     "seeded_random",
     "attribute_dataset",
@@ -210,18 +209,10 @@ _OPTION_DEFAULTS_FROM = {
 DEFAULT_N_STEPS = 50
 
 
-def check_fraction(value: Any) -> float:
-    if not arguments.is_real(value) or not 0 < float(value) <= 1:
-        raise ValueError(
-            f"fraction must be a number in (0, 1], the share of features moved at each step; got {value!r}"
-        )
-    return float(value)
-
-
 _OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "max_sigma": lambda value: arguments.check_non_negative("max_sigma", value),
-    "fraction": check_fraction,
-    "max_dist": lambda value: arguments.check_non_negative("max_dist", value),
+    "max_sigma": lambda value: arguments.check_positive("max_sigma", value),
+    "fraction": arguments.check_fraction,
+    "max_dist": arguments.check_max_dist,
     "n_samples": lambda value: arguments.check_positive_int("n_samples", value, allow_none=False),
     "stdevs": lambda value: arguments.check_non_negative("stdevs", value),
 }
@@ -826,7 +817,7 @@ class Attributor:
         self._statistic = total / count if self.baseline == "mean" else high + low
         if count == 1 and log is not None:
             log(
-                f"integrad: warning: --baseline {self.baseline} of a single example is the example itself, "
+                f"integrad: warning: the baseline {self.baseline!r} of a single example is the example itself, "
                 "so every attribution is zero; use zeros, uniform, ... or more examples"
             )
         return count
@@ -1395,7 +1386,7 @@ def _prepare_folder(out: Path, params: dict, phash: str, n_batches: int, world: 
             raise InputError(
                 "out",
                 f"{out} holds attributions made with different parameters ({diff or 'unknown format'}); "
-                "refusing to mix them: choose another --out or delete that folder",
+                "refusing to mix them: choose another folder or delete that one",
             )
         # Leftovers of writes that were cut short.
         for tmp in out.glob(".*.tmp"):

@@ -133,6 +133,10 @@ RESOLUTION_ULPS = 8
 MAX_POINTS = 4096
 #: Points around a solved kink are placed this fraction of the segment's width either side of it.
 BRACKET = 1e-3
+#: Points around a solved kink also keep at least this many units of the gradients' rounding (``grad_eps``) from it.
+KINK_GRAD_EPS = 16
+#: The smallest L1 norm divided by (an attribution of all zeros has no relative error to speak of).
+TINY = 1e-300
 #: Share of the memory budget the piecewise-linear phase may hold in kept gradients (rows × features).
 KEPT_SHARE = 0.5
 #: Examples refined together in the piecewise-linear phase. Each may keep gradients for up to this fraction of the
@@ -304,7 +308,7 @@ class _Auto:
     def result(self, need_ends: bool) -> PathIntegral:
         # Whatever the phase found, the estimate is never below what the completeness gap proves.
         error = torch.maximum(self.error, _completeness_gap(self.integral * self.d, self.f_ends, self.eps))
-        estimate = torch.where(self.attr_l1 > 0, error / self.attr_l1.clamp_min(1e-300), error)
+        estimate = torch.where(self.attr_l1 > 0, error / self.attr_l1.clamp_min(TINY), error)
         finite = torch.isfinite(self.integral).all(1).cpu()
         estimate = torch.where(finite, estimate, torch.full_like(estimate, float("inf")))
         _warn_unmet(finite, estimate, self.tolerance)
@@ -541,7 +545,10 @@ class _Refinement:
         # jump alone accounts for more than the segment's share, it is bisected on, the gradient at the middle
         # telling which half holds the kink, down to the width at which the example's points stop changing.
         w, tau = seg.width, seg.tau
-        offset = torch.maximum(torch.maximum(BRACKET * w, 2 * seg.dtau), torch.full_like(w, 16 * self.grad_eps))
+        offset = torch.maximum(
+            torch.maximum(BRACKET * w, 2 * seg.dtau), torch.full_like(w, KINK_GRAD_EPS * self.grad_eps)
+        )
+        # A bracket needs room for both points on either side of τ, and τ's uncertainty, inside the segment.
         bracket = refine & seg.solved & (4 * offset < w)
         left = bracket & (tau >= 2 * offset)
         right = bracket & (w - tau >= 2 * offset)

@@ -26,6 +26,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+#: The free memory assumed where neither the device nor ``/proc/meminfo`` says (4 GiB).
+ASSUMED_AVAILABLE = 4 * 2**30
+#: The least default budget (16 MiB), however little memory is free.
+MIN_DEFAULT_BUDGET = 16 * 2**20
+#: How many tensors the size of the points' gradients the reduction of a chunk holds at most.
+GRADIENT_COPIES = 3
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -83,7 +90,7 @@ def _read_available(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 4 * 2**30
+    return ASSUMED_AVAILABLE
 
 
 def default_budget(device: torch.device) -> int:
@@ -96,7 +103,7 @@ def default_budget(device: torch.device) -> int:
     if cached is not None and now - cached[0] < 1.0:
         return cached[1]
     cap = DEFAULT_CAP.get(device.type, DEFAULT_CAP["cpu"])
-    budget = max(16 * 2**20, min(_read_available(device) // 4, cap))
+    budget = max(MIN_DEFAULT_BUDGET, min(_read_available(device) // 4, cap))
     _DEFAULT_BUDGETS[device] = (now, budget)
     return budget
 
@@ -176,7 +183,8 @@ class ActivationMeter:
         held = self.saved + self.largest
         if self._backward is not None:
             held = max(held, self._backward.peak + self.largest)
-        return self.fixed + max(held, 3 * self._gradient_bytes)
+        # The reduction holds the points' gradients and up to two temporaries of their size (a cast, a weighted copy).
+        return self.fixed + max(held, GRADIENT_COPIES * self._gradient_bytes)
 
     @property
     def used(self) -> int:

@@ -107,6 +107,10 @@ class Rows:
         return self.examples.shape[0]
 
 
+#: The share of the room a chunk retried after going over the budget is sized for.
+RETRY_MARGIN = 0.9
+
+
 def accumulation_dtype(path: Path) -> torch.dtype:
     """Gradients are reduced in float32 at least (half-precision inputs), in float64 for float64 paths."""
     return torch.promote_types(path.compute, torch.float32)
@@ -294,7 +298,8 @@ def _retry_size(error: Exception, n: int, chunking: Chunking, step: int | None) 
     if isinstance(error, BudgetExceeded):
         if n == 1:
             chunking.warn_single_row(error.used)
-        return whole_steps(chunking.limit(min(n // 2, int(n * chunking.room / error.used * 0.9))), step)
+        # Scaled to the room the chunk's measured use allows, with a tenth to spare: the next chunk's use varies.
+        return whole_steps(chunking.limit(min(n // 2, int(n * chunking.room / error.used * RETRY_MARGIN))), step)
     if n > 1 and is_out_of_memory(error):
         return whole_steps(chunking.out_of_memory(n), step)
     if not chunking.copy_points and writes_into_leaf(error):

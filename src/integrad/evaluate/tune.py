@@ -22,6 +22,7 @@ import torch
 
 from ..arguments import check_bool, check_choice, check_positive_int, is_int
 from ..explainers.integrated_gradients import check_targets as check_explainer_targets
+from .metrics import METRICS
 
 __all__ = ["OptimizationResult", "grid_values", "optimize"]
 
@@ -65,8 +66,6 @@ def _import_optuna():
 
 def _resolve_metric(metric: str | Callable[..., Any]) -> Callable[..., Any]:
     if isinstance(metric, str):
-        from .metrics import METRICS
-
         try:
             return METRICS[check_choice("metric", metric, tuple(METRICS))]
         except ValueError as error:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .. import rules
 from ..arguments import model_output
 from ._checks import ArrayLike, as_array, check_finite, check_int
 from ._figures import axes_or_new, pyplot
@@ -253,8 +254,6 @@ class _IntegrandCurve:
     @classmethod
     def evaluate(cls, core: Any, one: _OneExample, method: str, n_steps: int, n_dense: int) -> _IntegrandCurve:
         """``g`` of one example on ``n_dense`` evenly spaced points and at the nodes of the rule."""
-        from integrad import rules
-
         rule_alphas, rule_weights = rules.alphas_and_weights(method, n_steps)
         rule_alphas = np.asarray(rule_alphas, dtype=np.float64)
         dense_alphas = np.linspace(0.0, 1.0, n_dense)
