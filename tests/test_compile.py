@@ -249,3 +249,23 @@ def test_a_budget_on_a_compiled_model_meters_its_chunks_and_holds(models):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     learned = ig._row_shapes.values()[0].row_cost
     assert learned is not None and report.chunk_rows * learned <= 48 * 2**10
+
+
+def test_a_layer_inside_a_submodule_compiled_on_its_own_is_refused_by_name(models):
+    eager, _, x = models
+    model = nn.Sequential(*eager[:2], nn.Sequential(*eager[2:5]), eager[5])
+    model[2] = torch.compile(model[2])
+    with pytest.raises(ValueError, match=r"layer \(Linear\) is inside '2', a submodule compiled on its own"):
+        LayerIntegratedGradients(model, model[2]._orig_mod[1])
+    in_place = nn.Sequential(*eager[:2], nn.Sequential(*eager[2:5]), eager[5])
+    in_place[2].compile()
+    with pytest.raises(ValueError, match="compiled on its own"):
+        NeuronIntegratedGradients(in_place, in_place[2][2])
+    # The compiled submodule itself, and layers outside it, run their hooks outside its graph.
+    run_compiled_before(model, x)
+    got = LayerIntegratedGradients(model, model[2]).attribute(x, target=2, n_steps=24)
+    expected = LayerIntegratedGradients(eager, eager[4]).attribute(x, target=2, n_steps=24)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    got = LayerIntegratedGradients(model, model[1]).attribute(x, target=2, n_steps=24)
+    expected = LayerIntegratedGradients(eager, eager[1]).attribute(x, target=2, n_steps=24)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

@@ -18,10 +18,13 @@ import torch
 from torch import nn
 
 from integrad.explainers import IntegratedGradients as IntegratedGradientsExplainer
+from integrad.methods.conductance import LayerConductance, NeuronConductance
 from integrad.methods.integrated_gradients import IntegratedGradients
+from integrad.methods.internal_influence import InternalInfluence
 from integrad.methods.layer import LayerIntegratedGradients
 from integrad.methods.neuron import NeuronIntegratedGradients
 from integrad.methods.noise_tunnel import NoiseTunnel
+from integrad.methods.sequential import LayerSequentialIntegratedGradients
 from integrad.probes import LayerNotRun, replaced
 
 from models import (
@@ -152,6 +155,31 @@ def test_neuron_integrated_gradients():
     assert no_hooks_left(model)
 
 
+def test_the_other_layer_methods():
+    # Conductance, internal influence and layer Sequential IG put hooks on the layer as layer IG does. (Layer
+    # GradientShap draws from numpy's and torch's global generators, which the threads share, so its results are
+    # not reproducible from thread to thread; its hooks are those of layer IG.)
+    model = deep_mlp().eval()
+    inputs = batches(4, 3, 6)
+    conductance = LayerConductance(model, model[2])
+    neuron = NeuronConductance(model, model[2])
+    influence = InternalInfluence(model, model[2])
+    sequential = LayerSequentialIntegratedGradients(model, model[2])
+
+    def run(case):
+        x, target = inputs[case], case % 4
+        settings = dict(n_steps=8, internal_batch_size=ROWS)
+        return (
+            conductance.attribute(x, target=target, return_convergence_delta=True, **settings),
+            neuron.attribute(x, case, target=target, **settings),
+            influence.attribute(x, target=target, **settings),
+            sequential.attribute(x, target=target, **settings),
+        )
+
+    check_against_alone(run, len(inputs))
+    assert no_hooks_left(model)
+
+
 @pytest.mark.parametrize("wrapped", ["ig", "layer"])
 def test_noise_tunnel_with_a_generator_per_call(wrapped):
     """Each call draws its noise from a generator of its own, seeded by its case: the same noise as alone, whatever
@@ -189,6 +217,24 @@ def test_explainer(layer):
 
     check_against_alone(run, len(inputs))
     assert no_hooks_left(model)
+
+
+def test_explainer_with_seeded_noise():
+    # noise_seed gives every call a generator of its own: the same noise as alone, whatever the other threads draw.
+    model = deep_mlp().eval()
+    inputs = batches(4, 3, 6)
+    explainer = IntegratedGradientsExplainer(
+        model, n_steps=8, noise_level=0.2, nt_samples=3, noise_seed=11, internal_batch_size=ROWS
+    )
+
+    def run(case):
+        return explainer.attribute(inputs[case], targets=torch.tensor([case % 4, 1, 2]))
+
+    check_against_alone(run, len(inputs))
+    other = IntegratedGradientsExplainer(model, n_steps=8, noise_level=0.2, nt_samples=3, noise_seed=12)
+    assert not torch.equal(other.attribute(inputs[0], targets=torch.tensor([0, 1, 2])), run(0))
+    with pytest.raises(ValueError, match="noise_seed must be an int from 0"):
+        IntegratedGradientsExplainer(model, noise_level=0.2, noise_seed=-1)
 
 
 def test_default_memory_budget_float64():

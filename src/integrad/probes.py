@@ -163,23 +163,45 @@ def uncompiled(forward_func: Callable) -> Callable:
     anyway, so little of the compiled speed is lost.
     """
     if isinstance(forward_func, nn.Module):
-        inner = getattr(forward_func, "_orig_mod", None)
-        if isinstance(inner, nn.Module):  # torch.compile(model)
-            return inner
-        if getattr(forward_func, "_compiled_call_impl", None) is not None:  # model.compile(): the uncompiled call
-            return forward_func._call_impl
-        return forward_func
+        inner = uncompiled_module(forward_func)  # torch.compile(model)
+        if inner is forward_func and getattr(forward_func, "_compiled_call_impl", None) is not None:
+            return forward_func._call_impl  # model.compile(): the uncompiled call
+        return inner
     return getattr(forward_func, "_torchdynamo_orig_callable", forward_func)
 
 
 def check_layer(forward_func: Any, layer: Any, name: str = "layer") -> None:
     if not isinstance(layer, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module inside the model; got {type(layer).__name__}")
-    if isinstance(forward_func, nn.Module) and not any(m is layer for m in forward_func.modules()):
+    if not isinstance(forward_func, nn.Module):
+        return
+    modules = dict(uncompiled_module(forward_func).named_modules(remove_duplicate=False))
+    if not any(m is layer for m in modules.values()):
         raise ValueError(
             f"{name} ({type(layer).__name__}) is not a submodule of the model passed as forward_func; pass a module "
             "from model.named_modules()"
         )
+    for where, module in modules.items():
+        if where and module is not layer and _compiled(module) and any(m is layer for m in module.modules()):
+            raise ValueError(
+                f"{name} ({type(layer).__name__}) is inside {where!r}, a submodule compiled on its own with "
+                "torch.compile: its compiled graphs do not run hooks added after they were traced, so the layer's "
+                "value could not be replaced or read. Compile the whole model instead (torch.compile(model)), or "
+                "pass the uncompiled model"
+            )
+
+
+def uncompiled_module(model: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile`` wrapper, or ``model``."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def _compiled(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs a graph compiled by ``torch.compile`` (wrapped, or ``module.compile()``)."""
+    return isinstance(getattr(module, "_orig_mod", None), nn.Module) or (
+        getattr(module, "_compiled_call_impl", None) is not None
+    )
 
 
 def _layer_value(args: tuple, output: Any, use_input: bool) -> Any:

@@ -28,7 +28,7 @@ BaselineSpec = str | Callable[..., torch.Tensor] | torch.Tensor | float
 _CONSTRUCTOR_KEYS = ("multiply_by_inputs",)
 _ATTRIBUTE_KEYS = ("method", "internal_batch_size", "memory_budget", "tolerance")
 _LAYER_ATTRIBUTE_KEYS = ("attribute_to_layer_input",)
-_NOISE_KEYS = ("nt_type", "nt_samples", "nt_samples_batch_size")
+_NOISE_KEYS = ("nt_type", "nt_samples", "nt_samples_batch_size", "noise_seed")
 #: Keywords that place points by a rule, which IDGI (a sum over the points) does not take.
 _RULE_KEYS = ("method", "tolerance")
 _DEFAULT_NT_SAMPLES = 5
@@ -81,7 +81,9 @@ class IntegratedGradients(BaselineExplainer):
     **core_kwargs
         Passed to the core: ``multiply_by_inputs`` to its constructor; ``method``, ``internal_batch_size``,
         ``memory_budget``, ``tolerance`` (and ``attribute_to_layer_input`` with a layer) to its ``attribute``;
-        ``nt_type``, ``nt_samples`` (default 5) and ``nt_samples_batch_size`` to the noise tunnel.
+        ``nt_type``, ``nt_samples`` (default 5) and ``nt_samples_batch_size`` to the noise tunnel, whose noise is
+        drawn from torch's global generator unless ``noise_seed`` (an int >= 0) seeds a generator of its own for
+        each call: then every call with the same inputs gives the same result, also from several threads.
 
     Attributes
     ----------
@@ -127,6 +129,10 @@ class IntegratedGradients(BaselineExplainer):
         self._init_core(n_classes, idgi, check_core_kwargs("IntegratedGradients", core_kwargs, accepted, hint))
         if self.idgi:
             _check_idgi(self.n_steps, layered, self.noise_level, self.core_kwargs)
+        if "noise_seed" in self.core_kwargs:
+            seed = self.core_kwargs["noise_seed"]
+            if not arguments.is_int(seed) or not 0 <= seed < 2**63:
+                raise ValueError(f"noise_seed must be an int from 0 to 2**63 - 1; got {seed!r}")
         self.ATTRIBUTE_KEYS = _ATTRIBUTE_KEYS + (_LAYER_ATTRIBUTE_KEYS if layered else ())
 
     # ------------------------------------------------------------------------------------------------- core
@@ -172,6 +178,9 @@ class IntegratedGradients(BaselineExplainer):
         }
         if "nt_samples_batch_size" in self.core_kwargs:
             noise["nt_samples_batch_size"] = self.core_kwargs["nt_samples_batch_size"]
+        if "noise_seed" in self.core_kwargs:
+            generator = torch.Generator(device=tensors[0].device)
+            noise["generator"] = generator.manual_seed(int(self.core_kwargs["noise_seed"]))
         attributions, delta = NoiseTunnel(method).attribute(forward, **noise, **kwargs)
         n = tensors[0].shape[0]
         if torch.is_tensor(delta) and delta.numel() == n * nt_samples and nt_samples > 1:
