@@ -155,6 +155,33 @@ def test_the_path_function_is_called_per_chunk_on_its_positions(setup):
     torch.testing.assert_close(torch.cat(calls), torch.linspace(0, 1, 10, dtype=torch.float64))
 
 
+def test_auto_hands_the_path_function_no_more_positions_than_the_chunk_holds(setup):
+    # Rows of "auto" ask each example for its own positions. fn builds every position's points for the whole batch,
+    # so a chunk of 16 rows of 8 examples may hand it 2 positions at a time, whatever the chunk's distinct positions.
+    model, x, base, v, target = setup
+    x, base, v = (torch.cat([t, 0.5 * t]) for t in (x, base, v))
+    target = torch.cat([target, target])
+    fn = _curved(x, base, v)
+    sizes = []
+
+    def counted(alphas):
+        sizes.append(alphas.numel())
+        return fn(alphas)
+
+    ig = PathIntegratedGradients(model)
+    chunked = ig.attribute(x, counted, target=target, n_steps="auto", tolerance=1e-8, internal_batch_size=16)
+    assert sizes and max(sizes) <= 16 // x.shape[0]
+    whole = ig.attribute(x, fn, target=target, n_steps="auto", tolerance=1e-8)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    expected = _loop_path_integral(
+        lambda z: model(z).gather(1, target[:, None]),
+        lambda a: fn(torch.tensor([a]))[0][0],
+        lambda a: fn(torch.tensor([a]))[1][0],
+        64,
+    )
+    assert _relative(chunked, expected) < 1e-7
+
+
 def test_the_delta_compares_with_the_ends_of_the_path(setup):
     model, x, base, v, target = setup
 

@@ -233,14 +233,29 @@ class FunctionPath(Path):
         return tuple(out)
 
     def at(self, examples: Tensor, alphas: Tensor) -> tuple[Points, Points]:
+        """Each row's point and velocity. ``fn`` builds its positions' points for the whole batch, so it is given at
+        most as many positions at once as leave that no larger than the rows asked for (under a memory budget, the
+        chunk's size)."""
         distinct, which = torch.unique(alphas, return_inverse=True)
-        points, velocities = self.evaluate(distinct)
-        batch = self.batch
-        flat = which * batch + examples.to(which.device)
-        return (
-            tuple(p.reshape((-1,) + p.shape[2:]).index_select(0, flat) for p in points),
-            tuple(v.reshape((-1,) + v.shape[2:]).index_select(0, flat) for v in velocities),
-        )
+        examples = examples.to(which.device)
+        per_call = max(1, alphas.shape[0] // self.batch)
+        if distinct.shape[0] <= per_call:
+            points, velocities = self.evaluate(distinct)
+            flat = which * self.batch + examples
+            return _rows(points, flat), _rows(velocities, flat)
+        out: tuple[list[Tensor], list[Tensor]] | None = None
+        for first in range(0, distinct.shape[0], per_call):
+            points, velocities = self.evaluate(distinct[first : first + per_call])
+            mine = ((which >= first) & (which < first + per_call)).nonzero().squeeze(1)
+            flat = (which.index_select(0, mine) - first) * self.batch + examples.index_select(0, mine)
+            if out is None:
+                out = tuple(
+                    [p.new_empty((alphas.shape[0],) + p.shape[2:]) for p in part] for part in (points, velocities)
+                )
+            for kept, part in zip(out, (points, velocities)):
+                for o, value in zip(kept, _rows(part, flat)):
+                    o.index_copy_(0, mine.to(o.device), value)
+        return tuple(out[0]), tuple(out[1])
 
     def at_steps(self, alphas: Tensor, buffers: list | None = None) -> tuple[Points, Points]:
         points, velocities = self.evaluate(alphas)
@@ -357,3 +372,8 @@ class PairedLine(Path):
             points.append(z if z.dtype == dtype else z.to(dtype))
             velocities.append(d)
         return tuple(points), None if self.velocity_factored else tuple(velocities)
+
+
+def _rows(values: Points, flat: Tensor) -> Points:
+    """Rows ``flat`` of ``(K, B, ...)`` tensors, counted position-major (``k · B + b``)."""
+    return tuple(v.reshape((-1,) + v.shape[2:]).index_select(0, flat.to(v.device)) for v in values)
