@@ -285,6 +285,12 @@ def test_bad_arguments_are_refused_with_the_parameter_named(minilm, paths):
         MonotonicPathBuilder(embeddings, n_neighbors=0)
     with pytest.raises(ValueError, match="special_token_ids holds token id 40000"):
         MonotonicPathBuilder(embeddings, special_token_ids=[40000])
+    with pytest.raises(TypeError, match="special_token_ids must be ints or a 1-D integer tensor"):
+        MonotonicPathBuilder(embeddings, special_token_ids=torch.tensor([0.0, 1.0]))
+    with pytest.raises(TypeError, match="special_token_ids must hold ints"):
+        MonotonicPathBuilder(embeddings, special_token_ids=[0, 1.5])
+    as_tensor = MonotonicPathBuilder(embeddings, special_token_ids=torch.tensor([0, 101, 102]))
+    assert as_tensor.special_token_ids.tolist() == [0, 101, 102]
     with pytest.raises(TypeError, match="embeddings must be a floating-point tensor"):
         MonotonicPathBuilder(ids)
     model = seeded(Head)

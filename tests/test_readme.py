@@ -82,7 +82,6 @@ def _literal(code: str, pattern: str) -> str:
 NOT_RUN = {
     INSTALL_AND_DEMO: "installs the package; tests/test_demo.py runs the demo",
     INSTALL_AND_TEST: "installs the package and runs the whole suite (.ci/run does, reading it from the README)",
-    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": "installs PyTorch",
 }
 
 

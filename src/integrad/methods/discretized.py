@@ -98,7 +98,7 @@ class MonotonicPathBuilder:
         Candidate anchors per step.
     strategy : {"greedy", "maxcount"}, default "greedy"
         How the anchor is chosen among them.
-    special_token_ids : iterable of int, default ()
+    special_token_ids : iterable of int or 1-D integer Tensor, default ()
         Tokens (padding, separators) whose path does not go through other words.
 
     References
@@ -127,9 +127,16 @@ class MonotonicPathBuilder:
         self._matrix = matrix
         self.embeddings = matrix.detach()
         self._squared_norms: tuple[int, Tensor] | None = None
+        if isinstance(special_token_ids, Tensor):
+            if special_token_ids.is_floating_point() or special_token_ids.is_complex() or special_token_ids.dim() > 1:
+                raise TypeError(
+                    f"special_token_ids must be ints or a 1-D integer tensor; got a {special_token_ids.dtype} tensor "
+                    f"of shape {tuple(special_token_ids.shape)}"
+                )
+            special_token_ids = special_token_ids.tolist()
         specials = list(special_token_ids)
         if not all(arguments.is_int(t) for t in specials):
-            raise TypeError(f"special_token_ids must hold ints; got {specials!r}")
+            raise TypeError(f"special_token_ids must hold ints (or be a 1-D integer tensor); got {specials!r}")
         self.special_token_ids = _checked_ids(
             "special_token_ids", torch.tensor(specials, dtype=torch.long), vocabulary
         ).to(self.embeddings.device)

@@ -156,7 +156,9 @@ class ExpectedGradients(PathAttribution):
         method : str, default "gausslegendre"
             The rule of deterministic mode (see :meth:`IntegratedGradients.attribute`).
         generator : torch.Generator, optional
-            The source of every random draw (see Notes of the class): the same seed gives the same result.
+            The source of every random draw (see Notes of the class): the same seed and the same batch give the
+            same result. The batch's draws come from one stream, so in random mode an example's estimate depends on
+            its place in the batch (the deterministic mode's does not).
         internal_batch_size : int, optional
             Rows per forward pass. Default: chosen from ``memory_budget``.
         return_convergence_delta : bool, default False
