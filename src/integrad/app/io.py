@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..explainers.resolve import layer_by_name, layer_names_hint
+
 __all__ = [
     "InputError",
     "IMAGE_SUFFIXES",
@@ -239,12 +241,10 @@ def model_fingerprint(spec: str) -> dict:
 
 def resolve_layer(model: nn.Module, name: str, parameter: str = "layer") -> nn.Module:
     """Return the submodule called ``name`` (dotted path, as in ``named_modules``)."""
-    modules = dict(model.named_modules())
-    if name in modules and name != "":
-        return modules[name]
-    names = [n for n in modules if n and not n.startswith("_")]
-    shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
-    raise InputError(parameter, f"the model has no layer named {name!r}; layers: {shown or '(none)'}")
+    found = layer_by_name(model, name)
+    if found is None:
+        raise InputError(parameter, f"the model has no layer named {name!r}; {layer_names_hint(model, name)}")
+    return found
 
 
 # --------------------------------------------------------------------------- fingerprints

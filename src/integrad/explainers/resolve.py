@@ -112,25 +112,37 @@ class ArgumentLayers(nn.Module):
         return self.model(*bound.args, **bound.kwargs)
 
 
+def layer_by_name(model: nn.Module, name: str) -> nn.Module | None:
+    """The submodule called ``name`` (a dotted path, as in ``named_modules``), or None."""
+    if not name:
+        return None
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def layer_names_hint(model: nn.Module, name: str) -> str:
+    """For a ``name`` that is no layer of ``model``: the layer names it is close to, or the top-level ones."""
+    names = [n for n, _ in model.named_modules() if n and not n.startswith("_")]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    if close:
+        return f"did you mean {close}?"
+    return f"top-level modules are {[n for n in names if '.' not in n][:10]}"
+
+
 def _resolve_layer(model: Any, layer: Any) -> nn.Module:
     if isinstance(layer, str):
         if not isinstance(model, nn.Module):
             raise TypeError(f"layer given by name ({layer!r}) needs model to be an nn.Module")
-        try:
-            return model.get_submodule(layer)
-        except AttributeError:
-            names = [name for name, _ in model.named_modules() if name]
-            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.6)
-            if not close:
-                close = [name for name in names if "." not in name][:10]
-                hint = f"top-level modules are {close}"
-            else:
-                hint = f"did you mean {close}?"
+        found = layer_by_name(model, layer)
+        if found is None:
             arguments = list(inspect.signature(model.forward).parameters)
             raise ValueError(
                 f"layer {layer!r} is neither a submodule of {type(model).__name__} nor an argument of its forward "
-                f"({arguments}); {hint}"
-            ) from None
+                f"({arguments}); {layer_names_hint(model, layer)}"
+            )
+        return found
     if isinstance(layer, nn.Module):
         if isinstance(model, nn.Module) and not any(layer is module for module in model.modules()):
             raise ValueError(
