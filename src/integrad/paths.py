@@ -53,7 +53,7 @@ class Path:
 
     Parameters
     ----------
-    like : tuple of Tensor
+    like : Tensor or tuple of Tensor
         Tensors shaped like the points of one position of the path (batch first): the inputs, or a layer's values.
     """
 
@@ -64,7 +64,8 @@ class Path:
     #: ``at`` and ``at_steps`` return no velocities: the engine sums gradients and the caller multiplies once.
     velocity_factored: bool = False
 
-    def __init__(self, like: Points):
+    def __init__(self, like: Tensor | Points):
+        like = as_points(like, "like")
         self.like = like
         self.batch = like[0].shape[0]
         self.device = like[0].device
@@ -100,7 +101,7 @@ class StraightLine(Path):
 
     Parameters
     ----------
-    start, end : tuple of Tensor
+    start, end : Tensor or tuple of Tensor
         ``x′`` and ``x``, one row per example, of the same shapes.
     factored : bool, default True
         Leave the velocity out of each row (the engine sums the gradients alone; the caller multiplies by
@@ -110,7 +111,8 @@ class StraightLine(Path):
 
     straight = True
 
-    def __init__(self, start: Points, end: Points, factored: bool = True):
+    def __init__(self, start: Tensor | Points, end: Tensor | Points, factored: bool = True):
+        start, end = as_points(start, "start"), as_points(end, "end")
         super().__init__(start)
         self.start = start
         self.end = end
@@ -178,7 +180,7 @@ class FunctionPath(Path):
         Takes a 1-D float64 tensor of ``K`` positions in [0, 1] (on the inputs' device) and returns
         ``(points, velocities)``, each shaped ``(K, *x.shape)`` — or, for tuple inputs, tuples of those, one per
         input. ``velocities`` is ``dγ/dα`` at the same positions.
-    like : tuple of Tensor
+    like : Tensor or tuple of Tensor
         The inputs: the shapes, dtypes and device the points must have.
     smooth : bool, default True
         Whether ``n_steps="auto"`` may integrate along the path (False for a piecewise-constant path).
@@ -190,7 +192,7 @@ class FunctionPath(Path):
     case ``fn`` is called on the chunk's distinct positions and each row takes its example's point.
     """
 
-    def __init__(self, fn: Callable[[Tensor], tuple], like: Points, smooth: bool = True):
+    def __init__(self, fn: Callable[[Tensor], tuple], like: Tensor | Points, smooth: bool = True):
         super().__init__(like)
         if not callable(fn):
             raise TypeError(
@@ -377,3 +379,11 @@ class PairedLine(Path):
 def _rows(values: Points, flat: Tensor) -> Points:
     """Rows ``flat`` of ``(K, B, ...)`` tensors, counted position-major (``k · B + b``)."""
     return tuple(v.reshape((-1,) + v.shape[2:]).index_select(0, flat.to(v.device)) for v in values)
+
+
+def as_points(value: Tensor | Points, name: str) -> Points:
+    """One tensor per path input: a tensor as a 1-tuple, a tuple or list of tensors as a tuple."""
+    points = (value,) if isinstance(value, Tensor) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if not points or not all(isinstance(p, Tensor) for p in points):
+        raise TypeError(f"{name} must be a tensor or a tuple of tensors, one per input; got {type(value).__name__}")
+    return points

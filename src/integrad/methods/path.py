@@ -103,7 +103,9 @@ class PathIntegratedGradients(PathAttribution):
         path : callable or integrad.paths.Path
             ``path(alphas) -> (points, velocities)``: ``alphas`` is a 1-D float64 tensor of ``K`` positions in
             [0, 1]; ``points`` and ``velocities`` (``dγ/dα``) are shaped ``(K, *x.shape)``, or tuples of those for
-            tuple inputs. Or a :class:`~integrad.paths.Path` built on tensors shaped like the inputs: a
+            tuple inputs. A callable is taken as a smooth path (``n_steps="auto"`` integrates along it); wrap one
+            that is not, e.g. piecewise constant, as ``FunctionPath(fn, inputs, smooth=False)``, which ``"auto"``
+            refuses. Or a :class:`~integrad.paths.Path` built on tensors shaped like the inputs: a
             :class:`~integrad.paths.StraightLine`, a :class:`~integrad.paths.FunctionPath` or a
             :class:`~integrad.paths.DiscretePath` (whose points are its rule: ``n_steps`` and ``method`` are not
             used).
