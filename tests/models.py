@@ -4,13 +4,21 @@ Every factory builds the same weights every time from a private seed (the global
 dtype asked for. Models whose path integrand is known in closed form let tests compare against exact integrals. The
 references never call integrad: they integrate with an explicit loop over Gauss–Legendre nodes and
 ``torch.autograd.grad``, so agreement with the library is evidence, not a tautology.
+
+Also the helpers several test modules share (see conftest.py): the engine tests' sizes, the references of
+``n_steps="auto"``, curved paths, random polynomials, and running ``python -m integrad``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -510,3 +518,113 @@ def deadline(seconds: int, what: str):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------------------------------------------- the engine's data
+#: The batch of the engine's tests (``data`` in conftest.py): B examples of 6 features, STEPS rule points each (40 path
+#: rows per call); WIDE: the hidden width of ``wide``'s model, whose activations dominate a row's memory.
+B, STEPS = 4, 10
+WIDE = 512
+
+
+# ------------------------------------------------------------------------------------------- n_steps="auto": references
+def reference_ig(f, x: torch.Tensor, baseline: torch.Tensor, n: int = 4096) -> torch.Tensor:
+    """IG by an n-point Gauss–Legendre rule, all nodes of one example in one batched autograd call."""
+    alphas, weights = (torch.from_numpy(v) for v in gl_rule(n))
+    out = torch.empty_like(x, dtype=torch.float64)
+    for i in range(x.shape[0]):
+        xi, bi = x[i].to(torch.float64), baseline[i].to(torch.float64)
+        z = (bi + alphas.view(-1, *([1] * xi.dim())) * (xi - bi)).requires_grad_()
+        (g,) = torch.autograd.grad(f(z).sum(), z)
+        out[i] = (weights.view(-1, *([1] * xi.dim())) * g).sum(0) * (xi - bi)
+    return out
+
+
+def relative_l1(a: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """``|A − A*|₁ / |A*|₁`` per example, in float64."""
+    return (a.to(torch.float64) - exact).reshape(len(a), -1).abs().sum(1) / exact.reshape(len(a), -1).abs().sum(1)
+
+
+#: ``kinked``'s thresholds ``c_i`` and slopes ``s_i``.
+KINK_C = torch.tensor([0.3, 0.5, 0.7, 0.9, 1.1, 0.2], dtype=torch.float64)
+KINK_SLOPE = torch.tensor([0.5, -1.0, 0.25, 2.0, -0.5, 1.0], dtype=torch.float64)
+
+
+def kinked(z):
+    """F(x) = Σ_i relu(x_i − c_i) + Σ_i s_i x_i, with c_i > 0."""
+    return torch.relu(z - KINK_C).sum(1) + z @ KINK_SLOPE
+
+
+def kinked_ig(x):
+    """Closed form for a zero baseline and x_i > 0: on the path αx, ∂F/∂x_i = 1[α x_i > c_i] + s_i, so
+    A_i = x_i (max(0, 1 − c_i / x_i) + s_i) = relu(x_i − c_i) + s_i x_i."""
+    return torch.relu(x - KINK_C) + KINK_SLOPE * x
+
+
+KINK_X = torch.tensor(
+    [
+        [1.0, 2.0, 0.8, 3.0, 1.5, 0.15],  # five kinks inside the path
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.1],
+    ],  # no kink: F is linear along this path
+    dtype=torch.float64,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------- polynomials
+def random_polynomial(rng: np.random.Generator, degree: int) -> np.ndarray:
+    """Coefficients ``a_0 .. a_degree`` (ascending) with a leading coefficient of magnitude at least 1/2."""
+    a = rng.uniform(-1.0, 1.0, degree + 1)
+    a[-1] = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0)
+    return a
+
+
+# ---------------------------------------------------------------------------------------------------------------- paths
+def curved_path(x, base, v):
+    """γ(α) = x′ + α (x − x′) + sin(πα) v, from x′ to x."""
+
+    def fn(alphas):
+        a = alphas.view(-1, 1, 1)
+        points = base + a * (x - base) + torch.sin(math.pi * a) * v
+        velocities = (x - base).expand_as(points) + math.pi * torch.cos(math.pi * a) * v
+        return points, velocities
+
+    return fn
+
+
+def loop_path_integral(f, gamma, gamma_dot, n: int) -> torch.Tensor:
+    """Σ_k w_k ∇f(γ(α_k)) ⊙ γ′(α_k) over n Gauss–Legendre nodes, one autograd call per node."""
+    alphas, weights = gl_rule(n)
+    total = 0
+    for a, w in zip(alphas, weights):
+        z = gamma(float(a)).detach().requires_grad_()
+        (g,) = torch.autograd.grad(f(z).sum(), z)
+        total = total + w * g * gamma_dot(float(a))
+    return total
+
+
+def relative_max_error(a, b) -> float:
+    """``max |a − b| / max |b|``."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# ----------------------------------------------------------------------------------------------------- the command line
+TESTS = Path(__file__).resolve().parent
+
+
+def integrad_env() -> dict:
+    """The environment of an ``integrad`` child process: this folder on ``PYTHONPATH`` (for ``cli_factories``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_integrad(*args, cwd=None, timeout=120):
+    """``python -m integrad *args`` in a child process, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "integrad", *args],
+        env=integrad_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -14,30 +14,12 @@ from torch import nn
 
 from integrad import IntegratedGradients, LayerIntegratedGradients, NeuronIntegratedGradients
 
-from models import (
-    gl_rule,
-)
+from models import KINK_X, kinked, kinked_ig, mlp, randn, reference_ig, relative_l1
 
 #: Tiny models run faster and steadier on one thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DT = torch.float64
-
-
-def reference_ig(f, x: torch.Tensor, baseline: torch.Tensor, n: int = 4096) -> torch.Tensor:
-    """IG by an n-point Gauss–Legendre rule, all nodes of one example in one batched autograd call."""
-    alphas, weights = (torch.from_numpy(v) for v in gl_rule(n))
-    out = torch.empty_like(x, dtype=DT)
-    for i in range(x.shape[0]):
-        xi, bi = x[i].to(DT), baseline[i].to(DT)
-        z = (bi + alphas.view(-1, *([1] * xi.dim())) * (xi - bi)).requires_grad_()
-        (g,) = torch.autograd.grad(f(z).sum(), z)
-        out[i] = (weights.view(-1, *([1] * xi.dim())) * g).sum(0) * (xi - bi)
-    return out
-
-
-def relative_l1(a: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    return (a.to(DT) - exact).reshape(len(a), -1).abs().sum(1) / exact.reshape(len(a), -1).abs().sum(1)
 
 
 def check_error_control(ig, exact, attributions, tolerance):
@@ -147,30 +129,6 @@ def test_smaller_tolerance_uses_more_steps(tanh_net):
 
 
 # ---------------------------------------------------------------------------------------------------- kinks
-C = torch.tensor([0.3, 0.5, 0.7, 0.9, 1.1, 0.2], dtype=DT)
-SLOPE = torch.tensor([0.5, -1.0, 0.25, 2.0, -0.5, 1.0], dtype=DT)
-
-
-def kinked(z):
-    """F(x) = Σ_i relu(x_i − c_i) + Σ_i s_i x_i, with c_i > 0."""
-    return torch.relu(z - C).sum(1) + z @ SLOPE
-
-
-def kinked_ig(x):
-    """Closed form for a zero baseline and x_i > 0: on the path αx, ∂F/∂x_i = 1[α x_i > c_i] + s_i, so
-    A_i = x_i (max(0, 1 − c_i / x_i) + s_i) = relu(x_i − c_i) + s_i x_i."""
-    return torch.relu(x - C) + SLOPE * x
-
-
-KINK_X = torch.tensor(
-    [
-        [1.0, 2.0, 0.8, 3.0, 1.5, 0.15],  # five kinks inside the path
-        [0.1, 0.2, 0.3, 0.4, 0.5, 0.1],
-    ],  # no kink: F is linear along this path
-    dtype=DT,
-)
-
-
 @pytest.mark.parametrize("tolerance", [1e-2, 1e-3, 1e-4])
 def test_relu_kinks_error_is_controlled(tolerance):
     ig = IntegratedGradients(kinked)
@@ -289,3 +247,97 @@ def test_auto_with_two_inputs_controls_the_error_over_both():
     ig = IntegratedGradients(f)
     got_a, got_b = ig.attribute((a, b), n_steps="auto", tolerance=1e-5)
     check_error_control(ig, exact, torch.cat([got_a, got_b], 1), 1e-5)
+
+
+# ------------------------------------------------------------------------------------------ the tolerance met
+def _relative_or_absolute_l1(attr: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """``|A − A*|₁ / |A*|₁`` per example (the absolute error where ``A* = 0``)."""
+    error = (attr - exact).abs().reshape(attr.shape[0], -1).sum(1)
+    return error / exact.abs().reshape(exact.shape[0], -1).sum(1).clamp_min(1e-12) * (error > 0)
+
+
+@pytest.mark.parametrize("tolerance", (1e-3, 1e-6, 1e-9))
+def test_auto_steps_meet_the_tolerance_on_a_smooth_model(tolerance):
+    model = mlp(seed=12, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
+    x, base = randn(3, 5, seed=13), randn(3, 5, seed=14)
+    ig = IntegratedGradients(model)
+    reference = ig.attribute(x, base, target=1, n_steps=200)  # converged to rounding for this analytic integrand
+    attr, delta = ig.attribute(x, base, target=1, n_steps="auto", tolerance=tolerance, return_convergence_delta=True)
+    report = ig.last_report
+    assert report.steps.shape == (3,) and report.steps.dtype == torch.long
+    assert bool((report.steps >= 1).all()) and int(report.steps.max()) <= 4096
+    assert report.error_estimate is not None and bool((report.error_estimate <= tolerance).all())
+    assert bool((_relative_or_absolute_l1(attr, reference) <= tolerance).all())
+    gap = (model(x) - model(base))[:, 1].detach()
+    assert float(delta.abs().max()) <= tolerance * float(gap.abs().max()) + 1e-14
+
+
+def test_auto_uses_more_points_for_a_tighter_tolerance():
+    model = mlp(seed=15, n_in=5, hidden=8, n_out=3, dtype=torch.float64)
+    x = randn(2, 5, seed=16)
+    ig = IntegratedGradients(model)
+    used = []
+    for tolerance in (1e-2, 1e-5, 1e-9):
+        ig.attribute(x, target=0, n_steps="auto", tolerance=tolerance)
+        used.append(int(ig.last_report.steps.sum()))
+    assert used[0] <= used[1] <= used[2] and used[0] < used[2]
+
+
+@pytest.mark.parametrize("kink", (0.35, 0.01, 0.123, 0.99))
+def test_auto_steps_meet_the_tolerance_on_a_single_relu_kink(kink):
+    """``F(z) = ReLU(z − c)`` from 0 to x: IG = max(x − c, 0) exactly; the integrand is a step at α = c / x.
+
+    Gauss–Kronrod panels never sample their own end points, so a step within a few percent of a panel's end (near
+    α = 0 or 1, or near a bisection point such as 1/8) looks constant to both rules of the pair; the panel must not
+    then be accepted with an error estimate of zero.
+    """
+    f = lambda z: torch.relu(z - kink).sum(1)  # noqa: E731
+    x = torch.tensor([[1.0], [0.7]], dtype=torch.float64)
+    exact = (x - kink).clamp_min(0.0)
+    tolerance = 1e-4
+    ig = IntegratedGradients(f)
+    attr = ig.attribute(x, n_steps="auto", tolerance=tolerance)
+    error = _relative_or_absolute_l1(attr, exact)
+    assert bool((error <= 10 * tolerance).all()), (
+        f"relative error {error.tolist()} with tolerance {tolerance}; "
+        f"estimate {ig.last_report.error_estimate.tolist()}, "
+        f"steps {ig.last_report.steps.tolist()}"
+    )
+
+
+def _exact_ig_one_hidden_relu(model: nn.Sequential, x: torch.Tensor, base: torch.Tensor, target: int) -> torch.Tensor:
+    """Closed-form IG of ``W2 ReLU(W1 z + b1) + b2``: unit j is active on a sub-interval of [0, 1] of known length."""
+    w1, b1, w2 = (t.detach() for t in (model[0].weight, model[0].bias, model[2].weight))
+    d = x - base
+    start, slope = base @ w1.T + b1, d @ w1.T
+    root = torch.where(slope != 0, -start / slope, torch.zeros_like(start)).clamp(0.0, 1.0)
+    active = torch.where(slope > 0, 1.0 - root, torch.where(slope < 0, root, (start > 0).to(start.dtype)))
+    return d * ((active * w2[target]) @ w1)
+
+
+def test_closed_form_relu_ig_is_what_a_very_fine_rule_converges_to():
+    model = mlp(n_in=10, hidden=32, act=nn.ReLU, seed=3, n_out=3, dtype=torch.float64)
+    x, base = randn(3, 10, seed=103), randn(3, 10, seed=104)
+    exact = _exact_ig_one_hidden_relu(model, x, base, 0)
+    fine = IntegratedGradients(model).attribute(x, base, target=0, method="riemann_middle", n_steps=20000)
+    assert bool((_relative_or_absolute_l1(fine, exact) < 1e-4).all())
+
+
+def test_auto_steps_meet_the_tolerance_on_a_relu_network_from_the_zero_baseline():
+    """The default baseline with small biases puts a ReLU network's kinks close to α = 0 (unit j switches at
+    α = −b_j / (W_j x)): exactly where Gauss–Kronrod panels do not look."""
+    model = mlp(n_in=10, hidden=32, act=nn.ReLU, seed=7, n_out=3, dtype=torch.float64)
+    with torch.no_grad():
+        model[0].bias.mul_(0.01)
+    x = randn(4, 10, seed=107)
+    base = torch.zeros_like(x)
+    exact = _exact_ig_one_hidden_relu(model, x, base, 0)
+    tolerance = 1e-4
+    ig = IntegratedGradients(model)
+    attr = ig.attribute(x, n_steps="auto", tolerance=tolerance, target=0)
+    error = _relative_or_absolute_l1(attr, exact)
+    assert bool((error <= 10 * tolerance).all()), (
+        f"relative error {error.tolist()} with tolerance {tolerance}; "
+        f"estimate {ig.last_report.error_estimate.tolist()}, "
+        f"steps {ig.last_report.steps.tolist()}"
+    )

@@ -16,7 +16,7 @@ from torch import nn
 from integrad import IntegratedGradients
 from integrad.engine.adaptive import MAX_POINTS
 
-from test_adaptive import KINK_X, kinked, kinked_ig, reference_ig, relative_l1
+from models import KINK_X, kinked, kinked_ig, reference_ig, relative_l1
 
 #: Tiny models run faster and steadier on one thread (see conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,6 @@ entry point and exit codes. Attributions are checked against independent computa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +18,7 @@ from safetensors.torch import load_file
 from integrad.app.cli import build_parser, main
 
 import cli_factories as fm
-
-TESTS = Path(__file__).resolve().parent
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _run(*args, cwd=None, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "integrad", *args], env=_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture
-def features(tmp_path):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(5, fm.N_FEATURES)).astype(np.float32)
-    return X
+from models import run_integrad
 
 
 def _explain(tmp_path, *args):
@@ -82,7 +59,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_no_subcommand_prints_help_and_succeeds():
-    res = _run()
+    res = run_integrad()
     assert res.returncode == 0
     assert "usage: integrad" in res.stdout and "explain" in res.stdout
 
@@ -337,34 +314,6 @@ def test_explain_into_existing_folder_replaces_its_files(tmp_path, features):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
 
 
-def test_progress_bar_on_stderr_and_no_progress(tmp_path, features):
-    np.save(tmp_path / "x.npy", features)
-    res = _run(
-        "explain",
-        "--model",
-        "cli_factories:mlp",
-        "--inputs",
-        str(tmp_path / "x.npy"),
-        "--out",
-        str(tmp_path / "a"),
-        cwd=tmp_path,
-    )
-    assert res.returncode == 0, res.stderr
-    assert "ex/s" in res.stderr and "prediction" in res.stdout
-    res = _run(
-        "explain",
-        "--model",
-        "cli_factories:mlp",
-        "--inputs",
-        str(tmp_path / "x.npy"),
-        "--out",
-        str(tmp_path / "b"),
-        "--no-progress",
-        cwd=tmp_path,
-    )
-    assert res.returncode == 0 and "ex/s" not in res.stderr
-
-
 # --------------------------------------------------------------------------- unusable arguments
 
 
@@ -452,7 +401,7 @@ def test_bad_input_leaves_existing_folder_unchanged(tmp_path, features, capsys):
 
 
 def test_bad_input_through_the_real_entry_point(tmp_path):
-    res = _run("explain", "--model", "cli_factories:mlp", "--inputs", "x.npy", "--out", "o", cwd=tmp_path)
+    res = run_integrad("explain", "--model", "cli_factories:mlp", "--inputs", "x.npy", "--out", "o", cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip() == "integrad: error: --inputs: file not found: x.npy"
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
-"""integrad.app.io: image levels by bit depth, CSV byte-order marks, unreadable images, non-finite inputs."""
+"""integrad.app.io: image levels by bit depth, CSV byte-order marks, unreadable images, non-finite inputs, and data sets
+that cannot be read named by their argument."""
 
 from __future__ import annotations
 
@@ -172,3 +173,16 @@ def test_non_finite_data_is_refused(tmp_path):
     assert source.batch([0]).shape == (1, 1, 4, 4)
     with pytest.raises(InputError, match="b.tif holds NaN"):
         source.batch([1])
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+def test_open_data_errors_name_the_argument(tmp_path):
+    (tmp_path / "two.npz").write_bytes(b"")
+    np.savez(tmp_path / "two.npz", a=np.zeros(3), b=np.zeros(3))
+    with pytest.raises(InputError, match="data: .*name the inputs 'X'"):
+        open_data(str(tmp_path / "two.npz"))
+    (tmp_path / "bad.csv").write_text("1,2\n3,x\n")
+    with pytest.raises(InputError, match="data: .*line 2"):
+        open_data(str(tmp_path / "bad.csv"))

@@ -1,4 +1,5 @@
-"""``integrad attribute-dataset`` and :func:`integrad.datasets.load_attributions`.
+"""Whole data sets (:mod:`integrad.app.jobs`, public as :mod:`integrad.datasets`): ``integrad attribute-dataset`` and
+:func:`integrad.datasets.load_attributions`.
 
 Resumption is tested the hard way (SIGKILL of a real process part-way, then the same command again, compared
 bit for bit with a run that was never interrupted), and so is the distributed mode (two processes under
@@ -21,8 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from integrad.app.cli import main
-from integrad.app.files import atomic_write_bytes
-from integrad.app.io import InputError, open_data
+from integrad.app.io import InputError
 from integrad.datasets import attribute_dataset, load_attributions
 
 import cli_factories as fm
@@ -175,16 +175,6 @@ def test_resume_recomputes_missing_and_foreign_shards(tmp_path, npz):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    target = tmp_path / "f.bin"
-    atomic_write_bytes(target, b"old")
-
-    with pytest.raises(TypeError):
-        atomic_write_bytes(target, object())  # the write fails after the temporary file exists
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
-
-
 # --------------------------------------------------------------------------- refusals and bad input
 
 
@@ -272,16 +262,6 @@ def test_bad_dataset_inputs(tmp_path, npz, capsys):
         assert err.startswith("integrad: error:") and "\n" not in err
         assert argument in err and words in err, (argument, words, err)
         assert not out.exists(), args
-
-
-def test_open_data_errors_name_the_argument(tmp_path):
-    (tmp_path / "two.npz").write_bytes(b"")
-    np.savez(tmp_path / "two.npz", a=np.zeros(3), b=np.zeros(3))
-    with pytest.raises(InputError, match="data: .*name the inputs 'X'"):
-        open_data(str(tmp_path / "two.npz"))
-    (tmp_path / "bad.csv").write_text("1,2\n3,x\n")
-    with pytest.raises(InputError, match="data: .*line 2"):
-        open_data(str(tmp_path / "bad.csv"))
 
 
 # --------------------------------------------------------------------------- kill -9 and resume

@@ -1,4 +1,6 @@
-"""Paths as an axis of their own: PathIntegratedGradients along any path, the path types, and the gradients primitive.
+"""The path types (:mod:`integrad.paths`): a function of the positions, called per chunk on the chunk's own positions;
+the straight line; discrete points; which paths ``n_steps="auto"`` can certify; bad paths refused by name.
+PathIntegratedGradients along them is tested in test_path.
 
 The references here never call integrad's engine: they loop over Gauss–Legendre nodes from numpy and take
 ``torch.autograd.grad`` at each point, in float64.
@@ -8,139 +10,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from integrad import IntegratedGradients, PathIntegratedGradients, gradients_and_outputs
+from integrad import IntegratedGradients, PathIntegratedGradients
 from integrad.paths import DiscretePath, FunctionPath, StraightLine
 
-
-def _model(seed: int = 0, n_in: int = 5, n_out: int = 3) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(n_in, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, n_out))
-    return net.double().eval()
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _gl(n: int) -> tuple[np.ndarray, np.ndarray]:
-    nodes, weights = np.polynomial.legendre.leggauss(n)
-    return (nodes + 1) / 2, weights / 2
-
-
-def _loop_path_integral(f, gamma, gamma_dot, n: int) -> torch.Tensor:
-    """Σ_k w_k ∇f(γ(α_k)) ⊙ γ′(α_k), one autograd call per node."""
-    alphas, weights = _gl(n)
-    total = 0
-    for a, w in zip(alphas, weights):
-        z = gamma(float(a)).detach().requires_grad_()
-        (g,) = torch.autograd.grad(f(z).sum(), z)
-        total = total + w * g * gamma_dot(float(a))
-    return total
-
-
-def _relative(a, b) -> float:
-    return float((a - b).abs().max() / b.abs().max())
-
-
-@pytest.fixture
-def setup():
-    model = _model()
-    x, base, v = _randn(4, 5, seed=1), _randn(4, 5, seed=2) * 0.1, _randn(4, 5, seed=3)
-    target = torch.tensor([0, 1, 2, 0])
-    return model, x, base, v, target
-
-
-def _curved(x, base, v):
-    """γ(α) = x′ + α (x − x′) + sin(πα) v, from x′ to x."""
-
-    def fn(alphas):
-        a = alphas.view(-1, 1, 1)
-        points = base + a * (x - base) + torch.sin(math.pi * a) * v
-        velocities = (x - base).expand_as(points) + math.pi * torch.cos(math.pi * a) * v
-        return points, velocities
-
-    return fn
-
-
-def test_squared_reparametrisation_gives_the_straight_line_attributions(setup):
-    model, x, base, _, target = setup
-
-    def squared(alphas):
-        a = alphas.view(-1, 1, 1)
-        return base + a * a * (x - base), 2 * a * (x - base).expand(len(alphas), *x.shape)
-
-    straight = IntegratedGradients(model).attribute(x, base, target=target, n_steps=64)
-    along = PathIntegratedGradients(model).attribute(x, squared, target=target, n_steps=64)
-    assert _relative(along, straight) < 1e-9
-    ig_auto = PathIntegratedGradients(model)
-    automatic = ig_auto.attribute(x, squared, target=target, n_steps="auto", tolerance=1e-6)
-    assert _relative(automatic, straight) < 1e-5
-    assert bool((ig_auto.last_report.error_estimate <= 1e-6).all())
-
-
-def test_a_curved_path_matches_a_plain_loop_and_is_complete(setup):
-    model, x, base, v, target = setup
-    fn = _curved(x, base, v)
-    rows = torch.arange(4)
-
-    def f(z):
-        return model(z)[rows, target]
-
-    expected = _loop_path_integral(
-        f,
-        lambda a: fn(torch.tensor([a], dtype=torch.float64))[0][0],
-        lambda a: fn(torch.tensor([a], dtype=torch.float64))[1][0],
-        40,
-    )
-    pig = PathIntegratedGradients(model)
-    got, delta = pig.attribute(x, fn, target=target, n_steps=40, return_convergence_delta=True)
-    assert _relative(got, expected) < 1e-6
-    # Completeness: the path runs from x′ to x, whatever it does between.
-    with torch.no_grad():
-        change = f(x) - f(base)
-    torch.testing.assert_close(got.sum(1), change, rtol=1e-7, atol=1e-9)
-    assert float(delta.abs().max()) < 1e-8
-    # It is not the straight line's answer.
-    assert _relative(IntegratedGradients(model).attribute(x, base, target=target, n_steps=40), got) > 1e-3
-    for rows_per_pass in (1, 3, 7, 40):
-        again = pig.attribute(x, fn, target=target, n_steps=40, internal_batch_size=rows_per_pass)
-        assert _relative(again, got) < 1e-12
-
-
-def test_a_curved_path_over_tuple_inputs(setup):
-    model, x, base, v, target = setup
-    fn = _curved(x, base, v)
-
-    def pair(alphas):
-        points, velocities = fn(alphas)
-        return (points[..., :2], points[..., 2:]), (velocities[..., :2], velocities[..., 2:])
-
-    class Split(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, a, b):
-            return self.inner(torch.cat([a, b], 1))
-
-    whole = PathIntegratedGradients(model).attribute(x, fn, target=target, n_steps=24)
-    a, b = PathIntegratedGradients(Split()).attribute((x[:, :2], x[:, 2:]), pair, target=target, n_steps=24)
-    torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-12, atol=1e-14)
-    automatic = PathIntegratedGradients(Split()).attribute(
-        (x[:, :2], x[:, 2:]), pair, target=target, n_steps="auto", tolerance=1e-7
-    )
-    assert _relative(torch.cat(automatic, 1), whole) < 1e-5
+from models import curved_path, loop_path_integral, relative_max_error
 
 
 def test_the_path_function_is_called_per_chunk_on_its_positions(setup):
     model, x, base, v, target = setup
-    fn = _curved(x, base, v)
+    fn = curved_path(x, base, v)
     calls = []
 
     def counted(alphas):
@@ -161,7 +42,7 @@ def test_auto_hands_the_path_function_no_more_positions_than_the_chunk_holds(set
     model, x, base, v, target = setup
     x, base, v = (torch.cat([t, 0.5 * t]) for t in (x, base, v))
     target = torch.cat([target, target])
-    fn = _curved(x, base, v)
+    fn = curved_path(x, base, v)
     sizes = []
 
     def counted(alphas):
@@ -173,31 +54,13 @@ def test_auto_hands_the_path_function_no_more_positions_than_the_chunk_holds(set
     assert sizes and max(sizes) <= 16 // x.shape[0]
     whole = ig.attribute(x, fn, target=target, n_steps="auto", tolerance=1e-8)
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
-    expected = _loop_path_integral(
+    expected = loop_path_integral(
         lambda z: model(z).gather(1, target[:, None]),
         lambda a: fn(torch.tensor([a]))[0][0],
         lambda a: fn(torch.tensor([a]))[1][0],
         64,
     )
-    assert _relative(chunked, expected) < 1e-7
-
-
-def test_the_delta_compares_with_the_ends_of_the_path(setup):
-    model, x, base, v, target = setup
-
-    def shifted(alphas):
-        # From x′ + v to x + v: not the inputs at all.
-        a = alphas.view(-1, 1, 1)
-        return base + v + a * (x - base), (x - base).expand(len(alphas), *x.shape)
-
-    got, delta = PathIntegratedGradients(model).attribute(
-        x, shifted, target=target, n_steps=48, return_convergence_delta=True
-    )
-    rows = torch.arange(4)
-    with torch.no_grad():
-        change = model(x + v)[rows, target] - model(base + v)[rows, target]
-    torch.testing.assert_close(got.sum(1) - change, delta, rtol=0, atol=1e-12)
-    assert float(delta.abs().max()) < 1e-9
+    assert relative_max_error(chunked, expected) < 1e-7
 
 
 def test_a_straight_line_object_gives_integrated_gradients(setup):
@@ -239,7 +102,7 @@ def test_auto_refuses_paths_it_cannot_certify(setup):
     points = torch.stack([base, x])
     with pytest.raises(ValueError, match="n_steps='auto' needs a smooth path"):
         PathIntegratedGradients(model).attribute(x, DiscretePath(points), target=target, n_steps="auto")
-    steps = FunctionPath(_curved(x, base, v), (x,), smooth=False)
+    steps = FunctionPath(curved_path(x, base, v), (x,), smooth=False)
     with pytest.raises(ValueError, match="n_steps='auto' needs a smooth path"):
         PathIntegratedGradients(model).attribute(x, steps, target=target, n_steps="auto")
 
@@ -259,26 +122,3 @@ def test_bad_paths_are_refused_with_the_parameter_named(setup):
         pig.attribute(x, StraightLine((base[:2],), (x[:2],)), target=target)
     with pytest.raises(ValueError, match="points must hold at least two positions"):
         DiscretePath(x.unsqueeze(0))
-
-
-def test_the_caller_tensors_are_left_alone(setup):
-    model, x, base, v, target = setup
-    keep = [t.clone() for t in (x, base, v)]
-    PathIntegratedGradients(model).attribute(x, _curved(x, base, v), target=target, n_steps=5)
-    for t, k in zip((x, base, v), keep):
-        assert torch.equal(t, k) and not t.requires_grad
-
-
-def test_gradients_and_outputs_match_autograd_in_any_chunks(setup):
-    model, x, _, _, target = setup
-    rows = torch.arange(4)
-    z = x.clone().requires_grad_()
-    out = model(z)[rows, target]
-    (expected,) = torch.autograd.grad(out.sum(), z)
-    for options in ({}, {"internal_batch_size": 1}, {"internal_batch_size": 3}, {"memory_budget": "1MiB"}):
-        grads, outputs = gradients_and_outputs(model, x, target=target, **options)
-        torch.testing.assert_close(grads, expected, rtol=1e-13, atol=1e-15)
-        torch.testing.assert_close(outputs, out.detach(), rtol=1e-13, atol=1e-15)
-    assert not x.requires_grad
-    (ga, gb), _ = gradients_and_outputs(lambda a, b: model(torch.cat([a, b], 1)), (x[:, :2], x[:, 2:]), target=target)
-    torch.testing.assert_close(torch.cat([ga, gb], 1), expected, rtol=1e-13, atol=1e-15)

@@ -13,18 +13,11 @@ from integrad.explainers import IntegratedGradients
 from integrad.explainers.baselines import get_baseline_fn
 from integrad.tune import OptimizationResult, grid_values, optimize
 
-from trained import digits
-
 SMALL_SPACE = {
     "n_steps": (int, {"low": 4, "high": 12, "step": 4}),
     "method": (str, {"choices": ["riemann_left", "gausslegendre"]}),
     "baseline_fn": (str, {"choices": ["zeros", "mean"]}),
 }
-
-
-@pytest.fixture(scope="module")
-def trained():
-    return digits()
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ from integrad.explainers.variants import ExpectedGradients as ExpectedGradientsE
 from integrad.explainers.variants import GradientShap as GradientShapExplainer
 from integrad.tune import optimize
 
-from trained import digits
-
-
-@pytest.fixture(scope="module")
-def trained():
-    return digits()
-
 
 @pytest.fixture(scope="module")
 def batch(trained):
