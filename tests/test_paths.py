@@ -122,3 +122,17 @@ def test_bad_paths_are_refused_with_the_parameter_named(setup):
         pig.attribute(x, StraightLine((base[:2],), (x[:2],)), target=target)
     with pytest.raises(ValueError, match="points must hold at least two positions"):
         DiscretePath(x.unsqueeze(0))
+
+
+def test_paths_take_one_tensor_as_well_as_a_tuple(setup):
+    model, x, base, v, target = setup
+    fn = _curved(x, base, v)
+    ig = PathIntegratedGradients(model)
+    as_tensor = ig.attribute(x, FunctionPath(fn, x), target=target, n_steps=16)
+    torch.testing.assert_close(as_tensor, ig.attribute(x, FunctionPath(fn, (x,)), target=target, n_steps=16))
+    line = ig.attribute(x, StraightLine(base, x), target=target, n_steps=16)
+    torch.testing.assert_close(line, ig.attribute(x, StraightLine((base,), (x,)), target=target, n_steps=16))
+    with pytest.raises(TypeError, match="start must be a tensor or a tuple of tensors"):
+        StraightLine([1.0, 2.0], x)
+    with pytest.raises(ValueError, match="needs a smooth path"):
+        ig.attribute(x, FunctionPath(fn, x, smooth=False), target=target, n_steps="auto")
