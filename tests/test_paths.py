@@ -126,7 +126,7 @@ def test_bad_paths_are_refused_with_the_parameter_named(setup):
 
 def test_paths_take_one_tensor_as_well_as_a_tuple(setup):
     model, x, base, v, target = setup
-    fn = _curved(x, base, v)
+    fn = curved_path(x, base, v)
     ig = PathIntegratedGradients(model)
     as_tensor = ig.attribute(x, FunctionPath(fn, x), target=target, n_steps=16)
     torch.testing.assert_close(as_tensor, ig.attribute(x, FunctionPath(fn, (x,)), target=target, n_steps=16))
