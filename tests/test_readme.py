@@ -14,6 +14,7 @@ this file does not know about. The Quickstart's first block is what ``.ci/run`` 
 from __future__ import annotations
 
 import copy
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ def test_switching_from_captum():
         _assert_prints_as(namespace[name], printed, value)
 
     # "keep the arguments and the results": captum's class, called with the block's own arguments, agrees.
-    captum_attr = pytest.importorskip("captum.attr")
+    captum_attr = importlib.import_module("captum.attr")
     call = _literal(toy.code, r"(?s)ig\.attribute\((.*?return_convergence_delta=True),?\s*\)")
     scope = {**namespace, "captum_attr": captum_attr}
     theirs = eval(f"captum_attr.IntegratedGradients(ToyModel()).attribute({call})", scope)

@@ -1,6 +1,8 @@
 """The explainers of the integrated-gradients variants (Blur IG, Guided IG, IDGI on or off) agree with their cores,
 offer their parameters as tunables, and refuse what does not apply."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -137,7 +139,7 @@ def test_gradient_shap_explainer_draws_as_its_core(trained, batch):
 
 
 def test_xrai_explainer_gives_one_map_per_image(trained, batch):
-    pytest.importorskip("skimage")
+    importlib.import_module("skimage")
     x, y = batch
     explainer = XRAIExplainer(trained.model, n_steps=8)
     got = explainer.attribute(x, y)
